@@ -1,0 +1,18 @@
+# Project-wide warning and sanitizer flags, applied through an interface target
+# so that third-party code is not affected.
+add_library(kvpager_flags INTERFACE)
+target_compile_options(kvpager_flags INTERFACE
+  -Wall -Wextra -Wpedantic -Wshadow -Wnon-virtual-dtor -Wold-style-cast
+  -Wcast-align -Wunused -Woverloaded-virtual -Wconversion -Wsign-conversion
+  -Wnull-dereference -Wdouble-promotion -Wformat=2 -Wimplicit-fallthrough)
+if(KVPAGER_WERROR)
+  target_compile_options(kvpager_flags INTERFACE -Werror)
+endif()
+if(KVPAGER_CHECK_INVARIANTS)
+  target_compile_definitions(kvpager_flags INTERFACE KVPAGER_CHECK_INVARIANTS=1)
+endif()
+if(KVPAGER_SANITIZE)
+  set(_san -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer)
+  add_compile_options(${_san})
+  add_link_options(${_san})
+endif()

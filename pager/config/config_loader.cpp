@@ -1,0 +1,135 @@
+#include "kvpager/config_loader.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <toml++/toml.h>
+
+#include <cstdlib>
+#include <cstring>
+
+namespace kvpager {
+
+std::string_view to_string(ConfigSource s) {
+  switch (s) {
+    case ConfigSource::kDefault: return "default";
+    case ConfigSource::kFile: return "file";
+    case ConfigSource::kEnv: return "env";
+    case ConfigSource::kCli: return "cli";
+  }
+  return "?";
+}
+
+ConfigLoader::ConfigLoader() : origins_(knobs().size()) {}
+
+const KnobOrigin& ConfigLoader::origin(const Knob& k) const {
+  return origins_[static_cast<size_t>(&k - knobs().data())];
+}
+
+namespace {
+[[noreturn]] void unknown(std::string_view name, std::string_view where, std::string (Knob::*spelling)() const) {
+  std::string known;
+  for (const Knob& k : knobs()) known += (known.empty() ? "" : ", ") + (spelling ? (k.*spelling)() : std::string(k.name));
+  throw ConfigError(fmt::format("{}: unknown setting '{}' (known: {})", where, name, known));
+}
+}  // namespace
+
+void ConfigLoader::set(std::string_view name, std::string_view value, ConfigSource source, std::string detail) {
+  const Knob* k = find_knob(name);
+  if (!k) unknown(name, detail, nullptr);
+  if (auto err = k->set(cfg_, value)) throw ConfigError(fmt::format("{}: {}", detail, *err));
+  origins_[static_cast<size_t>(k - knobs().data())] = KnobOrigin{source, std::move(detail)};
+}
+
+void ConfigLoader::set_assignment(std::string_view assignment, ConfigSource source, std::string detail) {
+  size_t eq = assignment.find('=');
+  if (eq == std::string_view::npos || eq == 0)
+    throw ConfigError(fmt::format("{}: '{}' is not KEY=VALUE", detail, assignment));
+  set(assignment.substr(0, eq), assignment.substr(eq + 1), source, std::move(detail));
+}
+
+namespace {
+
+std::string value_text(const toml::node& node) {
+  if (auto s = node.as_string()) return s->get();
+  if (auto i = node.as_integer()) return fmt::format("{}", i->get());
+  if (auto f = node.as_floating_point()) return fmt::format("{}", f->get());
+  if (auto b = node.as_boolean()) return b->get() ? "true" : "false";
+  if (auto a = node.as_array()) {
+    std::string out;
+    for (const auto& item : *a) out += (out.empty() ? "" : ",") + value_text(item);
+    return out;
+  }
+  return {};
+}
+
+}  // namespace
+
+void ConfigLoader::load_file(const std::string& path) {
+  toml::table root;
+  try {
+    root = toml::parse_file(path);
+  } catch (const toml::parse_error& e) {
+    const auto& where = e.source().begin;
+    throw ConfigError(fmt::format("{}:{}:{}: {}", path, where.line, where.column, e.description()));
+  }
+  file_ = path;
+  // Walk the tree; every leaf is a knob named by its dotted path.
+  auto walk = [&](auto& self, const toml::table& table, const std::string& prefix) -> void {
+    for (const auto& [key, node] : table) {
+      std::string name = prefix.empty() ? std::string(key.str()) : prefix + "." + std::string(key.str());
+      std::string where = fmt::format("{}:{}", path, node.source().begin.line);
+      if (const auto* sub = node.as_table()) {
+        self(self, *sub, name);
+        continue;
+      }
+      std::string text = value_text(node);
+      if (text.empty() && !node.is_string())
+        throw ConfigError(fmt::format("{}: {}: unsupported value type", where, name));
+      const Knob* k = find_knob(name);
+      if (!k || k->name != name) unknown(name, where, nullptr);  // file keys are knob names
+      set(name, text, ConfigSource::kFile, where);
+    }
+  };
+  walk(walk, root, "");
+}
+
+void ConfigLoader::load_env(char** envp) {
+  if (!envp) envp = environ;
+  for (char** e = envp; *e; ++e) {
+    std::string_view entry(*e);
+    if (!entry.starts_with("KVPAGER_")) continue;
+    size_t eq = entry.find('=');
+    if (eq == std::string_view::npos) continue;
+    std::string_view name = entry.substr(0, eq);
+    if (name == kConfigFileVar) continue;
+    const Knob* k = find_knob(name);
+    if (!k || k->env_name() != name) unknown(name, "environment", &Knob::env_name);
+    set(name, entry.substr(eq + 1), ConfigSource::kEnv, std::string(name));
+  }
+}
+
+ConfigLoader ConfigLoader::standard(const std::string& config_file, const std::vector<std::string>& cli_sets,
+                                    char** envp) {
+  ConfigLoader loader;
+  std::string file = config_file;
+  if (file.empty()) {
+    char** env = envp ? envp : environ;
+    for (char** e = env; *e; ++e) {
+      std::string_view entry(*e);
+      std::string prefix = std::string(kConfigFileVar) + "=";
+      if (entry.starts_with(prefix)) file = std::string(entry.substr(prefix.size()));
+    }
+  }
+  if (!file.empty()) loader.load_file(file);
+  loader.load_env(envp);
+  for (const auto& s : cli_sets) loader.set_assignment(s, ConfigSource::kCli, "--set " + s);
+  return loader;
+}
+
+Config ConfigLoader::finish() const {
+  validate_or_throw(cfg_);
+  return cfg_;
+}
+
+}  // namespace kvpager

@@ -1,0 +1,119 @@
+// The one configuration struct. Every tunable of kvpager lives here, is
+// described once in the knob table (config.cpp), is validated once by
+// validate(), and is settable from a TOML file, KVPAGER_* environment
+// variables and the command line (config_loader.h). The same validation runs
+// at start-up and for every live change.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace kvpager {
+
+inline constexpr uint64_t KiB = 1024;
+inline constexpr uint64_t MiB = 1024 * KiB;
+inline constexpr uint64_t GiB = 1024 * MiB;
+inline constexpr uint64_t TiB = 1024 * GiB;
+
+enum class PolicyKind : uint8_t { kLru, kClock, kCost };
+std::string_view to_string(PolicyKind p);
+
+// Prefetchers are a set; each bit enables one.
+enum PrefetcherBits : uint8_t {
+  kPrefetchSequential = 1u << 0,   // sequential / density across chunks
+  kPrefetchCorrelation = 1u << 1,  // launch correlation
+  kPrefetchHint = 1u << 2,         // context hints
+};
+inline constexpr uint8_t kAllPrefetchers = kPrefetchSequential | kPrefetchCorrelation | kPrefetchHint;
+
+struct Config {
+  // --- geometry (fixed at start) ---
+  uint64_t chunk_size = 2 * MiB;  // paging unit: power of two, 64 KiB..64 MiB
+
+  // --- tier capacities (live) ---
+  uint64_t hbm_budget = 0;     // bytes of HBM the pager may keep resident; 0 = auto
+  uint64_t host_capacity = 0;  // bytes of host RAM for demoted chunks; 0 = auto (half of RAM)
+  uint64_t nvme_capacity = 0;  // bytes in the NVMe tier; 0 = unlimited
+  double high_watermark = 0.95;  // fraction of a tier's capacity that starts eviction
+  double low_watermark = 0.85;   // ... and where eviction stops
+
+  // --- decisions (live) ---
+  PolicyKind eviction_policy = PolicyKind::kLru;
+  uint32_t cost_sample = 8;  // candidates the cost-aware policy compares per victim
+  uint8_t prefetchers = kAllPrefetchers;
+  uint32_t prefetch_depth = 4;          // chunks ahead (sequential), launches ahead (correlation)
+  double prefetch_waste_ceiling = 0.5;  // a prefetcher whose wasted/(used+wasted) passes this is throttled
+  uint64_t spill_idle_ns = 30'000'000'000;  // a context idle this long may spill HOST -> NVME
+
+  // --- paths (fixed at start) ---
+  std::string store_dir;    // NVMe tier directory; "" = $XDG_CACHE_HOME/kvpager or /var/tmp/kvpager
+  std::string log_level = "info";
+
+  // --- simulated device (the host mover's cost model; fixed at start) ---
+  uint64_t sim_hbm_capacity = 256 * MiB;  // size of the simulated card
+  double sim_pcie_gbps = 25.0;            // HBM <-> host, each direction, GB/s
+  uint64_t sim_pcie_latency_ns = 10'000;
+  double sim_nvme_read_gbps = 3.0;
+  double sim_nvme_write_gbps = 2.0;
+  uint64_t sim_nvme_latency_ns = 80'000;
+  uint64_t sim_fault_ns = 30'000;  // extra cost of a demand fault over a prefetch
+
+  // Resolve the "auto" values against the device and the machine.
+  // hbm_device_bytes: what the device offers; host_ram_bytes: physical RAM.
+  Config resolved(uint64_t hbm_device_bytes, uint64_t host_ram_bytes) const;
+  std::string effective_store_dir() const;
+};
+
+// Thrown only at configuration edges (start-up, file/env/CLI parsing).
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+enum class KnobType : uint8_t { kBytes, kUint, kFraction, kDouble, kDuration, kPolicy, kPrefetchers, kString };
+
+// One tunable. The table of all knobs is the single source for parsing,
+// printing, validation ranges, env/CLI names and the README.
+struct Knob {
+  std::string_view name;  // "hbm_budget", "sim.pcie_gbps": TOML key path and --set name
+  KnobType type;
+  bool live;                // may change while a pager runs
+  std::string_view range;   // allowed values, human-readable
+  std::string_view help;
+  // Parse `value` into cfg; on failure returns the reason (without the knob's
+  // name) and cfg may be partly written: use set() instead.
+  std::optional<std::string> (*parse)(Config& cfg, std::string_view value);
+  std::string (*format)(const Config& cfg);
+  // Range check of this knob alone: the reason it is out of range, or nullopt.
+  std::optional<std::string> (*check)(const Config& cfg);
+
+  // Parses and range-checks `value` into cfg. On failure cfg is unchanged and
+  // the message names the knob, the value and what is allowed.
+  std::optional<std::string> set(Config& cfg, std::string_view value) const;
+
+  std::string env_name() const;  // KVPAGER_HBM_BUDGET, KVPAGER_SIM_PCIE_GBPS
+  std::string cli_name() const;  // hbm-budget, sim-pcie-gbps
+};
+
+std::span<const Knob> knobs();
+const Knob* find_knob(std::string_view name);  // by name, env name or CLI name
+
+// Every problem with cfg (per-knob ranges and cross-knob rules), each message
+// naming the knob, its value and the allowed range. Empty: valid.
+std::vector<std::string> validate(const Config& cfg);
+// Throws ConfigError with all problems if cfg is not valid.
+void validate_or_throw(const Config& cfg);
+
+// Value parsers shared by the knob table and the tools.
+std::optional<uint64_t> parse_bytes(std::string_view s);      // "2M", "8GiB", "4096", "1.5G"
+std::optional<uint64_t> parse_duration_ns(std::string_view s);  // "30s", "250ms", "10us", "5" (= seconds)
+std::string format_bytes(uint64_t b);      // exact: "2M", "1536K", "12345"
+std::string human_bytes(double b);         // rounded for display: "1.50 GiB"
+std::string format_duration(uint64_t ns);  // "30s", "250ms"
+
+}  // namespace kvpager

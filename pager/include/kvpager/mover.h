@@ -1,0 +1,72 @@
+// Mover: carries a chunk's bytes between tiers. The pager decides, a mover
+// moves. Moves are asynchronous: submit() queues one, poll()/wait() hand back
+// completions. Implementations: SimMover (pager/sim, the simulated device used
+// by tests, `kvpager demo` and `kvpager replay`) and the CUDA mover (cuda/).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+#include "kvpager/status.h"
+#include "kvpager/store.h"
+#include "kvpager/types.h"
+
+namespace kvpager {
+
+// Time as the pager sees it: virtual for the simulated device, real for CUDA.
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  virtual uint64_t now_ns() const = 0;
+};
+
+struct MoveRequest {
+  uint64_t tag = 0;  // opaque to the mover; handed back in the completion
+  MoveKind kind = MoveKind::kPromote;
+  Tier from = Tier::kUnpopulated;
+  Tier to = Tier::kUnpopulated;
+  RegionId region;
+  uint32_t chunk = 0;   // chunk index within the region
+  uint64_t addr = 0;    // device address of the chunk's first byte
+  uint64_t len = 0;     // bytes (the last chunk of a region may be short)
+  bool demand = false;  // a fault is waiting on this move
+  // Spill: false when the store already holds these exact bytes (clean chunk
+  // with a store copy): the mover only releases the source.
+  bool write_back = true;
+  // Discard: the store copy (if any) must be erased too.
+  bool drop_store_copy = false;
+  ObjectKey key;  // the chunk's name in the store (spill, restore, discard)
+};
+
+struct MoveCompletion {
+  uint64_t tag = 0;
+  Status status = Status::kOk;
+};
+
+class Mover {
+ public:
+  virtual ~Mover() = default;
+  virtual std::string_view name() const = 0;
+  virtual bool simulated() const = 0;
+  // HBM the device offers the pager (the budget's upper bound).
+  virtual uint64_t device_hbm_bytes() const = 0;
+  virtual Clock& clock() = 0;
+
+  virtual void region_added(RegionId id, uint64_t base, uint64_t size) = 0;
+  virtual void region_removed(RegionId id) = 0;
+
+  // Queues a move. Fails without side effects (e.g. kNoSpace, kUnsupported).
+  virtual Status submit(const MoveRequest& req) = 0;
+  // Completions ready now, without blocking. Returns how many were written.
+  virtual size_t poll(std::span<MoveCompletion> out) = 0;
+  // Blocks until at least one move completes (returns 0 at once if none is
+  // pending). On the simulated device this advances the virtual clock.
+  virtual size_t wait(std::span<MoveCompletion> out) = 0;
+  // Moves submitted and not yet handed back.
+  virtual size_t pending() const = 0;
+  // Expected duration of a move of len bytes, from the mover's cost model.
+  virtual double estimate_ns(MoveKind kind, Tier from, Tier to, uint64_t len) const = 0;
+};
+
+}  // namespace kvpager

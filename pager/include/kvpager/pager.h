@@ -1,0 +1,188 @@
+// The pager: decides where every chunk of KV memory lives.
+//
+// It keeps the hot chunks in HBM within a budget, demotes cold ones to host
+// RAM, spills idle contexts to NVMe and stages chunks back ahead of use. It
+// knows nothing of CUDA, FUSE or files: a Mover carries the bytes.
+//
+// Threading: a Pager is driven by one thread at a time (its owner serialises
+// calls); stats() copies a snapshot and may be called by the owner to publish.
+//
+// Budget controller (balance()):
+//   HBM:  committed > high × budget  →  demote victims until ≤ low × budget.
+//         A fault that finds no room evicts synchronously first, so HBM never
+//         holds more than the budget (committed = resident + inbound).
+//   HOST: committed > high × host_capacity  →  spill chunks of contexts that
+//         may spill (parked, or idle ≥ spill_idle), least recently used
+//         context first, until ≤ low × host_capacity. Nothing else leaves HOST.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "kvpager/config.h"
+#include "kvpager/mover.h"
+#include "kvpager/policy.h"
+#include "kvpager/prefetch.h"
+#include "kvpager/region.h"
+#include "kvpager/stats.h"
+
+namespace kvpager {
+
+// Bytes of one context in each tier.
+struct ContextInfo {
+  ContextId id = kNoContext;
+  std::string name;
+  uint64_t size_bytes = 0;
+  std::array<uint64_t, kNumTiers> tier_bytes{};  // hbm, host, nvme, unpopulated
+  uint32_t regions = 0;
+  bool parked = false;
+  bool pinned = false;
+  uint64_t last_access_ns = 0;
+};
+
+class Pager final : private PrefetchSink, private RestoreCost {
+ public:
+  // cfg must validate (throws ConfigError otherwise); its auto values are
+  // resolved against the mover's device. The mover must outlive the pager.
+  Pager(const Config& cfg, Mover& mover);
+  ~Pager() override;
+  Pager(const Pager&) = delete;
+  Pager& operator=(const Pager&) = delete;
+
+  // --- regions and contexts ---
+  // Registers an allocation. With an empty context name it gets a context of
+  // its own; otherwise it joins (or creates) the named context.
+  RegionId add_region(uint64_t base, uint64_t size, std::string_view context = {});
+  // Waits for its moves, discards its chunks everywhere, forgets it.
+  Status remove_region(RegionId id);
+  const Region* region(RegionId id) const override;
+  ContextId find_context(std::string_view name) const;
+  std::vector<ContextInfo> contexts() const;
+
+  // --- the hot path ---
+  // The program touches chunk `index` of a region. Returns once the chunk is
+  // resting in HBM (a hit), after waiting for it if it was not (a fault).
+  // kInvalid for a bad region/index, kNoSpace if HBM is full of pinned chunks,
+  // kIoError/kCorrupt if the chunk could not be brought back.
+  Status access(RegionId id, uint32_t index, bool write);
+
+  // A kernel launch referencing these regions (feeds launch correlation).
+  void launch(uint64_t kernel, std::span<const RegionId> regions);
+  // A hint about a whole context.
+  Status hint(ContextId ctx, HintKind kind);
+
+  // Background work: collect finished moves, keep the watermarks, spill idle
+  // contexts, issue queued prefetches. Call it periodically.
+  void tick();
+  // Waits until no move is in flight.
+  void drain();
+
+  // --- configuration ---
+  const Config& config() const { return cfg_; }
+  // Applies a live change. Validated exactly as at start-up; a knob that
+  // cannot change live, or a value refused, leaves everything as it was and
+  // the message says why.
+  Status apply(const Config& next, std::string* why = nullptr);
+
+  StatsSnapshot stats() const;
+  uint64_t now_ns() const { return mover_.clock().now_ns(); }
+  uint64_t committed_bytes(Tier t) const { return resident_[index(t)] + inbound_[index(t)]; }
+
+  // For tests: every chunk's invariants and every counter recomputed from the
+  // chunks agree. Returns a description of the first mismatch, or "".
+  std::string audit() const;
+
+ private:
+  struct Pending {
+    uint32_t region_slot;
+    uint32_t region_gen;
+    uint32_t index;
+    uint8_t prefetcher;  // 1-based
+  };
+  struct Throttle {
+    uint64_t used = 0, wasted = 0;  // this window
+    uint32_t muted_events = 0;      // events still to skip
+  };
+
+  Region* lookup(RegionId id) const;
+  Chunk& chunk_of(const Region& r, uint32_t i) const { return r.chunks[i]; }
+  Status access_slow(Region& r, Chunk& c, bool write);
+  void note_use(Region& r, Chunk& c, bool write);
+
+  // Moves
+  Status start_move(Region& r, Chunk& c, MoveKind kind, Tier to, bool demand, uint8_t prefetcher = 0);
+  void on_complete(const MoveCompletion& done);
+  size_t collect(bool block);  // poll (or wait for) completions and apply them
+  Status wait_for(const Chunk& c);
+  EvictionPolicy* policy_for(Tier t) const;
+  void make_evictable(Chunk& c);
+  void make_unevictable(Chunk& c);
+
+  // Budget
+  Status make_room_sync(uint64_t bytes);
+  void balance();
+  void balance_hbm();
+  void balance_host();
+  bool may_spill(const Context& ctx) const;
+  uint64_t context_last_access(const Context& ctx) const;
+  ObjectKey key_for(const Region& r, uint32_t index) const;
+
+  // Prefetch mechanism
+  uint32_t prefetch(RegionId region, uint32_t first, uint32_t count) override;
+  uint32_t prefetch_region(RegionId region) override;
+  uint32_t prefetch_context(ContextId ctx) override;
+  bool stage(Region& r, Chunk& c, uint8_t prefetcher);
+  void issue_pending();
+  void prefetch_used(Chunk& c, uint64_t len);
+  void prefetch_wasted(Chunk& c, uint64_t len);
+  template <typename Fn>
+  void dispatch(Fn&& fn);
+
+  double restore_ns(const Chunk& c) const override;
+  void rebuild_policies();
+  void release_region(Region& r);
+  ContextId context_for(std::string_view name, RegionId first);
+
+  Config cfg_;
+  Mover& mover_;
+  uint64_t hbm_limit_ = 0;   // = cfg_.hbm_budget (resolved)
+  uint64_t host_limit_ = 0;  // = cfg_.host_capacity (resolved)
+  uint64_t epoch_ = 0;
+  uint64_t now_ = 0;  // mover clock, refreshed on slow paths and in tick()
+
+  std::vector<std::unique_ptr<Region>> regions_;  // by slot; null = free
+  std::vector<uint32_t> free_slots_;
+  std::vector<uint32_t> generations_;
+  std::vector<std::unique_ptr<Context>> contexts_;  // by id; null = free
+  std::unordered_map<std::string, ContextId> context_names_;
+  uint64_t region_serial_ = 0;
+
+  std::unique_ptr<EvictionPolicy> policies_[2];  // HBM, HOST
+  std::array<uint64_t, kNumTiers> resident_{};
+  std::array<uint64_t, kNumTiers> inbound_{};
+  std::array<uint64_t, kNumTiers> outbound_{};
+  std::array<uint64_t, kNumTiers> chunks_in_{};
+
+  std::vector<std::unique_ptr<Prefetcher>> prefetchers_;
+  std::vector<PrefetcherStats> prefetch_stats_;
+  std::vector<Throttle> throttles_;
+  uint8_t current_prefetcher_ = 0;  // 1-based while dispatching an event
+  std::vector<Pending> pending_;    // prefetches waiting for room (ring)
+  size_t pending_head_ = 0;
+  size_t pending_count_ = 0;
+
+  StatsSnapshot counters_;  // the counting part of the snapshot
+  bool spill_disabled_ = false;
+  uint64_t next_spill_check_ns_ = 0;
+  std::vector<MoveCompletion> completions_;
+  const Chunk* last_error_chunk_ = nullptr;  // the last failed move, for wait_for()
+  Status last_error_ = Status::kOk;
+};
+
+}  // namespace kvpager

@@ -1,0 +1,42 @@
+// Region: one allocation (base, size) cut into chunks. Context: a named set of
+// regions (a conversation, a session, a prefix); one per region when nothing
+// names it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kvpager/chunk.h"
+#include "kvpager/types.h"
+
+namespace kvpager {
+
+struct Region {
+  RegionId id;
+  uint64_t base = 0;
+  uint64_t size = 0;
+  uint64_t chunk_size = 0;
+  uint32_t nchunks = 0;
+  ContextId ctx = kNoContext;
+  uint64_t last_access_ns = 0;  // pager clock at the last access to any chunk
+  std::unique_ptr<Chunk[]> chunks;
+
+  uint64_t chunk_offset(uint32_t i) const { return uint64_t{i} * chunk_size; }
+  uint64_t chunk_len(uint32_t i) const {
+    uint64_t off = chunk_offset(i);
+    return size - off < chunk_size ? size - off : chunk_size;
+  }
+};
+
+struct Context {
+  ContextId id = kNoContext;
+  std::string name;
+  std::vector<RegionId> regions;  // in order: chunk k of the context is found by walking them
+  bool parked = false;
+  uint64_t parked_at_ns = 0;
+  bool pinned = false;
+};
+
+}  // namespace kvpager

@@ -1,0 +1,431 @@
+#include "kvpager/config.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <charconv>
+#include <cmath>
+#include <cstdlib>
+
+namespace kvpager {
+
+std::string_view to_string(PolicyKind p) {
+  switch (p) {
+    case PolicyKind::kLru: return "lru";
+    case PolicyKind::kClock: return "clock";
+    case PolicyKind::kCost: return "cost";
+  }
+  return "?";
+}
+
+namespace {
+
+std::string_view trim(std::string_view s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.front()))) s.remove_prefix(1);
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.remove_suffix(1);
+  return s;
+}
+
+std::string lower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+
+// Parses a non-negative decimal number (optionally with a fraction) and
+// returns it with the unparsed suffix.
+std::optional<std::pair<double, std::string_view>> parse_number(std::string_view s) {
+  s = trim(s);
+  double v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc{} || !std::isfinite(v) || v < 0) return std::nullopt;
+  return std::pair{v, trim(std::string_view(p, static_cast<size_t>(s.data() + s.size() - p)))};
+}
+
+std::optional<uint64_t> exact_u64(std::string_view s) {
+  s = trim(s);
+  uint64_t v = 0;
+  auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc{} || p != s.data() + s.size()) return std::nullopt;
+  return v;
+}
+
+}  // namespace
+
+std::optional<uint64_t> parse_bytes(std::string_view s) {
+  if (auto exact = exact_u64(s)) return exact;
+  auto num = parse_number(s);
+  if (!num) return std::nullopt;
+  std::string unit = lower(num->second);
+  if (unit.ends_with("ib")) unit.resize(unit.size() - 2);
+  else if (unit.ends_with("b")) unit.resize(unit.size() - 1);
+  double mult = 0;
+  if (unit.empty()) mult = 1;
+  else if (unit == "k") mult = static_cast<double>(KiB);
+  else if (unit == "m") mult = static_cast<double>(MiB);
+  else if (unit == "g") mult = static_cast<double>(GiB);
+  else if (unit == "t") mult = static_cast<double>(TiB);
+  else if (unit == "p") mult = static_cast<double>(TiB) * 1024.0;
+  else return std::nullopt;
+  double v = num->first * mult;
+  if (v >= 1.8e19 || v != std::floor(v)) return std::nullopt;  // overflow or fractional bytes
+  return static_cast<uint64_t>(v);
+}
+
+std::optional<uint64_t> parse_duration_ns(std::string_view s) {
+  auto num = parse_number(s);
+  if (!num) return std::nullopt;
+  std::string unit = lower(num->second);
+  double mult = 0;
+  if (unit.empty() || unit == "s") mult = 1e9;
+  else if (unit == "ms") mult = 1e6;
+  else if (unit == "us") mult = 1e3;
+  else if (unit == "ns") mult = 1;
+  else if (unit == "min" || unit == "m") mult = 60e9;
+  else if (unit == "h") mult = 3600e9;
+  else return std::nullopt;
+  double v = std::round(num->first * mult);
+  if (v >= 1.8e19) return std::nullopt;
+  return static_cast<uint64_t>(v);
+}
+
+std::string format_bytes(uint64_t b) {
+  static constexpr std::pair<uint64_t, const char*> units[] = {
+      {TiB * 1024, "P"}, {TiB, "T"}, {GiB, "G"}, {MiB, "M"}, {KiB, "K"}};
+  if (b == 0) return "0";
+  for (auto [mult, name] : units) {
+    if (b % mult == 0) return fmt::format("{}{}", b / mult, name);
+  }
+  return fmt::format("{}", b);
+}
+
+std::string human_bytes(double b) {
+  static constexpr const char* names[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+  int i = 0;
+  while (b >= 1024.0 && i < 5) {
+    b /= 1024.0;
+    ++i;
+  }
+  return i == 0 ? fmt::format("{:.0f} B", b) : fmt::format("{:.2f} {}", b, names[i]);
+}
+
+std::string format_duration(uint64_t ns) {
+  if (ns == 0) return "0s";
+  if (ns % 1'000'000'000 == 0) return fmt::format("{}s", ns / 1'000'000'000);
+  if (ns % 1'000'000 == 0) return fmt::format("{}ms", ns / 1'000'000);
+  if (ns % 1'000 == 0) return fmt::format("{}us", ns / 1'000);
+  return fmt::format("{}ns", ns);
+}
+
+std::string Knob::env_name() const {
+  std::string out = "KVPAGER_";
+  for (char c : name) out += (c == '.') ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::string Knob::cli_name() const {
+  std::string out;
+  for (char c : name) out += (c == '.' || c == '_') ? '-' : c;
+  return out;
+}
+
+namespace {
+
+// Each knob type is a template over the member it sets, so the table below
+// stays one line of facts per knob. parse() and check() return only the
+// reason; the caller (Knob::set / validate) names the knob and its value, so
+// every message has the same shape: "<knob> = <value>: <reason>".
+// Range checks are separate from parsing: a value can be well-formed and still
+// out of range, and validate() must also catch bad values set in code.
+
+// Byte sizes, Lo..Hi inclusive; ZeroOk: 0 is allowed (auto / unlimited).
+template <auto M, uint64_t Lo, uint64_t Hi, bool ZeroOk, bool Pow2>
+struct BytesKnob {
+  static std::optional<std::string> parse(Config& c, std::string_view v) {
+    auto b = parse_bytes(v);
+    if (!b) return "not a byte size: allowed forms 4096, 64K, 2M, 8G, 1.5T";
+    c.*M = *b;
+    return check(c);
+  }
+  static std::string format(const Config& c) { return format_bytes(c.*M); }
+  static std::optional<std::string> check(const Config& c) {
+    uint64_t v = c.*M;
+    if (ZeroOk && v == 0) return std::nullopt;
+    if (v < Lo || v > Hi || (Pow2 && (v & (v - 1)) != 0)) {
+      return fmt::format("out of range: allowed {}{}..{}{}", Pow2 ? "a power of two, " : "", format_bytes(Lo),
+                         format_bytes(Hi), ZeroOk ? " (or 0)" : "");
+    }
+    return std::nullopt;
+  }
+};
+
+template <auto M, uint64_t Lo, uint64_t Hi>
+struct UintKnob {
+  static std::optional<std::string> parse(Config& c, std::string_view v) {
+    auto n = exact_u64(v);
+    if (!n || *n > UINT32_MAX) return fmt::format("not an integer: allowed {}..{}", Lo, Hi);
+    c.*M = static_cast<uint32_t>(*n);
+    return check(c);
+  }
+  static std::string format(const Config& c) { return fmt::format("{}", c.*M); }
+  static std::optional<std::string> check(const Config& c) {
+    if (c.*M < Lo || c.*M > Hi) return fmt::format("out of range: allowed {}..{}", Lo, Hi);
+    return std::nullopt;
+  }
+};
+
+// Doubles in [Lo, Hi]; LoOpen excludes Lo.
+template <auto M, double Lo, double Hi, bool LoOpen>
+struct DoubleKnob {
+  static std::optional<std::string> parse(Config& c, std::string_view v) {
+    auto n = parse_number(v);
+    if (!n || !n->second.empty()) return fmt::format("not a number: allowed {}", range());
+    c.*M = n->first;
+    return check(c);
+  }
+  static std::string range() { return fmt::format("{}{}..{}", LoOpen ? "> " : "", Lo, Hi); }
+  static std::string format(const Config& c) { return fmt::format("{}", c.*M); }
+  static std::optional<std::string> check(const Config& c) {
+    double v = c.*M;
+    if (!(v <= Hi) || (LoOpen ? !(v > Lo) : !(v >= Lo))) return fmt::format("out of range: allowed {}", range());
+    return std::nullopt;
+  }
+};
+
+template <auto M, uint64_t Lo, uint64_t Hi>
+struct DurationKnob {
+  static std::optional<std::string> parse(Config& c, std::string_view v) {
+    auto n = parse_duration_ns(v);
+    if (!n) return "not a duration: allowed forms 30s, 250ms, 10us, 2min (a bare number is seconds)";
+    c.*M = *n;
+    return check(c);
+  }
+  static std::string format(const Config& c) { return format_duration(c.*M); }
+  static std::optional<std::string> check(const Config& c) {
+    if (c.*M < Lo || c.*M > Hi)
+      return fmt::format("out of range: allowed {}..{}", format_duration(Lo), format_duration(Hi));
+    return std::nullopt;
+  }
+};
+
+// An enumeration: Names lists (value, name) pairs.
+template <auto M, const auto& Names>
+struct EnumKnob {
+  static std::string allowed() {
+    std::string out;
+    for (auto [v, n] : Names) out += (out.empty() ? "" : ", ") + std::string(n);
+    return out;
+  }
+  static std::optional<std::string> parse(Config& c, std::string_view v) {
+    std::string s = lower(trim(v));
+    for (auto [value, name] : Names) {
+      if (s == name) {
+        c.*M = value;
+        return std::nullopt;
+      }
+    }
+    return "unknown value: allowed " + allowed();
+  }
+  static std::string format(const Config& c) {
+    for (auto [value, name] : Names)
+      if (c.*M == value) return std::string(name);
+    return "?";
+  }
+  static std::optional<std::string> check(const Config& c) {
+    for (auto [value, name] : Names)
+      if (c.*M == value) return std::nullopt;
+    return "unknown value: allowed " + allowed();
+  }
+};
+
+constexpr std::array<std::pair<PolicyKind, std::string_view>, 3> kPolicyNames{
+    {{PolicyKind::kLru, "lru"}, {PolicyKind::kClock, "clock"}, {PolicyKind::kCost, "cost"}}};
+constexpr std::array<std::pair<std::string_view, std::string_view>, 6> kLogLevels{
+    {{"trace", "trace"}, {"debug", "debug"}, {"info", "info"}, {"warn", "warn"}, {"error", "error"}, {"off", "off"}}};
+
+struct PrefetchersKnob {
+  static constexpr std::pair<uint8_t, std::string_view> kNames[] = {
+      {kPrefetchSequential, "sequential"}, {kPrefetchCorrelation, "correlation"}, {kPrefetchHint, "hint"}};
+  static std::optional<std::string> parse(Config& c, std::string_view v) {
+    std::string s = lower(trim(v));
+    if (s == "none" || s.empty()) {
+      c.prefetchers = 0;
+      return std::nullopt;
+    }
+    if (s == "all") {
+      c.prefetchers = kAllPrefetchers;
+      return std::nullopt;
+    }
+    uint8_t bits = 0;
+    std::string_view rest = s;
+    while (!rest.empty()) {
+      size_t comma = rest.find(',');
+      std::string_view item = trim(rest.substr(0, comma));
+      rest = comma == std::string_view::npos ? std::string_view{} : rest.substr(comma + 1);
+      auto it = std::find_if(std::begin(kNames), std::end(kNames), [&](auto& p) { return p.second == item; });
+      if (it == std::end(kNames)) return "unknown prefetcher: allowed a comma list of sequential, correlation, hint; or all, none";
+      bits = static_cast<uint8_t>(bits | it->first);
+    }
+    c.prefetchers = bits;
+    return std::nullopt;
+  }
+  static std::string format(const Config& c) {
+    if (c.prefetchers == 0) return "none";
+    std::string out;
+    for (auto [bit, name] : kNames) {
+      if (c.prefetchers & bit) out += (out.empty() ? "" : ",") + std::string(name);
+    }
+    return out;
+  }
+  static std::optional<std::string> check(const Config& c) {
+    if (c.prefetchers & ~kAllPrefetchers) return "unknown prefetcher bits";
+    return std::nullopt;
+  }
+};
+
+template <auto M>
+struct StringKnob {
+  static std::optional<std::string> parse(Config& c, std::string_view v) {
+    c.*M = std::string(v);
+    return check(c);
+  }
+  static std::string format(const Config& c) { return c.*M; }
+  static std::optional<std::string> check(const Config& c) {
+    if ((c.*M).find('\0') != std::string::npos) return "contains a NUL byte";
+    return std::nullopt;
+  }
+};
+
+template <typename K>
+constexpr Knob make(std::string_view name, KnobType t, bool live, std::string_view range, std::string_view help) {
+  return Knob{name, t, live, range, help, &K::parse, &K::format, &K::check};
+}
+
+constexpr uint64_t kMaxBytes = TiB * 1024 * 64;  // 64 PiB: a sanity bound, not a policy
+constexpr uint64_t kHour = 3600ull * 1'000'000'000;
+
+const Knob kKnobs[] = {
+    make<BytesKnob<&Config::chunk_size, 64 * KiB, 64 * MiB, false, true>>(
+        "chunk_size", KnobType::kBytes, false, "a power of two, 64K..64M",
+        "Paging unit. 2M matches the UVM driver's VA block."),
+    make<BytesKnob<&Config::hbm_budget, 64 * KiB, kMaxBytes, true, false>>(
+        "hbm_budget", KnobType::kBytes, true, "0 (auto) or 64K..64P",
+        "HBM the pager keeps resident. auto: the simulated card's size, or 90% of the GPU's free memory."),
+    make<BytesKnob<&Config::host_capacity, 64 * KiB, kMaxBytes, true, false>>(
+        "host_capacity", KnobType::kBytes, true, "0 (auto) or 64K..64P",
+        "Host RAM for demoted chunks; above it idle contexts spill to NVMe. auto: half of physical RAM."),
+    make<BytesKnob<&Config::nvme_capacity, 64 * KiB, kMaxBytes, true, false>>(
+        "nvme_capacity", KnobType::kBytes, true, "0 (unlimited) or 64K..64P",
+        "Bytes the NVMe tier may hold; when full, chunks stay in host RAM."),
+    make<DoubleKnob<&Config::high_watermark, 0.0, 1.0, true>>(
+        "high_watermark", KnobType::kFraction, true, "a fraction > 0..1, above low_watermark",
+        "Occupancy of a tier (fraction of its capacity) that starts eviction from it."),
+    make<DoubleKnob<&Config::low_watermark, 0.0, 1.0, false>>(
+        "low_watermark", KnobType::kFraction, true, "a fraction 0..1, below high_watermark",
+        "Occupancy at which eviction stops."),
+    make<EnumKnob<&Config::eviction_policy, kPolicyNames>>("eviction_policy", KnobType::kPolicy, true, "lru, clock, cost",
+                     "Victim choice: LRU, CLOCK (second chance), or cost-aware (lowest heat x restore cost)."),
+    make<UintKnob<&Config::cost_sample, 1, 1024>>(
+        "cost_sample", KnobType::kUint, true, "1..1024",
+        "Candidates from the cold end the cost-aware policy compares per victim."),
+    make<PrefetchersKnob>("prefetchers", KnobType::kPrefetchers, true,
+                          "comma list of sequential, correlation, hint; all; none",
+                          "Enabled prefetchers."),
+    make<UintKnob<&Config::prefetch_depth, 1, 256>>(
+        "prefetch_depth", KnobType::kUint, true, "1..256",
+        "How far ahead: chunks for sequential, launches for correlation."),
+    make<DoubleKnob<&Config::prefetch_waste_ceiling, 0.0, 1.0, true>>(
+        "prefetch_waste_ceiling", KnobType::kFraction, true, "a fraction > 0..1",
+        "A prefetcher whose wasted/(used+wasted) bytes exceed this is throttled."),
+    make<DurationKnob<&Config::spill_idle_ns, 0, 24 * kHour>>(
+        "spill_idle", KnobType::kDuration, true, "0..24h",
+        "Idle time after which a context may spill from host RAM to NVMe."),
+    make<StringKnob<&Config::store_dir>>(
+        "store_dir", KnobType::kString, false, "a directory path",
+        "NVMe tier directory. Empty: $XDG_CACHE_HOME/kvpager, else /var/tmp/kvpager."),
+    make<EnumKnob<&Config::log_level, kLogLevels>>("log_level", KnobType::kString, true, "trace, debug, info, warn, error, off",
+                       "Logging threshold."),
+    make<BytesKnob<&Config::sim_hbm_capacity, 64 * KiB, 1024 * GiB, false, false>>(
+        "sim.hbm_capacity", KnobType::kBytes, false, "64K..1T",
+        "Simulated device: size of its HBM (the budget cannot exceed it)."),
+    make<DoubleKnob<&Config::sim_pcie_gbps, 0.0, 10000.0, true>>(
+        "sim.pcie_gbps", KnobType::kDouble, false, "> 0..10000",
+        "Simulated device: HBM<->host bandwidth per direction, GB/s."),
+    make<DurationKnob<&Config::sim_pcie_latency_ns, 0, 1'000'000'000>>(
+        "sim.pcie_latency", KnobType::kDuration, false, "0..1s", "Simulated device: HBM<->host latency per move."),
+    make<DoubleKnob<&Config::sim_nvme_read_gbps, 0.0, 10000.0, true>>(
+        "sim.nvme_read_gbps", KnobType::kDouble, false, "> 0..10000", "Simulated device: NVMe read bandwidth, GB/s."),
+    make<DoubleKnob<&Config::sim_nvme_write_gbps, 0.0, 10000.0, true>>(
+        "sim.nvme_write_gbps", KnobType::kDouble, false, "> 0..10000", "Simulated device: NVMe write bandwidth, GB/s."),
+    make<DurationKnob<&Config::sim_nvme_latency_ns, 0, 1'000'000'000>>(
+        "sim.nvme_latency", KnobType::kDuration, false, "0..1s", "Simulated device: NVMe latency per move."),
+    make<DurationKnob<&Config::sim_fault_ns, 0, 1'000'000'000>>(
+        "sim.fault_cost", KnobType::kDuration, false, "0..1s",
+        "Simulated device: extra time a demand fault costs over a prefetch."),
+};
+
+}  // namespace
+
+std::span<const Knob> knobs() { return kKnobs; }
+
+const Knob* find_knob(std::string_view name) {
+  for (const Knob& k : kKnobs) {
+    if (k.name == name || k.env_name() == name || k.cli_name() == name) return &k;
+  }
+  return nullptr;
+}
+
+std::optional<std::string> Knob::set(Config& cfg, std::string_view value) const {
+  Config trial = cfg;
+  if (auto reason = parse(trial, value)) return fmt::format("{} = '{}': {}", name, value, *reason);
+  cfg = trial;
+  return std::nullopt;
+}
+
+std::vector<std::string> validate(const Config& cfg) {
+  std::vector<std::string> errors;
+  for (const Knob& k : kKnobs) {
+    if (auto reason = k.check(cfg)) errors.push_back(fmt::format("{} = {}: {}", k.name, k.format(cfg), *reason));
+  }
+  if (cfg.low_watermark >= cfg.high_watermark) {
+    errors.push_back(fmt::format("low_watermark = {}: out of range: must be below high_watermark = {}",
+                                 cfg.low_watermark, cfg.high_watermark));
+  }
+  auto at_least_a_chunk = [&](std::string_view name, uint64_t v, bool zero_ok) {
+    if ((zero_ok && v == 0) || v >= cfg.chunk_size) return;
+    errors.push_back(fmt::format("{} = {}: out of range: must hold at least one chunk (chunk_size = {})", name,
+                                 format_bytes(v), format_bytes(cfg.chunk_size)));
+  };
+  at_least_a_chunk("hbm_budget", cfg.hbm_budget, true);
+  at_least_a_chunk("host_capacity", cfg.host_capacity, true);
+  at_least_a_chunk("sim.hbm_capacity", cfg.sim_hbm_capacity, false);
+  return errors;
+}
+
+void validate_or_throw(const Config& cfg) {
+  auto errors = validate(cfg);
+  if (errors.empty()) return;
+  std::string msg = "invalid configuration:";
+  for (const auto& e : errors) msg += "\n  " + e;
+  throw ConfigError(msg);
+}
+
+Config Config::resolved(uint64_t hbm_device_bytes, uint64_t host_ram_bytes) const {
+  Config c = *this;
+  if (c.hbm_budget == 0) c.hbm_budget = hbm_device_bytes;
+  if (c.host_capacity == 0) c.host_capacity = std::max<uint64_t>(host_ram_bytes / 2, c.chunk_size);
+  // Budgets are kept in whole chunks.
+  c.hbm_budget = std::max(c.chunk_size, c.hbm_budget / c.chunk_size * c.chunk_size);
+  return c;
+}
+
+std::string Config::effective_store_dir() const {
+  if (!store_dir.empty()) return store_dir;
+  if (const char* x = std::getenv("XDG_CACHE_HOME"); x && *x) return std::string(x) + "/kvpager";
+  return "/var/tmp/kvpager";
+}
+
+}  // namespace kvpager

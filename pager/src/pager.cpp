@@ -1,0 +1,758 @@
+#include "kvpager/pager.h"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cassert>
+
+namespace kvpager {
+
+namespace {
+
+constexpr size_t kCompletionBatch = 64;
+constexpr size_t kPendingPrefetches = 4096;
+constexpr uint32_t kThrottleMuteEvents = 256;  // events a throttled prefetcher sits out
+constexpr uint64_t kThrottleMinChunks = 16;    // judged chunks before a verdict
+
+MoveKind kind_of(Tier from, Tier to) {
+  if (to == Tier::kUnpopulated) return MoveKind::kDiscard;
+  if (from == Tier::kNvme) return MoveKind::kRestore;
+  if (to == Tier::kNvme) return MoveKind::kSpill;
+  if (to == Tier::kHbm) return MoveKind::kPromote;
+  return MoveKind::kDemote;
+}
+
+uint64_t physical_ram() {
+  long pages = sysconf(_SC_PHYS_PAGES);
+  long page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 8 * GiB;
+}
+
+uint64_t mix(uint64_t h, uint64_t v) {
+  h ^= v + 0x9E3779B97F4A7C15ull + (h << 6) + (h >> 2);
+  return h * 0xBF58476D1CE4E5B9ull;
+}
+
+uint64_t fraction_of(uint64_t bytes, double f) { return static_cast<uint64_t>(static_cast<double>(bytes) * f); }
+
+}  // namespace
+
+Pager::Pager(const Config& cfg, Mover& mover) : mover_(mover) {
+  validate_or_throw(cfg);
+  cfg_ = cfg.resolved(mover.device_hbm_bytes(), physical_ram());
+  if (cfg_.hbm_budget > mover.device_hbm_bytes()) {
+    throw ConfigError(fmt::format("hbm_budget = {}: out of range: the device ({}) offers {}",
+                                  format_bytes(cfg_.hbm_budget), mover.name(),
+                                  format_bytes(mover.device_hbm_bytes())));
+  }
+  hbm_limit_ = cfg_.hbm_budget;
+  host_limit_ = cfg_.host_capacity;
+  rebuild_policies();
+  prefetchers_ = make_prefetchers(cfg_);
+  for (auto& p : prefetchers_) prefetch_stats_.push_back(PrefetcherStats{std::string(p->name())});
+  throttles_.resize(prefetchers_.size());
+  pending_.resize(kPendingPrefetches);
+  completions_.resize(kCompletionBatch);
+  now_ = mover_.clock().now_ns();
+}
+
+Pager::~Pager() { drain(); }
+
+// ---------------------------------------------------------------- regions
+
+Region* Pager::lookup(RegionId id) const {
+  if (id.slot >= regions_.size()) return nullptr;
+  Region* r = regions_[id.slot].get();
+  return (r && r->id.gen == id.gen) ? r : nullptr;
+}
+
+const Region* Pager::region(RegionId id) const { return lookup(id); }
+
+ContextId Pager::find_context(std::string_view name) const {
+  auto it = context_names_.find(std::string(name));
+  return it == context_names_.end() ? kNoContext : it->second;
+}
+
+ContextId Pager::context_for(std::string_view name, RegionId first) {
+  std::string key = name.empty() ? fmt::format("p{}-r{}", getpid(), ++region_serial_) : std::string(name);
+  if (auto it = context_names_.find(key); it != context_names_.end()) {
+    contexts_[it->second]->regions.push_back(first);
+    return it->second;
+  }
+  ContextId id = static_cast<ContextId>(contexts_.size());
+  for (ContextId i = 0; i < contexts_.size(); ++i) {
+    if (!contexts_[i]) {
+      id = i;
+      break;
+    }
+  }
+  auto ctx = std::make_unique<Context>();
+  ctx->id = id;
+  ctx->name = key;
+  ctx->regions.push_back(first);
+  if (id == contexts_.size()) contexts_.push_back(nullptr);
+  contexts_[id] = std::move(ctx);
+  context_names_.emplace(std::move(key), id);
+  return id;
+}
+
+RegionId Pager::add_region(uint64_t base, uint64_t size, std::string_view context) {
+  if (size == 0) return RegionId{};
+  uint32_t slot;
+  if (!free_slots_.empty()) {
+    slot = free_slots_.back();
+    free_slots_.pop_back();
+  } else {
+    slot = static_cast<uint32_t>(regions_.size());
+    regions_.push_back(nullptr);
+    generations_.push_back(0);
+  }
+  auto r = std::make_unique<Region>();
+  r->id = RegionId{slot, ++generations_[slot]};
+  r->base = base;
+  r->size = size;
+  r->chunk_size = cfg_.chunk_size;
+  r->nchunks = static_cast<uint32_t>((size + cfg_.chunk_size - 1) / cfg_.chunk_size);
+  r->chunks = std::make_unique<Chunk[]>(r->nchunks);
+  r->last_access_ns = now_;
+  for (uint32_t i = 0; i < r->nchunks; ++i) {
+    r->chunks[i].region = slot;
+    r->chunks[i].index = i;
+  }
+  r->ctx = context_for(context, r->id);
+  for (uint32_t i = 0; i < r->nchunks; ++i) r->chunks[i].ctx = r->ctx;
+  resident_[index(Tier::kUnpopulated)] += size;
+  chunks_in_[index(Tier::kUnpopulated)] += r->nchunks;
+  RegionId id = r->id;
+  regions_[slot] = std::move(r);
+  mover_.region_added(id, base, size);
+  return id;
+}
+
+Status Pager::remove_region(RegionId id) {
+  Region* r = lookup(id);
+  if (!r) return Status::kNotFound;
+  // Let every move of this region finish, then discard what it holds.
+  auto busy = [&] {
+    for (uint32_t i = 0; i < r->nchunks; ++i)
+      if (r->chunks[i].in_flight()) return true;
+    return false;
+  };
+  while (busy()) collect(true);
+  for (uint32_t i = 0; i < r->nchunks; ++i) {
+    Chunk& c = r->chunks[i];
+    c.pinned = false;
+    if (c.tier != Tier::kUnpopulated) start_move(*r, c, MoveKind::kDiscard, Tier::kUnpopulated, false);
+  }
+  while (busy()) collect(true);
+  release_region(*r);
+  return Status::kOk;
+}
+
+void Pager::release_region(Region& r) {
+  resident_[index(Tier::kUnpopulated)] -= r.size;
+  chunks_in_[index(Tier::kUnpopulated)] -= r.nchunks;
+  mover_.region_removed(r.id);
+  Context& ctx = *contexts_[r.ctx];
+  std::erase(ctx.regions, r.id);
+  if (ctx.regions.empty()) {
+    context_names_.erase(ctx.name);
+    contexts_[r.ctx].reset();
+  }
+  uint32_t slot = r.id.slot;
+  regions_[slot].reset();
+  free_slots_.push_back(slot);
+}
+
+uint64_t Pager::context_last_access(const Context& ctx) const {
+  uint64_t last = 0;
+  for (RegionId id : ctx.regions)
+    if (const Region* r = lookup(id)) last = std::max(last, r->last_access_ns);
+  return last;
+}
+
+std::vector<ContextInfo> Pager::contexts() const {
+  std::vector<ContextInfo> out;
+  for (const auto& ctx : contexts_) {
+    if (!ctx) continue;
+    ContextInfo info{ctx->id, ctx->name};
+    info.parked = ctx->parked;
+    info.pinned = ctx->pinned;
+    info.regions = static_cast<uint32_t>(ctx->regions.size());
+    info.last_access_ns = context_last_access(*ctx);
+    for (RegionId id : ctx->regions) {
+      const Region* r = lookup(id);
+      info.size_bytes += r->size;
+      for (uint32_t i = 0; i < r->nchunks; ++i) info.tier_bytes[index(r->chunks[i].tier)] += r->chunk_len(i);
+    }
+    out.push_back(std::move(info));
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- hot path
+
+Status Pager::access(RegionId id, uint32_t i, bool write) {
+  Region* r = lookup(id);
+  if (!r || i >= r->nchunks) [[unlikely]]
+    return Status::kInvalid;
+  Chunk& c = r->chunks[i];
+  ++counters_.accesses;
+  if (c.tier == Tier::kHbm && c.resting()) [[likely]] {
+    ++counters_.hits;
+    note_use(*r, c, write);
+    return Status::kOk;
+  }
+  return access_slow(*r, c, write);
+}
+
+void Pager::note_use(Region& r, Chunk& c, bool write) {
+  ++epoch_;
+  if (c.in_policy) policies_[0]->touch(c, epoch_);
+  c.last_use = epoch_;
+  c.dirty = c.dirty || write;
+  r.last_access_ns = now_;
+  if (c.prefetcher != 0) [[unlikely]] {
+    prefetch_used(c, r.chunk_len(c.index));
+    FaultEvent ev{&r, c.index, true};
+    dispatch([&](Prefetcher& p) { p.on_fault(ev, *this); });
+  }
+}
+
+Status Pager::access_slow(Region& r, Chunk& c, bool write) {
+  now_ = mover_.clock().now_ns();
+  ++counters_.faults;
+  if (c.in_flight()) {
+    Status s = wait_for(c);
+    if (c.tier == Tier::kHbm) {  // it was on its way up: a late prefetch
+      ++counters_.faults_from[index(Tier::kHbm)];
+      note_use(r, c, write);
+      issue_pending();
+      return Status::kOk;
+    }
+    if (!ok(s) && c.tier == Tier::kNvme) return s;  // a failed restore: the bytes are not there
+  }
+  ++counters_.faults_from[index(c.tier)];
+  Status s = make_room_sync(r.chunk_len(c.index));
+  if (!ok(s)) return s;
+  MoveKind kind = c.tier == Tier::kNvme ? MoveKind::kRestore : MoveKind::kPromote;
+  s = start_move(r, c, kind, Tier::kHbm, /*demand=*/true);
+  if (!ok(s)) return s;
+  balance();
+  FaultEvent ev{&r, c.index, false};
+  dispatch([&](Prefetcher& p) { p.on_fault(ev, *this); });
+  s = wait_for(c);
+  if (!ok(s)) return s;
+  note_use(r, c, write);
+  issue_pending();
+  return Status::kOk;
+}
+
+void Pager::launch(uint64_t kernel, std::span<const RegionId> regions) {
+  uint64_t sig = mix(0x6B7670616765ull, kernel);
+  for (RegionId id : regions) {
+    sig = mix(sig, id.packed());
+    if (Region* r = lookup(id)) r->last_access_ns = now_;
+  }
+  LaunchEvent ev{sig, regions};
+  dispatch([&](Prefetcher& p) { p.on_launch(ev, *this); });
+}
+
+// ---------------------------------------------------------------- hints
+
+Status Pager::hint(ContextId id, HintKind kind) {
+  if (id >= contexts_.size() || !contexts_[id]) return Status::kNotFound;
+  Context& ctx = *contexts_[id];
+  now_ = mover_.clock().now_ns();
+  auto each_chunk = [&](auto&& fn) {
+    for (RegionId rid : ctx.regions) {
+      Region& r = *lookup(rid);
+      for (uint32_t i = 0; i < r.nchunks; ++i) fn(r, r.chunks[i]);
+    }
+  };
+  switch (kind) {
+    case HintKind::kPrefetch:
+      ctx.parked = false;
+      break;
+    case HintKind::kPark:
+      ctx.parked = true;
+      ctx.parked_at_ns = std::max(now_, context_last_access(ctx));
+      each_chunk([&](Region& r, Chunk& c) {
+        if (c.tier == Tier::kHbm && c.resting() && !c.pinned)
+          start_move(r, c, MoveKind::kDemote, Tier::kHost, false);
+      });
+      next_spill_check_ns_ = 0;
+      break;
+    case HintKind::kDrop: {
+      bool pinned = false;
+      each_chunk([&](Region&, Chunk& c) { pinned = pinned || c.pinned; });
+      if (pinned || ctx.pinned) return Status::kBusy;
+      auto moving = [&] {
+        bool any = false;
+        each_chunk([&](Region&, Chunk& c) { any = any || c.in_flight(); });
+        return any;
+      };
+      while (moving()) collect(true);
+      each_chunk([&](Region& r, Chunk& c) {
+        if (c.tier != Tier::kUnpopulated) start_move(r, c, MoveKind::kDiscard, Tier::kUnpopulated, false);
+      });
+      while (moving()) collect(true);
+      break;
+    }
+    case HintKind::kPin:
+      ctx.pinned = true;
+      each_chunk([&](Region&, Chunk& c) {
+        if (c.in_policy) make_unevictable(c);
+        c.pinned = true;
+      });
+      break;
+    case HintKind::kUnpin:
+      ctx.pinned = false;
+      each_chunk([&](Region&, Chunk& c) {
+        c.pinned = false;
+        if (c.resting() && (c.tier == Tier::kHbm || c.tier == Tier::kHost)) make_evictable(c);
+      });
+      break;
+  }
+  HintEvent ev{id, kind};
+  dispatch([&](Prefetcher& p) { p.on_hint(ev, *this); });
+  balance();
+  return Status::kOk;
+}
+
+// ---------------------------------------------------------------- moves
+
+EvictionPolicy* Pager::policy_for(Tier t) const {
+  if (t == Tier::kHbm) return policies_[0].get();
+  if (t == Tier::kHost) return policies_[1].get();
+  return nullptr;
+}
+
+void Pager::make_evictable(Chunk& c) {
+  if (c.in_policy || c.pinned || c.in_flight()) return;
+  if (EvictionPolicy* p = policy_for(c.tier)) p->insert(c);
+  KVPAGER_CHECK_CHUNK(c);
+}
+
+void Pager::make_unevictable(Chunk& c) {
+  if (!c.in_policy) return;
+  policy_for(c.tier)->erase(c);
+}
+
+ObjectKey Pager::key_for(const Region& r, uint32_t i) const {
+  const Context& ctx = *contexts_[r.ctx];
+  uint64_t k = 0;
+  for (RegionId id : ctx.regions) {
+    if (id == r.id) break;
+    k += lookup(id)->nchunks;
+  }
+  return chunk_key("", ctx.name, k + i);
+}
+
+Status Pager::start_move(Region& r, Chunk& c, MoveKind kind, Tier to, bool demand, uint8_t prefetcher) {
+  Status s = check_transition(c, kind, to);
+  if (!ok(s)) return s;
+  const uint64_t len = r.chunk_len(c.index);
+  MoveRequest req;
+  req.tag = reinterpret_cast<uint64_t>(&c);
+  req.kind = kind;
+  req.from = c.tier;
+  req.to = to;
+  req.region = r.id;
+  req.chunk = c.index;
+  req.addr = r.base + r.chunk_offset(c.index);
+  req.len = len;
+  req.demand = demand;
+  if (kind == MoveKind::kSpill || kind == MoveKind::kRestore || (kind == MoveKind::kDiscard && c.store_copy)) {
+    req.key = key_for(r, c.index);
+  }
+  req.write_back = c.dirty || !c.store_copy;
+  req.drop_store_copy = kind == MoveKind::kDiscard && c.store_copy;
+
+  const bool was_evictable = c.in_policy;
+  make_unevictable(c);
+  s = mover_.submit(req);
+  if (!ok(s)) {
+    ++counters_.move_failures;
+    if (kind == MoveKind::kSpill && s == Status::kNoSpace) spill_disabled_ = true;
+    if (was_evictable) make_evictable(c);
+    return s;
+  }
+  if (prefetcher != 0) c.prefetcher = prefetcher;
+  begin_move(c, to);
+  outbound_[index(c.tier)] += len;
+  inbound_[index(to)] += len;
+  return Status::kOk;
+}
+
+void Pager::on_complete(const MoveCompletion& done) {
+  Chunk& c = *reinterpret_cast<Chunk*>(done.tag);
+  Region& r = *regions_[c.region];
+  const uint64_t len = r.chunk_len(c.index);
+  const Tier from = c.tier, to = c.target;
+  const MoveKind kind = kind_of(from, to);
+  outbound_[index(from)] -= len;
+  inbound_[index(to)] -= len;
+  if (ok(done.status)) {
+    resident_[index(from)] -= len;
+    resident_[index(to)] += len;
+    --chunks_in_[index(from)];
+    ++chunks_in_[index(to)];
+    if (c.prefetcher != 0 && from == Tier::kHbm) prefetch_wasted(c, len);
+    complete_move(c, kind);
+    ++counters_.moves[static_cast<size_t>(kind)];
+    counters_.move_bytes[static_cast<size_t>(kind)] += len;
+  } else {
+    ++counters_.move_failures;
+    if (kind == MoveKind::kSpill && done.status == Status::kNoSpace) spill_disabled_ = true;
+    abort_move(c);
+    last_error_chunk_ = &c;
+    last_error_ = done.status;
+  }
+  make_evictable(c);
+}
+
+size_t Pager::collect(bool block) {
+  size_t n = block ? mover_.wait(completions_) : mover_.poll(completions_);
+  for (size_t i = 0; i < n; ++i) on_complete(completions_[i]);
+  now_ = mover_.clock().now_ns();
+  return n;
+}
+
+Status Pager::wait_for(const Chunk& c) {
+  const Tier expected = c.target;
+  const uint64_t t0 = mover_.clock().now_ns();
+  while (c.in_flight()) {
+    if (collect(true) == 0 && c.in_flight()) break;  // the mover lost it: never spin
+  }
+  counters_.stall_ns += mover_.clock().now_ns() - t0;
+  if (c.resting() && c.tier == expected) return Status::kOk;
+  return last_error_chunk_ == &c ? last_error_ : Status::kIoError;
+}
+
+void Pager::drain() {
+  while (mover_.pending() > 0) {
+    if (collect(true) == 0) break;
+  }
+}
+
+void Pager::tick() {
+  now_ = mover_.clock().now_ns();
+  while (collect(false) > 0) {
+  }
+  balance();
+  issue_pending();
+}
+
+// ---------------------------------------------------------------- budget
+
+Status Pager::make_room_sync(uint64_t bytes) {
+  EvictionPolicy& hbm = *policies_[0];
+  for (;;) {
+    const uint64_t committed = committed_bytes(Tier::kHbm);
+    if (committed + bytes <= hbm_limit_) return Status::kOk;
+    if (committed - outbound_[index(Tier::kHbm)] + bytes <= hbm_limit_) {
+      collect(true);  // what is already leaving makes enough room
+      continue;
+    }
+    if (Chunk* v = hbm.victim()) {
+      Status s = start_move(*regions_[v->region], *v, MoveKind::kDemote, Tier::kHost, false);
+      if (!ok(s)) return s;
+      ++counters_.evictions;
+      continue;
+    }
+    if (mover_.pending() > 0 && collect(true) > 0) continue;
+    return Status::kNoSpace;  // HBM holds only pinned chunks
+  }
+}
+
+void Pager::balance() {
+  balance_hbm();
+  balance_host();
+}
+
+void Pager::balance_hbm() {
+  if (committed_bytes(Tier::kHbm) <= fraction_of(hbm_limit_, cfg_.high_watermark)) return;
+  const uint64_t low = fraction_of(hbm_limit_, cfg_.low_watermark);
+  EvictionPolicy& hbm = *policies_[0];
+  while (committed_bytes(Tier::kHbm) - outbound_[index(Tier::kHbm)] > low) {
+    Chunk* v = hbm.victim();
+    if (!v || !ok(start_move(*regions_[v->region], *v, MoveKind::kDemote, Tier::kHost, false))) break;
+    ++counters_.evictions;
+  }
+}
+
+bool Pager::may_spill(const Context& ctx) const {
+  if (ctx.pinned) return false;
+  uint64_t last = context_last_access(ctx);
+  if (ctx.parked && last <= ctx.parked_at_ns) return true;
+  return now_ >= last && now_ - last >= cfg_.spill_idle_ns;
+}
+
+void Pager::balance_host() {
+  if (spill_disabled_ || now_ < next_spill_check_ns_) return;
+  if (committed_bytes(Tier::kHost) <= fraction_of(host_limit_, cfg_.high_watermark)) return;
+  const uint64_t low = fraction_of(host_limit_, cfg_.low_watermark);
+  auto above_low = [&] { return committed_bytes(Tier::kHost) - outbound_[index(Tier::kHost)] > low; };
+  auto nvme_room = [&](uint64_t len) {
+    return cfg_.nvme_capacity == 0 || committed_bytes(Tier::kNvme) + len <= cfg_.nvme_capacity;
+  };
+
+  // Contexts that may spill, least recently used first. The earliest time
+  // another becomes eligible bounds how long we need not look again.
+  std::vector<std::pair<uint64_t, Context*>> candidates;
+  uint64_t next_eligible = UINT64_MAX;
+  for (auto& ctx : contexts_) {
+    if (!ctx) continue;
+    uint64_t last = context_last_access(*ctx);
+    if (may_spill(*ctx)) candidates.emplace_back(last, ctx.get());
+    else if (!ctx->pinned) next_eligible = std::min(next_eligible, last + cfg_.spill_idle_ns);
+  }
+  std::sort(candidates.begin(), candidates.end(),
+            [](const auto& a, const auto& b) { return a.first != b.first ? a.first < b.first : a.second->id < b.second->id; });
+  for (auto& [last, ctx] : candidates) {
+    for (RegionId rid : ctx->regions) {
+      Region& r = *lookup(rid);
+      for (uint32_t i = 0; i < r.nchunks && above_low(); ++i) {
+        Chunk& c = r.chunks[i];
+        if (c.tier != Tier::kHost || !c.resting() || c.pinned) continue;
+        if (!nvme_room(r.chunk_len(i))) return;
+        if (!ok(start_move(r, c, MoveKind::kSpill, Tier::kNvme, false))) {
+          if (spill_disabled_) return;
+          continue;
+        }
+        ++counters_.evictions;
+      }
+      if (!above_low()) return;
+    }
+  }
+  // Still above: nothing more may spill until some context has been idle long enough.
+  next_spill_check_ns_ = next_eligible;
+}
+
+// ---------------------------------------------------------------- prefetch
+
+template <typename Fn>
+void Pager::dispatch(Fn&& fn) {
+  for (size_t i = 0; i < prefetchers_.size(); ++i) {
+    Throttle& t = throttles_[i];
+    if (t.muted_events > 0) {
+      if (--t.muted_events == 0) prefetch_stats_[i].throttled = false;
+      continue;
+    }
+    current_prefetcher_ = static_cast<uint8_t>(i + 1);
+    fn(*prefetchers_[i]);
+  }
+  current_prefetcher_ = 0;
+}
+
+bool Pager::stage(Region& r, Chunk& c, uint8_t prefetcher) {
+  const uint64_t len = r.chunk_len(c.index);
+  if (committed_bytes(Tier::kHbm) + len > fraction_of(hbm_limit_, cfg_.high_watermark)) return false;
+  MoveKind kind = c.tier == Tier::kNvme ? MoveKind::kRestore : MoveKind::kPromote;
+  if (!ok(start_move(r, c, kind, Tier::kHbm, false, prefetcher))) return false;
+  prefetch_stats_[prefetcher - 1].issued_bytes += len;
+  return true;
+}
+
+uint32_t Pager::prefetch(RegionId id, uint32_t first, uint32_t count) {
+  Region* r = lookup(id);
+  if (!r || current_prefetcher_ == 0) return 0;
+  uint32_t end = static_cast<uint32_t>(std::min<uint64_t>(uint64_t{first} + count, r->nchunks));
+  uint32_t queued = 0;
+  for (uint32_t i = first; i < end; ++i) {
+    Chunk& c = r->chunks[i];
+    if (c.in_flight() || (c.tier != Tier::kHost && c.tier != Tier::kNvme)) continue;
+    if (stage(*r, c, current_prefetcher_)) {
+      ++queued;
+    } else if (pending_count_ < pending_.size()) {
+      pending_[(pending_head_ + pending_count_++) % pending_.size()] = {id.slot, id.gen, i, current_prefetcher_};
+      ++queued;
+    } else {
+      ++counters_.prefetch_dropped;
+    }
+  }
+  return queued;
+}
+
+uint32_t Pager::prefetch_region(RegionId id) {
+  const Region* r = lookup(id);
+  return r ? prefetch(id, 0, r->nchunks) : 0;
+}
+
+uint32_t Pager::prefetch_context(ContextId id) {
+  if (id >= contexts_.size() || !contexts_[id]) return 0;
+  uint32_t n = 0;
+  for (RegionId rid : contexts_[id]->regions) n += prefetch_region(rid);
+  return n;
+}
+
+void Pager::issue_pending() {
+  while (pending_count_ > 0) {
+    const Pending& p = pending_[pending_head_];
+    Region* r = lookup(RegionId{p.region_slot, p.region_gen});
+    bool done = true;
+    if (r && p.index < r->nchunks) {
+      Chunk& c = r->chunks[p.index];
+      bool wanted = !c.in_flight() && (c.tier == Tier::kHost || c.tier == Tier::kNvme);
+      if (wanted && throttles_[p.prefetcher - 1].muted_events == 0) done = stage(*r, c, p.prefetcher);
+    }
+    if (!done) return;  // no room yet
+    pending_head_ = (pending_head_ + 1) % pending_.size();
+    --pending_count_;
+  }
+}
+
+void Pager::prefetch_used(Chunk& c, uint64_t len) {
+  size_t i = c.prefetcher - 1u;
+  c.prefetcher = 0;
+  prefetch_stats_[i].used_bytes += len;
+  throttles_[i].used += 1;
+}
+
+void Pager::prefetch_wasted(Chunk& c, uint64_t len) {
+  size_t i = c.prefetcher - 1u;
+  c.prefetcher = 0;
+  prefetch_stats_[i].wasted_bytes += len;
+  Throttle& t = throttles_[i];
+  t.wasted += 1;
+  uint64_t judged = t.used + t.wasted;
+  if (judged >= kThrottleMinChunks &&
+      static_cast<double>(t.wasted) > cfg_.prefetch_waste_ceiling * static_cast<double>(judged)) {
+    t.muted_events = kThrottleMuteEvents;
+    t.used = t.wasted = 0;
+    prefetch_stats_[i].throttled = true;
+    ++prefetch_stats_[i].throttle_events;
+  }
+}
+
+double Pager::restore_ns(const Chunk& c) const {
+  const Region& r = *regions_[c.region];
+  uint64_t len = r.chunk_len(c.index);
+  // From HBM a victim goes to host RAM; from host RAM to NVMe (a clean chunk
+  // with a store copy costs no write on the way down).
+  if (c.tier == Tier::kHbm) return mover_.estimate_ns(MoveKind::kPromote, Tier::kHost, Tier::kHbm, len);
+  double back = mover_.estimate_ns(MoveKind::kRestore, Tier::kNvme, Tier::kHost, len);
+  if (c.dirty || !c.store_copy) back += mover_.estimate_ns(MoveKind::kSpill, Tier::kHost, Tier::kNvme, len);
+  return back;
+}
+
+// ---------------------------------------------------------------- config
+
+void Pager::rebuild_policies() {
+  for (int t = 0; t < 2; ++t) {
+    auto next = make_policy(cfg_.eviction_policy, cfg_, this);
+    if (policies_[t]) policies_[t]->drain([&](Chunk& c) { next->insert(c); });
+    policies_[t] = std::move(next);
+  }
+}
+
+Status Pager::apply(const Config& next, std::string* why) {
+  auto fail = [&](std::string msg) {
+    if (why) *why = std::move(msg);
+    return Status::kInvalid;
+  };
+  auto errors = validate(next);
+  if (!errors.empty()) {
+    std::string msg = errors.front();
+    for (size_t i = 1; i < errors.size(); ++i) msg += "; " + errors[i];
+    return fail(msg);
+  }
+  Config resolved = next.resolved(mover_.device_hbm_bytes(), physical_ram());
+  for (const Knob& k : knobs()) {
+    if (!k.live && k.format(resolved) != k.format(cfg_))
+      return fail(fmt::format("{} cannot change while the pager runs (it is {}; restart to use {})", k.name,
+                              k.format(cfg_), k.format(resolved)));
+  }
+  if (resolved.hbm_budget > mover_.device_hbm_bytes())
+    return fail(fmt::format("hbm_budget = {}: out of range: the device ({}) offers {}",
+                            format_bytes(resolved.hbm_budget), mover_.name(),
+                            format_bytes(mover_.device_hbm_bytes())));
+  const bool policy_changed =
+      resolved.eviction_policy != cfg_.eviction_policy || resolved.cost_sample != cfg_.cost_sample;
+  const bool prefetchers_changed = resolved.prefetchers != cfg_.prefetchers;
+  cfg_ = resolved;
+  hbm_limit_ = cfg_.hbm_budget;
+  host_limit_ = cfg_.host_capacity;
+  next_spill_check_ns_ = 0;
+  if (policy_changed) rebuild_policies();
+  if (prefetchers_changed) {
+    // Keep the counters of prefetchers that stay; chunks staged by one that
+    // goes are no longer attributed to anyone.
+    std::vector<PrefetcherStats> stats;
+    auto made = make_prefetchers(cfg_);
+    for (auto& p : made) {
+      auto it = std::find_if(prefetch_stats_.begin(), prefetch_stats_.end(),
+                             [&](const PrefetcherStats& s) { return s.name == p->name(); });
+      stats.push_back(it != prefetch_stats_.end() ? *it : PrefetcherStats{std::string(p->name())});
+    }
+    for (auto& slot : regions_) {
+      if (!slot) continue;
+      for (uint32_t i = 0; i < slot->nchunks; ++i) slot->chunks[i].prefetcher = 0;
+    }
+    pending_count_ = 0;
+    prefetchers_ = std::move(made);
+    prefetch_stats_ = std::move(stats);
+    throttles_.assign(prefetchers_.size(), Throttle{});
+  } else {
+    for (auto& p : prefetchers_) p->configure(cfg_);
+  }
+  balance();
+  return Status::kOk;
+}
+
+// ---------------------------------------------------------------- stats
+
+StatsSnapshot Pager::stats() const {
+  StatsSnapshot s = counters_;
+  s.now_ns = mover_.clock().now_ns();
+  const uint64_t caps[3] = {hbm_limit_, host_limit_, cfg_.nvme_capacity};
+  for (int t = 0; t < 3; ++t) {
+    s.tiers[static_cast<size_t>(t)] = TierStats{caps[t], resident_[static_cast<size_t>(t)],
+                                                inbound_[static_cast<size_t>(t)], chunks_in_[static_cast<size_t>(t)]};
+  }
+  s.prefetchers = prefetch_stats_;
+  s.spill_disabled = spill_disabled_;
+  s.regions = static_cast<uint32_t>(regions_.size() - free_slots_.size());
+  s.contexts = static_cast<uint32_t>(context_names_.size());
+  return s;
+}
+
+std::string Pager::audit() const {
+  std::array<uint64_t, kNumTiers> resident{}, inbound{}, outbound{}, chunks{};
+  size_t listed[2] = {0, 0};
+  for (const auto& r : regions_) {
+    if (!r) continue;
+    for (uint32_t i = 0; i < r->nchunks; ++i) {
+      const Chunk& c = r->chunks[i];
+      const char* why = nullptr;
+      if (!check_invariants(c, &why)) return fmt::format("region {} chunk {}: {}", r->id.slot, i, why);
+      uint64_t len = r->chunk_len(i);
+      resident[index(c.tier)] += len;
+      ++chunks[index(c.tier)];
+      if (c.in_flight()) {
+        outbound[index(c.tier)] += len;
+        inbound[index(c.target)] += len;
+      }
+      if (c.in_policy) ++listed[c.tier == Tier::kHbm ? 0 : 1];
+      bool should_list = c.resting() && !c.pinned && (c.tier == Tier::kHbm || c.tier == Tier::kHost);
+      if (should_list != c.in_policy)
+        return fmt::format("region {} chunk {}: evictable={} but in_policy={}", r->id.slot, i, should_list,
+                           c.in_policy);
+    }
+  }
+  for (size_t t = 0; t < kNumTiers; ++t) {
+    if (resident[t] != resident_[t] || inbound[t] != inbound_[t] || outbound[t] != outbound_[t] ||
+        chunks[t] != chunks_in_[t])
+      return fmt::format("tier {} counters: resident {} vs {}, inbound {} vs {}, outbound {} vs {}, chunks {} vs {}",
+                         to_string(static_cast<Tier>(t)), resident_[t], resident[t], inbound_[t], inbound[t],
+                         outbound_[t], outbound[t], chunks_in_[t], chunks[t]);
+  }
+  if (listed[0] != policies_[0]->size() || listed[1] != policies_[1]->size())
+    return fmt::format("policy sizes {} / {} vs listed chunks {} / {}", policies_[0]->size(), policies_[1]->size(),
+                       listed[0], listed[1]);
+  return "";
+}
+
+}  // namespace kvpager
