@@ -17,7 +17,7 @@ uint32_t SlotArena::alloc() {
   if (free_.empty()) {
     if (total_ >= max_slots_) return kNone;
     uint64_t n = std::min(slab_slots_, max_slots_ - total_);
-    slabs_.push_back(std::make_unique<std::byte[]>(n * slot_bytes_));
+    slabs_.push_back(std::unique_ptr<std::byte[]>(new std::byte[n * slot_bytes_]));  // uninitialised: every slot is written before it is read
     // Slots are numbered slab by slab; hand out the lowest first.
     for (uint64_t i = n; i > 0; --i) free_.push_back(static_cast<uint32_t>(total_ + i - 1));
     total_ += n;

@@ -1,0 +1,47 @@
+#include "cli.h"
+
+#include <dlfcn.h>
+#include <fmt/format.h>
+
+namespace kvpager::cli {
+
+void add_global_options(CLI::App& app, Globals& g) {
+  app.add_option("--config", g.config_file, "TOML configuration file (default: $KVPAGER_CONFIG)")
+      ->check(CLI::ExistingFile);
+  app.add_option_function<std::vector<std::string>>(
+         "--set", [&g](const std::vector<std::string>& v) { g.sets.insert(g.sets.end(), v.begin(), v.end()); },
+         "Set any knob: --set KEY=VALUE (repeatable)")
+      ->type_name("KEY=VALUE")
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+  for (const Knob& k : knobs()) {
+    std::string name(k.name);
+    app.add_option_function<std::string>(
+           "--" + k.cli_name(), [&g, name](const std::string& v) { g.sets.push_back(name + "=" + v); },
+           fmt::format("{} [{}] (env {})", k.help, k.range, k.env_name()))
+        ->group("Configuration knobs")
+        ->type_name("VALUE");
+  }
+}
+
+bool gpu_available(std::string* why) {
+  auto say = [&](std::string s) {
+    if (why) *why = std::move(s);
+  };
+  void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!lib) {
+    say("no CUDA driver (libcuda.so.1 not found)");
+    return false;
+  }
+  using InitFn = int (*)(unsigned);
+  using CountFn = int (*)(int*);
+  auto init = reinterpret_cast<InitFn>(dlsym(lib, "cuInit"));
+  auto count = reinterpret_cast<CountFn>(dlsym(lib, "cuDeviceGetCount"));
+  int n = 0;
+  bool found = init && count && init(0) == 0 && count(&n) == 0 && n > 0;
+  say(found ? fmt::format("{} CUDA device(s)", n) : "a CUDA driver but no usable device");
+  dlclose(lib);
+  return found;
+}
+
+}  // namespace kvpager::cli

@@ -1,0 +1,51 @@
+// Shared plumbing of the `kvpager` subcommands: global options (config file,
+// per-knob flags, --set), exit codes, and how errors reach the user.
+//
+// Exit status: 0 success, 2 bad usage or configuration, 1 runtime failure.
+// Each subcommand lives in its own cmd_*.cpp and registers itself with an
+// add_*_command(app, globals) function called from main.cpp.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kvpager/config_loader.h"
+
+namespace kvpager::cli {
+
+inline constexpr int kExitOk = 0;
+inline constexpr int kExitRuntime = 1;
+inline constexpr int kExitUsage = 2;
+
+// A failure while doing the work (exit 1). Bad usage or configuration throws
+// ConfigError or CLI::ValidationError instead (exit 2).
+class RuntimeError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+struct Globals {
+  std::string config_file;        // --config FILE
+  std::vector<std::string> sets;  // KEY=VALUE from --set and the per-knob flags, in order
+  int exit_code = kExitOk;        // set by a subcommand that wants a non-zero status
+
+  // defaults < file < environment < command line, validated.
+  ConfigLoader loader() const { return ConfigLoader::standard(config_file, sets); }
+  Config config() const { return loader().finish(); }
+};
+
+// --config, --set and one --<knob> flag per knob, on `app` (inherited by every
+// subcommand through fallthrough).
+void add_global_options(CLI::App& app, Globals& g);
+
+void add_config_command(CLI::App& app, Globals& g);
+void add_demo_command(CLI::App& app, Globals& g);
+
+// Whether a CUDA device is usable here: loads libcuda.so.1 (if present) and
+// asks it. Never links against CUDA. `why` says what was found.
+bool gpu_available(std::string* why = nullptr);
+
+}  // namespace kvpager::cli

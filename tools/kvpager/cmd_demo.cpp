@@ -1,0 +1,156 @@
+// kvpager demo: the main job on a machine without a GPU. Agent sessions whose
+// total KV is a multiple of the HBM budget run on the simulated device; the
+// summary shows where the chunks live, the hit rate, prefetch accuracy and
+// the time spent stalled.
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <memory>
+
+#include "cli.h"
+#include "common/stats_json.h"
+#include "demo/demo_workload.h"
+#include "kvpager/sim/file_store.h"
+
+namespace kvpager::cli {
+
+namespace {
+
+struct DemoArgs {
+  demo::DemoOptions opt;
+  bool json = false;
+  bool no_hints = false;
+};
+
+std::string pct(double x) { return fmt::format("{:.1f}%", 100.0 * x); }
+std::string secs(uint64_t ns) { return fmt::format("{:.3f} s", static_cast<double>(ns) / 1e9); }
+
+void print_summary(const demo::DemoResult& r, double wall_s) {
+  const StatsSnapshot& s = r.stats;
+  fmt::print("\nResidency (end of run)\n");
+  for (Tier t : kStorageTiers) {
+    const TierStats& ts = s.tiers[index(t)];
+    std::string cap = ts.capacity_bytes ? human_bytes(static_cast<double>(ts.capacity_bytes)) : "unlimited";
+    fmt::print("  {:<5} {:>12}  of {:>12}  ({} chunks)\n", to_string(t), human_bytes(static_cast<double>(ts.resident_bytes)),
+               cap, ts.chunks);
+  }
+  fmt::print("\nAccesses  {}  hits {}  faults {}  hit rate {}\n", s.accesses, s.hits, s.faults, pct(s.hit_rate()));
+  fmt::print("  faults served from: host {}, nvme {}, first touch {}, in flight {}\n",
+             s.faults_from[index(Tier::kHost)], s.faults_from[index(Tier::kNvme)],
+             s.faults_from[index(Tier::kUnpopulated)], s.faults_from[index(Tier::kHbm)]);
+  fmt::print("\nMoves\n");
+  for (size_t k = 0; k < kNumMoveKinds; ++k) {
+    fmt::print("  {:<8} {:>8} moves {:>12}\n", to_string(static_cast<MoveKind>(k)), s.moves[k],
+               human_bytes(static_cast<double>(s.move_bytes[k])));
+  }
+  fmt::print("\nPrefetch accuracy {} (used / (used + wasted))\n", pct(s.prefetch_accuracy()));
+  for (const auto& p : s.prefetchers) {
+    fmt::print("  {:<12} issued {:>12}  used {:>12}  wasted {:>12}  accuracy {}{}\n", p.name,
+               human_bytes(static_cast<double>(p.issued_bytes)), human_bytes(static_cast<double>(p.used_bytes)),
+               human_bytes(static_cast<double>(p.wasted_bytes)), pct(p.accuracy()),
+               p.throttle_events ? fmt::format("  (throttled {}x)", p.throttle_events) : "");
+  }
+  fmt::print("\nStall time {} over {} turns ({} per turn); virtual time {}; wall time {:.2f} s\n", secs(s.stall_ns),
+             r.turns, secs(r.turns ? s.stall_ns / r.turns : 0), secs(s.now_ns), wall_s);
+  fmt::print("Integrity: {} verified, {} corrupted chunk(s), {} failed access(es)\n",
+             human_bytes(static_cast<double>(r.verified_bytes)), r.corrupt_chunks, r.failed_accesses);
+}
+
+void run_demo(const Globals& g, const DemoArgs& a) {
+  std::string why;
+  bool gpu = gpu_available(&why);
+  std::string device_line =
+      gpu ? fmt::format("kvpager demo: {} found; this demo runs the pager on its simulated device "
+                        "(use `kvpager run` for the GPU)", why)
+          : fmt::format("kvpager demo: no GPU here ({}): running the pager on its simulated device "
+                        "(real bytes, virtual clock)", why);
+  fmt::print(a.json ? stderr : stdout, "{}\n", device_line);
+  std::fflush(stdout);
+
+  ConfigLoader loader = g.loader();
+  Config cfg = loader.finish();
+  const uint64_t budget = cfg.hbm_budget ? cfg.hbm_budget : cfg.sim_hbm_capacity;
+  if (cfg.hbm_budget == 0) cfg.hbm_budget = budget;
+  if (loader.origin(*find_knob("host_capacity")).source == ConfigSource::kDefault) {
+    // Unless told otherwise, host RAM holds only part of the rest so the
+    // NVMe tier is exercised too.
+    cfg.host_capacity = 2 * budget;
+  }
+  validate_or_throw(cfg);
+
+  FileStore store(cfg.effective_store_dir(), cfg.chunk_size, cfg.nvme_capacity);
+  SimMover mover(cfg, &store);
+  Pager pager(cfg, mover);
+  SimDevice dev(pager, mover);
+  demo::DemoOptions opt = a.opt;
+  opt.hints = !a.no_hints;
+  demo::DemoWorkload work(dev, opt);
+
+  if (!a.json) {
+    fmt::print("  {} sessions x {} layers of {} = {} of KV; HBM budget {}, host RAM {}, NVMe {} ({})\n",
+               opt.sessions, opt.layers, human_bytes(static_cast<double>(work.region_bytes())),
+               human_bytes(static_cast<double>(work.region_bytes() * opt.sessions * opt.layers)),
+               human_bytes(static_cast<double>(pager.config().hbm_budget)),
+               human_bytes(static_cast<double>(pager.config().host_capacity)),
+               cfg.nvme_capacity ? human_bytes(static_cast<double>(cfg.nvme_capacity)) : "unlimited",
+               cfg.effective_store_dir());
+    fmt::print("  policy {}, prefetchers {}, hints {}, {} turns, seed {}\n", to_string(cfg.eviction_policy),
+               find_knob("prefetchers")->format(cfg), opt.hints ? "on" : "off", opt.turns, opt.seed);
+  }
+  const bool progress = isatty(STDERR_FILENO) && !a.json;
+  auto t0 = std::chrono::steady_clock::now();
+  work.prefill();
+  while (work.run_turn()) {
+    if (progress) fmt::print(stderr, "\r  turn {}/{}", work.result().turns, opt.turns);
+  }
+  if (progress) fmt::print(stderr, "\r{:40}\r", "");
+  double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  pager.drain();
+  demo::DemoResult r = work.result();
+  if (std::string problem = pager.audit(); !problem.empty()) throw RuntimeError("pager audit failed: " + problem);
+
+  if (a.json) {
+    nlohmann::json out = {{"device", device_line},
+                          {"simulated", true},
+                          {"sessions", opt.sessions},
+                          {"layers", opt.layers},
+                          {"turns", r.turns},
+                          {"seed", opt.seed},
+                          {"total_kv_bytes", r.total_kv_bytes},
+                          {"hbm_budget", pager.config().hbm_budget},
+                          {"host_capacity", pager.config().host_capacity},
+                          {"verified_bytes", r.verified_bytes},
+                          {"corrupt_chunks", r.corrupt_chunks},
+                          {"failed_accesses", r.failed_accesses},
+                          {"wall_s", wall},
+                          {"stats", to_json(r.stats)}};
+    fmt::print("{}\n", out.dump(2));
+  } else {
+    print_summary(r, wall);
+  }
+  if (r.corrupt_chunks || r.failed_accesses)
+    throw RuntimeError(fmt::format("{} corrupted chunk(s), {} failed access(es)", r.corrupt_chunks, r.failed_accesses));
+}
+
+}  // namespace
+
+void add_demo_command(CLI::App& app, Globals& g) {
+  static DemoArgs a;
+  auto* cmd = app.add_subcommand(
+      "demo",
+      "The main job without a GPU: agent sessions whose KV is 4x the HBM budget, on the simulated device.\n"
+      "Prints per-tier residency, hit rate, prefetch accuracy and stall time.");
+  cmd->add_option("--sessions", a.opt.sessions, "Agent sessions")->check(CLI::Range(1u, 4096u))->capture_default_str();
+  cmd->add_option("--layers", a.opt.layers, "KV regions per session")->check(CLI::Range(1u, 256u))->capture_default_str();
+  cmd->add_option("--turns", a.opt.turns, "Turns to run")->check(CLI::Range(1u, 100000000u))->capture_default_str();
+  cmd->add_option("--seed", a.opt.seed, "Schedule and data seed")->capture_default_str();
+  cmd->add_option("--kv-factor", a.opt.kv_factor, "Total KV as a multiple of the HBM budget")
+      ->check(CLI::Range(0.1, 64.0))
+      ->capture_default_str();
+  cmd->add_flag("--no-hints", a.no_hints, "Do not prefetch the next session or park idle ones");
+  cmd->add_flag("--json", a.json, "Print the results as JSON");
+  cmd->callback([&g] { run_demo(g, a); });
+}
+
+}  // namespace kvpager::cli
