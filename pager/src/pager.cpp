@@ -401,6 +401,7 @@ void Pager::on_complete(const MoveCompletion& done) {
     ++chunks_in_[index(to)];
     if (c.prefetcher != 0 && from == Tier::kHbm) prefetch_wasted(c, len);
     complete_move(c, kind);
+    if (to == Tier::kHost) next_spill_check_ns_ = 0;  // it may be spillable: look again
     ++counters_.moves[static_cast<size_t>(kind)];
     counters_.move_bytes[static_cast<size_t>(kind)] += len;
   } else {
@@ -511,6 +512,7 @@ void Pager::balance_host() {
   }
   std::sort(candidates.begin(), candidates.end(),
             [](const auto& a, const auto& b) { return a.first != b.first ? a.first < b.first : a.second->id < b.second->id; });
+  uint64_t started = 0;
   for (auto& [last, ctx] : candidates) {
     for (RegionId rid : ctx->regions) {
       Region& r = *lookup(rid);
@@ -522,13 +524,16 @@ void Pager::balance_host() {
           if (spill_disabled_) return;
           continue;
         }
+        ++started;
         ++counters_.evictions;
       }
       if (!above_low()) return;
     }
   }
-  // Still above: nothing more may spill until some context has been idle long enough.
-  next_spill_check_ns_ = next_eligible;
+  // Still above and nothing more could start: look again when another
+  // context has been idle long enough (or sooner: a hint, a live change or a
+  // chunk arriving in host RAM resets this).
+  if (started == 0) next_spill_check_ns_ = next_eligible;
 }
 
 // ---------------------------------------------------------------- prefetch
