@@ -32,8 +32,10 @@ struct Globals {
   std::vector<std::string> sets;  // KEY=VALUE from --set and the per-knob flags, in order
   int exit_code = kExitOk;        // set by a subcommand that wants a non-zero status
 
-  // defaults < file < environment < command line, validated.
-  ConfigLoader loader() const { return ConfigLoader::standard(config_file, sets); }
+  // defaults < file < environment < command line. Prints the loader's
+  // warnings (unknown KVPAGER_* variables) to stderr.
+  ConfigLoader loader() const;
+  // The same, validated.
   Config config() const { return loader().finish(); }
 };
 

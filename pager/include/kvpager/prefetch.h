@@ -4,6 +4,13 @@
 // chunk to its prefetcher, counts issued / used / wasted bytes and throttles a
 // prefetcher whose waste ratio passes the configured ceiling. Heuristics stay
 // out of the mechanism, as in the UVM driver's uvm_perf_prefetch.c.
+//
+// Events delivered: faults, prefetch hits (the first access to a chunk a
+// prefetcher staged: the readahead marker of Linux, so a stream keeps its
+// window ahead without every hit paying for a call), launches and hints. Plain
+// hits on resident chunks are not delivered (they are the hot path: the pager
+// only touches the policy); move completions drive the mechanism (queued
+// prefetches are issued as room appears) rather than the heuristics.
 #pragma once
 
 #include <cstdint>
