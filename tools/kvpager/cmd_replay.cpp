@@ -412,7 +412,7 @@ void run_replay(const Globals& g, const ReplayArgs& a) {
   for (const auto& s : specs) fmt::print(" {:>12}", s.label());
   fmt::print("\n");
   for (size_t k = 0; k < points.size(); ++k) {
-    fmt::print("{:>12} {:>10}", tokens_str(points[k]), format_bytes(points[k] * plan.cost.kv_bytes_per_token));
+    fmt::print("{:>12} {:>10}", tokens_str(points[k]), hbytes(points[k] * plan.cost.kv_bytes_per_token));
     for (size_t s = 0; s < specs.size(); ++s) fmt::print(" {:>12}", pct(res[k * specs.size() + s].hit_rate()));
     fmt::print("\n");
   }

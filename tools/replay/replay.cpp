@@ -188,8 +188,11 @@ class Engine final : private PrefetchSink, private RestoreCost {
       pol_[i] = make_policy(o.policy.policy, o.pager, this);
       if (top_ == kTiers) top_ = i;
     }
+    // TinyLFU sizes its sketch (and its aging period, 10x) by the cache it guards.
+    uint64_t cached = 0;
+    for (uint64_t c : cap_) cached = c == kUnlimited ? t_.distinct_blocks : cached + c;
     bool known = true;
-    adm_ = make_admission(o.policy.admission, t_.distinct_blocks, &known);
+    adm_ = make_admission(o.policy.admission, std::min<uint64_t>(cached, t_.distinct_blocks), &known);
     if (o.prestage == Prestage::kPredict) prefetchers_.push_back(std::make_unique<ResumePrestager>());
     if (o.prestage == Prestage::kHint) prefetchers_.push_back(std::make_unique<HintPrefetcher>());
     for (auto& pf : prefetchers_) r_.prefetchers.push_back(PrefetcherStats{std::string(pf->name())});
@@ -300,7 +303,9 @@ class Engine final : private PrefetchSink, private RestoreCost {
       referenced = false;
       ask_admission = true;
     }
-    // Fell off the bottom.
+    // Fell off the bottom. Its Chunk (and Chunk::freq, its access count) stays:
+    // a block is named by its hash, and a warehouse can keep a count per hash
+    // (or a count-min sketch of them) after the bytes are gone.
     fate_[cur->region] = referenced ? kFateNotAdmitted : fate_evicted(index(origin));
   }
 

@@ -71,7 +71,7 @@ struct Chunk {
   bool pinned : 1 = false;
   bool in_policy : 1 = false;
   bool referenced : 1 = false;  // CLOCK's second-chance bit
-  bool hot : 1 = false;         // S3-FIFO: in the main queue, not the small one
+  bool hot : 1 = false;         // segmented policies: in S3-FIFO's main / prefix's protected segment
 
   bool in_flight() const { return target != tier; }
   bool resting() const { return target == tier; }
