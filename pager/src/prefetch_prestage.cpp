@@ -30,14 +30,14 @@ double ResumePrestager::cdf(uint64_t ns) const {
 double ResumePrestager::resume_probability(uint64_t age_ns) const {
   if (resumed_ < opt_.min_samples) return 0.0;
   const double at = cdf(age_ns);
-  const double at_risk = static_cast<double>(resumed_) - at + static_cast<double>(expired_);
+  const auto waiting = static_cast<double>(idle_above_[static_cast<size_t>(bucket_of(age_ns))]);
+  const double at_risk = static_cast<double>(resumed_) - at + static_cast<double>(expired_) + waiting;
   if (at_risk <= 0.0) return 0.0;
   return std::clamp((cdf(age_ns + opt_.horizon_ns) - at) / at_risk, 0.0, 1.0);
 }
 
 void ResumePrestager::refresh_hazard() {
   for (int b = 0; b < kBuckets; ++b) hazard_[static_cast<size_t>(b)] = resume_probability(bucket_low_ns(b));
-  hazard_dirty_ = false;
 }
 
 void ResumePrestager::on_turn(const TurnEvent& ev, PrefetchSink&) {
@@ -49,7 +49,6 @@ void ResumePrestager::on_turn(const TurnEvent& ev, PrefetchSink&) {
       ++hist_[b];
       for (size_t i = b + 1; i < cum_.size(); ++i) ++cum_[i];
       ++resumed_;
-      hazard_dirty_ = true;
     }
     since = kNotIdle;
     return;
@@ -67,7 +66,6 @@ void ResumePrestager::on_tick(uint64_t now_ns, PrefetchSink& sink) {
       if (now_ns < p.since || now_ns - p.since <= opt_.max_idle_ns) break;
       idle_since_[p.ctx] = kNotIdle;
       ++expired_;
-      hazard_dirty_ = true;
     }
     ++head_;
   }
@@ -76,7 +74,14 @@ void ResumePrestager::on_tick(uint64_t now_ns, PrefetchSink& sink) {
     head_ = 0;
   }
   if (resumed_ < opt_.min_samples) return;
-  if (hazard_dirty_) refresh_hazard();
+  // The contexts idle now, by age: they are at risk of resuming too.
+  idle_above_.fill(0);
+  for (size_t i = head_; i < parked_.size(); ++i) {
+    const Parked& p = parked_[i];
+    if (now_ns >= p.since && live(p)) ++idle_above_[static_cast<size_t>(bucket_of(now_ns - p.since))];
+  }
+  for (size_t b = kBuckets; b-- > 0;) idle_above_[b] += idle_above_[b + 1];
+  refresh_hazard();
   candidates_.clear();
   for (size_t i = head_; i < parked_.size(); ++i) {
     const Parked& p = parked_[i];

@@ -292,8 +292,9 @@ void print_runs(const std::vector<RunResult>& runs, bool details) {
     fmt::print("  bytes moved: HBM->host {}, host->HBM {}, host->NVMe {}, NVMe->host {}\n", hbytes(r.moved.hbm_to_host),
                hbytes(r.moved.host_to_hbm), hbytes(r.moved.host_to_nvme), hbytes(r.moved.nvme_to_host));
     for (const auto& pf : r.prefetchers) {
-      fmt::print("  {}: staged {}, used {}, wasted {}, accuracy {}\n", pf.name, hbytes(pf.issued_bytes),
-                 hbytes(pf.used_bytes), hbytes(pf.wasted_bytes), pct(pf.accuracy()));
+      fmt::print("  {}: staged {}, used {}, wasted {}, accuracy {}{}\n", pf.name, hbytes(pf.issued_bytes),
+                 hbytes(pf.used_bytes), hbytes(pf.wasted_bytes), pct(pf.accuracy()),
+                 pf.throttle_events ? fmt::format(" (throttled {}x)", pf.throttle_events) : "");
     }
     fmt::print("  resumed turns that found their whole prefix in the top tier on arrival: {} of {} ({})\n",
                r.resumed_prefix_in_top, r.resumed_turns, pct(RunResult::ratio(r.resumed_prefix_in_top, r.resumed_turns)));

@@ -196,6 +196,7 @@ class Engine final : private PrefetchSink, private RestoreCost {
     if (o.prestage == Prestage::kPredict) prefetchers_.push_back(std::make_unique<ResumePrestager>());
     if (o.prestage == Prestage::kHint) prefetchers_.push_back(std::make_unique<HintPrefetcher>());
     for (auto& pf : prefetchers_) r_.prefetchers.push_back(PrefetcherStats{std::string(pf->name())});
+    throttles_.resize(prefetchers_.size());
     if (top_ < kTiers) {
       const double budget = o.prestage_share * static_cast<double>(std::min<uint64_t>(cap_[top_], uint64_t{1} << 52));
       stage_budget_ = static_cast<uint64_t>(std::max(0.0, budget));
@@ -312,9 +313,16 @@ class Engine final : private PrefetchSink, private RestoreCost {
   uint64_t bytes_of(const Chunk& c) const { return uint64_t{tokens_[c.region]} * o_.cost.kv_bytes_per_token; }
 
   // --- prefetch mechanism ---
+  // As the pager's mechanism: a prefetcher whose wasted / (used + wasted)
+  // passes prefetch_waste_ceiling (over at least kThrottleMinChunks judged)
+  // sits out the next kThrottleMuteEvents events.
   template <typename Fn>
   void dispatch(Fn&& fn) {
     for (size_t k = 0; k < prefetchers_.size(); ++k) {
+      if (throttles_[k].muted_events > 0) {
+        if (--throttles_[k].muted_events == 0) r_.prefetchers[k].throttled = false;
+        continue;
+      }
       current_ = static_cast<uint8_t>(k + 1);
       fn(*prefetchers_[k]);
     }
@@ -377,10 +385,20 @@ class Engine final : private PrefetchSink, private RestoreCost {
   }
 
   void prefetch_judged(Chunk& c, bool used) {
-    PrefetcherStats& st = r_.prefetchers[c.prefetcher - 1u];
+    const size_t k = c.prefetcher - 1u;
+    PrefetcherStats& st = r_.prefetchers[k];
     (used ? st.used_bytes : st.wasted_bytes) += bytes_of(c);
     c.prefetcher = 0;
     --staged_unused_;
+    Throttle& t = throttles_[k];
+    ++(used ? t.used : t.wasted);
+    const uint64_t judged = t.used + t.wasted;
+    if (!used && judged >= kThrottleMinChunks &&
+        static_cast<double>(t.wasted) > o_.pager.prefetch_waste_ceiling * static_cast<double>(judged)) {
+      t = Throttle{0, 0, kThrottleMuteEvents};
+      st.throttled = true;
+      ++st.throttle_events;
+    }
   }
 
   // --- what the cost-aware policy asks: the cost of getting c back ---
@@ -394,6 +412,13 @@ class Engine final : private PrefetchSink, private RestoreCost {
     }
     return recompute;
   }
+
+  struct Throttle {
+    uint64_t used = 0, wasted = 0;  // chunks judged this window
+    uint32_t muted_events = 0;
+  };
+  static constexpr uint64_t kThrottleMinChunks = 16;
+  static constexpr uint32_t kThrottleMuteEvents = 256;
 
   struct Hint {
     uint64_t at;
@@ -416,6 +441,7 @@ class Engine final : private PrefetchSink, private RestoreCost {
   std::unique_ptr<AdmissionPolicy> adm_;
   uint64_t epoch_ = 0;
   std::vector<std::unique_ptr<Prefetcher>> prefetchers_;
+  std::vector<Throttle> throttles_;
   uint8_t current_ = 0;  // 1-based index of the prefetcher being dispatched
   uint64_t staged_unused_ = 0;
   uint64_t stage_budget_ = 0;

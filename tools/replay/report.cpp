@@ -28,7 +28,8 @@ nlohmann::json to_json(const RunResult& r, uint32_t block_tokens) {
                   {"issued_bytes", p.issued_bytes},
                   {"used_bytes", p.used_bytes},
                   {"wasted_bytes", p.wasted_bytes},
-                  {"accuracy", p.accuracy()}});
+                  {"accuracy", p.accuracy()},
+                  {"throttle_events", p.throttle_events}});
   }
   return json{
       {"policy", r.label},

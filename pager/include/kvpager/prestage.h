@@ -6,8 +6,11 @@
 // start) of all contexts in a log-spaced histogram. While a context is idle
 // for `age`, the chance that its next turn comes within the horizon is the
 // hazard
-//     p(age) = #gaps in (age, age + horizon] / (#gaps > age + #never resumed)
-// (a context idle longer than max_idle counts as never resumed). On every
+//     p(age) = #gaps in (age, age + horizon] / #contexts that stayed idle > age
+// where the contexts at risk are those that resumed after more than `age`,
+// those idle longer than max_idle (counted as never resumed) and those idle
+// now for more than `age` (still waiting: without them the estimate would
+// forget the conversations that never come back). On every
 // tick it stages the idle contexts with p >= min_probability, most likely
 // first, at most max_per_tick of them, each once per idle period. The
 // mechanism (PrefetchSink::prefetch_context) decides whether there is room
@@ -26,9 +29,9 @@ class ResumePrestager final : public Prefetcher {
  public:
   struct Options {
     uint64_t horizon_ns = 30'000'000'000;     // look this far ahead
-    double min_probability = 0.25;            // stage when the next turn is at least this likely
-    uint32_t max_per_tick = 8;                // contexts staged per tick at most
-    uint64_t max_idle_ns = 3600'000'000'000;  // idle longer: counted as never resumed
+    double min_probability = 0.05;            // stage when the next turn is at least this likely
+    uint32_t max_per_tick = 4;                // contexts staged per tick at most
+    uint64_t max_idle_ns = 1800'000'000'000;  // idle longer: counted as never resumed
     uint64_t min_samples = 16;                // gaps to learn before the first prediction
   };
   ResumePrestager() : ResumePrestager(Options{}) {}
@@ -37,7 +40,8 @@ class ResumePrestager final : public Prefetcher {
   void on_turn(const TurnEvent& ev, PrefetchSink& sink) override;
   void on_tick(uint64_t now_ns, PrefetchSink& sink) override;
 
-  // The hazard above; 0 until min_samples gaps were seen.
+  // The hazard above (with the contexts idle at the last tick); 0 until
+  // min_samples gaps were seen.
   double resume_probability(uint64_t age_ns) const;
   uint64_t gaps_seen() const { return resumed_; }
   uint64_t never_resumed() const { return expired_; }
@@ -61,8 +65,8 @@ class ResumePrestager final : public Prefetcher {
   Options opt_;
   std::array<uint64_t, kBuckets> hist_{};
   std::array<uint64_t, kBuckets + 1> cum_{};  // cum_[b] = gaps in buckets < b
+  std::array<uint64_t, kBuckets + 1> idle_above_{};  // idle_above_[b] = contexts idle now in buckets >= b
   std::array<double, kBuckets> hazard_{};     // resume_probability at each bucket's low edge
-  bool hazard_dirty_ = true;
   uint64_t resumed_ = 0;
   uint64_t expired_ = 0;
   std::vector<Parked> parked_;        // in park order; entries whose idle period ended are stale
