@@ -70,6 +70,7 @@ std::optional<uint64_t> parse_capacity_tokens(std::string_view s, uint64_t kv_by
   for (std::string_view suffix : {"tokens", "token", "tok"}) {
     if (!v.ends_with(suffix)) continue;
     std::string num = v.substr(0, v.size() - suffix.size());
+    while (!num.empty() && std::isspace(static_cast<unsigned char>(num.back()))) num.pop_back();
     double mult = 1;
     if (!num.empty()) {
       switch (num.back()) {
