@@ -245,13 +245,15 @@ std::optional<std::string> write_plot(const std::string& path, const PlotSpec& p
       d << "\n\n";
     }
     std::ofstream g(script);
-    g << "set terminal pngcairo size 1000,600\nset output '" << path << "'\n"
+    g << "set terminal pngcairo size 1000,600 noenhanced\nset output '" << path << "'\n"
       << "set title \"" << plot.title << "\"\nset logscale x\nset xlabel \"" << plot.x_label << "\"\n"
       << "set ylabel 'prefix hit rate (%)'\nset key outside right\nset grid\nset yrange [0:*]\nplot ";
+    size_t color = 0;
     for (size_t i = 0; i < plot.curves.size(); ++i) {
       const bool ceiling = plot.curves[i].label == "belady";
       g << (i ? ", " : "") << "'" << data << "' index " << i << " with linespoints title '" << plot.curves[i].label
-        << "'" << (ceiling ? " lw 3 lc rgb 'black'" : " lw 2");
+        << "' lw " << (ceiling ? 3 : 2) << " lc rgb '"
+        << (ceiling ? "#000000" : kColors[color++ % std::size(kColors)]) << "'";
     }
     if (plot.infinite_rate >= 0) g << ", " << plot.infinite_rate * 100 << " title 'infinite' dt 2 lc rgb 'gray'";
     g << "\n";
