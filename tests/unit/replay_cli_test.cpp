@@ -32,8 +32,9 @@ std::string temp(const std::string& name) {
 
 Result run_cli(const std::string& args) {
   const std::string out = temp("out.txt"), err = temp("err.txt");
-  // KVPAGER_SRC (set by the test harness) is not a knob: the CLI would refuse it.
-  const std::string cmd = "env -u KVPAGER_SRC " + std::string(KVPAGER_BIN) + " " + args + " >" + out + " 2>" + err + " </dev/null";
+  // KVPAGER_SRC (set by the test harness) and KVPAGER_TEST_SCALE are not
+  // knobs: the CLI would refuse them.
+  const std::string cmd = "env -u KVPAGER_SRC -u KVPAGER_TEST_SCALE " + std::string(KVPAGER_BIN) + " " + args + " >" + out + " 2>" + err + " </dev/null";
   const int rc = std::system(cmd.c_str());
   return {WIFEXITED(rc) ? WEXITSTATUS(rc) : -1, slurp(out), slurp(err)};
 }

@@ -13,13 +13,6 @@ using namespace replay_test;
 
 namespace {
 
-// Heavy loops scale down under sanitizers (KVPAGER_TEST_SCALE, default 1).
-int scale(int n) {
-  const char* s = std::getenv("KVPAGER_TEST_SCALE");
-  const double f = s ? std::atof(s) : 1.0;
-  return std::max(1, static_cast<int>(n * f));
-}
-
 void expect_accounted(const RunResult& r) {
   uint64_t missed = r.miss_never_seen + r.miss_not_admitted + r.miss_after_gap;
   for (uint64_t m : r.miss_evicted_from) missed += m;

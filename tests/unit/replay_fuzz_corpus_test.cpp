@@ -37,8 +37,7 @@ TEST(ReplayFuzzCorpus, SeedsPass) {
 TEST(ReplayFuzzCorpus, MutationsNeverCrash) {
   const auto seeds = corpus();
   std::mt19937_64 rng(42);
-  const char* env = std::getenv("KVPAGER_TEST_SCALE");
-  const int rounds = static_cast<int>(3000 * (env ? std::atof(env) : 1.0));
+  const int rounds = replay_test::scale(3000);
   const std::string alphabet = "{}[]\",:0123456789-.eE \n\\u\x01\xff";
   for (int i = 0; i < rounds; ++i) {
     std::string s = seeds[rng() % seeds.size()];

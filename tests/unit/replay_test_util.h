@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <map>
 #include <random>
 #include <set>
@@ -147,6 +148,19 @@ inline std::string read_file(const std::string& path) {
     std::fclose(f);
   }
   return out;
+}
+
+// Rounds of the randomised tests: all of them, a quarter under
+// AddressSanitizer, or KVPAGER_TEST_SCALE x (the CLI tests strip it from the
+// environment: the kvpager CLI refuses KVPAGER_* variables that are not knobs).
+inline int scale(int n) {
+#if defined(__SANITIZE_ADDRESS__)
+  double f = 0.25;
+#else
+  double f = 1.0;
+#endif
+  if (const char* s = std::getenv("KVPAGER_TEST_SCALE")) f = std::atof(s);
+  return std::max(1, static_cast<int>(n * f));
 }
 
 inline std::string src_dir() {
