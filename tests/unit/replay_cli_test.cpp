@@ -110,6 +110,7 @@ TEST(ReplayCli, BadUsageNamesTheFlag) {
       {"--hbm 1G --policy lru+lottery", "--policy: unknown admission policy 'lottery'"},
       {"--hbm 1G --prestage soon", "--prestage 'soon'"},
       {"--hbm 1G --plot x.svg", "--plot draws a --sweep"},
+      {"--hbm 100tok", "--hbm 100tok: holds 100 tokens, less than one 512-token block"},
       {"--sweep hbm=1G..2G", "--sweep 'hbm=1G..2G'"},
       {"", "give at least one tier capacity"},
   };

@@ -28,6 +28,12 @@ std::vector<Chunk> chunks(size_t n) {
   return v;
 }
 
+// A chunk arrives and is used, as on a fault in the pager (and a miss in replay).
+void bring_in(EvictionPolicy& p, Chunk& c, uint64_t epoch) {
+  p.insert(c);
+  p.touch(c, epoch);
+}
+
 template <typename P>
 void drain_all(P& p) {
   p.drain([](Chunk&) {});
@@ -39,10 +45,7 @@ TEST(PrefixAwarePolicy, FilesARunTailFirst) {
   PrefixAwarePolicy p;
   auto c = chunks(4);
   uint64_t epoch = 0;
-  for (auto& x : c) {  // one request: blocks 0..3 in order
-    p.insert(x);
-    p.touch(x, ++epoch);
-  }
+  for (auto& x : c) bring_in(p, x, ++epoch);  // one request: blocks 0..3 in order
   std::vector<uint32_t> order;
   p.drain([&](Chunk& x) { order.push_back(x.index); });
   EXPECT_EQ(order, (std::vector<uint32_t>{3, 2, 1, 0}));  // LRU would give 0, 1, 2, 3
@@ -51,12 +54,9 @@ TEST(PrefixAwarePolicy, FilesARunTailFirst) {
 TEST(PrefixAwarePolicy, ARunNeedsConsecutiveAccessesAndIndices) {
   PrefixAwarePolicy p;
   auto c = chunks(3);
-  p.insert(c[0]);
-  p.touch(c[0], 1);
-  p.insert(c[1]);
-  p.touch(c[1], 3);  // an access in between: no run
-  p.insert(c[2]);
-  p.touch(c[2], 4);  // consecutive, index 2 after 1: a run
+  bring_in(p, c[0], 1);
+  bring_in(p, c[1], 3);  // an access in between: no run
+  bring_in(p, c[2], 4);  // consecutive, index 2 after 1: a run
   std::vector<uint32_t> order;
   p.drain([&](Chunk& x) { order.push_back(x.index); });
   EXPECT_EQ(order, (std::vector<uint32_t>{0, 2, 1}));
@@ -66,10 +66,7 @@ TEST(PrefixAwarePolicy, ProtectsBlocksUsedThreeTimesWithinItsShare) {
   PrefixAwarePolicy p;
   auto c = chunks(8);
   uint64_t epoch = 100;
-  for (auto& x : c) {
-    p.insert(x);
-    p.touch(x, epoch += 2);
-  }
+  for (auto& x : c) bring_in(p, x, epoch += 2);  // every other epoch: no runs
   // Chunk 7 is used twice more (3 in all): protected, so every other chunk goes first.
   p.touch(c[7], epoch += 2);
   EXPECT_EQ(p.protected_size(), 0u);
@@ -77,8 +74,8 @@ TEST(PrefixAwarePolicy, ProtectsBlocksUsedThreeTimesWithinItsShare) {
   EXPECT_EQ(p.protected_size(), 1u);
   EXPECT_TRUE(c[7].hot);
   EXPECT_EQ(p.victim(), &c[0]);
-  // Protected chunks take at most 25%: the fourth would make 4 of 8, so the
-  // coldest protected one goes back to probation.
+  // Protected chunks take at most 25 % (2 of 8): each one beyond pushes the
+  // coldest protected chunk back to probation.
   for (int k : {1, 2, 3, 4})
     for (int u = 0; u < 2; ++u) p.touch(c[static_cast<size_t>(k)], epoch += 2);
   EXPECT_EQ(p.protected_size(), 2u);
@@ -91,10 +88,7 @@ TEST(S3FifoPolicy, OneHitWondersLeaveBeforeReusedChunks) {
   S3FifoPolicy p;
   auto c = chunks(20);
   uint64_t epoch = 0;
-  for (auto& x : c) {
-    p.insert(x);
-    p.touch(x, ++epoch);  // the access that brought it in
-  }
+  for (auto& x : c) bring_in(p, x, ++epoch);
   p.touch(c[0], ++epoch);  // chunk 0 used again
   // The oldest chunk of small is 0, but it was used again: it moves to main
   // and chunk 1 (used once) is the victim.
@@ -112,8 +106,7 @@ TEST(S3FifoPolicy, AGhostComesBackIntoMain) {
   auto c = chunks(12);
   uint64_t epoch = 0;
   for (size_t i = 0; i < 11; ++i) {
-    p.insert(c[i]);
-    p.touch(c[i], ++epoch);
+    bring_in(p, c[i], ++epoch);
     if (i < 5) p.touch(c[i], ++epoch);  // 0..4 used again: they will go to main
   }
   // Evict until a chunk used once leaves small: it goes to the ghost.

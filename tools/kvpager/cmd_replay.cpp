@@ -170,6 +170,9 @@ Plan make_plan(const Globals& g, const ReplayArgs& a) {
     std::string why;
     auto tokens = parse_capacity_tokens(a.capacity[t], c.kv_bytes_per_token, &why);
     if (!tokens) throw ConfigError(fmt::format("--{}: {}", kTierNames[t], why));
+    if (*tokens > 0 && *tokens < a.block_tokens)
+      throw ConfigError(fmt::format("--{} {}: holds {} tokens, less than one {}-token block", kTierNames[t],
+                                    a.capacity[t], *tokens, a.block_tokens));
     plan.cap_tokens[t] = *tokens;
     any = any || *tokens > 0;
   }
@@ -177,6 +180,9 @@ Plan make_plan(const Globals& g, const ReplayArgs& a) {
     std::string why;
     plan.sweep = parse_sweep(a.sweep, c.kv_bytes_per_token, &why);
     if (!plan.sweep) throw ConfigError(why);
+    if (plan.sweep->lo_tokens < a.block_tokens)
+      throw ConfigError(fmt::format("--sweep '{}': LO holds {} tokens, less than one {}-token block", a.sweep,
+                                    plan.sweep->lo_tokens, a.block_tokens));
     any = true;
   }
   if (!any) throw ConfigError("give at least one tier capacity: --hbm, --host, --nvme (bytes like 60G or tokens like 5Mtok), or --sweep");
