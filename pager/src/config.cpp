@@ -332,7 +332,7 @@ const Knob kKnobs[] = {
         "Occupancy at which eviction stops."),
     make<EnumKnob<&Config::eviction_policy, kPolicyNames>>("eviction_policy", KnobType::kPolicy, true, "lru, clock, cost, prefix, s3fifo",
                      "Victim choice: LRU, CLOCK (second chance), cost-aware (lowest heat x restore cost), "
-                     "prefix-aware (LRU, sequence tails first) or S3-FIFO (small/main FIFOs + ghost)."),
+                     "prefix-aware (sequence tails first, chunks used 3+ times protected) or S3-FIFO (small/main FIFOs + ghost)."),
     make<UintKnob<&Config::cost_sample, 1, 1024>>(
         "cost_sample", KnobType::kUint, true, "1..1024",
         "Candidates from the cold end the cost-aware policy compares per victim."),
