@@ -16,6 +16,8 @@ std::string_view to_string(PolicyKind p) {
     case PolicyKind::kLru: return "lru";
     case PolicyKind::kClock: return "clock";
     case PolicyKind::kCost: return "cost";
+    case PolicyKind::kPrefix: return "prefix";
+    case PolicyKind::kS3Fifo: return "s3fifo";
   }
   return "?";
 }
@@ -241,8 +243,10 @@ struct EnumKnob {
   }
 };
 
-constexpr std::array<std::pair<PolicyKind, std::string_view>, 3> kPolicyNames{
-    {{PolicyKind::kLru, "lru"}, {PolicyKind::kClock, "clock"}, {PolicyKind::kCost, "cost"}}};
+constexpr std::array<std::pair<PolicyKind, std::string_view>, 5> kPolicyNames{
+    {{PolicyKind::kLru, "lru"}, {PolicyKind::kClock, "clock"}, {PolicyKind::kCost, "cost"},
+     // replay issue: prefix-aware (chain tails first) and S3-FIFO (frequency)
+     {PolicyKind::kPrefix, "prefix"}, {PolicyKind::kS3Fifo, "s3fifo"}}};
 constexpr std::array<std::pair<std::string_view, std::string_view>, 6> kLogLevels{
     {{"trace", "trace"}, {"debug", "debug"}, {"info", "info"}, {"warn", "warn"}, {"error", "error"}, {"off", "off"}}};
 
@@ -326,8 +330,9 @@ const Knob kKnobs[] = {
     make<DoubleKnob<&Config::low_watermark, 0.0, 1.0, false>>(
         "low_watermark", KnobType::kFraction, true, "a fraction 0..1, below high_watermark",
         "Occupancy at which eviction stops."),
-    make<EnumKnob<&Config::eviction_policy, kPolicyNames>>("eviction_policy", KnobType::kPolicy, true, "lru, clock, cost",
-                     "Victim choice: LRU, CLOCK (second chance), or cost-aware (lowest heat x restore cost)."),
+    make<EnumKnob<&Config::eviction_policy, kPolicyNames>>("eviction_policy", KnobType::kPolicy, true, "lru, clock, cost, prefix, s3fifo",
+                     "Victim choice: LRU, CLOCK (second chance), cost-aware (lowest heat x restore cost), "
+                     "prefix-aware (sequence tails first, chunks used 3+ times protected) or S3-FIFO (small/main FIFOs + ghost)."),
     make<UintKnob<&Config::cost_sample, 1, 1024>>(
         "cost_sample", KnobType::kUint, true, "1..1024",
         "Candidates from the cold end the cost-aware policy compares per victim."),

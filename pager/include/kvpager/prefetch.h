@@ -44,6 +44,15 @@ struct HintEvent {
   HintKind kind;
 };
 
+// A turn of a context began (a request of it arrived) or ended (it finished
+// and the context went idle). Drives prestaging. `kvpager replay` emits these;
+// the pager does not yet (it has no notion of turns without engine hints).
+struct TurnEvent {
+  ContextId ctx;
+  uint64_t now_ns;
+  bool start;
+};
+
 class PrefetchSink {
  public:
   virtual ~PrefetchSink() = default;
@@ -62,6 +71,10 @@ class Prefetcher {
   virtual void on_fault(const FaultEvent&, PrefetchSink&) {}
   virtual void on_launch(const LaunchEvent&, PrefetchSink&) {}
   virtual void on_hint(const HintEvent&, PrefetchSink&) {}
+  virtual void on_turn(const TurnEvent&, PrefetchSink&) {}
+  // Time passed; now_ns is the caller's clock. Lets a prefetcher act between
+  // events (prestaging during the gap between turns).
+  virtual void on_tick(uint64_t /*now_ns*/, PrefetchSink&) {}
   // A live change of prefetch_depth and friends.
   virtual void configure(const Config&) {}
 };
