@@ -79,8 +79,7 @@ class Server:
                 return s.id
         return None
 
-    def _admit(self, s: Session) -> List[int]:
-        dropped: List[int] = []
+    def _admit(self, s: Session, dropped: List[int]) -> None:
         if self.capacity is not None:
             while self.kv_in_use() + self.cache_bytes > self.capacity:
                 victim = self._drop_lru(s)
@@ -89,7 +88,6 @@ class Server:
                 dropped.append(victim)
         s.cache = self.backend.new_cache(self.max_len)
         s.kv_len = 0
-        return dropped
 
     # -- a turn -------------------------------------------------------------
 
@@ -105,7 +103,7 @@ class Server:
         t0 = self.clock()
         while True:
             try:
-                result = self._serve(s, reply_tokens, t0)
+                result = self._serve(s, reply_tokens, t0, dropped)
                 break
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled
                 if not self.backend.is_oom(exc):
@@ -119,18 +117,15 @@ class Server:
                 if victim is None:
                     raise
                 dropped.append(victim)
-        result.dropped = dropped + result.dropped
         result.oom_retries = retries
-        if retries:
-            result.recomputed = True
+        result.recomputed = result.recomputed or retries > 0
         return result
 
-    def _serve(self, s: Session, reply_tokens: int, t0: float) -> TurnResult:
-        dropped: List[int] = []
+    def _serve(self, s: Session, reply_tokens: int, t0: float, dropped: List[int]) -> TurnResult:
         recomputed = False
         if s.cache is None:
             recomputed = s.prefilled
-            dropped = self._admit(s)
+            self._admit(s, dropped)
             s.prefilled = True
         feed = s.history[s.kv_len:]
         tok = None
