@@ -460,6 +460,8 @@ def check(report: dict) -> List[str]:
     for m in report["modes_requested"]:
         info = report["runs"].get(m, {})
         if info.get("skipped"):
+            if plan["device"] == "cuda":  # on a GPU every requested mode must run
+                bad.append(f"mode {m} skipped: {info['skipped']}")
             continue
         if info.get("rc") != 0:
             bad.append(f"mode {m} failed (exit {info.get('rc')})")

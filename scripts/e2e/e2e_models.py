@@ -259,6 +259,34 @@ def transformers_version() -> Optional[str]:
     return transformers.__version__
 
 
+def llama_config(cls, cfg: dict, theta: float):
+    """cls(**cfg) with RoPE theta set the way this transformers spells it.
+
+    transformers 5 takes rope_parameters, 4.x rope_theta; strict configs refuse
+    the other spelling, lenient ones keep it as an unused attribute, so the
+    effective theta is read back and checked.
+    """
+    fields = set(getattr(cls, "__dataclass_fields__", {})) | set(inspect.signature(cls.__init__).parameters)
+    spellings = [{"rope_parameters": {"rope_type": "default", "rope_theta": theta}}, {"rope_theta": theta}]
+    if "rope_parameters" not in fields:
+        spellings.reverse()
+    errors = []
+    for extra in spellings:
+        try:
+            config = cls(**cfg, **extra)
+        except (TypeError, ValueError) as e:
+            errors.append(f"{list(extra)[0]}: {e}")
+            continue
+        rp = getattr(config, "rope_parameters", None)
+        seen = [getattr(config, "rope_theta", None), rp.get("rope_theta") if isinstance(rp, dict) else None]
+        seen = [float(x) for x in seen if x is not None]
+        if not seen or any(x != theta for x in seen):
+            errors.append(f"{list(extra)[0]}: RoPE theta came out as {seen or 'unset'}")
+            continue
+        return config
+    raise RuntimeError("LlamaConfig refused the RoPE settings: " + "; ".join(errors))
+
+
 class TransformersBackend(Backend):
     name = "transformers"
 
@@ -274,12 +302,7 @@ class TransformersBackend(Backend):
                    num_key_value_heads=spec.kv_heads, head_dim=spec.head_dim,
                    max_position_embeddings=max_positions, rms_norm_eps=spec.rms_eps,
                    tie_word_embeddings=False, use_cache=True, initializer_range=0.02)
-        accepted = inspect.signature(LlamaConfig.__init__).parameters
-        if "rope_parameters" in accepted:  # transformers 5
-            cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": spec.rope_theta}
-        else:
-            cfg["rope_theta"] = spec.rope_theta
-        self.config = LlamaConfig(**cfg)
+        self.config = llama_config(LlamaConfig, cfg, spec.rope_theta)
         torch.manual_seed(seed)
         if self.device.type == "cuda":
             torch.cuda.manual_seed(seed)
@@ -314,7 +337,11 @@ class TransformersBackend(Backend):
             model = cls(self.config)
         finally:
             torch.set_default_dtype(prev)
-        return model.to(device=self.device, dtype=self.dtype)
+        model.to(device=self.device)
+        for p in model.parameters():  # parameters only: RoPE's inv_freq buffer stays float32
+            if p.dtype != self.dtype:
+                p.data = p.data.to(self.dtype)
+        return model
 
     def module(self) -> nn.Module:
         return self.model

@@ -72,7 +72,7 @@ PRESETS: Dict[str, ModelSpec] = {
                        intermediate=5632, vocab=32000),
     # CPU / CI: runs in seconds.
     "tiny": ModelSpec("tiny", layers=2, hidden=64, heads=4, kv_heads=2, head_dim=16,
-                      intermediate=128, vocab=256, rope_theta=10000.0),
+                      intermediate=128, vocab=256),
 }
 
 WORKLOADS: Dict[str, WorkloadDefaults] = {

@@ -132,7 +132,10 @@ def run_worker(spec_path: str, mode: str, result_path: str, kvpager_bin: Optiona
     preload = {"loaded": bool(lib), "path": lib, "what": what,
                "settings": {k: v for k, v in os.environ.items() if k.startswith("KVPAGER_")}}
 
-    memory: dict = {}
+    memory: dict = {"allocator_conf": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")}
+    if lib and "expandable_segments:true" in memory["allocator_conf"].replace(" ", "").lower():
+        print("warning: PYTORCH_CUDA_ALLOC_CONF enables expandable_segments: PyTorch then maps memory with "
+              "cuMemCreate/cuMemMap, which kvpager passes through unpaged")
     if device == "cuda":
         torch.cuda.init()
         free, total = torch.cuda.mem_get_info()

@@ -99,6 +99,21 @@ class CpuRunTest(unittest.TestCase):
         self.assertIn("footprint", self.proc.stdout)
         self.assertIn("managed ceiling", self.proc.stdout)
 
+    def test_compare_driver_accepts_the_run_and_catches_one_changed_token(self):
+        cmp = os.path.join(T.SCRIPTS, "compare.py")
+        p = subprocess.run([sys.executable, cmp, self.out], capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("all required identities hold", p.stdout)
+        tampered = json.loads(json.dumps(self.report))
+        tampered["modes"]["kvpager"][0]["turns"][-1]["tokens"][0] += 1
+        path = os.path.join(self.tmp.name, "tampered.json")
+        with open(path, "w") as f:
+            json.dump(tampered, f)
+        p = subprocess.run([sys.executable, cmp, self.out, path], capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("tampered.json:kvpager", p.stdout)
+        self.assertIn("DIFFERENT", p.stdout)
+
     def test_footprint_above_free_memory_is_refused_before_any_mode(self):
         p = agents(*ARGS, "--reserve", "1P")
         self.assertEqual(p.returncode, 2, p.stderr)

@@ -203,7 +203,8 @@ def fake_report(tokens_by_mode, sessions=2, resident=1, recomputed=None):
                      "memory": {}, "turns": turns, "pager": None, "metrics": H.summarize(turns, sessions)}]
         runs[m] = {"rc": 0}
     ratios, correctness = H.analyze(modes)
-    return {"plan": {"workload": {"sessions": sessions}, "resident_sessions": resident}, "schedule": schedule,
+    return {"plan": {"workload": {"sessions": sessions}, "resident_sessions": resident, "device": "cpu"},
+            "schedule": schedule,
             "modes_requested": list(tokens_by_mode), "runs": runs, "modes": modes, "correctness": correctness,
             "ratios": ratios, "safety": {"ok": True}}
 
@@ -243,6 +244,14 @@ class CheckTest(unittest.TestCase):
         r = fake_report({"hbm": self.ref, "kvpager": copy.deepcopy(self.ref)})
         r["modes"]["kvpager"][0]["metrics"]["resumed_recomputed"] = 1
         self.assertTrue(any("mode kvpager" in f for f in H.check(r)))
+
+    def test_a_skipped_mode_fails_on_a_gpu_only(self):
+        r = fake_report({"hbm": self.ref})
+        r["modes_requested"].append("kvpager")
+        r["runs"]["kvpager"] = {"skipped": "libkvpager.so not found"}
+        self.assertEqual(H.check(r), [])  # CPU: the preload modes may be skipped
+        r["plan"]["device"] = "cuda"
+        self.assertTrue(any("kvpager skipped: libkvpager.so not found" in f for f in H.check(r)))
 
     def test_different_schedules_are_not_comparable(self):
         a = [{"index": 0, "session": 0, "tokens": [1]}]

@@ -14,7 +14,6 @@ import e2e_testlib
 e2e_testlib.require_torch()
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import e2e_models as M  # noqa: E402
 import e2e_plan as P  # noqa: E402
@@ -129,6 +128,38 @@ class NativeDecoderTest(unittest.TestCase):
         self.assertTrue(M.is_oom(RuntimeError("CUDA out of memory. Tried to allocate 20.00 MiB")))
         self.assertFalse(M.is_oom(RuntimeError("shape mismatch")))
         self.assertFalse(M.is_oom(ValueError("out of memory")))
+
+
+class LlamaConfigSpellingTest(unittest.TestCase):
+    """llama_config() against the two ways transformers has taken RoPE's theta."""
+
+    class Strict5:  # transformers 5: rope_parameters only, unknown names refused
+        def __init__(self, hidden_size=1, rope_parameters=None):
+            self.rope_parameters = rope_parameters or {"rope_type": "default", "rope_theta": 10000.0}
+
+    class Lenient4:  # transformers 4: rope_theta, anything else kept as an attribute
+        def __init__(self, hidden_size=1, rope_theta=10000.0, **kwargs):
+            self.rope_theta = rope_theta
+            for k, v in kwargs.items():
+                setattr(self, k, v)
+
+    class Deaf:  # takes no theta at all
+        def __init__(self, hidden_size=1, **kwargs):
+            self.rope_theta = 10000.0
+
+    def test_each_spelling_gets_the_theta(self):
+        self.assertEqual(M.llama_config(self.Strict5, {"hidden_size": 4}, 5e5).rope_parameters["rope_theta"], 5e5)
+        self.assertEqual(M.llama_config(self.Lenient4, {"hidden_size": 4}, 5e5).rope_theta, 5e5)
+
+    def test_a_config_that_ignores_theta_is_an_error(self):
+        with self.assertRaisesRegex(RuntimeError, r"theta came out as \[10000.0\]"):
+            M.llama_config(self.Deaf, {"hidden_size": 4}, 5e5)
+
+    def test_a_lenient_config_keeping_rope_parameters_unused_is_not_fooled(self):
+        class Lenient4Listing(self.Lenient4):  # lists rope_parameters, yet reads rope_theta
+            __dataclass_fields__ = {"rope_parameters": None}
+        c = M.llama_config(Lenient4Listing, {"hidden_size": 4}, 5e5)
+        self.assertEqual(c.rope_theta, 5e5)
 
 
 class BackendChoiceTest(unittest.TestCase):
