@@ -97,7 +97,7 @@ class CpuRunTest(unittest.TestCase):
         self.assertLessEqual(s["footprint_bytes"], s["limit_bytes"])
         self.assertLess(s["limit_bytes"], s["free_bytes"])
         self.assertIn("footprint", self.proc.stdout)
-        self.assertIn("managed ceiling", self.proc.stdout)
+        self.assertIn("budget B", self.proc.stdout)
 
     def test_compare_driver_accepts_the_run_and_catches_one_changed_token(self):
         cmp = os.path.join(T.SCRIPTS, "compare.py")

@@ -275,6 +275,9 @@ class CheckTest(unittest.TestCase):
         self.assertEqual(ratios["ttft_speedup_vs_recompute"]["turns"], 2)
         self.assertAlmostEqual(ratios["ttft_speedup_vs_recompute"]["p50"], 100.0)
         self.assertTrue(ratios["goals"]["ttft_speedup_vs_recompute"]["met"])
+        cpu, _ = H.analyze(r["modes"], "cpu")  # no pager on a CPU: ratios shown, goals not judged
+        self.assertEqual(cpu["goals"], {})
+        self.assertIn("no pager is involved", cpu["note"])
 
 
 class EnvTest(unittest.TestCase):
