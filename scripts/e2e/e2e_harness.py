@@ -217,24 +217,17 @@ def safety_text(plan: P.Plan, s: dict) -> str:
 # =========================================================================== launching modes
 
 
-def find_libkvpager(explicit: Optional[str]) -> Optional[str]:
+def find_built(explicit: Optional[str], *rel: str) -> Optional[str]:
+    """An explicit path if it exists, else the file in a release build tree
+    (build/default, build/ci; never an ASan build: its runtime cannot be
+    preloaded into Python)."""
     if explicit:
         return os.path.abspath(explicit) if os.path.exists(explicit) else None
-    for preset in ("default", "ci", "asan", "ci-asan"):
-        p = os.path.join(REPO, "build", preset, "cuda", "libkvpager.so")
+    for preset in ("default", "ci"):
+        p = os.path.join(REPO, "build", preset, *rel)
         if os.path.exists(p):
             return p
     return None
-
-
-def find_kvpager_bin(explicit: Optional[str]) -> Optional[str]:
-    if explicit:
-        return os.path.abspath(explicit) if os.path.exists(explicit) else None
-    for preset in ("default", "ci", "asan", "ci-asan"):
-        p = os.path.join(REPO, "build", preset, "tools", "kvpager")
-        if os.path.exists(p):
-            return p
-    return shutil.which("kvpager")
 
 
 def has_subcommand(binary: Optional[str], sub: str) -> bool:
@@ -251,7 +244,7 @@ def env_name(knob: str) -> str:
     return "KVPAGER_" + knob.replace(".", "_").upper()
 
 
-def pager_settings(mode: str, plan: P.Plan, safe: dict, args: argparse.Namespace, run_dir: str) -> Dict[str, str]:
+def pager_settings(mode: str, plan: P.Plan, safe: dict, args: argparse.Namespace) -> Dict[str, str]:
     """KVPAGER_* settings of a preload mode. Only knob names kvpager knows: it
     refuses unknown KVPAGER_* variables."""
     s: Dict[str, str] = {}
@@ -283,7 +276,7 @@ class Launch:
     skipped: Optional[str] = None
 
 
-def plan_launch(mode: str, plan: P.Plan, safe: dict, args, spec_path: str, result_path: str, run_dir: str,
+def plan_launch(mode: str, plan: P.Plan, safe: dict, args, spec_path: str, result_path: str,
                 lib: Optional[str], kvbin: Optional[str], use_run: bool) -> Launch:
     python = args.python or sys.executable
     worker = [python, AGENTS, "--worker-spec", spec_path, "--worker-mode", mode, "--worker-result", result_path]
@@ -300,7 +293,7 @@ def plan_launch(mode: str, plan: P.Plan, safe: dict, args, spec_path: str, resul
         return Launch(mode, worker, {}, None, skipped=(
             "libkvpager.so not found (build it: cmake --build build/default --target kvpager_preload, "
             "or pass --libkvpager PATH)"))
-    env_set = pager_settings(mode, plan, safe, args, run_dir)
+    env_set = pager_settings(mode, plan, safe, args)
     if use_run:
         return Launch(mode, [kvbin, "run", "--"] + worker, env_set, lib)
     env_set = dict(env_set, LD_PRELOAD=lib)
@@ -632,10 +625,12 @@ def run_all(args: argparse.Namespace) -> int:
     if args.overhead_repeats < 1:
         raise UsageError("--overhead-repeats must be at least 1")
 
-    lib = find_libkvpager(args.libkvpager)
+    lib = find_built(args.libkvpager, "cuda", "libkvpager.so")
     if args.libkvpager and not lib:
         raise UsageError(f"--libkvpager {args.libkvpager}: no such file")
-    kvbin = find_kvpager_bin(args.kvpager_bin)
+    kvbin = find_built(args.kvpager_bin, "tools", "kvpager") or (None if args.kvpager_bin else shutil.which("kvpager"))
+    if args.kvpager_bin and not kvbin:
+        raise UsageError(f"--kvpager-bin {args.kvpager_bin}: no such file")
     use_run = device == "cuda" and has_subcommand(kvbin, "run") and not args.no_kvpager_run
     run_dir = tempfile.mkdtemp(prefix="kvpager-e2e-")
     spec_path = os.path.join(run_dir, "spec.json")
@@ -653,7 +648,7 @@ def run_all(args: argparse.Namespace) -> int:
     runs: Dict[str, dict] = {}
     for i, m in enumerate(order):
         result_path = os.path.join(run_dir, f"{i:02d}-{m}.json")
-        la = plan_launch(m, plan, safe, args, spec_path, result_path, run_dir, lib, kvbin, use_run)
+        la = plan_launch(m, plan, safe, args, spec_path, result_path, lib, kvbin, use_run)
         info = runs.setdefault(m, {"command": [], "env": la.env_set, "preload": la.preload})
         if la.skipped:
             info["skipped"] = la.skipped
@@ -704,7 +699,10 @@ def run_all(args: argparse.Namespace) -> int:
     log(text)
     if args.out:
         log(f"(JSON: {args.out})")
-    shutil.rmtree(run_dir, ignore_errors=True) if not args.keep_run_dir else log(f"(worker files: {run_dir})")
+    if args.keep_run_dir:
+        log(f"(worker files: {run_dir})")
+    else:
+        shutil.rmtree(run_dir, ignore_errors=True)
     if report["check"]:
         return 1
     failed = [m for m, i in runs.items() if not i.get("skipped") and i.get("rc") != 0]

@@ -280,6 +280,61 @@ class CheckTest(unittest.TestCase):
         self.assertIn("no pager is involved", cpu["note"])
 
 
+class GpuLaunchTest(unittest.TestCase):
+    """How the modes would start on a GPU: settings, preload, the safety rule."""
+
+    wl = P.Workload(1234, sessions=8, context=32768, tool_min=200, tool_max=400, reply=32, rr_rounds=2,
+                    random_turns=16)
+    plan = P.make_plan(P.PRESETS["llama3-8b"], "bfloat16", "cuda", wl, 2048, None, 2)
+    probe = {"free_bytes": 79 * P.GiB, "total_bytes": 80 * P.GiB, "name": "H100"}
+
+    def args(self, **kw):
+        import argparse
+        base = dict(python="/usr/bin/python3", set=None, nvme_host_capacity=None, nvme_spill_idle="1s",
+                    nvme_store="/var/tmp/s")
+        return argparse.Namespace(**{**base, **kw})
+
+    def launch(self, mode, lib="/b/libkvpager.so", kvbin="/b/kvpager", use_run=False, **kw):
+        safe = H.safety(self.plan, self.probe, None)
+        return H.plan_launch(mode, self.plan, safe, self.args(**kw), "/t/spec.json", "/t/r.json", lib, kvbin, use_run)
+
+    def test_safety_limit_is_free_memory_less_the_reserve_and_refuses_above_it(self):
+        s = H.safety(self.plan, self.probe, None)
+        self.assertEqual(s["reserve_bytes"], 4 * P.GiB)  # max(3 GiB, 5 % of 80 GiB)
+        self.assertEqual(s["limit_bytes"], 75 * P.GiB)
+        self.assertTrue(s["ok"])
+        self.assertLess(self.plan.budget_bytes, self.plan.footprint_bytes)
+        small_card = dict(self.probe, free_bytes=self.plan.footprint_bytes + 3 * P.GiB)
+        self.assertFalse(H.safety(self.plan, small_card, None)["ok"])
+
+    def test_kvpager_mode_gets_budget_ceiling_and_preload(self):
+        la = self.launch("kvpager")
+        self.assertEqual(la.env_set["KVPAGER_HBM_BUDGET"], P.knob_bytes(self.plan.budget_bytes))
+        self.assertEqual(la.env_set["KVPAGER_CUDA_MANAGED_LIMIT"], "76800M")  # 75 GiB, below the free 79
+        self.assertEqual(la.env_set["LD_PRELOAD"], "/b/libkvpager.so")
+        self.assertIn("--worker-mode", la.argv)
+        self.assertEqual(self.launch("kvpager", use_run=True).argv[:3], ["/b/kvpager", "run", "--"])
+
+    def test_overhead_mode_budget_covers_everything_and_nvme_mode_gets_a_small_host_tier(self):
+        self.assertEqual(self.launch("hbm-preload").env_set["KVPAGER_HBM_BUDGET"], "76800M")
+        env = self.launch("kvpager-nvme", set=["prefetch_depth=8"]).env_set
+        self.assertEqual(env["KVPAGER_HOST_CAPACITY"], P.knob_bytes(self.plan.kv_total_bytes // 4))
+        self.assertEqual(env["KVPAGER_SPILL_IDLE"], "1s")
+        self.assertEqual(env["KVPAGER_STORE_DIR"], "/var/tmp/s")
+        self.assertEqual(env["KVPAGER_PREFETCH_DEPTH"], "8")
+
+    def test_unpaged_modes_get_nothing_and_a_missing_library_skips(self):
+        for m in ("hbm", "recompute"):
+            la = self.launch(m)
+            self.assertEqual(la.env_set, {})
+            self.assertIsNone(la.skipped)
+        self.assertIn("libkvpager.so not found", self.launch("kvpager", lib=None).skipped)
+
+    def test_bad_set_is_a_usage_error(self):
+        with self.assertRaisesRegex(H.UsageError, "--set"):
+            self.launch("kvpager", set=["prefetch_depth"])
+
+
 class EnvTest(unittest.TestCase):
     def test_children_never_inherit_the_preload_and_unpaged_ones_no_settings(self):
         import os
