@@ -140,6 +140,16 @@ def run_worker(spec_path: str, mode: str, result_path: str, kvpager_bin: Optiona
         torch.cuda.init()
         free, total = torch.cuda.mem_get_info()
         memory.update(seen_free_bytes=int(free), seen_total_bytes=int(total))
+        if not lib:
+            # The safety rule again, now: another process may have taken memory
+            # since the orchestrator's probe. (Under the preload the free memory
+            # seen is the virtual capacity; the managed ceiling guards instead.)
+            need = plan.budget_bytes if mode == "recompute" else plan.footprint_bytes
+            memory["need_bytes"] = need
+            if need > free:
+                print(f"error: refusing to start: mode {mode} needs {P.human(need)}, the GPU has "
+                      f"{P.human(free)} free")
+                return 2
         if mode == "recompute":
             frac = min(1.0, plan.budget_bytes / torch.cuda.get_device_properties(0).total_memory)
             torch.cuda.set_per_process_memory_fraction(frac)
