@@ -389,7 +389,7 @@ def analyze(results: Dict[str, List[dict]], device: str = "cuda") -> Tuple[dict,
         for m, runs in results.items():
             if m == "hbm":
                 for i, r in enumerate(runs[1:], 1):
-                    correctness[f"hbm#{i + 1}"] = compare_tokens(ref["turns"], r["turns"])
+                    correctness[f"hbm#{i + 1}"] = dict(compare_tokens(ref["turns"], r["turns"]), must_be_identical=True)
                 continue
             for i, r in enumerate(runs):
                 name = m if i == 0 else f"{m}#{i + 1}"
