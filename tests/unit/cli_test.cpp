@@ -123,6 +123,22 @@ TEST(Cli, DemoIsDeterministic) {
   std::filesystem::remove_all(store);
 }
 
+TEST(Readme, KnobTableIsTheGeneratedOne) {
+  std::ifstream in(std::string(KVPAGER_SRC_DIR) + "/README.md");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string readme = ss.str();
+  const std::string begin = "<!-- knobs:begin (generated: kvpager config knobs --markdown) -->\n";
+  const std::string end = "<!-- knobs:end -->";
+  size_t b = readme.find(begin), e = readme.find(end);
+  ASSERT_NE(b, std::string::npos);
+  ASSERT_NE(e, std::string::npos);
+  auto r = run_process({kBin, "config", "knobs", "--markdown"});
+  ASSERT_EQ(r.exit_code, 0);
+  EXPECT_EQ(readme.substr(b + begin.size(), e - b - begin.size()), r.out)
+      << "README's knob table is stale: paste the output of `kvpager config knobs --markdown` between the markers";
+}
+
 TEST(Readme, DocumentsEveryKnob) {
   std::ifstream in(std::string(KVPAGER_SRC_DIR) + "/README.md");
   ASSERT_TRUE(in) << "README.md missing";
