@@ -62,6 +62,22 @@ bool write_all(int fd, const void* data, size_t len, uint64_t offset) {
   return true;
 }
 
+bool append_all(int fd, const void* data, size_t len) {
+  const auto* p = static_cast<const char*>(data);
+  size_t done = 0;
+  while (done < len) {
+    ssize_t n = ::write(fd, p + done, len - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return false;
+    if (n == 0) {
+      errno = EIO;
+      return false;
+    }
+    done += static_cast<size_t>(n);
+  }
+  return true;
+}
+
 size_t remove_flat_dir(int dirfd, const char* name) {
   size_t removed = 0;
   int fd = openat(dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

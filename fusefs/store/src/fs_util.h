@@ -70,6 +70,8 @@ bool read_file_at(int dirfd, const char* name, std::vector<std::byte>* out, stru
 bool read_fd(int fd, std::vector<std::byte>* out, struct stat* st = nullptr);
 // pwrite until done; false on error (errno set).
 bool write_all(int fd, const void* data, size_t len, uint64_t offset);
+// write() until done (for O_APPEND files); false on error (errno set).
+bool append_all(int fd, const void* data, size_t len);
 // Unlinks every entry of dirfd/name, then the directory. Returns files removed.
 size_t remove_flat_dir(int dirfd, const char* name);
 

@@ -281,16 +281,29 @@ void TokenStore::setup_io() {
 Status TokenStore::ensure_writer() {
   if (writer_fd_ >= 0) return Status::kOk;
   if (opt_.read_only) return Status::kUnsupported;
-  // The lock file is locked under a name no cleaner looks at, then renamed
-  // into place, so nobody can find it unlocked while its writer lives.
+  // The lock file must never be seen unlocked while its writer lives, nor
+  // outlive a writer killed while making it. So it is created nameless
+  // (O_TMPFILE), locked, then linked in; where O_TMPFILE or the link is not
+  // available, it is locked under a name cleaners leave alone for a minute
+  // and renamed into place.
   std::string id = fmt::format("{}-{}-{:016x}", host_tag(), getpid(), random_u64());
-  std::string fresh = ".new-" + id + ".lock";
-  UniqueFd lock(openat(writers_fd_, fresh.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
-  if (!lock.valid()) return errno_status(errno);
-  if (flock(lock.get(), LOCK_EX) != 0 || renameat(writers_fd_, fresh.c_str(), writers_fd_, (id + ".lock").c_str()) != 0) {
-    Status s = errno_status(errno);
-    unlinkat(writers_fd_, fresh.c_str(), 0);
-    return s;
+  const std::string lock_name = id + ".lock";
+  UniqueFd lock(openat(writers_fd_, ".", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600));
+  bool linked = false;
+  if (lock.valid() && flock(lock.get(), LOCK_EX) == 0) {
+    const std::string proc = fmt::format("/proc/self/fd/{}", lock.get());
+    linked = linkat(AT_FDCWD, proc.c_str(), writers_fd_, lock_name.c_str(), AT_SYMLINK_FOLLOW) == 0 ||
+             linkat(lock.get(), "", writers_fd_, lock_name.c_str(), AT_EMPTY_PATH) == 0;
+  }
+  if (!linked) {
+    const std::string fresh = ".new-" + lock_name;
+    lock.reset(openat(writers_fd_, fresh.c_str(), O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600));
+    if (!lock.valid()) return errno_status(errno);
+    if (flock(lock.get(), LOCK_EX) != 0 || renameat(writers_fd_, fresh.c_str(), writers_fd_, lock_name.c_str()) != 0) {
+      Status s = errno_status(errno);
+      unlinkat(writers_fd_, fresh.c_str(), 0);
+      return s;
+    }
   }
   if (mkdirat(writers_fd_, id.c_str(), 0700) != 0) {
     Status s = errno_status(errno);
@@ -1420,7 +1433,7 @@ Status ContextWriter::append(std::span<const std::byte> chunk, const ObjectKey* 
   // Journal first: if this process dies, the next open knows what to delete.
   std::byte rec[16];
   key_to_bytes(k, rec);
-  if (!write_all(journal_fd_, rec, sizeof rec, 0)) return status_ = s_.errno_status(errno);
+  if (!append_all(journal_fd_, rec, sizeof rec)) return status_ = s_.errno_status(errno);
   chunks_.push_back(ManifestChunk{k, chunk.size(), sum});
   written_.push_back(false);
   bytes_ += chunk.size();
@@ -1478,7 +1491,24 @@ Status ContextWriter::commit() {
   Manifest old;
   uint64_t ino = 0, mt = 0;
   const bool had_old = ok(s_.load_manifest_file(file, &old, &ino, &mt));
-  if (had_old) s_.add_manifest(file, std::move(old), ino, mt);
+  if (had_old) {
+    // Journal the old publication's keys too: if this process dies after
+    // the rename, the next open deletes them (nothing names them then);
+    // before the rename the old manifest still names them, so they stay.
+    std::vector<std::byte> recs(16 * old.chunks.size());
+    for (size_t i = 0; i < old.chunks.size(); ++i) key_to_bytes(old.chunks[i].key, recs.data() + 16 * i);
+    if (journal_fd_ < 0) {
+      journal_ = fmt::format("j{:016x}", meta_.generation);
+      journal_fd_ = openat(s_.writer_fd_, journal_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    }
+    if (journal_fd_ < 0 || !append_all(journal_fd_, recs.data(), recs.size())) {
+      s = s_.errno_status(errno);
+      unlinkat(s_.writer_fd_, temp.c_str(), 0);
+      abort();
+      return s;
+    }
+    s_.add_manifest(file, std::move(old), ino, mt);
+  }
   if (renameat(s_.writer_fd_, temp.c_str(), s_.contexts_fd_, file.c_str()) != 0) {
     s = s_.errno_status(errno);
     unlinkat(s_.writer_fd_, temp.c_str(), 0);
@@ -1488,19 +1518,21 @@ Status ContextWriter::commit() {
   if (s_.opt_.durable) fsync(s_.contexts_fd_);
   struct stat st{};
   fstatat(s_.contexts_fd_, file.c_str(), &st, 0);
-  // Published: the journal's work is done.
-  close(journal_fd_);
-  journal_fd_ = -1;
-  unlinkat(s_.writer_fd_, journal_.c_str(), 0);
   for (const ManifestChunk& c : chunks_) {
     auto it = s_.shared_.find(c.key);
     if (it != s_.shared_.end() && it->second.pending > 0) --it->second.pending;
   }
-  // Index the new publication; the old one's objects that nothing names now go.
+  // Index the new publication; the old one's objects that nothing names now
+  // go -- before the journal, which still lists them should we die here.
   std::vector<ObjectKey> dropped;
   s_.drop_manifest_refs(file, &dropped);
   s_.add_manifest(file, std::move(m), static_cast<uint64_t>(st.st_ino), mtime_ns(st));
   for (const ObjectKey& k : dropped) s_.unlink_shared(k);
+  if (journal_fd_ >= 0) {
+    close(journal_fd_);
+    journal_fd_ = -1;
+    unlinkat(s_.writer_fd_, journal_.c_str(), 0);
+  }
   done_ = true;
   return Status::kOk;
 }
