@@ -51,6 +51,14 @@ std::string object_file(const std::string& dir, const ObjectKey& k) {
   return dir + "/objects/" + hex.substr(0, 2) + "/" + hex;
 }
 
+// Moves a context's last use (its manifest's mtime) into the past: tests
+// stage LRU order and TTL expiry without sleeping.
+void age_context(const std::string& dir, const std::string& name, int seconds_ago) {
+  const std::string file = dir + "/contexts/" + key_hex(context_id("", name)) + ".m";
+  const timespec t[2] = {{0, UTIME_OMIT}, {time(nullptr) - seconds_ago, 0}};
+  ASSERT_EQ(utimensat(AT_FDCWD, file.c_str(), t, 0), 0) << file;
+}
+
 size_t count_containing(const std::vector<std::string>& log, std::string_view what) {
   return static_cast<size_t>(std::count_if(log.begin(), log.end(), [&](const std::string& l) {
     return l.find(what) != std::string::npos;
@@ -117,11 +125,43 @@ TEST(TokenStore, PutUnderAnExistingKeyReplacesWholeAndAReaderInFlightKeepsTheOld
   std::vector<std::byte> out(v2.size());
   ASSERT_EQ(s.get(k, out), Status::kOk);
   EXPECT_EQ(out, v2);
-  EXPECT_LT(s.used_bytes(), used1) << "the replaced object's bytes are not counted twice";
+  EXPECT_EQ(s.used_bytes() - s.stats().spare_bytes, s.file_bytes(v2.size())) << "the replaced object is not counted";
+  EXPECT_GT(used1, 0u);
   // Same bytes again: idempotent.
   ASSERT_EQ(s.put(k, v2), Status::kOk);
   ASSERT_EQ(s.get(k, out), Status::kOk);
   EXPECT_EQ(out, v2);
+}
+
+// A freed file is reused for a later object -- but never while a get of the
+// object it held may still be reading it.
+TEST(TokenStore, FreedFilesAreReusedButNotUnderAReader) {
+  TempDir d;
+  TokenStore s(opts(d.path()));
+  const ObjectKey a = chunk_key("", "a", 0), b = chunk_key("", "b", 0), c = chunk_key("", "c", 0);
+  ASSERT_EQ(s.put(a, pattern(1, 200000)), Status::kOk);
+  ASSERT_EQ(s.put(b, pattern(2, 200000)), Status::kOk);
+  ASSERT_EQ(s.erase(b), Status::kOk);
+  EXPECT_EQ(s.stats().spare_files, 1u);
+  // A get of a is in flight (its completion not yet collected): erasing a
+  // must drop its file, not keep it for reuse.
+  std::vector<std::byte> out(200000);
+  ASSERT_EQ(s.submit_get(7, a, out), Status::kOk);
+  ASSERT_EQ(s.erase(a), Status::kOk);
+  EXPECT_EQ(s.stats().spare_files, 1u);
+  TokenStore::Completion done[2];
+  ASSERT_EQ(s.wait(done), 1u);
+  EXPECT_EQ(done[0].status, Status::kOk);
+  EXPECT_EQ(out, pattern(1, 200000)) << "the reader got the bytes it asked for";
+  // The spare holds the next object; replacing it frees the old file again.
+  ASSERT_EQ(s.put(c, pattern(3, 200000)), Status::kOk);
+  EXPECT_EQ(s.stats().spare_files, 0u);
+  ASSERT_EQ(s.put(c, pattern(4, 200000)), Status::kOk);
+  EXPECT_EQ(s.stats().spare_files, 1u);
+  ASSERT_EQ(s.get(c, out), Status::kOk);
+  EXPECT_EQ(out, pattern(4, 200000));
+  EXPECT_EQ(s.used_bytes(), 2 * s.file_bytes(200000));
+  EXPECT_EQ(files_under(d.sub("writers")).size(), 3u) << "lock, c, one spare";
 }
 
 TEST(TokenStore, PrivateObjectsLeaveWithTheirHandle) {
@@ -331,7 +371,7 @@ TEST(TokenStore, OverCapacityTheLeastRecentlyUsedUnpinnedContextsGoWhole) {
   TokenStore s(o);
   for (int i = 0; i < 4; ++i) {
     ASSERT_EQ(s.put_context(meta("c" + std::to_string(i)), pattern(static_cast<uint64_t>(i), ctx_bytes)), Status::kOk);
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    age_context(d.path(), "c" + std::to_string(i), 100 - i);  // c0 oldest ... c3 newest
   }
   // Use c0 (now most recent), pin c1: c2 then c3 are the next victims.
   std::vector<std::byte> out;
@@ -366,41 +406,50 @@ TEST(TokenStore, OverCapacityTheLeastRecentlyUsedUnpinnedContextsGoWhole) {
 TEST(TokenStore, ExpiredContextsGoButPinnedOnesStay) {
   TempDir d;
   TokenStore s(opts(d.path()));
+  const uint64_t minute = 60'000'000'000ull;
   ContextMeta a = meta("short");
-  a.ttl_ns = 20'000'000;  // 20 ms
+  a.ttl_ns = minute;
   ContextMeta b = meta("pinned");
-  b.ttl_ns = 20'000'000;
+  b.ttl_ns = minute;
   b.pinned = true;
   ContextMeta c = meta("long");
-  c.ttl_ns = 3'600'000'000'000ull;
+  c.ttl_ns = 60 * minute;
   for (const auto& m : {a, b, c}) ASSERT_EQ(s.put_context(m, pattern(1, 1000)), Status::kOk);
   EXPECT_EQ(s.expire(), 0u);
-  std::this_thread::sleep_for(std::chrono::milliseconds(40));
+  for (const char* n : {"short", "pinned", "long"}) age_context(d.path(), n, 120);  // idle for two minutes
   EXPECT_EQ(s.expire(), 1u);
   std::vector<std::byte> out;
   EXPECT_EQ(s.get_context("", "short", &out), Status::kNotFound);
   EXPECT_EQ(s.get_context("", "pinned", &out), Status::kOk);
   EXPECT_EQ(s.get_context("", "long", &out), Status::kOk);
   EXPECT_EQ(s.stats().contexts_expired, 1u);
-  // Unpinned, it expires too -- at the next open.
+  // Unpinned and idle, it expires too -- here at the next open.
   ASSERT_EQ(s.set_pinned("", "pinned", false), Status::kOk);
-  std::this_thread::sleep_for(std::chrono::milliseconds(40));
+  age_context(d.path(), "pinned", 120);
   TokenStore again(opts(d.path()));
-  EXPECT_EQ(again.list_contexts().size(), 1u);
+  ASSERT_EQ(again.list_contexts().size(), 1u);
+  EXPECT_EQ(again.list_contexts()[0].meta.name, "long");
 }
 
 TEST(TokenStore, AReadIsAnAccessThatDefersTheTtl) {
   TempDir d;
   TokenStore s(opts(d.path()));
-  ContextMeta a = meta("kept-alive");
-  a.ttl_ns = 150'000'000;
-  ASSERT_EQ(s.put_context(a, pattern(1, 1000)), Status::kOk);
-  std::vector<std::byte> out;
-  for (int i = 0; i < 4; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(60));
-    ASSERT_EQ(s.get_context("", "kept-alive", &out), Status::kOk) << i;
-    EXPECT_EQ(s.expire(), 0u);
+  for (const char* n : {"read", "unread"}) {
+    ContextMeta m = meta(n);
+    m.ttl_ns = 60'000'000'000ull;
+    ASSERT_EQ(s.put_context(m, pattern(1, 1000)), Status::kOk);
+    age_context(d.path(), n, 50);  // 10 s left
   }
+  std::vector<std::byte> out;
+  ASSERT_EQ(s.get_context("", "read", &out), Status::kOk);  // a use: a full minute again
+  age_context(d.path(), "unread", 70);
+  EXPECT_EQ(s.expire(), 1u);
+  EXPECT_EQ(s.get_context("", "read", &out), Status::kOk);
+  EXPECT_EQ(s.get_context("", "unread", &out), Status::kNotFound);
+  // Changing a setting is not a use: the idle time is kept.
+  age_context(d.path(), "read", 30);
+  ASSERT_EQ(s.set_ttl("", "read", 20'000'000'000ull), Status::kOk);
+  EXPECT_EQ(s.expire(), 1u);
 }
 
 // --------------------------------------------------------------- corruption
@@ -624,7 +673,9 @@ TEST(TokenStore, ServesAsThePagersNvmeTierWithByteExactRestores) {
   // Freed regions take their store copies with them.
   for (RegionId r : regions) ASSERT_EQ(dev.free(r), Status::kOk);
   pager.drain();
-  EXPECT_EQ(store.used_bytes(), 0u);
+  EXPECT_EQ(store.stats().private_objects, 0u);
+  EXPECT_EQ(store.used_bytes(), store.stats().spare_bytes) << "only files kept for reuse remain";
+  EXPECT_LE(store.stats().spare_files, 64u);
 }
 
 // --------------------------------------------------------------- fallbacks

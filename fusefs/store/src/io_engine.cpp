@@ -1,6 +1,7 @@
 #include "io_engine.h"
 
 #include <fmt/format.h>
+#include <fcntl.h>
 #include <liburing.h>
 #include <unistd.h>
 
@@ -52,12 +53,21 @@ class UringEngine final : public IoEngine {
   bool queue(const IoOp& op) override {
     io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
     if (!sqe) return false;
-    if (op.buf_index >= 0) {
-      if (op.write) io_uring_prep_write_fixed(sqe, op.fd, op.buf, op.len, op.offset, op.buf_index);
-      else io_uring_prep_read_fixed(sqe, op.fd, op.buf, op.len, op.offset, op.buf_index);
-    } else {
-      if (op.write) io_uring_prep_write(sqe, op.fd, op.buf, op.len, op.offset);
-      else io_uring_prep_read(sqe, op.fd, op.buf, op.len, op.offset);
+    switch (op.kind) {
+      case IoOp::Kind::kRead:
+        if (op.buf_index >= 0) io_uring_prep_read_fixed(sqe, op.fd, op.buf, op.len, op.offset, op.buf_index);
+        else io_uring_prep_read(sqe, op.fd, op.buf, op.len, op.offset);
+        break;
+      case IoOp::Kind::kWrite:
+        if (op.buf_index >= 0) io_uring_prep_write_fixed(sqe, op.fd, op.buf, op.len, op.offset, op.buf_index);
+        else io_uring_prep_write(sqe, op.fd, op.buf, op.len, op.offset);
+        break;
+      case IoOp::Kind::kOpen:
+        io_uring_prep_openat(sqe, op.fd, op.path, op.flags, op.mode);
+        break;
+      case IoOp::Kind::kFallocate:
+        io_uring_prep_fallocate(sqe, op.fd, 0, static_cast<off_t>(op.offset), static_cast<off_t>(op.len64));
+        break;
     }
     io_uring_sqe_set_data64(sqe, op.user);
     ++queued_;
@@ -111,10 +121,16 @@ class SyncEngine final : public IoEngine {
     return false;
   }
   bool queue(const IoOp& op) override {
-    ssize_t r;
+    ssize_t r = 0;
     do {
-      r = op.write ? pwrite(op.fd, op.buf, op.len, static_cast<off_t>(op.offset))
-                   : pread(op.fd, op.buf, op.len, static_cast<off_t>(op.offset));
+      switch (op.kind) {
+        case IoOp::Kind::kRead: r = pread(op.fd, op.buf, op.len, static_cast<off_t>(op.offset)); break;
+        case IoOp::Kind::kWrite: r = pwrite(op.fd, op.buf, op.len, static_cast<off_t>(op.offset)); break;
+        case IoOp::Kind::kOpen: r = openat(op.fd, op.path, op.flags, op.mode); break;
+        case IoOp::Kind::kFallocate:
+          r = fallocate(op.fd, 0, static_cast<off_t>(op.offset), static_cast<off_t>(op.len64));
+          break;
+      }
     } while (r < 0 && errno == EINTR);
     done_.push_back(IoResult{op.user, r < 0 ? -errno : static_cast<int32_t>(r)});
     return true;

@@ -15,13 +15,23 @@
 namespace kvpager::store {
 
 struct IoOp {
+  enum class Kind : uint8_t {
+    kRead,       // fd, buf, len, offset
+    kWrite,      // fd, buf, len, offset
+    kOpen,       // fd: directory, path, flags, mode; the result is the new fd
+    kFallocate,  // fd, offset, length (len64)
+  };
   uint64_t user = 0;  // handed back in the result
+  Kind kind = Kind::kRead;
   int fd = -1;
-  bool write = false;
   std::byte* buf = nullptr;
   uint32_t len = 0;
   uint64_t offset = 0;
   int buf_index = -1;  // registered buffer holding buf, or -1
+  const char* path = nullptr;  // kOpen: must stay valid until submitted
+  int flags = 0;
+  unsigned mode = 0;
+  uint64_t len64 = 0;  // kFallocate
 };
 
 struct IoResult {

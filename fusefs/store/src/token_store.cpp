@@ -101,6 +101,11 @@ StoreOptions StoreOptions::from_config(const Config& cfg) {
 // segment for objects up to max_io_bytes), a get reads segments and hashes
 // (and copies) the payload as it arrives.
 struct TokenStore::Job {
+  // A put of a new file: kOpen (create it), kReserve (fallocate), then
+  // kTransfer; both first steps go through the engine, so with io_uring the
+  // inode allocation happens off the submitting thread.
+  enum class Stage : uint8_t { kOpen, kReserve, kTransfer };
+  Stage stage = Stage::kTransfer;
   bool active = false;
   bool done = false;  // kInternal: finished, status valid, slot still held
   bool put = false;
@@ -111,6 +116,7 @@ struct TokenStore::Job {
   ContextWriter* owner = nullptr;
   Area area = Area::kPrivate;
   ObjectKey key;
+  bool from_private = false;  // get: reading this handle's own file
   int fd = -1;
   std::string temp;  // put: temp file in the writer directory, until published
   std::byte* buf = nullptr;
@@ -339,6 +345,7 @@ Status TokenStore::errno_status(int e) {
 
 Status TokenStore::note_nospace() {
   ++st_.nospace_events;
+  drop_spares(UINT64_MAX);  // give the file system back what we hold
   if (!nospace_) {
     nospace_ = true;
     log(fmt::format("no space left in {}: further puts are refused until bytes are freed", opt_.dir));
@@ -522,7 +529,7 @@ void TokenStore::add_manifest(const std::string& file, Manifest m, uint64_t ino,
     ++o.refs;
     if (!o.on_disk) o.payload = ch.bytes;
   }
-  c.last_access_ns = std::max(m.meta.last_access_ns, mtime);
+  c.last_access_ns = mtime;  // the manifest's mtime: set at publication, touched by every read
   c.ino = ino;
   c.manifest = std::move(m);
   contexts_[file] = std::move(c);
@@ -572,7 +579,7 @@ void TokenStore::refresh_contexts() {
     seen.insert(n);
     auto it = contexts_.find(n);
     if (it != contexts_.end() && it->second.ino == static_cast<uint64_t>(st.st_ino)) {
-      it->second.last_access_ns = std::max(it->second.last_access_ns, mtime_ns(st));
+      it->second.last_access_ns = mtime_ns(st);
       return;
     }
     Manifest m;
@@ -618,12 +625,29 @@ int TokenStore::wait_slot() {
 bool TokenStore::issue(Job& j) {
   IoOp op;
   op.user = static_cast<uint64_t>((j.buf - pool_) / static_cast<ptrdiff_t>(buf_bytes_));
-  op.fd = j.fd;
-  op.write = j.put;
-  op.buf = j.buf + (j.pos - j.seg_start);
-  op.len = static_cast<uint32_t>(j.seg_end - j.pos);
-  op.offset = j.pos;
-  op.buf_index = registered_ ? static_cast<int>(op.user) : -1;
+  switch (j.stage) {
+    case Job::Stage::kOpen:
+      op.kind = IoOp::Kind::kOpen;
+      op.fd = writer_fd_;
+      op.path = j.temp.c_str();
+      op.flags = O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (direct_ ? O_DIRECT : 0);
+      op.mode = 0600;
+      break;
+    case Job::Stage::kReserve:
+      op.kind = IoOp::Kind::kFallocate;
+      op.fd = j.fd;
+      op.offset = 0;
+      op.len64 = j.file_len;
+      break;
+    case Job::Stage::kTransfer:
+      op.kind = j.put ? IoOp::Kind::kWrite : IoOp::Kind::kRead;
+      op.fd = j.fd;
+      op.buf = j.buf + (j.pos - j.seg_start);
+      op.len = static_cast<uint32_t>(j.seg_end - j.pos);
+      op.offset = j.pos;
+      op.buf_index = registered_ ? static_cast<int>(op.user) : -1;
+      break;
+  }
   if (engine_->queue(op)) return true;
   engine_->submit();
   return engine_->queue(op);
@@ -636,37 +660,89 @@ bool TokenStore::reap(bool wait) {
   return n > 0;
 }
 
-Status TokenStore::open_object(Area area, const ObjectKey& key, int* fd) {
-  auto open_at = [&](int dirfd, const char* path) {
-    for (;;) {
-      int f = openat(dirfd, path, O_RDONLY | O_CLOEXEC | (direct_ ? O_DIRECT : 0));
-      if (f < 0 && errno == EINVAL && direct_) {
-        fall_back_to_buffered("open with O_DIRECT failed: EINVAL");
-        continue;
-      }
-      return f;
-    }
-  };
+Status TokenStore::open_object(Area area, const ObjectKey& key, int* fd, bool* from_private) {
+  if (from_private) *from_private = false;
   if (area != Area::kShared && writer_fd_ >= 0 && private_.count(key)) {
-    *fd = open_at(writer_fd_, key_hex(key).c_str());
-    if (*fd >= 0) return Status::kOk;
+    *fd = open_data(writer_fd_, key_hex(key).c_str(), O_RDONLY);
+    if (*fd >= 0) {
+      if (from_private) *from_private = true;
+      return Status::kOk;
+    }
     if (errno != ENOENT) return errno_status(errno);
   }
   if (area == Area::kPrivate) return Status::kNotFound;
-  *fd = open_at(objects_fd_, object_path(key).c_str());
+  *fd = open_data(objects_fd_, object_path(key).c_str(), O_RDONLY);
   if (*fd >= 0) return Status::kOk;
   return errno_status(errno);
 }
 
-int TokenStore::open_temp(const std::string& name) {
+// Opens a data file with O_DIRECT while the file system takes it; the first
+// EINVAL switches this handle to buffered I/O (said once).
+int TokenStore::open_data(int dirfd, const char* path, int flags, mode_t mode) {
   for (;;) {
-    int f = openat(writer_fd_, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | (direct_ ? O_DIRECT : 0), 0600);
+    int f = openat(dirfd, path, flags | O_CLOEXEC | (direct_ ? O_DIRECT : 0), mode);
     if (f < 0 && errno == EINVAL && direct_) {
       fall_back_to_buffered("open with O_DIRECT failed: EINVAL");
       continue;
     }
     return f;
   }
+}
+
+// A put into a spare (a file this handle no longer needs, its blocks already
+// allocated and written) is an overwrite in place: no inode to allocate, no
+// extent to convert. False if none is usable.
+bool TokenStore::take_spare(uint64_t file_len, std::string* name, int* fd) {
+  while (!spares_.empty()) {
+    auto it = std::find_if(spares_.begin(), spares_.end(), [&](const Spare& sp) { return sp.size == file_len; });
+    if (it == spares_.end()) it = spares_.end() - 1;
+    Spare sp = *it;
+    spares_.erase(it);
+    used_ -= std::min(used_, sp.size);
+    int f = open_data(writer_fd_, sp.name.c_str(), O_WRONLY);
+    if (f < 0) {
+      unlinkat(writer_fd_, sp.name.c_str(), 0);
+      continue;
+    }
+    if (sp.size != file_len &&
+        (ftruncate(f, static_cast<off_t>(file_len)) != 0 ||
+         (file_len > sp.size && fallocate_ && fallocate(f, 0, 0, static_cast<off_t>(file_len)) != 0 &&
+          (errno == ENOSPC || errno == EDQUOT)))) {
+      close(f);
+      unlinkat(writer_fd_, sp.name.c_str(), 0);
+      continue;
+    }
+    *name = std::move(sp.name);
+    *fd = f;
+    return true;
+  }
+  return false;
+}
+
+// A file of this writer that no longer holds a live object (name: any
+// non-key name in the writer directory). Kept for reuse unless someone may
+// still be reading it (an in-flight get of `key`) or enough are kept.
+void TokenStore::recycle(std::string name, uint64_t size, const ObjectKey* key) {
+  const bool read_now = key && reading_.count(*key);
+  if (read_now || spares_.size() >= 2 * size_t{opt_.queue_depth}) {
+    unlinkat(writer_fd_, name.c_str(), 0);
+    bytes_freed();
+    return;
+  }
+  spares_.push_back(Spare{std::move(name), size});
+  used_ += size;
+}
+
+// Unlinks spares until `bytes` more fit under the capacity (all of them for
+// UINT64_MAX). True if it fits.
+bool TokenStore::drop_spares(uint64_t bytes) {
+  const uint64_t cap = opt_.capacity_bytes;
+  while (!spares_.empty() && (bytes == UINT64_MAX || (cap != 0 && used_ + bytes > cap))) {
+    unlinkat(writer_fd_, spares_.back().name.c_str(), 0);
+    used_ -= std::min(used_, spares_.back().size);
+    spares_.pop_back();
+  }
+  return cap == 0 || used_ + bytes <= cap;
 }
 
 // The put segment [seg_start, seg_end) of the file into the buffer: header
@@ -716,25 +792,15 @@ Status TokenStore::start_put(Sink sink, uint64_t tag, ContextWriter* owner, Area
   encode_object_header(h, std::span<std::byte, kObjectHeaderBytes>(buf, kObjectHeaderBytes));
   std::memset(buf + kObjectHeaderBytes, 0, header_block_ - kObjectHeaderBytes);
 
-  std::string temp = fmt::format("t{}", ++temp_seq_);
-  int fd = open_temp(temp);
-  if (fd < 0) return errno_status(errno);
-  if (fallocate_) {
-    // Reserve the blocks first: a full disk shows here, before any write.
-    if (fallocate(fd, 0, 0, static_cast<off_t>(fl)) != 0) {
-      const int e = errno;
-      if (e == ENOSPC || e == EDQUOT) {
-        close(fd);
-        unlinkat(writer_fd_, temp.c_str(), 0);
-        return note_nospace();
-      }
-      fallocate_ = false;  // not supported here: just write
-    }
-  }
+  std::string temp;
+  int fd = -1;
+  const bool spare = take_spare(fl, &temp, &fd);
+  if (!spare) temp = fmt::format("t{}", ++temp_seq_);  // created by the engine
 
   j.active = true;
   j.done = false;
   j.put = true;
+  j.from_private = false;
   j.sink = sink;
   j.status = Status::kOk;
   j.tag = tag;
@@ -753,6 +819,7 @@ Status TokenStore::start_put(Sink sink, uint64_t tag, ContextWriter* owner, Area
   j.pos = 0;
   j.seg_start = 0;
   j.seg_end = std::min(buf_bytes_, fl);
+  j.stage = spare ? Job::Stage::kTransfer : Job::Stage::kOpen;
   fill_put_segment(j);
   if (sink == Sink::kUser) ++inflight_user_;
   if (!issue(j)) finish(j, Status::kIoError);
@@ -763,11 +830,14 @@ Status TokenStore::start_get(Sink sink, uint64_t tag, Area area, const ObjectKey
                              bool verify_only, int slot, bool zero_copy, uint64_t expect_len,
                              std::optional<uint64_t> expect_sum, Status size_mismatch) {
   int fd = -1;
-  Status s = open_object(area, key, &fd);
+  bool from_private = false;
+  Status s = open_object(area, key, &fd, &from_private);
   if (!ok(s)) {
     if (s == Status::kNotFound) ++st_.misses;
     return s;
   }
+  // While it reads, the file must not be reused for another object.
+  if (from_private) ++reading_[key];
   Job& j = *jobs_[static_cast<size_t>(slot)];
   j.active = true;
   j.done = false;
@@ -781,6 +851,7 @@ Status TokenStore::start_get(Sink sink, uint64_t tag, Area area, const ObjectKey
   j.key = key;
   j.fd = fd;
   j.temp.clear();
+  j.from_private = from_private;
   j.zero_copy = zero_copy;
   j.src = nullptr;
   j.dst = (zero_copy || verify_only) ? nullptr : out.data();
@@ -790,6 +861,7 @@ Status TokenStore::start_get(Sink sink, uint64_t tag, Area area, const ObjectKey
   j.check_sum = expect_sum.has_value();
   j.expect_sum = expect_sum.value_or(0);
   j.have_hdr = false;
+  j.stage = Job::Stage::kTransfer;
   j.pos = 0;
   j.hashed_to = 0;
   j.seg_start = 0;
@@ -807,6 +879,26 @@ void TokenStore::corrupt(Job& j, std::string_view why) {
 }
 
 void TokenStore::advance(Job& j, int32_t res) {
+  if (j.stage == Job::Stage::kOpen) {
+    if (res == -EINVAL && direct_) {
+      fall_back_to_buffered("creating a file with O_DIRECT failed: EINVAL");
+      if (!issue(j)) finish(j, Status::kIoError);
+      return;
+    }
+    if (res < 0) return finish(j, errno_status(-res));
+    j.fd = res;
+    j.stage = fallocate_ ? Job::Stage::kReserve : Job::Stage::kTransfer;
+    if (!issue(j)) finish(j, Status::kIoError);
+    return;
+  }
+  if (j.stage == Job::Stage::kReserve) {
+    // Reserving the blocks first shows a full disk before any byte is written.
+    if (res == -ENOSPC || res == -EDQUOT) return finish(j, note_nospace());
+    if (res < 0) fallocate_ = false;  // not supported here: just write
+    j.stage = Job::Stage::kTransfer;
+    if (!issue(j)) finish(j, Status::kIoError);
+    return;
+  }
   if (res < 0) {
     finish(j, errno_status(-res));
     return;
@@ -884,7 +976,20 @@ Status TokenStore::publish_put(Job& j) {
   j.fd = -1;
   const std::string hex = key_hex(j.key);
   if (j.area == Area::kPrivate) {
-    if (renameat(writer_fd_, j.temp.c_str(), writer_fd_, hex.c_str()) != 0) return errno_status(errno);
+    auto old = private_.find(j.key);
+    if (old != private_.end() && exchange_) {
+      // Swap names: the object is the new file at once, and the old one
+      // (now under the temp name) can hold a later object.
+      if (renameat2(writer_fd_, j.temp.c_str(), writer_fd_, hex.c_str(), RENAME_EXCHANGE) == 0) {
+        recycle(std::move(j.temp), file_bytes(old->second), &j.key);
+        j.temp.clear();
+      } else if (errno == EINVAL || errno == ENOSYS || errno == EOPNOTSUPP) {
+        exchange_ = false;  // not on this file system: replace by rename
+      } else {
+        return errno_status(errno);
+      }
+    }
+    if (!j.temp.empty() && renameat(writer_fd_, j.temp.c_str(), writer_fd_, hex.c_str()) != 0) return errno_status(errno);
   } else {
     const std::string path = object_path(j.key);
     int r = renameat(writer_fd_, j.temp.c_str(), objects_fd_, path.c_str());
@@ -920,6 +1025,11 @@ void TokenStore::finish(Job& j, Status s) {
   if (j.fd >= 0) {
     close(j.fd);
     j.fd = -1;
+  }
+  if (j.from_private) {
+    auto r = reading_.find(j.key);
+    if (r != reading_.end() && --r->second == 0) reading_.erase(r);
+    j.from_private = false;
   }
   if (!j.temp.empty()) {
     unlinkat(writer_fd_, j.temp.c_str(), 0);  // never a partial object
@@ -1001,9 +1111,15 @@ Status TokenStore::get(const ObjectKey& key, std::span<std::byte> out) {
 Status TokenStore::erase(const ObjectKey& key) {
   auto it = private_.find(key);
   if (it == private_.end()) return Status::kNotFound;
-  if (unlinkat(writer_fd_, key_hex(key).c_str(), 0) != 0 && errno != ENOENT) return errno_status(errno);
-  used_ -= std::min(used_, file_bytes(it->second));
+  const uint64_t fb = file_bytes(it->second);
+  used_ -= std::min(used_, fb);
   private_.erase(it);
+  const std::string spare = fmt::format("t{}", ++temp_seq_);
+  if (!reading_.count(key) && renameat(writer_fd_, key_hex(key).c_str(), writer_fd_, spare.c_str()) == 0) {
+    recycle(spare, fb, &key);
+  } else if (unlinkat(writer_fd_, key_hex(key).c_str(), 0) != 0 && errno != ENOENT) {
+    return errno_status(errno);
+  }
   bytes_freed();
   return Status::kOk;
 }
@@ -1345,6 +1461,7 @@ std::vector<ContextEntry> TokenStore::list_contexts() {
 
 size_t TokenStore::expire() {
   if (opt_.read_only) return 0;
+  refresh_contexts();  // reads by other processes move last-access times
   const uint64_t now = wall_ns();
   std::vector<std::string> expired;
   for (const auto& [file, c] : contexts_) {
@@ -1358,7 +1475,7 @@ size_t TokenStore::expire() {
     if (it == contexts_.end()) continue;
     struct stat st{};
     if (fstatat(contexts_fd_, file.c_str(), &st, 0) == 0) {
-      it->second.last_access_ns = std::max(it->second.last_access_ns, mtime_ns(st));
+      it->second.last_access_ns = mtime_ns(st);
       const ContextMeta& m = it->second.manifest.meta;
       if (now < it->second.last_access_ns || now - it->second.last_access_ns < m.ttl_ns) continue;
     }
@@ -1371,7 +1488,7 @@ Status TokenStore::make_room(uint64_t bytes) {
   const uint64_t cap = opt_.capacity_bytes;
   if (cap == 0 || used_ + bytes <= cap) return Status::kOk;
   if (bytes > cap) return Status::kNoSpace;
-  refresh_contexts();
+  if (drop_spares(bytes)) return Status::kOk;
   expire();
   while (used_ + bytes > cap) {
     // The least recently used unpinned context goes whole.
@@ -1402,6 +1519,9 @@ Status TokenStore::make_room(uint64_t bytes) {
 StoreStats TokenStore::stats() const {
   StoreStats s = st_;
   s.spills_disabled = nospace_;
+  s.private_objects = private_.size();
+  s.spare_files = spares_.size();
+  for (const Spare& sp : spares_) s.spare_bytes += sp.size;
   s.engine = std::string(engine_->name());
   s.registered_buffers = registered_;
   s.direct_io = direct_;
@@ -1435,7 +1555,7 @@ Status ContextWriter::append(std::span<const std::byte> chunk, const ObjectKey* 
   key_to_bytes(k, rec);
   if (!append_all(journal_fd_, rec, sizeof rec)) return status_ = s_.errno_status(errno);
   chunks_.push_back(ManifestChunk{k, chunk.size(), sum});
-  written_.push_back(false);
+  state_.push_back(0);
   bytes_ += chunk.size();
   auto& info = s_.shared_[k];
   ++info.pending;
@@ -1451,13 +1571,17 @@ Status ContextWriter::append(std::span<const std::byte> chunk, const ObjectKey* 
     return status_ = s;
   }
   ++inflight_;
-  return Status::kOk;
+  if (s_.header_block_ + chunk.size() > s_.buf_bytes_) {
+    // Streams from the caller's memory: finish before handing it back.
+    while (state_[index] == 0) s_.reap(true);
+  }
+  return status_;
 }
 
 void ContextWriter::on_done(size_t index, Status st) {
   --inflight_;
-  if (ok(st)) written_[index] = true;
-  else if (ok(status_)) status_ = st;
+  state_[index] = ok(st) ? 1 : 2;
+  if (!ok(st) && ok(status_)) status_ = st;
 }
 
 Status ContextWriter::commit() {
@@ -1543,7 +1667,7 @@ void ContextWriter::abort() {
   for (size_t i = 0; i < chunks_.size(); ++i) {
     auto it = s_.shared_.find(chunks_[i].key);
     if (it != s_.shared_.end() && it->second.pending > 0) --it->second.pending;
-    if (written_[i]) s_.unlink_shared(chunks_[i].key);
+    if (state_[i] == 1) s_.unlink_shared(chunks_[i].key);
   }
   if (journal_fd_ >= 0) {
     close(journal_fd_);

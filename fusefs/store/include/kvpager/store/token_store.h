@@ -105,6 +105,8 @@ struct StoreStats {
   uint64_t contexts_expired = 0;                     // dropped for TTL
   uint64_t leftovers_removed = 0;  // dead writers' files and orphans removed by open()
   bool spills_disabled = false;    // a put hit ENOSPC; puts fail fast until bytes are freed
+  uint64_t private_objects = 0;    // this handle's (the Store interface's objects)
+  uint64_t spare_files = 0, spare_bytes = 0;  // freed files kept for reuse (counted in used_bytes)
   // How the data path runs here.
   std::string engine;              // "io_uring" or "pread/pwrite"
   bool registered_buffers = false;
@@ -137,8 +139,11 @@ struct BenchOptions {
 };
 struct BenchResult {
   uint64_t bytes = 0, objects = 0;
-  double write_s = 0, read_s = 0;
+  double write_s = 0;    // new keys: every object a new file
+  double rewrite_s = 0;  // the same keys again (a re-spill): files are replaced, and reused
+  double read_s = 0;
   double write_gbps() const { return write_s > 0 ? static_cast<double>(bytes) / write_s / 1e9 : 0; }
+  double rewrite_gbps() const { return rewrite_s > 0 ? static_cast<double>(bytes) / rewrite_s / 1e9 : 0; }
   double read_gbps() const { return read_s > 0 ? static_cast<double>(bytes) / read_s / 1e9 : 0; }
 };
 
@@ -161,7 +166,10 @@ class TokenStore final : public Store {
   Status put(const ObjectKey& key, std::span<const std::byte> bytes) override;
   Status get(const ObjectKey& key, std::span<std::byte> out) override;
   Status erase(const ObjectKey& key) override;
-  uint64_t used_bytes() const override { return used_; }  // bytes on disk this handle accounts for
+  // Bytes on disk this handle accounts for: published objects it knows of,
+  // its private objects and spare files, other live writers' private
+  // objects as of its scan.
+  uint64_t used_bytes() const override { return used_; }
 
   // --- asynchronous data path (the movers) ---
   // A registered, O_DIRECT-aligned buffer of max_io_bytes payload.
@@ -183,7 +191,9 @@ class TokenStore final : public Store {
   // Each submit queues the I/O; it reaches the kernel in batches (flush(),
   // poll(), wait(), or a full queue). kAgain: every buffer is in use (poll
   // first); other failures leave nothing behind. Completions carry the tag.
-  Status submit_put(uint64_t tag, const ObjectKey& key, std::span<const std::byte> bytes);  // copies
+  // Copies: up to max_io_bytes at submit (the caller may reuse its memory at
+  // once); a larger object streams, and its bytes must stay until completion.
+  Status submit_put(uint64_t tag, const ObjectKey& key, std::span<const std::byte> bytes);
   Status submit_put(uint64_t tag, const ObjectKey& key, Buffer buf, uint64_t len);  // zero copy; releases buf
   Status submit_get(uint64_t tag, const ObjectKey& key, std::span<std::byte> out);  // out lives until completion
   Status submit_get(uint64_t tag, const ObjectKey& key, Buffer buf);  // zero copy into buf
@@ -224,7 +234,8 @@ class TokenStore final : public Store {
   // writers' leftovers.
   FsckReport fsck(bool repair, const std::function<void(uint64_t done, uint64_t total)>& progress = {});
 
-  // Writes then reads total_bytes in block_bytes objects at the queue depth.
+  // Writes total_bytes in block_bytes private objects at the queue depth,
+  // writes the same keys again, reads them, and removes them.
   Status bench(const BenchOptions& opt, BenchResult* out);
 
   StoreStats stats() const;
@@ -291,8 +302,11 @@ class TokenStore final : public Store {
   int wait_slot();  // reaps until a slot is free; -1 if every buffer is lent out
   void release_slot(int slot);
   bool lent(const Buffer& b) const;
-  Status open_object(Area area, const ObjectKey& key, int* fd);
-  int open_temp(const std::string& name);
+  Status open_object(Area area, const ObjectKey& key, int* fd, bool* from_private);
+  int open_data(int dirfd, const char* path, int flags, mode_t mode = 0);
+  bool take_spare(uint64_t file_len, std::string* name, int* fd);
+  void recycle(std::string name, uint64_t size, const ObjectKey* key);
+  bool drop_spares(uint64_t bytes);
   Status start_put(Sink sink, uint64_t tag, ContextWriter* owner, Area area, const ObjectKey& key,
                    std::span<const std::byte> bytes, int slot, bool zero_copy, uint64_t len,
                    std::optional<uint64_t> checksum);
@@ -320,6 +334,7 @@ class TokenStore final : public Store {
 
   bool direct_ = true;
   bool fallocate_ = true;
+  bool exchange_ = true;  // renameat2(RENAME_EXCHANGE) works here
   uint64_t mem_align_ = 4096, off_align_ = 4096, header_block_ = 4096;
   std::unique_ptr<IoEngine> engine_;
   bool registered_ = false;
@@ -336,7 +351,14 @@ class TokenStore final : public Store {
   std::unordered_map<ObjectKey, ObjInfo, ObjectKeyHash> shared_;
   std::unordered_map<std::string, CtxInfo> contexts_;                // by manifest file name
   std::unordered_map<std::string, uint64_t> bad_manifests_;          // file -> inode, reported once
-  uint64_t used_ = 0;
+  // Files of this writer that hold no object any more, kept for reuse.
+  struct Spare {
+    std::string name;
+    uint64_t size;
+  };
+  std::vector<Spare> spares_;
+  std::unordered_map<ObjectKey, uint32_t, ObjectKeyHash> reading_;  // own private objects being read
+  uint64_t used_ = 0;  // includes spares
   uint64_t others_private_ = 0;  // other live writers' private bytes at the scan
   bool nospace_ = false;
   StoreStats st_;
@@ -347,7 +369,9 @@ class ContextWriter {
   ~ContextWriter();
   ContextWriter(const ContextWriter&) = delete;
   ContextWriter& operator=(const ContextWriter&) = delete;
-  // Queues one chunk (copied; returns before it is on disk). key: a content
+  // Queues one chunk and returns before it is on disk. A chunk up to
+  // max_io_bytes is copied at once; a larger one is written before append()
+  // returns. Either way the caller may reuse its memory. key: a content
   // key supplied by the engine; without one the chunk is named
   // context_chunk_key(ns, name, generation, index). The first failure sticks.
   Status append(std::span<const std::byte> chunk, const ObjectKey* key = nullptr);
@@ -367,7 +391,7 @@ class ContextWriter {
   TokenStore& s_;
   ContextMeta meta_;
   std::vector<ManifestChunk> chunks_;
-  std::vector<bool> written_;
+  std::vector<uint8_t> state_;  // per chunk: 0 in flight or deduplicated, 1 written, 2 failed
   uint64_t bytes_ = 0;
   size_t inflight_ = 0;
   Status status_ = Status::kOk;
