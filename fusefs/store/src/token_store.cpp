@@ -13,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <random>
+#include <tuple>
 #include <unordered_set>
 
 #include "fs_util.h"
@@ -154,7 +155,7 @@ TokenStore::TokenStore(StoreOptions opt) : opt_(std::move(opt)) {
     throw ConfigError(fmt::format("chunk_size = {}: the store's I/O buffers allow 4K..256M", format_bytes(opt_.max_io_bytes)));
   open_dirs();
   probe_alignment();
-  setup_io();
+  buf_bytes_ = header_block_ + round_up(opt_.max_io_bytes, header_block_);
   scan();
 }
 
@@ -254,21 +255,28 @@ void TokenStore::fall_back_to_buffered(std::string_view why) {
   log(fmt::format("O_DIRECT refused at {} ({}): using buffered I/O", opt_.dir, why));
 }
 
-void TokenStore::setup_io() {
+// The ring and the buffers come with the first I/O, so a handle that only
+// lists or removes contexts (or a scan-heavy open) does not pin
+// queue_depth x max_io_bytes of memory.
+bool TokenStore::ensure_io() {
+  if (engine_) return true;
+  if (io_broken_) return false;
+  pool_bytes_ = round_up(buf_bytes_ * opt_.queue_depth, mem_align_);
+  void* p = mmap(nullptr, pool_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) {
+    io_broken_ = true;
+    log(fmt::format("cannot allocate {} of I/O buffers (store.queue_depth = {}): {}",
+                    human_bytes(static_cast<double>(pool_bytes_)), opt_.queue_depth, std::strerror(errno)));
+    return false;
+  }
+  madvise(p, pool_bytes_, MADV_HUGEPAGE);  // fewer pages to fault in and pin
+  pool_ = static_cast<std::byte*>(p);
   std::string why;
   if (opt_.use_io_uring) {
     engine_ = make_uring_engine(opt_.queue_depth, &why);
     if (!engine_) log(fmt::format("io_uring unavailable ({}): falling back to pread/pwrite", why));
   }
   if (!engine_) engine_ = make_sync_engine();
-
-  buf_bytes_ = header_block_ + round_up(opt_.max_io_bytes, header_block_);
-  pool_bytes_ = round_up(buf_bytes_ * opt_.queue_depth, mem_align_);
-  void* p = mmap(nullptr, pool_bytes_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED)
-    throw ConfigError(fmt::format("store.queue_depth = {}: cannot allocate {} of I/O buffers: {}", opt_.queue_depth,
-                                  human_bytes(static_cast<double>(pool_bytes_)), std::strerror(errno)));
-  pool_ = static_cast<std::byte*>(p);
   std::vector<iovec> iov(opt_.queue_depth);
   for (uint32_t i = 0; i < opt_.queue_depth; ++i) iov[i] = iovec{pool_ + i * buf_bytes_, buf_bytes_};
   if (engine_->name() == "io_uring") {
@@ -282,6 +290,7 @@ void TokenStore::setup_io() {
   }
   lent_.assign(opt_.queue_depth, false);
   for (uint32_t i = opt_.queue_depth; i > 0; --i) free_slots_.push_back(static_cast<int>(i - 1));
+  return true;
 }
 
 Status TokenStore::ensure_writer() {
@@ -424,11 +433,18 @@ void TokenStore::scan() {
   for_each_entry(contexts_fd_, ".", [&](const char* n, unsigned char) {
     if (ends_with(n, ".m")) manifests.emplace_back(n);
   });
+  std::vector<std::tuple<std::string, Manifest, uint64_t, uint64_t>> loaded;
+  size_t chunks = 0;
   for (const std::string& file : manifests) {
     Manifest m;
     uint64_t ino = 0, mt = 0;
-    if (ok(load_manifest_file(file, &m, &ino, &mt))) add_manifest(file, std::move(m), ino, mt);
+    if (!ok(load_manifest_file(file, &m, &ino, &mt))) continue;
+    chunks += m.chunks.size();
+    loaded.emplace_back(file, std::move(m), ino, mt);
   }
+  shared_.reserve(chunks + chunks / 8);
+  contexts_.reserve(loaded.size());
+  for (auto& [file, m, ino, mt] : loaded) add_manifest(file, std::move(m), ino, mt);
 
   // 3. Dead writers: objects of contexts they never published, then the rest.
   for (auto& [id, fd] : dead) cleanup_dead_writer(id, fd);
@@ -464,13 +480,6 @@ void TokenStore::scan() {
     if (o.on_disk) used_ += file_bytes(o.payload);
   }
   used_ += others_private_;
-  for (auto& [file, c] : contexts_) {
-    c.missing = 0;
-    for (const ManifestChunk& ch : c.manifest.chunks) {
-      auto it = shared_.find(ch.key);
-      if (it == shared_.end() || !it->second.on_disk) ++c.missing;
-    }
-  }
   // 5. Expired contexts.
   if (!opt_.read_only) expire();
 }
@@ -600,7 +609,7 @@ void TokenStore::refresh_contexts() {
 // ---------------------------------------------------------------- job machine
 
 int TokenStore::take_slot() {
-  if (free_slots_.empty()) return -1;
+  if (!ensure_io() || free_slots_.empty()) return -1;
   int s = free_slots_.back();
   free_slots_.pop_back();
   return s;
@@ -615,6 +624,7 @@ void TokenStore::release_slot(int slot) {
 }
 
 int TokenStore::wait_slot() {
+  if (!ensure_io()) return -1;
   while (free_slots_.empty()) {
     if (!std::any_of(jobs_.begin(), jobs_.end(), [](const auto& j) { return j->active; })) return -1;
     reap(true);
@@ -654,6 +664,7 @@ bool TokenStore::issue(Job& j) {
 }
 
 bool TokenStore::reap(bool wait) {
+  if (!engine_) return false;
   IoResult res[64];
   size_t n = engine_->reap(res, wait);
   for (size_t i = 0; i < n; ++i) advance(*jobs_[res[i].user], res[i].res);
@@ -1086,6 +1097,7 @@ Status TokenStore::run_sync(int slot) {
 // ---------------------------------------------------------------- Store
 
 Status TokenStore::put(const ObjectKey& key, std::span<const std::byte> bytes) {
+  if (!ensure_io()) return Status::kIoError;
   int slot = wait_slot();
   if (slot < 0) return Status::kBusy;
   Status s = start_put(Sink::kInternal, 0, nullptr, Area::kPrivate, key, bytes, slot, false, bytes.size(), std::nullopt);
@@ -1097,6 +1109,7 @@ Status TokenStore::put(const ObjectKey& key, std::span<const std::byte> bytes) {
 }
 
 Status TokenStore::get(const ObjectKey& key, std::span<std::byte> out) {
+  if (!ensure_io()) return Status::kIoError;
   int slot = wait_slot();
   if (slot < 0) return Status::kBusy;
   Status s = start_get(Sink::kInternal, 0, Area::kAny, key, out, false, slot, false, out.size(), std::nullopt,
@@ -1145,6 +1158,7 @@ void TokenStore::release_buffer(Buffer b) {
 }
 
 Status TokenStore::submit_put(uint64_t tag, const ObjectKey& key, std::span<const std::byte> bytes) {
+  if (!ensure_io()) return Status::kIoError;
   int slot = take_slot();
   if (slot < 0) return Status::kAgain;
   Status s = start_put(Sink::kUser, tag, nullptr, Area::kPrivate, key, bytes, slot, false, bytes.size(), std::nullopt);
@@ -1163,6 +1177,7 @@ Status TokenStore::submit_put(uint64_t tag, const ObjectKey& key, Buffer buf, ui
 }
 
 Status TokenStore::submit_get(uint64_t tag, const ObjectKey& key, std::span<std::byte> out) {
+  if (!ensure_io()) return Status::kIoError;
   int slot = take_slot();
   if (slot < 0) return Status::kAgain;
   Status s = start_get(Sink::kUser, tag, Area::kAny, key, out, false, slot, false, out.size(), std::nullopt,
@@ -1180,7 +1195,9 @@ Status TokenStore::submit_get(uint64_t tag, const ObjectKey& key, Buffer buf) {
   return s;
 }
 
-void TokenStore::flush() { engine_->submit(); }
+void TokenStore::flush() {
+  if (engine_) engine_->submit();
+}
 
 size_t TokenStore::poll(std::span<Completion> out) {
   while (reap(false)) {
@@ -1234,6 +1251,7 @@ Status TokenStore::put_context(ContextMeta meta, std::span<const std::byte> data
 Status TokenStore::read_pipelined(
     size_t n, const std::function<ReadSpec(size_t)>& spec,
     const std::function<Status(size_t, Status, std::span<const std::byte>, const ObjectHeader&)>& done) {
+  if (!ensure_io()) return Status::kIoError;
   struct Item {
     int slot = -1;
     Status early = Status::kOk;  // failed at submit (not found, ...)
@@ -1522,7 +1540,7 @@ StoreStats TokenStore::stats() const {
   s.private_objects = private_.size();
   s.spare_files = spares_.size();
   for (const Spare& sp : spares_) s.spare_bytes += sp.size;
-  s.engine = std::string(engine_->name());
+  s.engine = engine_ ? std::string(engine_->name()) : std::string("not started");
   s.registered_buffers = registered_;
   s.direct_io = direct_;
   s.dio_mem_align = mem_align_;
@@ -1563,7 +1581,7 @@ Status ContextWriter::append(std::span<const std::byte> chunk, const ObjectKey* 
     return Status::kOk;  // a content key already stored: the same bytes
   }
   int slot = s_.wait_slot();
-  if (slot < 0) return status_ = Status::kBusy;
+  if (slot < 0) return status_ = s_.io_broken_ ? Status::kIoError : Status::kBusy;
   s = s_.start_put(TokenStore::Sink::kWriter, index, this, TokenStore::Area::kShared, k, chunk, slot, false,
                    chunk.size(), sum);
   if (!ok(s)) {

@@ -263,7 +263,6 @@ class TokenStore final : public Store {
     Manifest manifest;
     uint64_t last_access_ns = 0;
     uint64_t ino = 0;  // a new publication is a new inode
-    uint64_t missing = 0;
   };
   struct ReadSpec {
     ObjectKey key;
@@ -276,7 +275,7 @@ class TokenStore final : public Store {
   void open_dirs();
   void probe_alignment();
   void fall_back_to_buffered(std::string_view why);
-  void setup_io();
+  bool ensure_io();
   Status ensure_writer();
   void scan();
   // Live writers' journalled keys into protect; dead writers (their lock now
@@ -336,7 +335,8 @@ class TokenStore final : public Store {
   bool fallocate_ = true;
   bool exchange_ = true;  // renameat2(RENAME_EXCHANGE) works here
   uint64_t mem_align_ = 4096, off_align_ = 4096, header_block_ = 4096;
-  std::unique_ptr<IoEngine> engine_;
+  std::unique_ptr<IoEngine> engine_;  // with the buffers, made by the first I/O
+  bool io_broken_ = false;            // the buffers could not be allocated
   bool registered_ = false;
   std::byte* pool_ = nullptr;
   size_t pool_bytes_ = 0;
