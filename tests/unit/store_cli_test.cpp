@@ -23,7 +23,9 @@ struct CliRun {
 
 CliRun run_cli(const std::string& args) {
   CliRun r;
-  std::string cmd = std::string(KVPAGER_BIN) + " " + args + " 2>&1";
+  // ctest sets KVPAGER_SRC for the tests; kvpager rejects unknown KVPAGER_*
+  // variables (a typo must not pass silently), so it is not handed on.
+  std::string cmd = "env -u KVPAGER_SRC " + std::string(KVPAGER_BIN) + " " + args + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return r;
   char buf[4096];

@@ -26,7 +26,7 @@ FsckReport TokenStore::fsck(bool repair, const std::function<void(uint64_t, uint
   // for a read-only handle, or if one died since this handle opened).
   std::unordered_set<ObjectKey, ObjectKeyHash> protect;
   std::vector<std::pair<std::string, int>> dead;
-  walk_writers(now, &protect, &dead);
+  walk_writers(now, &protect, &dead, repair);
   for (auto& [id, fd] : dead) {
     ++r.leftovers;
     problem(fmt::format("writers/{}: leftovers of a dead writer", id));

@@ -367,7 +367,7 @@ void TokenStore::bytes_freed() { nospace_ = false; }
 // ---------------------------------------------------------------- scan
 
 void TokenStore::walk_writers(uint64_t now, std::unordered_set<ObjectKey, ObjectKeyHash>* protect,
-                              std::vector<std::pair<std::string, int>>* dead) {
+                              std::vector<std::pair<std::string, int>>* dead, bool clean) {
   std::vector<std::string> dirs, locks, fresh;
   for_each_entry(writers_fd_, ".", [&](const char* n, unsigned char type) {
     std::string_view name(n);
@@ -400,7 +400,7 @@ void TokenStore::walk_writers(uint64_t now, std::unordered_set<ObjectKey, Object
     });
     close(dfd);
   }
-  if (!dead) return;
+  if (!clean) return;
   // A lock file that never got its name: its creator died within a few
   // instructions, or is creating it right now (then it is young).
   for (const std::string& name : fresh) {
@@ -417,16 +417,16 @@ void TokenStore::walk_writers(uint64_t now, std::unordered_set<ObjectKey, Object
   }
 }
 
-
 void TokenStore::scan() {
   const uint64_t start = wall_ns();
   // 1. Writers. Live ones (lock held): their journals protect objects they
   // are publishing. Dead ones: cleaned below, once the manifests are known.
   std::unordered_set<ObjectKey, ObjectKeyHash> protect;
   std::vector<std::pair<std::string, int>> dead;
-  walk_writers(start, &protect, opt_.read_only ? nullptr : &dead);
+  walk_writers(start, &protect, opt_.read_only ? nullptr : &dead, !opt_.read_only);
 
-  // 2. Manifests, after the journals (see the ordering argument in the header).
+  // 2. Manifests, read after the journals: a publication that completes in
+  // between is then seen in its writer's journal, in its manifest, or both.
   contexts_.clear();
   shared_.clear();
   std::vector<std::string> manifests;

@@ -279,9 +279,10 @@ class TokenStore final : public Store {
   Status ensure_writer();
   void scan();
   // Live writers' journalled keys into protect; dead writers (their lock now
-  // held by us) into dead, or nullptr to leave them alone.
+  // held by us) into dead, or nullptr to leave them alone. clean: also
+  // remove half-made lock files and directories whose lock is gone.
   void walk_writers(uint64_t now, std::unordered_set<ObjectKey, ObjectKeyHash>* protect,
-                    std::vector<std::pair<std::string, int>>* dead);
+                    std::vector<std::pair<std::string, int>>* dead, bool clean);
   void cleanup_dead_writer(const std::string& id, int lock_fd);
   void refresh_contexts();
   Status load_manifest_file(const std::string& file, Manifest* out, uint64_t* ino, uint64_t* mtime_ns);
