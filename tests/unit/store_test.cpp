@@ -59,6 +59,30 @@ void age_context(const std::string& dir, const std::string& name, int seconds_ag
   ASSERT_EQ(utimensat(AT_FDCWD, file.c_str(), t, 0), 0) << file;
 }
 
+// The simulated device and the pager with a TokenStore as the NVMe tier.
+struct PagerOnStore {
+  Config cfg;
+  TokenStore store;
+  SimMover mover;
+  Pager pager;
+  SimDevice dev;
+  PagerOnStore(const Config& c, StoreOptions o)
+      : cfg(c), store(with_chunk(std::move(o), c)), mover(cfg, &store), pager(cfg, mover), dev(pager, mover) {}
+  static StoreOptions with_chunk(StoreOptions o, const Config& c) {
+    o.max_io_bytes = c.chunk_size;
+    return o;
+  }
+};
+
+Config small_device(uint64_t chunk, uint64_t hbm, uint64_t host) {
+  Config cfg;
+  cfg.chunk_size = chunk;
+  cfg.sim_hbm_capacity = hbm;
+  cfg.host_capacity = host;
+  cfg.spill_idle_ns = 0;  // idle contexts may spill at once
+  return cfg;
+}
+
 size_t count_containing(const std::vector<std::string>& log, std::string_view what) {
   return static_cast<size_t>(std::count_if(log.begin(), log.end(), [&](const std::string& l) {
     return l.find(what) != std::string::npos;
@@ -590,18 +614,10 @@ TEST(TokenStore, EnospcIsAStatusDisablesPutsAndNeverLeavesAPartialObject) {
 TEST(TokenStore, ThePagerKeepsRunningWhenTheStoreFillsUp) {
   SmallFs fs(4 * MiB);
   if (!fs.mounted()) GTEST_SKIP() << "cannot mount a size-limited tmpfs here (" << fs.why() << "); needs root";
-  Config cfg;
-  cfg.chunk_size = 64 * KiB;
-  cfg.sim_hbm_capacity = 1 * MiB;
-  cfg.host_capacity = 2 * MiB;
-  cfg.spill_idle_ns = 0;
   StoreOptions o = opts(fs.path());
-  o.max_io_bytes = cfg.chunk_size;
   o.queue_depth = 4;
-  TokenStore store(o);
-  SimMover mover(cfg, &store);
-  Pager pager(cfg, mover);
-  SimDevice dev(pager, mover);
+  PagerOnStore env(small_device(64 * KiB, 1 * MiB, 2 * MiB), o);
+  auto& [cfg, store, mover, pager, dev] = env;
   // 16 MiB of KV: far more than HBM + host + the 4 MiB store.
   std::vector<RegionId> regions;
   for (int i = 0; i < 16; ++i) {
@@ -625,17 +641,8 @@ TEST(TokenStore, ThePagerKeepsRunningWhenTheStoreFillsUp) {
 
 TEST(TokenStore, ServesAsThePagersNvmeTierWithByteExactRestores) {
   TempDir d;
-  Config cfg;
-  cfg.chunk_size = 256 * KiB;
-  cfg.sim_hbm_capacity = 2 * MiB;
-  cfg.host_capacity = 4 * MiB;
-  cfg.spill_idle_ns = 0;
-  StoreOptions o = opts(d.path());
-  o.max_io_bytes = cfg.chunk_size;
-  TokenStore store(o);
-  SimMover mover(cfg, &store);
-  Pager pager(cfg, mover);
-  SimDevice dev(pager, mover);
+  PagerOnStore env(small_device(256 * KiB, 2 * MiB, 4 * MiB), opts(d.path()));
+  auto& [cfg, store, mover, pager, dev] = env;
   // 24 MiB of KV in 12 contexts: most of it must spill.
   const int n = 12;
   const size_t region = 2 * MiB + 100 * KiB;  // a short last chunk

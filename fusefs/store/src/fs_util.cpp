@@ -46,11 +46,15 @@ bool read_file_at(int dirfd, const char* name, std::vector<std::byte>* out, stru
   return read_fd(fd.get(), out, st);
 }
 
-bool write_all(int fd, const void* data, size_t len, uint64_t offset) {
+namespace {
+// Calls io(p, n, done) until len bytes are done; EINTR is retried, no
+// progress is EIO.
+template <typename Io>
+bool all_of_it(const void* data, size_t len, Io&& io) {
   const auto* p = static_cast<const char*>(data);
   size_t done = 0;
   while (done < len) {
-    ssize_t n = pwrite(fd, p + done, len - done, static_cast<off_t>(offset + done));
+    ssize_t n = io(p + done, len - done, done);
     if (n < 0 && errno == EINTR) continue;
     if (n < 0) return false;
     if (n == 0) {
@@ -61,21 +65,16 @@ bool write_all(int fd, const void* data, size_t len, uint64_t offset) {
   }
   return true;
 }
+}  // namespace
+
+bool write_all(int fd, const void* data, size_t len, uint64_t offset) {
+  return all_of_it(data, len, [&](const char* p, size_t n, size_t done) {
+    return pwrite(fd, p, n, static_cast<off_t>(offset + done));
+  });
+}
 
 bool append_all(int fd, const void* data, size_t len) {
-  const auto* p = static_cast<const char*>(data);
-  size_t done = 0;
-  while (done < len) {
-    ssize_t n = ::write(fd, p + done, len - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) return false;
-    if (n == 0) {
-      errno = EIO;
-      return false;
-    }
-    done += static_cast<size_t>(n);
-  }
-  return true;
+  return all_of_it(data, len, [&](const char* p, size_t n, size_t) { return ::write(fd, p, n); });
 }
 
 size_t remove_flat_dir(int dirfd, const char* name) {

@@ -81,85 +81,46 @@ Status TokenStore::bench(const BenchOptions& o, BenchResult* out) {
     }
   };
 
+  // One pass over every key, puts or gets, through caller memory or through
+  // the registered buffers (zero copy).
+  auto pass = [&](bool put) {
+    if (o.copy) {
+      run(
+          [&](uint64_t i) {
+            if (free_mem.empty()) return Status::kAgain;
+            const uint64_t m = free_mem.back();
+            Status r = put ? submit_put(m, key(i), mem[m]) : submit_get(m, key(i), mem[m]);
+            if (ok(r)) free_mem.pop_back();
+            return r;
+          },
+          [&](const Completion& c) { free_mem.push_back(c.tag); });
+    } else {
+      run(
+          [&](uint64_t i) {
+            Buffer b = acquire_buffer();
+            if (!b.valid()) return Status::kAgain;
+            Status r = put ? submit_put(i, key(i), b, o.block_bytes) : submit_get(i, key(i), b);
+            if (!ok(r)) release_buffer(b);
+            return r;
+          },
+          [&](const Completion& c) {
+            if (!put) release_buffer(c.buffer);  // a get hands its buffer back
+          });
+    }
+  };
+  auto timed = [&](bool put) {
+    if (!ok(failed)) return 0.0;
+    auto t0 = std::chrono::steady_clock::now();
+    pass(put);
+    return seconds_since(t0);
+  };
+
   BenchResult res;
   res.objects = n;
   res.bytes = n * o.block_bytes;
-  auto t0 = std::chrono::steady_clock::now();
-  if (o.copy) {
-    run(
-        [&](uint64_t i) {
-          if (free_mem.empty()) return Status::kAgain;
-          const uint64_t m = free_mem.back();
-          Status r = submit_put(m, key(i), mem[m]);
-          if (ok(r)) free_mem.pop_back();
-          return r;
-        },
-        [&](const Completion& c) { free_mem.push_back(c.tag); });
-  } else {
-    run(
-        [&](uint64_t i) {
-          Buffer b = acquire_buffer();
-          if (!b.valid()) return Status::kAgain;
-          Status r = submit_put(i, key(i), b, o.block_bytes);
-          if (!ok(r)) release_buffer(b);
-          return r;
-        },
-        [&](const Completion&) {});
-  }
-  res.write_s = seconds_since(t0);
-
-  // The same keys again: the pager spilling chunks that were written since.
-  if (ok(failed)) {
-    t0 = std::chrono::steady_clock::now();
-    if (o.copy) {
-      run(
-          [&](uint64_t i) {
-            if (free_mem.empty()) return Status::kAgain;
-            const uint64_t m = free_mem.back();
-            Status r = submit_put(m, key(i), mem[m]);
-            if (ok(r)) free_mem.pop_back();
-            return r;
-          },
-          [&](const Completion& c) { free_mem.push_back(c.tag); });
-    } else {
-      run(
-          [&](uint64_t i) {
-            Buffer b = acquire_buffer();
-            if (!b.valid()) return Status::kAgain;
-            Status r = submit_put(i, key(i), b, o.block_bytes);
-            if (!ok(r)) release_buffer(b);
-            return r;
-          },
-          [&](const Completion&) {});
-    }
-    res.rewrite_s = seconds_since(t0);
-  }
-
-  if (ok(failed)) {
-    t0 = std::chrono::steady_clock::now();
-    if (o.copy) {
-      run(
-          [&](uint64_t i) {
-            if (free_mem.empty()) return Status::kAgain;
-            const uint64_t m = free_mem.back();
-            Status r = submit_get(m, key(i), mem[m]);
-            if (ok(r)) free_mem.pop_back();
-            return r;
-          },
-          [&](const Completion& c) { free_mem.push_back(c.tag); });
-    } else {
-      run(
-          [&](uint64_t i) {
-            Buffer b = acquire_buffer();
-            if (!b.valid()) return Status::kAgain;
-            Status r = submit_get(i, key(i), b);
-            if (!ok(r)) release_buffer(b);
-            return r;
-          },
-          [&](const Completion& c) { release_buffer(c.buffer); });
-    }
-    res.read_s = seconds_since(t0);
-  }
+  res.write_s = timed(true);
+  res.rewrite_s = timed(true);  // the same keys again: the pager re-spilling written chunks
+  res.read_s = timed(false);
   for (uint64_t i = 0; i < n; ++i) erase(key(i));
   if (out) *out = res;
   return failed;

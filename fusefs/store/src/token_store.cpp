@@ -139,6 +139,33 @@ struct TokenStore::Job {
   XXH3_state_t* xx = nullptr;
 
   Job() : xx(XXH3_createState()) {}
+  // A fresh job on this slot; everything but the buffer and hash state reset.
+  void begin(bool is_put, Sink to, uint64_t t, Area a, const ObjectKey& k, int f) {
+    stage = Stage::kTransfer;
+    active = true;
+    done = false;
+    put = is_put;
+    sink = to;
+    status = Status::kOk;
+    size_mismatch = Status::kInvalid;
+    tag = t;
+    owner = nullptr;
+    area = a;
+    key = k;
+    from_private = false;
+    fd = f;
+    temp.clear();
+    zero_copy = false;
+    src = nullptr;
+    dst = nullptr;
+    dst_len = 0;
+    len = file_len = pos = seg_start = seg_end = 0;
+    expect_len = kUnknownLen;
+    check_sum = false;
+    expect_sum = 0;
+    have_hdr = false;
+    end = hashed_to = 0;
+  }
   ~Job() { XXH3_freeState(xx); }
   Job(const Job&) = delete;
   Job& operator=(const Job&) = delete;
@@ -808,27 +835,15 @@ Status TokenStore::start_put(Sink sink, uint64_t tag, ContextWriter* owner, Area
   const bool spare = take_spare(fl, &temp, &fd);
   if (!spare) temp = fmt::format("t{}", ++temp_seq_);  // created by the engine
 
-  j.active = true;
-  j.done = false;
-  j.put = true;
-  j.from_private = false;
-  j.sink = sink;
-  j.status = Status::kOk;
-  j.tag = tag;
+  j.begin(true, sink, tag, area, key, fd);
   j.owner = owner;
-  j.area = area;
-  j.key = key;
-  j.fd = fd;
   j.temp = std::move(temp);
   j.zero_copy = zero_copy;
   j.src = bytes.data();
-  j.dst = nullptr;
   j.len = len;
   j.file_len = fl;
   j.hdr = h;
   j.have_hdr = true;
-  j.pos = 0;
-  j.seg_start = 0;
   j.seg_end = std::min(buf_bytes_, fl);
   j.stage = spare ? Job::Stage::kTransfer : Job::Stage::kOpen;
   fill_put_segment(j);
@@ -850,32 +865,15 @@ Status TokenStore::start_get(Sink sink, uint64_t tag, Area area, const ObjectKey
   // While it reads, the file must not be reused for another object.
   if (from_private) ++reading_[key];
   Job& j = *jobs_[static_cast<size_t>(slot)];
-  j.active = true;
-  j.done = false;
-  j.put = false;
-  j.sink = sink;
-  j.status = Status::kOk;
+  j.begin(false, sink, tag, area, key, fd);
   j.size_mismatch = size_mismatch;
-  j.tag = tag;
-  j.owner = nullptr;
-  j.area = area;
-  j.key = key;
-  j.fd = fd;
-  j.temp.clear();
   j.from_private = from_private;
   j.zero_copy = zero_copy;
-  j.src = nullptr;
   j.dst = (zero_copy || verify_only) ? nullptr : out.data();
   j.dst_len = out.size();
-  j.len = 0;
   j.expect_len = expect_len;
   j.check_sum = expect_sum.has_value();
   j.expect_sum = expect_sum.value_or(0);
-  j.have_hdr = false;
-  j.stage = Job::Stage::kTransfer;
-  j.pos = 0;
-  j.hashed_to = 0;
-  j.seg_start = 0;
   j.seg_end = buf_bytes_;
   if (expect_len != kUnknownLen) j.seg_end = std::min(buf_bytes_, round_up(header_block_ + expect_len, off_align_));
   if (sink == Sink::kUser) ++inflight_user_;
