@@ -382,7 +382,7 @@ void add_store_command(CLI::App& app, Globals& g) {
   fsck->add_flag("--json", a.json, "Print JSON");
   fsck->callback([&g] { cmd_fsck(g, g, a); });
 
-  auto* bench = cmd->add_subcommand("bench", "Write then read chunk_size objects at the queue depth (the movers' path)");
+  auto* bench = cmd->add_subcommand("bench", "Write, rewrite and read chunk_size objects at the queue depth (the movers' path)");
   bench->add_option("--size", a.bench_size, "Bytes to write and read")->capture_default_str();
   bench->add_flag("--copy", a.bench_copy, "Through caller memory (a memcpy per object) instead of registered buffers");
   bench->add_flag("--json", a.json, "Print JSON");
