@@ -19,13 +19,18 @@
 //
 // Mutable chunks (the design question). The pager spills a chunk, restores it,
 // writes it, and spills it again under the same key, while objects must be
-// immutable and a put idempotent. Objects are never modified in place: a put
-// under an existing key writes a new file and renames it over the old name.
-// The old inode stays intact for any reader that opened it, the new one is
-// complete before its name appears, and every object carries the key, size
-// and XXH3 of its own payload in its header. So a reader gets the whole old
-// bytes, the whole new bytes, or a miss -- never a mix, and never bytes whose
-// checksum fails. Putting the same bytes twice leaves the same object.
+// immutable and a put idempotent. A published object file is never modified
+// in place: a put under an existing key writes a complete new file and swaps
+// it in by rename (for the writer's own objects renameat2(RENAME_EXCHANGE),
+// which hands the replaced file back to the writer). The old inode stays
+// intact for any reader that opened it, the new one is complete before its
+// name appears, and every object carries the key, size and XXH3 of its own
+// payload in its header. So a reader gets the whole old bytes, the whole new
+// bytes, or a miss -- never a mix, and never bytes whose checksum fails. A
+// file handed back is overwritten for a later object only when no get of
+// the object it held can still be reading it (gets in flight are counted per
+// key; nobody else reads a writer's private files). Putting the same bytes
+// twice leaves the same object.
 // Contexts go one step further: each publication of a name writes its chunks
 // under keys that include a fresh generation (context_chunk_key()), then
 // renames the manifest, then drops the previous generation's objects. A
@@ -38,9 +43,10 @@
 // outlive their writer.
 //
 // Crash safety. A writer that dies leaves only its writers/<id>/: temp files,
-// private objects and the journal of any context it was publishing (the keys
-// it had written). The next open of the store -- in any process -- finds the
-// lock free, deletes the journalled objects no manifest names, and removes
+// private objects and the journal of any context it was publishing (each
+// key before its object is written, and the replaced publication's keys
+// before the manifest rename). The next open of the store -- in any process
+// -- finds the lock free, deletes the journalled objects no manifest names, and removes
 // the directory; a live writer's lock is held, so its temp files are never
 // touched. Objects in objects/ that no manifest and no live journal names are
 // removed once older than orphan_grace. Durability across power loss is
