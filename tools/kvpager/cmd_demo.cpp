@@ -11,7 +11,7 @@
 #include "cli.h"
 #include "common/stats_json.h"
 #include "demo/demo_workload.h"
-#include "kvpager/sim/file_store.h"
+#include "kvpager/store/token_store.h"
 
 namespace kvpager::cli {
 
@@ -79,7 +79,9 @@ void run_demo(const Globals& g, const DemoArgs& a) {
   }
   validate_or_throw(cfg);
 
-  FileStore store(cfg.effective_store_dir(), cfg.chunk_size, cfg.nvme_capacity);
+  // The NVMe tier is the token store in store_dir; the pager's spills are
+  // this process's private objects there, removed when it ends.
+  store::TokenStore store(store::StoreOptions::from_config(cfg));
   SimMover mover(cfg, &store);
   Pager pager(cfg, mover);
   SimDevice dev(pager, mover);
