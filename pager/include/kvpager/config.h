@@ -53,6 +53,9 @@ struct Config {
   // --- paths (fixed at start) ---
   std::string store_dir;    // NVMe tier directory; "" = $XDG_CACHE_HOME/kvpager or /var/tmp/kvpager
   std::string log_level = "info";
+  // Live control (tools/control): where each process's control socket lives.
+  // "" = $XDG_RUNTIME_DIR/kvpager, else /run/kvpager (/tmp/kvpager-<uid> when not writable).
+  std::string runtime_dir;
 
   // --- simulated device (the host mover's cost model; fixed at start) ---
   uint64_t sim_hbm_capacity = 256 * MiB;  // size of the simulated card
