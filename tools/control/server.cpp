@@ -126,7 +126,7 @@ struct ControlServer::Impl {
   // Socket thread only.
   std::list<Client> clients;
 
-  explicit Impl(Options o) : opt(std::move(o)) {
+  Impl(Options o, const Pager& pager) : opt(std::move(o)) {
     command = opt.command.empty() ? own_command_line() : opt.command;
     path = control::socket_path(opt.runtime_dir, pid);
     if (path.size() >= sizeof(sockaddr_un::sun_path))
@@ -156,6 +156,8 @@ struct ControlServer::Impl {
       throw ControlError(fmt::format("control socket: eventfd: {}", std::strerror(err)));
     }
     last_service.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+    publish(pager, Clock::now());
+    next_publish = Clock::now() + opt.publish_interval;
     thread = std::thread([this] { loop(); });
   }
 
@@ -437,8 +439,7 @@ struct ControlServer::Impl {
   }
 
   json stats_reply() {
-    auto snap = snapshot();
-    if (!snap) return error_reply(Errc::kBusy, "no snapshot yet: the pager's owner has not serviced the socket");
+    auto snap = snapshot();  // never null: the constructor published one
     const Clock::time_point now = Clock::now();
     json r = identity(now);
     r["snapshot_age_ms"] = ms_between(snap->at, now);
@@ -448,12 +449,11 @@ struct ControlServer::Impl {
 
   json config_reply() {
     auto snap = snapshot();
-    if (!snap) return error_reply(Errc::kBusy, "no snapshot yet: the pager's owner has not serviced the socket");
     return {{"ok", true}, {"config", config_json(snap->config)}};
   }
 };
 
-ControlServer::ControlServer(Options opt) : impl_(std::make_unique<Impl>(std::move(opt))) {}
+ControlServer::ControlServer(Options opt, const Pager& pager) : impl_(std::make_unique<Impl>(std::move(opt), pager)) {}
 ControlServer::~ControlServer() = default;
 
 void ControlServer::service(Pager& pager) { impl_->service(pager); }

@@ -50,8 +50,10 @@ class ControlServer {
     size_t max_clients = 64;  // connections served at once; more are answered "busy"
   };
 
-  // Binds and starts the socket thread. Throws ControlError.
-  explicit ControlServer(Options opt);
+  // Binds, publishes a first snapshot of `pager` and starts the socket
+  // thread. Call it on the owner thread (or before the owner starts). Throws
+  // ControlError.
+  ControlServer(Options opt, const Pager& pager);
   ~ControlServer();
   ControlServer(const ControlServer&) = delete;
   ControlServer& operator=(const ControlServer&) = delete;

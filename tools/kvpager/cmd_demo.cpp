@@ -46,7 +46,7 @@ class Serving {
     if (!rd.note.empty()) fmt::print(stderr, "kvpager demo: runtime_dir: {}\n", rd.note);
     try {
       server_ = std::make_unique<control::ControlServer>(
-          control::ControlServer::Options{rd.path, std::string(dev.mover().name()), ""});
+          control::ControlServer::Options{rd.path, std::string(dev.mover().name()), ""}, pager_);
     } catch (const control::ControlError& e) {
       throw RuntimeError(e.what());
     }
@@ -54,7 +54,6 @@ class Serving {
     sa.sa_handler = on_stop_signal;
     sigaction(SIGINT, &sa, nullptr);
     sigaction(SIGTERM, &sa, nullptr);
-    server_->service(pager_);
   }
   const std::string& socket() const { return server_->socket_path(); }
   void service() { server_->service(pager_); }
