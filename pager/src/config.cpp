@@ -294,7 +294,7 @@ struct StringKnob {
   }
   static std::string format(const Config& c) { return c.*M; }
   static std::optional<std::string> check(const Config& c) {
-    if ((c.*M).find('\0') != std::string::npos) return "contains a NUL byte";
+    if ((c.*M).find('\0') != std::string::npos) return "contains a NUL byte: allowed any text without one";
     return std::nullopt;
   }
 };
@@ -383,9 +383,23 @@ const Knob* find_knob(std::string_view name) {
   return nullptr;
 }
 
+namespace {
+// Values go into messages escaped: a NUL or a control character must not cut
+// or garble the line that explains the problem.
+std::string printable(std::string_view v) {
+  std::string out;
+  for (char ch : v) {
+    auto u = static_cast<unsigned char>(ch);
+    if (u < 0x20 || u == 0x7f) out += fmt::format("\\x{:02x}", u);
+    else out += ch;
+  }
+  return out;
+}
+}  // namespace
+
 std::optional<std::string> Knob::set(Config& cfg, std::string_view value) const {
   Config trial = cfg;
-  if (auto reason = parse(trial, value)) return fmt::format("{} = '{}': {}", name, value, *reason);
+  if (auto reason = parse(trial, value)) return fmt::format("{} = '{}': {}", name, printable(value), *reason);
   cfg = trial;
   return std::nullopt;
 }
@@ -393,7 +407,8 @@ std::optional<std::string> Knob::set(Config& cfg, std::string_view value) const 
 std::vector<std::string> validate(const Config& cfg) {
   std::vector<std::string> errors;
   for (const Knob& k : kKnobs) {
-    if (auto reason = k.check(cfg)) errors.push_back(fmt::format("{} = {}: {}", k.name, k.format(cfg), *reason));
+    if (auto reason = k.check(cfg))
+      errors.push_back(fmt::format("{} = {}: {}", k.name, printable(k.format(cfg)), *reason));
   }
   if (cfg.low_watermark >= cfg.high_watermark) {
     errors.push_back(fmt::format("low_watermark = {}: out of range: must be below high_watermark = {}",

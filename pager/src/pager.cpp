@@ -122,7 +122,7 @@ RegionId Pager::add_region(uint64_t base, uint64_t size, std::string_view contex
   }
   r->ctx = context_for(context, r->id);
   for (uint32_t i = 0; i < r->nchunks; ++i) r->chunks[i].ctx = r->ctx;
-  resident_[index(Tier::kUnpopulated)] += size;
+  resident_[index(Tier::kUnpopulated)] += uint64_t{r->nchunks} * cfg_.chunk_size;
   chunks_in_[index(Tier::kUnpopulated)] += r->nchunks;
   RegionId id = r->id;
   regions_[slot] = std::move(r);
@@ -151,7 +151,7 @@ Status Pager::remove_region(RegionId id) {
 }
 
 void Pager::release_region(Region& r) {
-  resident_[index(Tier::kUnpopulated)] -= r.size;
+  resident_[index(Tier::kUnpopulated)] -= uint64_t{r.nchunks} * cfg_.chunk_size;
   chunks_in_[index(Tier::kUnpopulated)] -= r.nchunks;
   mover_.region_removed(r.id);
   Context& ctx = *contexts_[r.ctx];
@@ -234,7 +234,7 @@ Status Pager::access_slow(Region& r, Chunk& c, bool write) {
     if (!ok(s) && c.tier == Tier::kNvme) return s;  // a failed restore: the bytes are not there
   }
   ++counters_.faults_from[index(c.tier)];
-  Status s = make_room_sync(r.chunk_len(c.index));
+  Status s = make_room_sync(cfg_.chunk_size);
   if (!ok(s)) return s;
   MoveKind kind = c.tier == Tier::kNvme ? MoveKind::kRestore : MoveKind::kPromote;
   s = start_move(r, c, kind, Tier::kHbm, /*demand=*/true);
@@ -381,8 +381,8 @@ Status Pager::start_move(Region& r, Chunk& c, MoveKind kind, Tier to, bool deman
   }
   if (prefetcher != 0) c.prefetcher = prefetcher;
   begin_move(c, to);
-  outbound_[index(c.tier)] += len;
-  inbound_[index(to)] += len;
+  outbound_[index(c.tier)] += cfg_.chunk_size;
+  inbound_[index(to)] += cfg_.chunk_size;
   return Status::kOk;
 }
 
@@ -392,15 +392,17 @@ void Pager::on_complete(const MoveCompletion& done) {
   const uint64_t len = r.chunk_len(c.index);
   const Tier from = c.tier, to = c.target;
   const MoveKind kind = kind_of(from, to);
-  outbound_[index(from)] -= len;
-  inbound_[index(to)] -= len;
+  const uint64_t footprint = cfg_.chunk_size;
+  outbound_[index(from)] -= footprint;
+  inbound_[index(to)] -= footprint;
   if (ok(done.status)) {
-    resident_[index(from)] -= len;
-    resident_[index(to)] += len;
+    resident_[index(from)] -= footprint;
+    resident_[index(to)] += footprint;
     --chunks_in_[index(from)];
     ++chunks_in_[index(to)];
     if (c.prefetcher != 0 && from == Tier::kHbm) prefetch_wasted(c, len);
     complete_move(c, kind);
+    if (to == Tier::kHost) next_spill_check_ns_ = 0;  // it may be spillable: look again
     ++counters_.moves[static_cast<size_t>(kind)];
     counters_.move_bytes[static_cast<size_t>(kind)] += len;
   } else {
@@ -432,8 +434,14 @@ Status Pager::wait_for(const Chunk& c) {
 }
 
 void Pager::drain() {
-  while (mover_.pending() > 0) {
-    if (collect(true) == 0) break;
+  // Moves that were in flight when a budget fell may land above it: balance
+  // after each wave until nothing moves.
+  for (;;) {
+    while (mover_.pending() > 0) {
+      if (collect(true) == 0) return;
+    }
+    balance();
+    if (mover_.pending() == 0) return;
   }
 }
 
@@ -511,24 +519,28 @@ void Pager::balance_host() {
   }
   std::sort(candidates.begin(), candidates.end(),
             [](const auto& a, const auto& b) { return a.first != b.first ? a.first < b.first : a.second->id < b.second->id; });
+  uint64_t started = 0;
   for (auto& [last, ctx] : candidates) {
     for (RegionId rid : ctx->regions) {
       Region& r = *lookup(rid);
       for (uint32_t i = 0; i < r.nchunks && above_low(); ++i) {
         Chunk& c = r.chunks[i];
         if (c.tier != Tier::kHost || !c.resting() || c.pinned) continue;
-        if (!nvme_room(r.chunk_len(i))) return;
+        if (!nvme_room(cfg_.chunk_size)) return;
         if (!ok(start_move(r, c, MoveKind::kSpill, Tier::kNvme, false))) {
           if (spill_disabled_) return;
           continue;
         }
+        ++started;
         ++counters_.evictions;
       }
       if (!above_low()) return;
     }
   }
-  // Still above: nothing more may spill until some context has been idle long enough.
-  next_spill_check_ns_ = next_eligible;
+  // Still above and nothing more could start: look again when another
+  // context has been idle long enough (or sooner: a hint, a live change or a
+  // chunk arriving in host RAM resets this).
+  if (started == 0) next_spill_check_ns_ = next_eligible;
 }
 
 // ---------------------------------------------------------------- prefetch
@@ -548,8 +560,8 @@ void Pager::dispatch(Fn&& fn) {
 }
 
 bool Pager::stage(Region& r, Chunk& c, uint8_t prefetcher) {
+  if (committed_bytes(Tier::kHbm) + cfg_.chunk_size > fraction_of(hbm_limit_, cfg_.high_watermark)) return false;
   const uint64_t len = r.chunk_len(c.index);
-  if (committed_bytes(Tier::kHbm) + len > fraction_of(hbm_limit_, cfg_.high_watermark)) return false;
   MoveKind kind = c.tier == Tier::kNvme ? MoveKind::kRestore : MoveKind::kPromote;
   if (!ok(start_move(r, c, kind, Tier::kHbm, false, prefetcher))) return false;
   prefetch_stats_[prefetcher - 1].issued_bytes += len;
@@ -728,7 +740,7 @@ std::string Pager::audit() const {
       const Chunk& c = r->chunks[i];
       const char* why = nullptr;
       if (!check_invariants(c, &why)) return fmt::format("region {} chunk {}: {}", r->id.slot, i, why);
-      uint64_t len = r->chunk_len(i);
+      const uint64_t len = cfg_.chunk_size;
       resident[index(c.tier)] += len;
       ++chunks[index(c.tier)];
       if (c.in_flight()) {

@@ -25,6 +25,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "run_process.h"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -32,63 +34,16 @@ using namespace std::chrono_literals;
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
-#ifdef KVPAGER_TEST_SANITIZED
+#ifdef KVPAGER_SANITIZED
 constexpr auto kSlack = 4;  // ASan/UBSan: everything runs slower; deadlines stretch
 #else
 constexpr auto kSlack = 1;
 #endif
 
-struct Result {
-  int status = -1;  // exit status, or -1 if killed / timed out
-  std::string out, err;
-};
+using Result = kvpager::testing::ProcessResult;
 
-// Runs argv (argv[0] a path) with extra environment, collects its output.
-Result run(const std::vector<std::string>& argv, std::chrono::milliseconds timeout = 30s * kSlack) {
-  int out[2], err[2];
-  EXPECT_EQ(pipe2(out, O_CLOEXEC), 0);
-  EXPECT_EQ(pipe2(err, O_CLOEXEC), 0);
-  pid_t pid = fork();
-  if (pid == 0) {
-    dup2(out[1], STDOUT_FILENO);
-    dup2(err[1], STDERR_FILENO);
-    int devnull = open("/dev/null", O_RDONLY);
-    dup2(devnull, STDIN_FILENO);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    execv(args[0], args.data());
-    _exit(126);
-  }
-  close(out[1]);
-  close(err[1]);
-  Result r;
-  pollfd fds[2] = {{out[0], POLLIN, 0}, {err[0], POLLIN, 0}};
-  std::string* bufs[2] = {&r.out, &r.err};
-  const auto deadline = Clock::now() + timeout;
-  int open_fds = 2;
-  while (open_fds > 0 && Clock::now() < deadline) {
-    if (poll(fds, 2, 100) <= 0) continue;
-    for (int i = 0; i < 2; ++i) {
-      if (!(fds[i].revents & (POLLIN | POLLHUP))) continue;
-      char buf[8192];
-      ssize_t n = read(fds[i].fd, buf, sizeof buf);
-      if (n > 0) {
-        bufs[i]->append(buf, static_cast<size_t>(n));
-      } else {
-        close(fds[i].fd);
-        fds[i].fd = -1;
-        --open_fds;
-      }
-    }
-  }
-  for (auto& f : fds)
-    if (f.fd >= 0) close(f.fd);
-  if (open_fds > 0) kill(pid, SIGKILL);
-  int st = 0;
-  waitpid(pid, &st, 0);
-  r.status = (open_fds == 0 && WIFEXITED(st)) ? WEXITSTATUS(st) : -1;
-  return r;
+Result run(const std::vector<std::string>& argv) {
+  return kvpager::testing::run_process(argv, {}, 30.0 * kSlack);
 }
 
 Result kvpager(std::vector<std::string> args) {
@@ -97,7 +52,7 @@ Result kvpager(std::vector<std::string> args) {
 }
 
 std::string show(const Result& r) {
-  return "exit " + std::to_string(r.status) + "\nstdout:\n" + r.out + "\nstderr:\n" + r.err;
+  return "exit " + std::to_string(r.exit_code) + " signal " + std::to_string(r.signal) + "\nstdout:\n" + r.out + "\nstderr:\n" + r.err;
 }
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
@@ -214,6 +169,9 @@ class Demo {
 class ControlCli : public ::testing::Test {
  protected:
   void SetUp() override {
+    // ctest sets KVPAGER_SRC for the tests; kvpager refuses unknown
+    // KVPAGER_* variables, so the processes started here must not see it.
+    unsetenv("KVPAGER_SRC");
     runtime_ = tmp_.path() + "/run";
     setenv("KVPAGER_RUNTIME_DIR", runtime_.c_str(), 1);  // inherited by every child
   }
@@ -225,7 +183,7 @@ class ControlCli : public ::testing::Test {
     const auto deadline = Clock::now() + 20s * kSlack;
     while (Clock::now() < deadline) {
       Result r = kvpager({"status", "--json"});
-      EXPECT_EQ(r.status, 0) << show(r);
+      EXPECT_EQ(r.exit_code, 0) << show(r);
       last = json::parse(r.out);
       bool busy = last.size() == expect_pagers;
       for (const auto& p : last) busy = busy && p["stats"]["accesses"].get<uint64_t>() > 0;
@@ -237,7 +195,7 @@ class ControlCli : public ::testing::Test {
   }
   json status_of(const Demo& d) {
     Result r = kvpager({"status", "--pid", d.pid_text(), "--json"});
-    EXPECT_EQ(r.status, 0) << show(r);
+    EXPECT_EQ(r.exit_code, 0) << show(r);
     return json::parse(r.out);
   }
 
@@ -284,7 +242,7 @@ TEST_F(ControlCli, StatusShowsEveryLivePagerConsistentWithItsWorkload) {
   }
 
   Result text = kvpager({"status"});
-  ASSERT_EQ(text.status, 0) << show(text);
+  ASSERT_EQ(text.exit_code, 0) << show(text);
   EXPECT_TRUE(contains(text.out, "PID")) << text.out;
   EXPECT_TRUE(contains(text.out, "HIT%")) << text.out;
   for (const Demo* d : {&a, &b}) {
@@ -308,25 +266,25 @@ TEST_F(ControlCli, StatusShowsEveryLivePagerConsistentWithItsWorkload) {
     EXPECT_EQ(c["size_bytes"].get<uint64_t>(), demo_kv_bytes(a.shape(), 16ull << 20) / 4);
   }
   Result details = kvpager({"status", "--pid", a.pid_text()});
-  EXPECT_EQ(details.status, 0) << show(details);
+  EXPECT_EQ(details.exit_code, 0) << show(details);
   EXPECT_TRUE(contains(details.out, "Contexts (4)")) << details.out;
   EXPECT_TRUE(contains(details.out, "session-3")) << details.out;
   EXPECT_TRUE(contains(details.out, "hbm_budget")) << details.out;
 
   Result missing = kvpager({"status", "--pid", "999999999"});
-  EXPECT_EQ(missing.status, 1) << show(missing);
+  EXPECT_EQ(missing.exit_code, 1) << show(missing);
   EXPECT_TRUE(contains(missing.err, "no pager with pid 999999999")) << show(missing);
 }
 
 TEST_F(ControlCli, NoPagersIsNotAnError) {
   Result r = kvpager({"status"});
-  EXPECT_EQ(r.status, 0) << show(r);
+  EXPECT_EQ(r.exit_code, 0) << show(r);
   EXPECT_TRUE(contains(r.out, "no live pagers in " + runtime_)) << show(r);
   Result j = kvpager({"status", "--json"});
-  EXPECT_EQ(j.status, 0) << show(j);
+  EXPECT_EQ(j.exit_code, 0) << show(j);
   EXPECT_EQ(json::parse(j.out), json::array());
   Result t = kvpager({"tune", "hbm_budget=4M"});
-  EXPECT_EQ(t.status, 1) << show(t);
+  EXPECT_EQ(t.exit_code, 1) << show(t);
 }
 
 TEST_F(ControlCli, BudgetCutShowsHbmFallingBelowItWithinASecond) {
@@ -335,7 +293,7 @@ TEST_F(ControlCli, BudgetCutShowsHbmFallingBelowItWithinASecond) {
   status_json_when_busy(1);
   Result t = kvpager({"tune", "hbm_budget=4M"});
   const auto tuned = Clock::now();
-  ASSERT_EQ(t.status, 0) << show(t);
+  ASSERT_EQ(t.exit_code, 0) << show(t);
   EXPECT_EQ(t.out, "pid " + d.pid_text() + ": hbm_budget 16M \u2192 4M\n");
   uint64_t hbm = UINT64_MAX;
   double waited = 0;
@@ -362,11 +320,11 @@ TEST_F(ControlCli, TuneSeveralKnobsOnEveryPager) {
   Demo b(tmp_.path(), runtime_);
   ASSERT_TRUE(a.ready() && b.ready()) << a.log() << b.log();
   Result pick = kvpager({"tune", "prefetch_depth=8"});
-  EXPECT_EQ(pick.status, 2) << show(pick);
+  EXPECT_EQ(pick.exit_code, 2) << show(pick);
   EXPECT_TRUE(contains(pick.err, "choose one with --pid")) << show(pick);
 
   Result r = kvpager({"tune", "--all", "prefetch_depth=8", "eviction_policy=clock", "spill_idle=5s"});
-  ASSERT_EQ(r.status, 0) << show(r);
+  ASSERT_EQ(r.exit_code, 0) << show(r);
   for (const Demo* d : {&a, &b}) {
     EXPECT_TRUE(contains(r.out, "pid " + d->pid_text() + ": prefetch_depth 4 \u2192 8")) << r.out;
     EXPECT_TRUE(contains(r.out, "pid " + d->pid_text() + ": eviction_policy lru \u2192 clock")) << r.out;
@@ -376,7 +334,7 @@ TEST_F(ControlCli, TuneSeveralKnobsOnEveryPager) {
     EXPECT_EQ(s["config"]["eviction_policy"]["value"], "clock");
   }
   Result one = kvpager({"tune", "--pid", b.pid_text(), "prefetchers=sequential"});
-  ASSERT_EQ(one.status, 0) << show(one);
+  ASSERT_EQ(one.exit_code, 0) << show(one);
   EXPECT_EQ(status_of(b)["config"]["prefetchers"]["value"], "sequential");
   EXPECT_EQ(status_of(a)["config"]["prefetchers"]["value"], "sequential,correlation,hint");
 }
@@ -397,12 +355,12 @@ TEST_F(ControlCli, InvalidValuesAreRefusedNamingTheKnobAndChangeNothing) {
     std::vector<std::string> args = {"tune", "--pid", d.pid_text()};
     args.insert(args.end(), sets.begin(), sets.end());
     Result r = kvpager(args);
-    EXPECT_EQ(r.status, 2) << show(r);
+    EXPECT_EQ(r.exit_code, 2) << show(r);
     EXPECT_TRUE(contains(r.err, knob)) << show(r);
     EXPECT_TRUE(r.out.empty()) << show(r);
   }
   Result not_kv = kvpager({"tune", "--pid", d.pid_text(), "prefetch_depth"});
-  EXPECT_EQ(not_kv.status, 2) << show(not_kv);
+  EXPECT_EQ(not_kv.exit_code, 2) << show(not_kv);
   json s = status_of(d);
   EXPECT_EQ(s["config"]["prefetch_depth"]["value"], "4");
   EXPECT_EQ(s["config"]["hbm_budget"]["value"], "16M");
@@ -413,7 +371,7 @@ TEST_F(ControlCli, HintsReachANamedContext) {
   Demo d(tmp_.path(), runtime_, {8, 1, "16M"});  // a session is 8M: half the budget
   ASSERT_TRUE(d.ready()) << d.log();
   Result pin = kvpager({"hint", "pin", "session-1"});
-  ASSERT_EQ(pin.status, 0) << show(pin);
+  ASSERT_EQ(pin.exit_code, 0) << show(pin);
   EXPECT_EQ(pin.out, "pid " + d.pid_text() + ": pin session-1\n");
   bool pinned = false;
   json s = status_of(d);
@@ -421,14 +379,14 @@ TEST_F(ControlCli, HintsReachANamedContext) {
     if (c["name"] == "session-1") pinned = c["pinned"].get<bool>();
   EXPECT_TRUE(pinned);
   Result drop = kvpager({"hint", "drop", "session-1"});
-  EXPECT_EQ(drop.status, 1) << show(drop);
+  EXPECT_EQ(drop.exit_code, 1) << show(drop);
   EXPECT_TRUE(contains(drop.err, "pinned")) << show(drop);
-  EXPECT_EQ(kvpager({"hint", "unpin", "session-1"}).status, 0);
+  EXPECT_EQ(kvpager({"hint", "unpin", "session-1"}).exit_code, 0);
   Result none = kvpager({"hint", "park", "session-99"});
-  EXPECT_EQ(none.status, 1) << show(none);
+  EXPECT_EQ(none.exit_code, 1) << show(none);
   EXPECT_TRUE(contains(none.err, "no context named 'session-99'")) << show(none);
   Result bad = kvpager({"hint", "explode", "session-1"});
-  EXPECT_EQ(bad.status, 2) << show(bad);
+  EXPECT_EQ(bad.exit_code, 2) << show(bad);
   EXPECT_EQ(d.stop(SIGINT), 0) << d.log();
 }
 
@@ -445,17 +403,17 @@ TEST_F(ControlCli, ClientOfAnotherUidIsRefused) {
   };
   // The 0700 runtime directory keeps other users out.
   Result r = nobody({"status", "--pid", d.pid_text()});
-  EXPECT_EQ(r.status, 1) << show(r);
+  EXPECT_EQ(r.exit_code, 1) << show(r);
   EXPECT_TRUE(contains(r.err, "Permission denied")) << show(r);
   // With the filesystem opened up, the server's SO_PEERCRED check refuses.
   ASSERT_EQ(chmod(tmp_.path().c_str(), 0755), 0);
   ASSERT_EQ(chmod(runtime_.c_str(), 0755), 0);
   ASSERT_EQ(chmod(d.socket().c_str(), 0666), 0);
   r = nobody({"tune", "--pid", d.pid_text(), "hbm_budget=4M"});
-  EXPECT_EQ(r.status, 1) << show(r);
+  EXPECT_EQ(r.exit_code, 1) << show(r);
   EXPECT_TRUE(contains(r.err, "permission denied: uid 65534")) << show(r);
   r = nobody({"status", "--json"});
-  EXPECT_EQ(r.status, 1) << show(r);
+  EXPECT_EQ(r.exit_code, 1) << show(r);
   EXPECT_TRUE(contains(r.err, "permission denied: uid 65534")) << show(r);
   EXPECT_EQ(status_of(d)["config"]["hbm_budget"]["value"], "16M");
 }
@@ -469,7 +427,7 @@ TEST_F(ControlCli, StaleSocketsOfCrashedPagersAreCleaned) {
   gone.crash();  // SIGKILL: no chance to remove its socket
   ASSERT_TRUE(fs::exists(stale));
   Result r = kvpager({"status"});
-  ASSERT_EQ(r.status, 0) << show(r);
+  ASSERT_EQ(r.exit_code, 0) << show(r);
   EXPECT_TRUE(contains(r.err, "removed the stale control socket of pid " + gone_pid)) << show(r);
   EXPECT_FALSE(fs::exists(stale));
   EXPECT_FALSE(contains(r.out, " " + gone_pid + " ")) << r.out;
@@ -539,7 +497,7 @@ TEST_F(ControlCli, TopPrintsPlainLinesWhenNotATerminal) {
   Demo d(tmp_.path(), runtime_);
   ASSERT_TRUE(d.ready()) << d.log();
   Result r = kvpager({"top", "--iterations", "3", "--interval", "0.1"});
-  ASSERT_EQ(r.status, 0) << show(r);
+  ASSERT_EQ(r.exit_code, 0) << show(r);
   EXPECT_FALSE(contains(r.out, "\x1b")) << "escape sequences on a pipe";
   size_t rows = 0;
   std::istringstream lines(r.out);
@@ -564,7 +522,7 @@ TEST_F(ControlCli, RunPreloadsTheLibraryPassesSettingsAndReturnsTheCommandsStatu
   std::string bin = binary_in(tmp_.path() + "/bin", true);
   Result r = run({bin, "run", "--budget", "1G", "--set", "prefetch_depth=8", "--", "/bin/sh", "-c",
                   "echo \"$KVPAGER_HBM_BUDGET $KVPAGER_PREFETCH_DEPTH $KVPAGER_RUNTIME_DIR\"; exit 7"});
-  EXPECT_EQ(r.status, 7) << show(r);
+  EXPECT_EQ(r.exit_code, 7) << show(r);
   EXPECT_EQ(r.out, "1G 8 " + runtime_ + "\n") << show(r);
   EXPECT_TRUE(contains(r.err, "kvpager-test-preload: loaded in pid")) << show(r);
   if (!fs::exists("/dev/nvidia0")) {
@@ -572,18 +530,18 @@ TEST_F(ControlCli, RunPreloadsTheLibraryPassesSettingsAndReturnsTheCommandsStatu
   }
 
   Result cfg_err = run({bin, "run", "--budget", "lots", "--", "/bin/true"});
-  EXPECT_EQ(cfg_err.status, 2) << show(cfg_err);
+  EXPECT_EQ(cfg_err.exit_code, 2) << show(cfg_err);
   EXPECT_TRUE(contains(cfg_err.err, "hbm_budget")) << show(cfg_err);
 
   Result missing = run({bin, "run", "--", "/no/such/program"});
-  EXPECT_EQ(missing.status, 127) << show(missing);
+  EXPECT_EQ(missing.exit_code, 127) << show(missing);
   EXPECT_TRUE(contains(missing.err, "/no/such/program")) << show(missing);
 }
 
 TEST_F(ControlCli, RunWithoutTheLibrarySaysWhereItLooked) {
   std::string bin = binary_in(tmp_.path() + "/lonely/bin", false);
   Result r = run({bin, "run", "--", "/bin/true"});
-  EXPECT_EQ(r.status, 1) << show(r);
+  EXPECT_EQ(r.exit_code, 1) << show(r);
   EXPECT_TRUE(contains(r.err, "libkvpager.so not found")) << show(r);
   EXPECT_TRUE(contains(r.err, tmp_.path() + "/lonely/bin/libkvpager.so")) << show(r);
   EXPECT_TRUE(contains(r.err, "kvpager_preload")) << show(r);

@@ -11,6 +11,9 @@
 //   HBM:  committed > high × budget  →  demote victims until ≤ low × budget.
 //         A fault that finds no room evicts synchronously first, so HBM never
 //         holds more than the budget (committed = resident + inbound).
+//   Tiers are accounted in whole chunks (chunk_size each, also for a region's
+//   short last chunk): memory is handed out per chunk, and a budget in bytes
+//   must bound the slots a device really uses.
 //   HOST: committed > high × host_capacity  →  spill chunks of contexts that
 //         may spill (parked, or idle ≥ spill_idle), least recently used
 //         context first, until ≤ low × host_capacity. Nothing else leaves HOST.
@@ -80,7 +83,7 @@ class Pager final : private PrefetchSink, private RestoreCost {
   // Background work: collect finished moves, keep the watermarks, spill idle
   // contexts, issue queued prefetches. Call it periodically.
   void tick();
-  // Waits until no move is in flight.
+  // Waits until no move is in flight and the watermarks hold.
   void drain();
 
   // --- configuration ---

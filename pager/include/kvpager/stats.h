@@ -13,6 +13,7 @@ namespace kvpager {
 
 struct TierStats {
   uint64_t capacity_bytes = 0;  // budget / capacity (0 = unlimited)
+  // Whole chunks (chunk_size each), the unit tier memory is handed out in.
   uint64_t resident_bytes = 0;  // chunks whose bytes are in this tier (incl. moving out)
   uint64_t inbound_bytes = 0;   // chunks on their way in
   uint64_t chunks = 0;          // chunks resident

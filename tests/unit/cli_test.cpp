@@ -1,0 +1,137 @@
+// The kvpager binary: configuration sources and provenance, exit codes,
+// errors that name the knob, the demo as the main job, and the README
+// documenting every knob.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "kvpager/config.h"
+#include "run_process.h"
+
+namespace kvpager {
+namespace {
+
+using testing::run_process;
+
+const std::string kBin = KVPAGER_BIN;
+
+TEST(Cli, NoSubcommandIsBadUsage) {
+  auto r = run_process({kBin});
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_FALSE(r.err.empty());
+}
+
+TEST(Cli, HelpExitsZeroAndListsCommands) {
+  auto r = run_process({kBin, "--help"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("demo"), std::string::npos);
+  EXPECT_NE(r.out.find("config"), std::string::npos);
+  EXPECT_NE(r.out.find("--hbm-budget"), std::string::npos);
+}
+
+TEST(Cli, UnknownOptionIsBadUsage) {
+  auto r = run_process({kBin, "config", "show", "--no-such-flag"});
+  EXPECT_EQ(r.exit_code, 2);
+}
+
+TEST(Cli, ConfigShowTellsWhereEachValueCameFrom) {
+  std::string file = std::filesystem::temp_directory_path() / ("kvpager-cli-" + std::to_string(getpid()) + ".toml");
+  std::ofstream(file) << "hbm_budget = \"3G\"\nhost_capacity = \"5G\"\n";
+  auto r = run_process({kBin, "--config", file, "--prefetch-depth", "9", "config", "show", "--json"},
+                       {"KVPAGER_HOST_CAPACITY=7G", "KVPAGER_EVICTION_POLICY=clock"});
+  std::filesystem::remove(file);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["hbm_budget"]["value"], "3G");
+  EXPECT_EQ(j["hbm_budget"]["source"], "file");
+  EXPECT_EQ(j["host_capacity"]["value"], "7G");
+  EXPECT_EQ(j["host_capacity"]["source"], "env");
+  EXPECT_EQ(j["eviction_policy"]["value"], "clock");
+  EXPECT_EQ(j["prefetch_depth"]["value"], "9");
+  EXPECT_EQ(j["prefetch_depth"]["source"], "cli");
+  EXPECT_EQ(j["chunk_size"]["source"], "default");
+  for (const Knob& k : knobs()) EXPECT_TRUE(j.contains(std::string(k.name))) << k.name;
+}
+
+TEST(Cli, SetOverridesFlagsAndEnv) {
+  auto r = run_process({kBin, "--set", "hbm_budget=2G", "config", "show", "--json"}, {"KVPAGER_HBM_BUDGET=1G"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["hbm_budget"]["value"], "2G");
+}
+
+TEST(Cli, BadValuesExitTwoNamingTheKnobAndSource) {
+  auto flag = run_process({kBin, "--chunk-size", "3M", "config", "show"});
+  EXPECT_EQ(flag.exit_code, 2);
+  EXPECT_NE(flag.err.find("chunk_size"), std::string::npos) << flag.err;
+  auto env = run_process({kBin, "config", "show"}, {"KVPAGER_LOW_WATERMARK=2"});
+  EXPECT_EQ(env.exit_code, 2);
+  EXPECT_NE(env.err.find("KVPAGER_LOW_WATERMARK"), std::string::npos) << env.err;
+  auto typo = run_process({kBin, "config", "show"}, {"KVPAGER_HBM_BUGDET=1G"});
+  EXPECT_EQ(typo.exit_code, 2);
+  EXPECT_NE(typo.err.find("unknown setting"), std::string::npos) << typo.err;
+  auto cross = run_process({kBin, "--low-watermark", "0.99", "config", "show"});
+  EXPECT_EQ(cross.exit_code, 2);
+  EXPECT_NE(cross.err.find("high_watermark"), std::string::npos) << cross.err;
+  auto missing = run_process({kBin, "--config", "/nonexistent/kvpager.toml", "config", "show"});
+  EXPECT_EQ(missing.exit_code, 2);
+}
+
+TEST(Cli, DemoSaysItIsSimulatedAndReportsTheRun) {
+  std::string store = std::filesystem::temp_directory_path() / ("kvpager-demo-" + std::to_string(getpid()));
+  auto r = run_process({kBin, "demo", "--turns", "12", "--sessions", "8", "--store-dir", store,
+                        "--sim-hbm-capacity", "64M"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  std::string first = r.out.substr(0, r.out.find('\n'));
+  EXPECT_NE(first.find("simulated device"), std::string::npos) << first;
+  for (const char* what : {"hbm", "host", "nvme", "hit rate", "Prefetch accuracy", "Stall time", "0 corrupted"})
+    EXPECT_NE(r.out.find(what), std::string::npos) << what;
+
+  auto j = run_process({kBin, "demo", "--turns", "12", "--sessions", "8", "--json", "--store-dir", store,
+                        "--sim-hbm-capacity", "64M"});
+  ASSERT_EQ(j.exit_code, 0) << j.err;
+  EXPECT_NE(j.err.find("simulated device"), std::string::npos);
+  auto doc = nlohmann::json::parse(j.out);
+  EXPECT_EQ(doc["turns"], 12);
+  EXPECT_EQ(doc["simulated"], true);
+  EXPECT_EQ(doc["corrupt_chunks"], 0);
+  EXPECT_EQ(doc["hbm_budget"], 64 * MiB);
+  EXPECT_EQ(doc["total_kv_bytes"], 4 * 64 * MiB) << "the demo's KV is 4x the budget";
+  const auto& s = doc["stats"];
+  EXPECT_EQ(s["accesses"].get<uint64_t>(), s["hits"].get<uint64_t>() + s["faults"].get<uint64_t>());
+  EXPECT_LE(s["tiers"]["hbm"]["resident_bytes"].get<uint64_t>(), 64 * MiB);
+  EXPECT_GT(s["tiers"]["nvme"]["resident_bytes"].get<uint64_t>(), 0u) << "host RAM is 2x budget: the rest spills";
+  std::filesystem::remove_all(store);
+}
+
+TEST(Cli, DemoIsDeterministic) {
+  std::string store = std::filesystem::temp_directory_path() / ("kvpager-demo2-" + std::to_string(getpid()));
+  std::vector<std::string> args = {kBin, "demo", "--turns", "10", "--sessions", "8", "--json",
+                                   "--store-dir", store, "--sim-hbm-capacity", "32M"};
+  auto a = run_process(args), b = run_process(args);
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  auto ja = nlohmann::json::parse(a.out), jb = nlohmann::json::parse(b.out);
+  ja.erase("wall_s");
+  jb.erase("wall_s");
+  EXPECT_EQ(ja, jb) << "same seed, same virtual clock: identical statistics";
+  std::filesystem::remove_all(store);
+}
+
+TEST(Readme, DocumentsEveryKnob) {
+  std::ifstream in(std::string(KVPAGER_SRC_DIR) + "/README.md");
+  ASSERT_TRUE(in) << "README.md missing";
+  std::stringstream ss;
+  ss << in.rdbuf();
+  std::string readme = ss.str();
+  for (const Knob& k : knobs()) {
+    EXPECT_NE(readme.find("`" + std::string(k.name) + "`"), std::string::npos) << k.name;
+    EXPECT_NE(readme.find(k.env_name()), std::string::npos) << k.env_name();
+  }
+}
+
+}  // namespace
+}  // namespace kvpager

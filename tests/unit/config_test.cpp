@@ -1,0 +1,265 @@
+// Configuration: every knob is settable from the TOML file, the environment
+// and the command line; later sources override earlier ones; every bad value
+// is refused with a message naming the knob.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "kvpager/config.h"
+#include "kvpager/config_loader.h"
+
+namespace kvpager {
+namespace {
+
+// A valid value for each knob that differs from its default, and a bad one.
+struct Sample {
+  std::string good;
+  std::string bad;
+};
+const std::map<std::string, Sample> kSamples = {
+    {"chunk_size", {"4M", "3M"}},
+    {"hbm_budget", {"8G", "12"}},
+    {"host_capacity", {"64G", "lots"}},
+    {"nvme_capacity", {"2T", "-1G"}},
+    {"high_watermark", {"0.9", "1.5"}},
+    {"low_watermark", {"0.5", "abc"}},
+    {"eviction_policy", {"clock", "fifo"}},
+    {"cost_sample", {"16", "0"}},
+    {"prefetchers", {"sequential,hint", "psychic"}},
+    {"prefetch_depth", {"8", "1000"}},
+    {"prefetch_waste_ceiling", {"0.25", "0"}},
+    {"spill_idle", {"90s", "2days"}},
+    {"store_dir", {"/mnt/nvme/kv", std::string("a\0b", 3)}},
+    {"log_level", {"debug", "loud"}},
+    {"sim.hbm_capacity", {"1G", "2T"}},
+    {"sim.pcie_gbps", {"50", "0"}},
+    {"sim.pcie_latency", {"5us", "2s"}},
+    {"sim.nvme_read_gbps", {"6.5", "-3"}},
+    {"sim.nvme_write_gbps", {"4", "x"}},
+    {"sim.nvme_latency", {"100us", "forever"}},
+    {"sim.fault_cost", {"50us", "5"}},
+    {"runtime_dir", {"/run/user/1000/kvpager", std::string("a\0b", 3)}},
+};
+
+TEST(Config, EveryKnobHasASampleInThisTest) {
+  for (const Knob& k : knobs()) EXPECT_TRUE(kSamples.count(std::string(k.name))) << "add a sample for " << k.name;
+  EXPECT_EQ(kSamples.size(), knobs().size());
+}
+
+TEST(Config, DefaultsAreValid) { EXPECT_TRUE(validate(Config{}).empty()); }
+
+TEST(Config, EveryKnobFromTheCommandLine) {
+  for (const auto& [name, sample] : kSamples) {
+    ConfigLoader loader;
+    loader.set_assignment(name + "=" + sample.good, ConfigSource::kCli, "--set");
+    const Knob& k = *find_knob(name);
+    EXPECT_NE(k.format(loader.config()), k.format(Config{})) << name << " did not change";
+    EXPECT_EQ(loader.origin(k).source, ConfigSource::kCli);
+  }
+}
+
+TEST(Config, EveryKnobFromTheEnvironment) {
+  for (const auto& [name, sample] : kSamples) {
+    const Knob& k = *find_knob(name);
+    std::string var = k.env_name() + "=" + sample.good;
+    char* env[] = {var.data(), nullptr};
+    ConfigLoader loader;
+    loader.load_env(env);
+    EXPECT_NE(k.format(loader.config()), k.format(Config{})) << name << " did not change";
+    EXPECT_EQ(loader.origin(k).source, ConfigSource::kEnv);
+    EXPECT_EQ(loader.origin(k).detail, k.env_name());
+  }
+}
+
+class TempFile {
+ public:
+  explicit TempFile(const std::string& text) {
+    path_ = std::filesystem::temp_directory_path() / ("kvpager-config-" + std::to_string(getpid()) + "-" +
+                                                      std::to_string(counter_++) + ".toml");
+    std::ofstream(path_) << text;
+  }
+  ~TempFile() { std::filesystem::remove(path_); }
+  std::string path() const { return path_.string(); }
+
+ private:
+  static inline int counter_ = 0;
+  std::filesystem::path path_;
+};
+
+std::string toml_line(const std::string& name, const std::string& value) {
+  // Dotted names go into their table; values as TOML strings.
+  size_t dot = name.find('.');
+  if (dot == std::string::npos) return name + " = \"" + value + "\"\n";
+  return "[" + name.substr(0, dot) + "]\n" + name.substr(dot + 1) + " = \"" + value + "\"\n";
+}
+
+TEST(Config, EveryKnobFromTheFile) {
+  for (const auto& [name, sample] : kSamples) {
+    TempFile f(toml_line(name, sample.good));
+    ConfigLoader loader;
+    loader.load_file(f.path());
+    const Knob& k = *find_knob(name);
+    EXPECT_NE(k.format(loader.config()), k.format(Config{})) << name << " did not change";
+    EXPECT_EQ(loader.origin(k).source, ConfigSource::kFile);
+    EXPECT_NE(loader.origin(k).detail.find(f.path()), std::string::npos);
+  }
+}
+
+TEST(Config, FileTakesNativeTomlTypes) {
+  TempFile f(
+      "chunk_size = 1048576\nhigh_watermark = 0.9\nprefetchers = [\"sequential\", \"hint\"]\n"
+      "[sim]\npcie_gbps = 12\n");
+  ConfigLoader loader;
+  loader.load_file(f.path());
+  Config c = loader.finish();
+  EXPECT_EQ(c.chunk_size, 1 * MiB);
+  EXPECT_DOUBLE_EQ(c.high_watermark, 0.9);
+  EXPECT_EQ(c.prefetchers, kPrefetchSequential | kPrefetchHint);
+  EXPECT_DOUBLE_EQ(c.sim_pcie_gbps, 12.0);
+}
+
+TEST(Config, EveryBadValueIsRefusedNamingTheKnob) {
+  for (const auto& [name, sample] : kSamples) {
+    ConfigLoader loader;
+    try {
+      loader.set(name, sample.bad, ConfigSource::kCli, "--set");
+      ADD_FAILURE() << name << " accepted '" << sample.bad << "'";
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("allowed"), std::string::npos) << name << ": " << e.what();
+    }
+    // ...and nothing changed.
+    const Knob& k = *find_knob(name);
+    EXPECT_EQ(k.format(loader.config()), k.format(Config{}));
+  }
+}
+
+TEST(Config, BadValuesInEnvAndFileNameTheirSource) {
+  std::string var = "KVPAGER_CHUNK_SIZE=3M";
+  char* env[] = {var.data(), nullptr};
+  ConfigLoader loader;
+  try {
+    loader.load_env(env);
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("KVPAGER_CHUNK_SIZE"), std::string::npos) << e.what();
+  }
+  TempFile f("\n\nhbm_budget = \"huge\"\n");
+  try {
+    loader.load_file(f.path());
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find(f.path() + ":3"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("hbm_budget"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Config, UnknownNamesAreErrorsNotSilence) {
+  ConfigLoader loader;
+  EXPECT_THROW(loader.set("hbm_budgte", "1G", ConfigSource::kCli, "--set"), ConfigError);
+  std::string var = "KVPAGER_HBM_BUDGTE=1G";
+  char* env[] = {var.data(), nullptr};
+  EXPECT_THROW(loader.load_env(env), ConfigError);
+  TempFile f("hbm_budgte = \"1G\"\n");
+  EXPECT_THROW(loader.load_file(f.path()), ConfigError);
+  TempFile syntax("hbm_budget = \n");
+  EXPECT_THROW(loader.load_file(syntax.path()), ConfigError);
+  EXPECT_THROW(loader.set_assignment("no-equals-sign", ConfigSource::kCli, "--set"), ConfigError);
+}
+
+TEST(Config, LaterSourcesOverrideEarlierOnes) {
+  TempFile f("hbm_budget = \"1G\"\nhost_capacity = \"2G\"\nnvme_capacity = \"3G\"\n");
+  std::string file_var = "KVPAGER_CONFIG=" + f.path();
+  std::string a = "KVPAGER_HOST_CAPACITY=20G";
+  std::string b = "KVPAGER_NVME_CAPACITY=30G";
+  char* env[] = {file_var.data(), a.data(), b.data(), nullptr};
+  ConfigLoader loader = ConfigLoader::standard("", {"nvme_capacity=300G"}, env);
+  Config c = loader.finish();
+  EXPECT_EQ(c.hbm_budget, 1 * GiB);      // file
+  EXPECT_EQ(c.host_capacity, 20 * GiB);  // env over file
+  EXPECT_EQ(c.nvme_capacity, 300 * GiB); // cli over env over file
+  EXPECT_EQ(loader.origin(*find_knob("hbm_budget")).source, ConfigSource::kFile);
+  EXPECT_EQ(loader.origin(*find_knob("host_capacity")).source, ConfigSource::kEnv);
+  EXPECT_EQ(loader.origin(*find_knob("nvme_capacity")).source, ConfigSource::kCli);
+  EXPECT_EQ(loader.origin(*find_knob("chunk_size")).source, ConfigSource::kDefault);
+}
+
+TEST(Config, CrossKnobRulesAreChecked) {
+  Config c;
+  c.low_watermark = 0.96;
+  auto errors = validate(c);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_NE(errors[0].find("low_watermark"), std::string::npos);
+
+  Config d;
+  d.chunk_size = 4 * MiB;
+  d.hbm_budget = 2 * MiB;
+  errors = validate(d);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_NE(errors[0].find("hbm_budget"), std::string::npos);
+  EXPECT_THROW(validate_or_throw(d), ConfigError);
+}
+
+TEST(Config, ValidateCatchesValuesSetInCode) {
+  Config c;
+  c.chunk_size = 3 * MiB;
+  c.prefetch_depth = 0;
+  c.eviction_policy = static_cast<PolicyKind>(9);
+  auto errors = validate(c);
+  EXPECT_EQ(errors.size(), 3u);
+}
+
+TEST(ConfigParse, Bytes) {
+  EXPECT_EQ(parse_bytes("4096"), 4096u);
+  EXPECT_EQ(parse_bytes("64K"), 64 * KiB);
+  EXPECT_EQ(parse_bytes("2m"), 2 * MiB);
+  EXPECT_EQ(parse_bytes("8GiB"), 8 * GiB);
+  EXPECT_EQ(parse_bytes("1.5G"), 3 * GiB / 2);
+  EXPECT_EQ(parse_bytes(" 1T "), 1 * TiB);
+  EXPECT_FALSE(parse_bytes("1.5"));     // fractional bytes
+  EXPECT_FALSE(parse_bytes("-1"));
+  EXPECT_FALSE(parse_bytes("12Q"));
+  EXPECT_FALSE(parse_bytes(""));
+  EXPECT_FALSE(parse_bytes("99999999999P"));  // overflow
+  EXPECT_EQ(format_bytes(2 * MiB), "2M");
+  EXPECT_EQ(format_bytes(1536 * KiB), "1536K");
+  EXPECT_EQ(format_bytes(12345), "12345");
+}
+
+TEST(ConfigParse, Durations) {
+  EXPECT_EQ(parse_duration_ns("30s"), 30'000'000'000u);
+  EXPECT_EQ(parse_duration_ns("30"), 30'000'000'000u);
+  EXPECT_EQ(parse_duration_ns("250ms"), 250'000'000u);
+  EXPECT_EQ(parse_duration_ns("10us"), 10'000u);
+  EXPECT_EQ(parse_duration_ns("2min"), 120'000'000'000u);
+  EXPECT_FALSE(parse_duration_ns("soon"));
+  EXPECT_EQ(format_duration(30'000'000'000u), "30s");
+  EXPECT_EQ(format_duration(10'000u), "10us");
+}
+
+TEST(Config, ResolvesAutoValues) {
+  Config c;
+  c.chunk_size = 2 * MiB;
+  Config r = c.resolved(80 * GiB + 123, 512 * GiB);
+  EXPECT_EQ(r.hbm_budget, 80 * GiB) << "auto budget: the device, in whole chunks";
+  EXPECT_EQ(r.host_capacity, 256 * GiB);
+}
+
+TEST(Config, KnobNamesMapToEnvAndFlags) {
+  const Knob* k = find_knob("sim.pcie_gbps");
+  ASSERT_NE(k, nullptr);
+  EXPECT_EQ(k->env_name(), "KVPAGER_SIM_PCIE_GBPS");
+  EXPECT_EQ(k->cli_name(), "sim-pcie-gbps");
+  EXPECT_EQ(find_knob("KVPAGER_SIM_PCIE_GBPS"), k);
+  EXPECT_EQ(find_knob("sim-pcie-gbps"), k);
+  EXPECT_EQ(find_knob("nope"), nullptr);
+}
+
+}  // namespace
+}  // namespace kvpager

@@ -1,0 +1,405 @@
+// The pager on the simulated device: budget, watermarks, spill rules, pins,
+// hints, live changes, failures. Each test states the rule it checks.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "sim_rig.h"
+
+namespace kvpager {
+namespace {
+
+using testing::SimRig;
+using testing::small_config;
+
+// Lets every move finish, runs the budget controller, lets its moves finish.
+void settle(Pager& p) {
+  p.drain();
+  p.tick();
+  p.drain();
+}
+
+std::vector<std::byte> pattern(size_t n, uint8_t seed) {
+  std::vector<std::byte> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = std::byte(static_cast<uint8_t>(i * 131 + seed));
+  return v;
+}
+
+TEST(Pager, FirstTouchFaultsThenHits) {
+  SimRig rig(small_config());
+  RegionId r = rig.dev.alloc(256 * KiB);
+  ASSERT_EQ(rig.pager->access(r, 0, false), Status::kOk);
+  ASSERT_EQ(rig.pager->access(r, 0, false), Status::kOk);
+  StatsSnapshot s = rig.pager->stats();
+  EXPECT_EQ(s.accesses, 2u);
+  EXPECT_EQ(s.faults, 1u);
+  EXPECT_EQ(s.hits, 1u);
+  EXPECT_EQ(s.faults_from[index(Tier::kUnpopulated)], 1u);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+TEST(Pager, BadRegionOrIndexIsInvalidNotACrash) {
+  SimRig rig(small_config());
+  RegionId r = rig.dev.alloc(100 * KiB);  // two chunks, the second short
+  EXPECT_EQ(rig.pager->access(r, 2, false), Status::kInvalid);
+  EXPECT_EQ(rig.pager->access(RegionId{77, 1}, 0, false), Status::kInvalid);
+  ASSERT_EQ(rig.dev.free(r), Status::kOk);
+  EXPECT_EQ(rig.pager->access(r, 0, false), Status::kInvalid) << "a stale id must not alias a new region";
+  RegionId again = rig.dev.alloc(64 * KiB);
+  EXPECT_EQ(again.slot, r.slot);
+  EXPECT_EQ(rig.pager->access(r, 0, false), Status::kInvalid);
+  EXPECT_EQ(rig.pager->region(r), nullptr);
+}
+
+TEST(Pager, HbmNeverHoldsMoreThanTheBudget) {
+  Config cfg = small_config();
+  cfg.prefetchers = kAllPrefetchers;
+  SimRig rig(cfg);
+  std::vector<RegionId> regions;
+  for (int i = 0; i < 4; ++i) regions.push_back(rig.dev.alloc(1 * MiB));  // 4x the budget
+  std::mt19937 rng(1);
+  for (int step = 0; step < 5000; ++step) {
+    RegionId r = regions[rng() % regions.size()];
+    ASSERT_EQ(rig.pager->access(r, rng() % 16, rng() % 3 == 0), Status::kOk);
+    ASSERT_LE(rig.pager->committed_bytes(Tier::kHbm), cfg.hbm_budget) << "step " << step;
+    if (step % 97 == 0) rig.dev.compute(100'000);
+  }
+  EXPECT_LE(rig.mover->hbm_slots_used() * cfg.chunk_size, cfg.hbm_budget);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+TEST(Pager, BalanceDemotesFromAboveHighToLowWatermark) {
+  Config cfg = small_config();
+  cfg.prefetchers = 0;
+  cfg.high_watermark = 0.75;
+  cfg.low_watermark = 0.5;
+  SimRig rig(cfg);
+  RegionId r = rig.dev.alloc(1 * MiB);
+  // 12 of 16 chunks = 0.75: at the mark, not above: nothing moves.
+  for (uint32_t i = 0; i < 12; ++i) ASSERT_EQ(rig.pager->access(r, i, false), Status::kOk);
+  rig.pager->drain();
+  EXPECT_EQ(rig.pager->stats().evictions, 0u);
+  // The 13th crosses it: demote down to 8 chunks.
+  ASSERT_EQ(rig.pager->access(r, 12, false), Status::kOk);
+  rig.pager->drain();
+  EXPECT_EQ(rig.pager->stats().tiers[index(Tier::kHbm)].resident_bytes, 8 * 64 * KiB);
+  // LRU: the oldest went. Chunk 12 (just used) is still in HBM, chunk 0 is not.
+  EXPECT_EQ(rig.pager->region(r)->chunks[12].tier, Tier::kHbm);
+  EXPECT_EQ(rig.pager->region(r)->chunks[0].tier, Tier::kHost);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+TEST(Pager, PinnedChunksAreNeverVictims) {
+  Config cfg = small_config();
+  cfg.prefetchers = 0;
+  SimRig rig(cfg);
+  RegionId pinned = rig.dev.alloc(256 * KiB, "pinned");
+  RegionId other = rig.dev.alloc(2 * MiB, "other");
+  for (uint32_t i = 0; i < 4; ++i) ASSERT_EQ(rig.pager->access(pinned, i, true), Status::kOk);
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("pinned"), HintKind::kPin), Status::kOk);
+  for (int round = 0; round < 3; ++round)
+    for (uint32_t i = 0; i < 32; ++i) ASSERT_EQ(rig.pager->access(other, i, true), Status::kOk);
+  for (uint32_t i = 0; i < 4; ++i) EXPECT_EQ(rig.pager->region(pinned)->chunks[i].tier, Tier::kHbm);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+TEST(Pager, HbmFullOfPinnedChunksRefusesAFaultWithNoSpace) {
+  Config cfg = small_config();
+  cfg.prefetchers = 0;
+  cfg.high_watermark = 1.0;  // no background demotion: HBM fills to the budget
+  cfg.low_watermark = 0.9;
+  SimRig rig(cfg);
+  RegionId pinned = rig.dev.alloc(1 * MiB, "pinned");
+  RegionId other = rig.dev.alloc(64 * KiB, "other");
+  for (uint32_t i = 0; i < 16; ++i) ASSERT_EQ(rig.pager->access(pinned, i, true), Status::kOk);
+  ASSERT_EQ(rig.pager->committed_bytes(Tier::kHbm), cfg.hbm_budget);
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("pinned"), HintKind::kPin), Status::kOk);
+  EXPECT_EQ(rig.pager->access(other, 0, false), Status::kNoSpace);
+  EXPECT_EQ(rig.pager->region(other)->chunks[0].tier, Tier::kUnpopulated);
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("pinned"), HintKind::kUnpin), Status::kOk);
+  EXPECT_EQ(rig.pager->access(other, 0, false), Status::kOk);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+// Fills `r` so its chunks end up in host RAM.
+void fill_and_push_out(SimRig& rig, RegionId r, RegionId pusher, uint32_t chunks) {
+  for (uint32_t i = 0; i < chunks; ++i) ASSERT_EQ(rig.pager->access(r, i, true), Status::kOk);
+  for (uint32_t i = 0; i < 16; ++i) ASSERT_EQ(rig.pager->access(pusher, i, true), Status::kOk);
+  rig.pager->drain();
+}
+
+TEST(Pager, ActiveContextsNeverSpillEvenOverHostCapacity) {
+  Config cfg = small_config();
+  cfg.prefetchers = 0;
+  cfg.host_capacity = 512 * KiB;
+  cfg.spill_idle_ns = 3'600'000'000'000;  // an hour
+  SimRig rig(cfg);
+  RegionId a = rig.dev.alloc(2 * MiB, "a");
+  RegionId pusher = rig.dev.alloc(1 * MiB, "pusher");
+  fill_and_push_out(rig, a, pusher, 32);
+  rig.pager->tick();
+  rig.pager->drain();
+  StatsSnapshot s = rig.pager->stats();
+  EXPECT_GT(s.tiers[index(Tier::kHost)].resident_bytes, cfg.host_capacity) << "host is over capacity...";
+  EXPECT_EQ(s.moves[static_cast<size_t>(MoveKind::kSpill)], 0u) << "...but nothing idle may spill";
+}
+
+TEST(Pager, IdleContextsSpillAfterSpillIdle) {
+  Config cfg = small_config();
+  cfg.prefetchers = 0;
+  cfg.host_capacity = 512 * KiB;
+  cfg.spill_idle_ns = 1'000'000'000;
+  SimRig rig(cfg);
+  RegionId a = rig.dev.alloc(2 * MiB, "a");
+  RegionId pusher = rig.dev.alloc(1 * MiB, "pusher");
+  fill_and_push_out(rig, a, pusher, 32);
+  rig.dev.compute(500'000'000);
+  EXPECT_EQ(rig.pager->stats().moves[static_cast<size_t>(MoveKind::kSpill)], 0u) << "idle 0.5 s < 1 s";
+  for (int i = 0; i < 4; ++i) {
+    rig.dev.compute(400'000'000);
+    for (uint32_t c = 0; c < 16; ++c) ASSERT_EQ(rig.pager->access(pusher, c, false), Status::kOk);  // pusher stays busy
+  }
+  rig.pager->drain();
+  StatsSnapshot s = rig.pager->stats();
+  EXPECT_GT(s.moves[static_cast<size_t>(MoveKind::kSpill)], 0u);
+  EXPECT_LE(s.tiers[index(Tier::kHost)].resident_bytes,
+            static_cast<uint64_t>(static_cast<double>(cfg.host_capacity) * cfg.high_watermark));
+  for (uint32_t c = 0; c < 16; ++c) EXPECT_NE(rig.pager->region(pusher)->chunks[c].tier, Tier::kNvme);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+TEST(Pager, ParkedContextsSpillAtOnceAndComeBackIntact) {
+  Config cfg = small_config();
+  cfg.prefetchers = 0;
+  cfg.host_capacity = 256 * KiB;
+  cfg.spill_idle_ns = 3'600'000'000'000;
+  SimRig rig(cfg);
+  RegionId a = rig.dev.alloc(1 * MiB, "a");
+  auto data = pattern(1 * MiB, 7);
+  ASSERT_EQ(rig.dev.write(a, 0, data), Status::kOk);
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("a"), HintKind::kPark), Status::kOk);
+  rig.pager->drain();
+  rig.pager->tick();
+  rig.pager->drain();
+  StatsSnapshot s = rig.pager->stats();
+  EXPECT_EQ(s.tiers[index(Tier::kHbm)].resident_bytes, 0u) << "park demotes the whole context";
+  EXPECT_GT(s.tiers[index(Tier::kNvme)].resident_bytes, 0u) << "and lets it spill";
+  std::vector<std::byte> back(1 * MiB);
+  ASSERT_EQ(rig.dev.read(a, 0, back), Status::kOk);
+  EXPECT_EQ(back, data);
+  EXPECT_GT(rig.pager->stats().faults_from[index(Tier::kNvme)], 0u);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+TEST(Pager, PrefetchHintStagesAParkedContextAheadOfUse) {
+  Config cfg = small_config();
+  cfg.prefetchers = kPrefetchHint;
+  SimRig rig(cfg);
+  RegionId a = rig.dev.alloc(512 * KiB, "a");
+  auto data = pattern(512 * KiB, 3);
+  ASSERT_EQ(rig.dev.write(a, 0, data), Status::kOk);
+  ContextId ctx = rig.pager->find_context("a");
+  ASSERT_EQ(rig.pager->hint(ctx, HintKind::kPark), Status::kOk);
+  rig.pager->drain();
+  ASSERT_EQ(rig.pager->hint(ctx, HintKind::kPrefetch), Status::kOk);
+  rig.pager->drain();
+  StatsSnapshot before = rig.pager->stats();
+  std::vector<std::byte> back(512 * KiB);
+  ASSERT_EQ(rig.dev.read(a, 0, back), Status::kOk);
+  EXPECT_EQ(back, data);
+  StatsSnapshot after = rig.pager->stats();
+  EXPECT_EQ(after.faults, before.faults) << "every chunk was already in HBM";
+  ASSERT_EQ(after.prefetchers.size(), 1u);
+  EXPECT_EQ(after.prefetchers[0].issued_bytes, 512 * KiB);
+  EXPECT_EQ(after.prefetchers[0].used_bytes, 512 * KiB);
+  EXPECT_EQ(after.prefetchers[0].wasted_bytes, 0u);
+}
+
+TEST(Pager, DropDiscardsEverywhereAndRefusesPinned) {
+  Config cfg = small_config();
+  cfg.prefetchers = 0;
+  SimRig rig(cfg);
+  RegionId a = rig.dev.alloc(512 * KiB, "a");
+  ASSERT_EQ(rig.dev.write(a, 0, pattern(512 * KiB, 1)), Status::kOk);
+  ContextId ctx = rig.pager->find_context("a");
+  ASSERT_EQ(rig.pager->hint(ctx, HintKind::kPin), Status::kOk);
+  EXPECT_EQ(rig.pager->hint(ctx, HintKind::kDrop), Status::kBusy);
+  EXPECT_EQ(rig.pager->region(a)->chunks[0].tier, Tier::kHbm) << "a refused drop changes nothing";
+  ASSERT_EQ(rig.pager->hint(ctx, HintKind::kUnpin), Status::kOk);
+  ASSERT_EQ(rig.pager->hint(ctx, HintKind::kDrop), Status::kOk);
+  for (uint32_t i = 0; i < 8; ++i) EXPECT_EQ(rig.pager->region(a)->chunks[i].tier, Tier::kUnpopulated);
+  EXPECT_EQ(rig.mover->hbm_slots_used(), 0u);
+  std::vector<std::byte> back(512 * KiB, std::byte{1});
+  ASSERT_EQ(rig.dev.read(a, 0, back), Status::kOk);
+  EXPECT_EQ(back, std::vector<std::byte>(512 * KiB, std::byte{0})) << "a dropped context reads as fresh zeros";
+  EXPECT_EQ(rig.pager->hint(12345, HintKind::kDrop), Status::kNotFound);
+}
+
+TEST(Pager, RemoveRegionReleasesEverything) {
+  Config cfg = small_config();
+  SimRig rig(cfg);
+  RegionId a = rig.dev.alloc(2 * MiB, "a");
+  ASSERT_EQ(rig.dev.write(a, 0, pattern(2 * MiB, 9)), Status::kOk);
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("a"), HintKind::kPark), Status::kOk);
+  rig.pager->tick();
+  ASSERT_EQ(rig.dev.free(a), Status::kOk);
+  EXPECT_EQ(rig.mover->hbm_slots_used(), 0u);
+  EXPECT_EQ(rig.mover->host_slots_used(), 0u);
+  EXPECT_EQ(rig.store->objects(), 0u) << "spilled copies are erased with the region";
+  EXPECT_EQ(rig.pager->find_context("a"), kNoContext);
+  StatsSnapshot s = rig.pager->stats();
+  for (Tier t : kStorageTiers) EXPECT_EQ(s.tiers[index(t)].resident_bytes, 0u);
+  EXPECT_EQ(s.regions, 0u);
+  EXPECT_EQ(rig.dev.free(a), Status::kNotFound);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+TEST(Pager, LiveBudgetCutDemotesBelowTheNewBudget) {
+  Config cfg = small_config();
+  SimRig rig(cfg);
+  RegionId a = rig.dev.alloc(1 * MiB);
+  for (uint32_t i = 0; i < 14; ++i) ASSERT_EQ(rig.pager->access(a, i, true), Status::kOk);
+  Config next = rig.pager->config();
+  next.hbm_budget = 256 * KiB;
+  std::string why;
+  ASSERT_EQ(rig.pager->apply(next, &why), Status::kOk) << why;
+  rig.pager->drain();
+  EXPECT_LE(rig.pager->committed_bytes(Tier::kHbm), 256 * KiB);
+  EXPECT_EQ(rig.pager->stats().tiers[index(Tier::kHbm)].capacity_bytes, 256 * KiB);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+TEST(Pager, LiveChangesAreValidatedAndRefusalsChangeNothing) {
+  SimRig rig(small_config());
+  const Config before = rig.pager->config();
+  std::string why;
+
+  Config bad = before;
+  bad.high_watermark = 1.5;
+  EXPECT_EQ(rig.pager->apply(bad, &why), Status::kInvalid);
+  EXPECT_NE(why.find("high_watermark"), std::string::npos) << why;
+
+  Config fixed = before;
+  fixed.chunk_size = 128 * KiB;
+  EXPECT_EQ(rig.pager->apply(fixed, &why), Status::kInvalid);
+  EXPECT_NE(why.find("chunk_size"), std::string::npos) << why;
+  EXPECT_NE(why.find("cannot change"), std::string::npos) << why;
+
+  Config too_big = before;
+  too_big.hbm_budget = 2 * MiB;  // the simulated card has 1 MiB
+  EXPECT_EQ(rig.pager->apply(too_big, &why), Status::kInvalid);
+  EXPECT_NE(why.find("hbm_budget"), std::string::npos) << why;
+
+  for (const Knob& k : knobs()) EXPECT_EQ(k.format(rig.pager->config()), k.format(before)) << k.name;
+}
+
+TEST(Pager, LivePolicyChangeKeepsEveryChunkAccountedFor) {
+  Config cfg = small_config();
+  SimRig rig(cfg);
+  RegionId a = rig.dev.alloc(2 * MiB);
+  for (uint32_t i = 0; i < 32; ++i) ASSERT_EQ(rig.pager->access(a, i, true), Status::kOk);
+  for (PolicyKind p : {PolicyKind::kClock, PolicyKind::kCost, PolicyKind::kLru}) {
+    Config next = rig.pager->config();
+    next.eviction_policy = p;
+    ASSERT_EQ(rig.pager->apply(next), Status::kOk);
+    EXPECT_EQ(rig.pager->audit(), "");
+    for (uint32_t i = 0; i < 32; ++i) ASSERT_EQ(rig.pager->access(a, (i * 7) % 32, false), Status::kOk);
+    EXPECT_EQ(rig.pager->audit(), "");
+  }
+}
+
+TEST(Pager, LivePrefetcherChangeKeepsCountersOfThoseThatStay) {
+  Config cfg = small_config();
+  cfg.prefetchers = kPrefetchHint;
+  SimRig rig(cfg);
+  RegionId a = rig.dev.alloc(256 * KiB, "a");
+  for (uint32_t i = 0; i < 4; ++i) ASSERT_EQ(rig.pager->access(a, i, true), Status::kOk);
+  ContextId ctx = rig.pager->find_context("a");
+  rig.pager->hint(ctx, HintKind::kPark);
+  rig.pager->drain();
+  rig.pager->hint(ctx, HintKind::kPrefetch);
+  rig.pager->drain();
+  uint64_t issued = rig.pager->stats().prefetchers.at(0).issued_bytes;
+  ASSERT_GT(issued, 0u);
+  Config next = rig.pager->config();
+  next.prefetchers = kPrefetchHint | kPrefetchSequential;
+  ASSERT_EQ(rig.pager->apply(next), Status::kOk);
+  auto s = rig.pager->stats();
+  ASSERT_EQ(s.prefetchers.size(), 2u);
+  EXPECT_EQ(s.prefetchers[0].name, "sequential");
+  EXPECT_EQ(s.prefetchers[1].name, "hint");
+  EXPECT_EQ(s.prefetchers[1].issued_bytes, issued);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+TEST(Pager, CorruptStoreCopyIsNeverServed) {
+  Config cfg = small_config();
+  cfg.prefetchers = 0;
+  cfg.host_capacity = 64 * KiB;
+  SimRig rig(cfg);
+  RegionId a = rig.dev.alloc(256 * KiB, "a");
+  ASSERT_EQ(rig.dev.write(a, 0, pattern(256 * KiB, 5)), Status::kOk);
+  rig.pager->hint(rig.pager->find_context("a"), HintKind::kPark);
+  settle(*rig.pager);
+  ASSERT_EQ(rig.pager->region(a)->chunks[0].tier, Tier::kNvme);
+  ASSERT_TRUE(rig.store->corrupt(chunk_key("", "a", 0), 100));
+  std::vector<std::byte> out(64 * KiB);
+  EXPECT_EQ(rig.dev.read(a, 0, out), Status::kCorrupt);
+  EXPECT_EQ(rig.pager->region(a)->chunks[0].tier, Tier::kNvme) << "the chunk did not reach HBM";
+  // Other chunks are fine.
+  EXPECT_EQ(rig.dev.read(a, 64 * KiB, out), Status::kOk);
+  EXPECT_EQ(rig.pager->stats().move_failures, 1u);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+TEST(Pager, StoreFullStopsSpillsAndKeepsTheBytesInHostRam) {
+  Config cfg = small_config();
+  cfg.prefetchers = 0;
+  cfg.host_capacity = 64 * KiB;
+  SimRig rig(cfg, /*store_capacity=*/128 * KiB);  // two chunks
+  RegionId a = rig.dev.alloc(512 * KiB, "a");
+  auto data = pattern(512 * KiB, 11);
+  ASSERT_EQ(rig.dev.write(a, 0, data), Status::kOk);
+  rig.pager->hint(rig.pager->find_context("a"), HintKind::kPark);
+  for (int i = 0; i < 3; ++i) {
+    rig.pager->tick();
+    rig.pager->drain();
+  }
+  StatsSnapshot s = rig.pager->stats();
+  EXPECT_TRUE(s.spill_disabled);
+  EXPECT_EQ(s.tiers[index(Tier::kNvme)].resident_bytes, 128 * KiB);
+  std::vector<std::byte> back(512 * KiB);
+  ASSERT_EQ(rig.dev.read(a, 0, back), Status::kOk);
+  EXPECT_EQ(back, data);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+TEST(Pager, CleanChunksWithAStoreCopySpillWithoutWriting) {
+  Config cfg = small_config();
+  cfg.prefetchers = 0;
+  cfg.host_capacity = 64 * KiB;
+  SimRig rig(cfg);
+  RegionId a = rig.dev.alloc(256 * KiB, "a");
+  ASSERT_EQ(rig.dev.write(a, 0, pattern(256 * KiB, 2)), Status::kOk);
+  ContextId ctx = rig.pager->find_context("a");
+  rig.pager->hint(ctx, HintKind::kPark);
+  settle(*rig.pager);
+  uint64_t written = rig.store->used_bytes();
+  ASSERT_GT(written, 0u);
+  std::vector<std::byte> out(256 * KiB);
+  ASSERT_EQ(rig.dev.read(a, 0, out), Status::kOk);  // read only: stays clean
+  rig.pager->hint(ctx, HintKind::kPark);
+  rig.pager->drain();  // the demotes
+  uint64_t vt_before = rig.mover->virtual_clock().now_ns();
+  settle(*rig.pager);
+  EXPECT_EQ(rig.pager->region(a)->chunks[0].tier, Tier::kNvme);
+  EXPECT_EQ(rig.store->used_bytes(), written);
+  EXPECT_LT(rig.mover->virtual_clock().now_ns() - vt_before, cfg.sim_nvme_latency_ns)
+      << "no NVMe write was charged";
+}
+
+}  // namespace
+}  // namespace kvpager
