@@ -26,6 +26,7 @@
 #include <nlohmann/json.hpp>
 
 #include "run_process.h"
+#include "temp_dir.h"
 
 namespace {
 
@@ -57,21 +58,7 @@ std::string show(const Result& r) {
 
 bool contains(const std::string& s, const std::string& part) { return s.find(part) != std::string::npos; }
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/kvpager-cli-test-XXXXXX";
-    path_ = mkdtemp(tmpl);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using kvpager::testing::TempDir;
 
 struct DemoShape {
   uint32_t sessions = 4;

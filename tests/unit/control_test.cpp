@@ -31,6 +31,7 @@
 #include "kvpager/sim/file_store.h"
 #include "kvpager/sim/sim_device.h"
 #include "kvpager/sim/sim_mover.h"
+#include "temp_dir.h"
 
 namespace kvpager::control {
 namespace {
@@ -39,21 +40,7 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using nlohmann::json;
 
-class TempDir {
- public:
-  TempDir() {
-    char tmpl[] = "/tmp/kvpager-control-test-XXXXXX";
-    path_ = mkdtemp(tmpl);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
+using kvpager::testing::TempDir;
 
 mode_t mode_of(const std::string& p) {
   struct stat st {};

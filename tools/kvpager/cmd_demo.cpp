@@ -44,16 +44,18 @@ class Serving {
   Serving(const Config& cfg, Pager& pager, SimDevice& dev, uint32_t pace_ms) : pager_(pager), dev_(dev), pace_(pace_ms) {
     control::RuntimeDir rd = control::resolve_runtime_dir(cfg, control::DirUse::kServe);
     if (!rd.note.empty()) fmt::print(stderr, "kvpager demo: runtime_dir: {}\n", rd.note);
+    // Before the socket appears: whoever finds it may stop us at once, and
+    // the socket must still be removed.
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
     try {
       server_ = std::make_unique<control::ControlServer>(
           control::ControlServer::Options{rd.path, std::string(dev.mover().name()), ""}, pager_);
     } catch (const control::ControlError& e) {
       throw RuntimeError(e.what());
     }
-    struct sigaction sa {};
-    sa.sa_handler = on_stop_signal;
-    sigaction(SIGINT, &sa, nullptr);
-    sigaction(SIGTERM, &sa, nullptr);
   }
   const std::string& socket() const { return server_->socket_path(); }
   void service() { server_->service(pager_); }
