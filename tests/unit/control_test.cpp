@@ -500,6 +500,19 @@ TEST_F(ControlServerTest, OneServerPerProcessAndTheSocketGoesWithIt) {
   EXPECT_EQ(control::call(path, {{"op", "stats"}}, 1s).code, Errc::kGone);
 }
 
+TEST_F(ControlServerTest, AForkedChildLeavesTheParentsSocketAlone) {
+  pid_t child = fork();
+  if (child == 0) {
+    server_.reset();  // what the child's exit would do to an inherited server
+    _exit(0);
+  }
+  int st = 0;
+  ASSERT_EQ(waitpid(child, &st, 0), child);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+  EXPECT_TRUE(fs::exists(server_->socket_path()));
+  EXPECT_TRUE(call({{"op", "stats"}}).ok());
+}
+
 // The child of a fork in a threaded process: only async-signal-safe calls.
 // Connects as `uid` and writes what happened to `out` ("E<errno>" or the reply).
 [[noreturn]] void connect_as(uid_t uid, const char* path, int out) {

@@ -155,17 +155,24 @@ struct ControlServer::Impl {
       unlink(path.c_str());
       throw ControlError(fmt::format("control socket: eventfd: {}", std::strerror(err)));
     }
-    last_service.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
-    publish(pager, Clock::now());
-    next_publish = Clock::now() + opt.publish_interval;
-    thread = std::thread([this] { loop(); });
+    try {
+      last_service.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
+      publish(pager, Clock::now());
+      next_publish = Clock::now() + opt.publish_interval;
+      thread = std::thread([this] { loop(); });
+    } catch (const std::exception& e) {  // no thread (or no memory): leave nothing behind
+      close(listen_fd);
+      close(wake_fd);
+      unlink(path.c_str());
+      throw ControlError(fmt::format("cannot serve the control socket {}: {}", path, e.what()));
+    }
   }
 
   ~Impl() {
     if (getpid() != pid) {
       // A forked child inherited the server but not its thread: leave the
       // parent's socket alone.
-      thread.detach();
+      if (thread.joinable()) thread.detach();
       close(listen_fd);
       close(wake_fd);
       return;
