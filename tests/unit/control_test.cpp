@@ -372,6 +372,15 @@ TEST_F(ControlServerTest, ARefusedValueLeavesEverythingAsItWas) {
   EXPECT_EQ(now.high_watermark, 0.95);
 }
 
+TEST_F(ControlServerTest, BytesThatAreNotUtf8AreRefusedNotFatal) {
+  // The client sends it (replacing what is not UTF-8); the pager refuses the
+  // value and quotes it; both sides keep going.
+  Reply r = call({{"op", "set"}, {"set", {std::string("hbm_budget=\xff\xfe")}}});
+  EXPECT_EQ(r.code, Errc::kRefused) << r.error;
+  EXPECT_NE(r.error.find("hbm_budget"), std::string::npos) << r.error;
+  EXPECT_TRUE(call({{"op", "stats"}}).ok());
+}
+
 TEST_F(ControlServerTest, HintsReachTheNamedContext) {
   on_owner([&] {
     for (uint32_t i = 0; i < 8; ++i) dev_->touch(regions_[1], i, true);
@@ -421,10 +430,12 @@ TEST_F(ControlServerTest, MalformedRequestsGetAnErrorAndTheConnectionSurvives) {
   std::strncpy(a.sun_path, server_->socket_path().c_str(), sizeof a.sun_path - 1);
   ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
   std::string req = "this is not json\n{\"op\":42}\n{\"op\":\"fly\"}\n{\"op\":\"set\",\"set\":\"x\"}\n{\"op\":\"stats\"}\n";
+  // Not UTF-8 inside a string: refused as malformed JSON.
+  req += "{\"op\":\"hint\",\"context\":\"\xff\xfe\",\"hint\":\"park\"}\n";
   ASSERT_EQ(write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
   std::string got;
   char buf[65536];
-  while (std::count(got.begin(), got.end(), '\n') < 5) {
+  while (std::count(got.begin(), got.end(), '\n') < 6) {
     ssize_t n = read(fd, buf, sizeof buf);
     ASSERT_GT(n, 0);
     got.append(buf, static_cast<size_t>(n));
@@ -433,8 +444,8 @@ TEST_F(ControlServerTest, MalformedRequestsGetAnErrorAndTheConnectionSurvives) {
   size_t pos = 0;
   for (size_t nl; (nl = got.find('\n', pos)) != std::string::npos; pos = nl + 1)
     lines.push_back(json::parse(got.substr(pos, nl - pos)));
-  ASSERT_EQ(lines.size(), 5u);
-  for (int i = 0; i < 4; ++i) EXPECT_EQ(lines[static_cast<size_t>(i)]["code"], "bad_request") << lines[static_cast<size_t>(i)];
+  ASSERT_EQ(lines.size(), 6u);
+  for (size_t i : {0u, 1u, 2u, 3u, 5u}) EXPECT_EQ(lines[i]["code"], "bad_request") << lines[i];
   EXPECT_TRUE(lines[4]["ok"].get<bool>());
   // A request that never ends is cut off.
   std::string huge(kMaxRequestBytes + 10, 'x');

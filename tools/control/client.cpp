@@ -55,10 +55,7 @@ void open_conn(Conn& c) {
   if (c.fd < 0) return c.fail_rest(failure(Errc::kIo, fmt::format("socket: {}", std::strerror(errno))));
   if (connect(c.fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0)
     return c.fail_rest(connect_failure(path, errno));
-  for (const auto& r : c.ex->requests) {
-    c.out += r.dump();
-    c.out += '\n';
-  }
+  for (const auto& r : c.ex->requests) c.out += to_line(r);
 }
 
 Reply parse_reply(const std::string& line) {

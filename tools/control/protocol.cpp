@@ -52,6 +52,12 @@ nlohmann::json error_reply(Errc code, std::string_view message) {
   return {{"ok", false}, {"code", std::string(to_string(code))}, {"error", std::string(message)}};
 }
 
+std::string to_line(const nlohmann::json& message) {
+  std::string line = message.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  line += '\n';
+  return line;
+}
+
 nlohmann::json apply_settings(Pager& pager, const nlohmann::json& assignments) {
   if (!assignments.is_array() || assignments.empty())
     return error_reply(Errc::kBadRequest, "\"set\" must be a non-empty list of \"KEY=VALUE\" strings");

@@ -48,6 +48,10 @@ Errc errc_from(std::string_view code);
 
 nlohmann::json error_reply(Errc code, std::string_view message);
 
+// One message as a line. Never throws: bytes that are not UTF-8 (a command
+// line, a context name, a value the user typed) are replaced, not refused.
+std::string to_line(const nlohmann::json& message);
+
 // The owner-side operations, run on the thread that drives the pager.
 nlohmann::json apply_settings(Pager& pager, const nlohmann::json& assignments);
 nlohmann::json apply_hint(Pager& pager, std::string_view context, std::string_view hint);

@@ -287,7 +287,13 @@ struct ControlServer::Impl {
         if (re & (POLLIN | POLLHUP | POLLERR)) receive(c);
         if (re & POLLOUT) flush(c);
       }
-      for (Client& c : clients) step(c);
+      for (Client& c : clients) {
+        try {
+          step(c);
+        } catch (const std::exception&) {  // e.g. out of memory: drop this client, keep serving
+          c.broken = true;
+        }
+      }
       clients.remove_if([](const Client& c) {
         bool done = c.broken || (!c.reading && !c.job && c.out.empty());
         if (done) close(c.fd);
@@ -328,7 +334,7 @@ struct ControlServer::Impl {
   // Best effort, for a reply before closing.
   void send_now(Client& c, json reply) {
     reply["pid"] = pid;
-    std::string text = reply.dump() + "\n";
+    std::string text = to_line(reply);
     [[maybe_unused]] ssize_t n = send(c.fd, text.data(), text.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
   }
 
@@ -361,8 +367,7 @@ struct ControlServer::Impl {
 
   void reply(Client& c, json r) {
     r["pid"] = pid;
-    c.out += r.dump();
-    c.out += '\n';
+    c.out += to_line(r);
     served.fetch_add(1, std::memory_order_relaxed);
   }
 
