@@ -5,8 +5,10 @@
 //   none      no control server (the baseline);
 //   idle      a ControlServer, and the owner calls service() every 1024
 //             accesses as a real owner loop would;
-//   hammered  the same, while a client thread sends stats requests as fast
-//             as it can, each on a new connection (what `kvpager status` does);
+//   paced     the same, while a client thread sends 1000 stats requests a
+//             second, each on a new connection (what `kvpager status` does;
+//             `kvpager top` sends one a second);
+//   hammered  the same, with the client sending as fast as it can;
 //   elsewhere the control: the same client load against the control server
 //             of another pager in the process, none on the measured one. What
 //             hammered costs beyond elsewhere is due to serving this pager;
@@ -42,7 +44,7 @@ constexpr uint32_t kChunks = 1u << 20;
 constexpr uint64_t kChunk = 64 * KiB;
 constexpr uint32_t kServiceEvery = 1024;  // accesses between two service() calls
 
-enum Mode : int64_t { kNone = 0, kIdle = 1, kHammered = 2, kElsewhere = 3 };
+enum Mode : int64_t { kNone = 0, kIdle = 1, kHammered = 2, kElsewhere = 3, kPaced = 4 };
 
 // Pins the calling thread to one CPU (threads it creates inherit it). False
 // when the machine has a single CPU or pinning is not allowed.
@@ -98,10 +100,15 @@ void BM_AccessWithControl(benchmark::State& state) {
     opt.device = "null mover";
     server = std::make_unique<control::ControlServer>(opt, served);
   }
-  if (mode == kHammered || mode == kElsewhere) {
+  if (mode == kHammered || mode == kElsewhere || mode == kPaced) {
     client = std::thread([&, path = server->socket_path()] {
       const nlohmann::json req = {{"op", "stats"}};
+      auto next = std::chrono::steady_clock::now();
       while (!stop.load(std::memory_order_relaxed)) {
+        if (mode == kPaced) {
+          next += std::chrono::milliseconds(1);
+          std::this_thread::sleep_until(next);
+        }
         if (control::call(path, req, std::chrono::seconds(5)).ok()) answered.fetch_add(1, std::memory_order_relaxed);
         else failed.fetch_add(1, std::memory_order_relaxed);
       }
@@ -127,10 +134,16 @@ void BM_AccessWithControl(benchmark::State& state) {
   if (pager.stats().faults != kChunks) state.SkipWithError("not all accesses were hits");
   if (failed.load() > 0) state.SkipWithError("stats requests failed");
   state.counters["stats_req_per_s"] = static_cast<double>(answered.load()) / seconds;
-  static const char* const kNames[] = {"none", "idle", "hammered", "elsewhere"};
+  static const char* const kNames[] = {"none", "idle", "hammered", "elsewhere", "paced"};
   state.SetLabel(std::string(kNames[mode]) + (pinned ? "" : " (not pinned)"));
 }
-BENCHMARK(BM_AccessWithControl)->Arg(kNone)->Arg(kIdle)->Arg(kHammered)->Arg(kElsewhere)->Unit(benchmark::kNanosecond);
+BENCHMARK(BM_AccessWithControl)
+    ->Arg(kNone)
+    ->Arg(kIdle)
+    ->Arg(kPaced)
+    ->Arg(kHammered)
+    ->Arg(kElsewhere)
+    ->Unit(benchmark::kNanosecond);
 
 }  // namespace
 }  // namespace kvpager
