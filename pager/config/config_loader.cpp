@@ -104,7 +104,12 @@ void ConfigLoader::load_env(char** envp) {
     std::string_view name = entry.substr(0, eq);
     if (name == kConfigFileVar) continue;
     const Knob* k = find_knob(name);
-    if (!k || k->env_name() != name) unknown(name, "environment", &Knob::env_name);
+    if (!k || k->env_name() != name) {
+      // The environment is shared with other tools and scripts: an unknown
+      // variable is reported, not fatal (a file key or flag typo is an error).
+      warnings_.push_back(fmt::format("environment: {} is not a kvpager setting; ignored (see `kvpager config knobs`)", name));
+      continue;
+    }
     set(name, entry.substr(eq + 1), ConfigSource::kEnv, std::string(name));
   }
 }

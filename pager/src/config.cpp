@@ -16,6 +16,8 @@ std::string_view to_string(PolicyKind p) {
     case PolicyKind::kLru: return "lru";
     case PolicyKind::kClock: return "clock";
     case PolicyKind::kCost: return "cost";
+    case PolicyKind::kPrefix: return "prefix";
+    case PolicyKind::kS3Fifo: return "s3fifo";
   }
   return "?";
 }
@@ -177,8 +179,10 @@ struct UintKnob {
   }
 };
 
-// Doubles in [Lo, Hi]; LoOpen excludes Lo.
-template <auto M, double Lo, double Hi, bool LoOpen>
+// Doubles in [Lo, Hi]; LoOpen excludes Lo. The bounds are whole numbers
+// (template arguments of type double need clang >= 18; clang 14 builds the
+// fuzz targets).
+template <auto M, int Lo, int Hi, bool LoOpen>
 struct DoubleKnob {
   static std::optional<std::string> parse(Config& c, std::string_view v) {
     auto n = parse_number(v);
@@ -189,8 +193,8 @@ struct DoubleKnob {
   static std::string range() { return fmt::format("{}{}..{}", LoOpen ? "> " : "", Lo, Hi); }
   static std::string format(const Config& c) { return fmt::format("{}", c.*M); }
   static std::optional<std::string> check(const Config& c) {
-    double v = c.*M;
-    if (!(v <= Hi) || (LoOpen ? !(v > Lo) : !(v >= Lo))) return fmt::format("out of range: allowed {}", range());
+    const double v = c.*M, lo = Lo, hi = Hi;
+    if (!(v <= hi) || (LoOpen ? !(v > lo) : !(v >= lo))) return fmt::format("out of range: allowed {}", range());
     return std::nullopt;
   }
 };
@@ -241,8 +245,10 @@ struct EnumKnob {
   }
 };
 
-constexpr std::array<std::pair<PolicyKind, std::string_view>, 3> kPolicyNames{
-    {{PolicyKind::kLru, "lru"}, {PolicyKind::kClock, "clock"}, {PolicyKind::kCost, "cost"}}};
+constexpr std::array<std::pair<PolicyKind, std::string_view>, 5> kPolicyNames{
+    {{PolicyKind::kLru, "lru"}, {PolicyKind::kClock, "clock"}, {PolicyKind::kCost, "cost"},
+     // replay issue: prefix-aware (chain tails first) and S3-FIFO (frequency)
+     {PolicyKind::kPrefix, "prefix"}, {PolicyKind::kS3Fifo, "s3fifo"}}};
 constexpr std::array<std::pair<std::string_view, std::string_view>, 6> kLogLevels{
     {{"trace", "trace"}, {"debug", "debug"}, {"info", "info"}, {"warn", "warn"}, {"error", "error"}, {"off", "off"}}};
 
@@ -320,14 +326,15 @@ const Knob kKnobs[] = {
     make<BytesKnob<&Config::nvme_capacity, 64 * KiB, kMaxBytes, true, false>>(
         "nvme_capacity", KnobType::kBytes, true, "0 (unlimited) or 64K..64P",
         "Bytes the NVMe tier may hold; when full, chunks stay in host RAM."),
-    make<DoubleKnob<&Config::high_watermark, 0.0, 1.0, true>>(
+    make<DoubleKnob<&Config::high_watermark, 0, 1, true>>(
         "high_watermark", KnobType::kFraction, true, "a fraction > 0..1, above low_watermark",
         "Occupancy of a tier (fraction of its capacity) that starts eviction from it."),
-    make<DoubleKnob<&Config::low_watermark, 0.0, 1.0, false>>(
+    make<DoubleKnob<&Config::low_watermark, 0, 1, false>>(
         "low_watermark", KnobType::kFraction, true, "a fraction 0..1, below high_watermark",
         "Occupancy at which eviction stops."),
-    make<EnumKnob<&Config::eviction_policy, kPolicyNames>>("eviction_policy", KnobType::kPolicy, true, "lru, clock, cost",
-                     "Victim choice: LRU, CLOCK (second chance), or cost-aware (lowest heat x restore cost)."),
+    make<EnumKnob<&Config::eviction_policy, kPolicyNames>>("eviction_policy", KnobType::kPolicy, true, "lru, clock, cost, prefix, s3fifo",
+                     "Victim choice: LRU, CLOCK (second chance), cost-aware (lowest heat x restore cost), "
+                     "prefix-aware (sequence tails first, chunks used 3+ times protected) or S3-FIFO (small/main FIFOs + ghost)."),
     make<UintKnob<&Config::cost_sample, 1, 1024>>(
         "cost_sample", KnobType::kUint, true, "1..1024",
         "Candidates from the cold end the cost-aware policy compares per victim."),
@@ -337,7 +344,7 @@ const Knob kKnobs[] = {
     make<UintKnob<&Config::prefetch_depth, 1, 256>>(
         "prefetch_depth", KnobType::kUint, true, "1..256",
         "How far ahead: chunks for sequential, launches for correlation."),
-    make<DoubleKnob<&Config::prefetch_waste_ceiling, 0.0, 1.0, true>>(
+    make<DoubleKnob<&Config::prefetch_waste_ceiling, 0, 1, true>>(
         "prefetch_waste_ceiling", KnobType::kFraction, true, "a fraction > 0..1",
         "A prefetcher whose wasted/(used+wasted) bytes exceed this is throttled."),
     make<DurationKnob<&Config::spill_idle_ns, 0, 24 * kHour>>(
@@ -351,14 +358,14 @@ const Knob kKnobs[] = {
     make<BytesKnob<&Config::sim_hbm_capacity, 64 * KiB, 1024 * GiB, false, false>>(
         "sim.hbm_capacity", KnobType::kBytes, false, "64K..1T",
         "Simulated device: size of its HBM (the budget cannot exceed it)."),
-    make<DoubleKnob<&Config::sim_pcie_gbps, 0.0, 10000.0, true>>(
+    make<DoubleKnob<&Config::sim_pcie_gbps, 0, 10000, true>>(
         "sim.pcie_gbps", KnobType::kDouble, false, "> 0..10000",
         "Simulated device: HBM<->host bandwidth per direction, GB/s."),
     make<DurationKnob<&Config::sim_pcie_latency_ns, 0, 1'000'000'000>>(
         "sim.pcie_latency", KnobType::kDuration, false, "0..1s", "Simulated device: HBM<->host latency per move."),
-    make<DoubleKnob<&Config::sim_nvme_read_gbps, 0.0, 10000.0, true>>(
+    make<DoubleKnob<&Config::sim_nvme_read_gbps, 0, 10000, true>>(
         "sim.nvme_read_gbps", KnobType::kDouble, false, "> 0..10000", "Simulated device: NVMe read bandwidth, GB/s."),
-    make<DoubleKnob<&Config::sim_nvme_write_gbps, 0.0, 10000.0, true>>(
+    make<DoubleKnob<&Config::sim_nvme_write_gbps, 0, 10000, true>>(
         "sim.nvme_write_gbps", KnobType::kDouble, false, "> 0..10000", "Simulated device: NVMe write bandwidth, GB/s."),
     make<DurationKnob<&Config::sim_nvme_latency_ns, 0, 1'000'000'000>>(
         "sim.nvme_latency", KnobType::kDuration, false, "0..1s", "Simulated device: NVMe latency per move."),

@@ -1,5 +1,8 @@
 #include "kvpager/policy.h"
 
+#include "kvpager/policy_prefix.h"
+#include "kvpager/policy_s3fifo.h"
+
 #include <algorithm>
 #include <limits>
 
@@ -100,6 +103,8 @@ std::unique_ptr<EvictionPolicy> make_policy(PolicyKind kind, const Config& cfg, 
     case PolicyKind::kLru: return std::make_unique<LruPolicy>();
     case PolicyKind::kClock: return std::make_unique<ClockPolicy>();
     case PolicyKind::kCost: return std::make_unique<CostAwarePolicy>(cfg.cost_sample, costs);
+    case PolicyKind::kPrefix: return std::make_unique<PrefixAwarePolicy>();
+    case PolicyKind::kS3Fifo: return std::make_unique<S3FifoPolicy>();
   }
   return nullptr;
 }

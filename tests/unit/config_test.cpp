@@ -165,7 +165,10 @@ TEST(Config, UnknownNamesAreErrorsNotSilence) {
   EXPECT_THROW(loader.set("hbm_budgte", "1G", ConfigSource::kCli, "--set"), ConfigError);
   std::string var = "KVPAGER_HBM_BUDGTE=1G";
   char* env[] = {var.data(), nullptr};
-  EXPECT_THROW(loader.load_env(env), ConfigError);
+  loader.load_env(env);  // the environment is shared: reported, not fatal
+  ASSERT_EQ(loader.warnings().size(), 1u);
+  EXPECT_NE(loader.warnings()[0].find("KVPAGER_HBM_BUDGTE"), std::string::npos);
+  EXPECT_EQ(loader.config().hbm_budget, Config{}.hbm_budget);
   TempFile f("hbm_budgte = \"1G\"\n");
   EXPECT_THROW(loader.load_file(f.path()), ConfigError);
   TempFile syntax("hbm_budget = \n");

@@ -156,8 +156,8 @@ class Demo {
 class ControlCli : public ::testing::Test {
  protected:
   void SetUp() override {
-    // ctest sets KVPAGER_SRC for the tests; kvpager refuses unknown
-    // KVPAGER_* variables, so the processes started here must not see it.
+    // ctest sets KVPAGER_SRC for the tests; kvpager warns about unknown
+    // KVPAGER_* variables, which the processes started here need not see.
     unsetenv("KVPAGER_SRC");
     runtime_ = tmp_.path() + "/run";
     setenv("KVPAGER_RUNTIME_DIR", runtime_.c_str(), 1);  // inherited by every child

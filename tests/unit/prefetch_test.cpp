@@ -201,7 +201,8 @@ TEST(PrefetchMechanism, APrefetcherThatWastesIsThrottled) {
     }
   }
   rig.pager->drain();
-  const PrefetcherStats& p = rig.pager->stats().prefetchers.at(0);
+  const StatsSnapshot snap = rig.pager->stats();
+  const PrefetcherStats& p = snap.prefetchers.at(0);
   EXPECT_GT(p.wasted_bytes, p.used_bytes);
   EXPECT_GE(p.throttle_events, 1u);
   EXPECT_EQ(rig.pager->audit(), "");

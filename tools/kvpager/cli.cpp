@@ -5,6 +5,12 @@
 
 namespace kvpager::cli {
 
+ConfigLoader Globals::loader() const {
+  ConfigLoader l = ConfigLoader::standard(config_file, sets);
+  for (const auto& w : l.warnings()) fmt::print(stderr, "kvpager: warning: {}\n", w);
+  return l;
+}
+
 void add_global_options(CLI::App& app, Globals& g) {
   app.add_option("--config", g.config_file, "TOML configuration file (default: $KVPAGER_CONFIG)")
       ->check(CLI::ExistingFile);

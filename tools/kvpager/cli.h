@@ -32,8 +32,10 @@ struct Globals {
   std::vector<std::string> sets;  // KEY=VALUE from --set and the per-knob flags, in order
   int exit_code = kExitOk;        // set by a subcommand that wants a non-zero status
 
-  // defaults < file < environment < command line, validated.
-  ConfigLoader loader() const { return ConfigLoader::standard(config_file, sets); }
+  // defaults < file < environment < command line. Prints the loader's
+  // warnings (unknown KVPAGER_* variables) to stderr.
+  ConfigLoader loader() const;
+  // The same, validated.
   Config config() const { return loader().finish(); }
 };
 
@@ -43,6 +45,7 @@ void add_global_options(CLI::App& app, Globals& g);
 
 void add_config_command(CLI::App& app, Globals& g);
 void add_demo_command(CLI::App& app, Globals& g);
+void add_replay_command(CLI::App& app, Globals& g);
 // Live control (issue 4): status, top, tune, hint, run.
 void add_status_commands(CLI::App& app, Globals& g);
 void add_tune_commands(CLI::App& app, Globals& g);

@@ -96,7 +96,7 @@ void print_summary(const demo::DemoResult& r, double wall_s) {
                cap, ts.chunks);
   }
   fmt::print("\nAccesses  {}  hits {}  faults {}  hit rate {}\n", s.accesses, s.hits, s.faults, pct(s.hit_rate()));
-  fmt::print("  faults served from: host {}, nvme {}, first touch {}, in flight {}\n",
+  fmt::print("  faults served from: host {}, nvme {}, first touch {}, late prefetch (still in flight) {}\n",
              s.faults_from[index(Tier::kHost)], s.faults_from[index(Tier::kNvme)],
              s.faults_from[index(Tier::kUnpopulated)], s.faults_from[index(Tier::kHbm)]);
   fmt::print("\nMoves\n");

@@ -130,15 +130,21 @@ void status_one(const Globals& g, pid_t pid, bool as_json) {
   control::Endpoint e = choose_one(live, pid, "");
   control::Exchange ex{e.socket, {{{"op", "stats"}}, {{"op", "config"}}, {{"op", "contexts"}}}, {}};
   control::exchange_all(std::span(&ex, 1), control::kDefaultTimeout);
-  for (const auto& r : ex.replies)
-    if (!r.ok()) throw RuntimeError(fmt::format("pid {}: {}", e.pid, r.error));
+  for (size_t i = 0; i < 2; ++i)
+    if (!ex.replies[i].ok()) throw RuntimeError(fmt::format("pid {}: {}", e.pid, ex.replies[i].error));
+  // The context list needs the pager's own thread; if it is busy, show the
+  // rest and say so.
+  const control::Reply& ctx = ex.replies[2];
+  if (!ctx.ok()) fmt::print(stderr, "kvpager: pid {}: no context list: {}\n", e.pid, ctx.error);
+  const json& contexts = ctx.ok() ? field(ctx.body, "contexts") : json::array();
   if (as_json) {
     json out = strip(ex.replies[0].body);
     out["config"] = field(ex.replies[1].body, "config");
-    out["contexts"] = field(ex.replies[2].body, "contexts");
+    out["contexts"] = contexts;
+    if (!ctx.ok()) out["contexts_error"] = ctx.error;
     fmt::print("{}\n", out.dump(2));
   } else {
-    print_details(ex.replies[0].body, field(ex.replies[1].body, "config"), field(ex.replies[2].body, "contexts"));
+    print_details(ex.replies[0].body, field(ex.replies[1].body, "config"), contexts);
   }
 }
 

@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   cli::add_global_options(app, g);
   cli::add_config_command(app, g);
   cli::add_demo_command(app, g);
+  cli::add_replay_command(app, g);
   cli::add_control_commands(app, g);
   try {
     app.parse(argc, argv);

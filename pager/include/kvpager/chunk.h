@@ -71,10 +71,12 @@ struct Chunk {
   bool pinned : 1 = false;
   bool in_policy : 1 = false;
   bool referenced : 1 = false;  // CLOCK's second-chance bit
+  bool hot : 1 = false;         // segmented policies: in S3-FIFO's main / prefix's protected segment
 
   bool in_flight() const { return target != tier; }
   bool resting() const { return target == tier; }
 };
+static_assert(sizeof(Chunk) <= 48, "Chunk is on the hot path: keep it within 48 bytes");
 
 // The legal transitions, as the table above. Returns kOk if `kind` may start
 // on `c` toward `to`; kBusy if it is in flight, or pinned and the move would

@@ -20,7 +20,8 @@ inline constexpr uint64_t MiB = 1024 * KiB;
 inline constexpr uint64_t GiB = 1024 * MiB;
 inline constexpr uint64_t TiB = 1024 * GiB;
 
-enum class PolicyKind : uint8_t { kLru, kClock, kCost };
+// kPrefix and kS3Fifo: added by the replay issue (prefix-aware, S3-FIFO).
+enum class PolicyKind : uint8_t { kLru, kClock, kCost, kPrefix, kS3Fifo };
 std::string_view to_string(PolicyKind p);
 
 // Prefetchers are a set; each bit enables one.

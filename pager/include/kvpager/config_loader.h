@@ -2,8 +2,9 @@
 //   defaults  <  TOML file (--config FILE or $KVPAGER_CONFIG)  <  KVPAGER_* environment  <  command line
 // and remembers where every value came from (`kvpager config show`).
 // Errors throw ConfigError naming the source, the knob, the value and what is
-// allowed. Unknown keys and unknown KVPAGER_* variables are errors: a typo
-// must not silently leave a default in place.
+// allowed. Unknown file keys and flags are errors: a typo must not silently
+// leave a default in place. Unknown KVPAGER_* variables become warnings() (the
+// environment is shared with other tools), which the caller must show.
 #pragma once
 
 #include <string>
@@ -50,11 +51,13 @@ class ConfigLoader {
   Config finish() const;
   const KnobOrigin& origin(const Knob& k) const;
   std::string file() const { return file_; }
+  const std::vector<std::string>& warnings() const { return warnings_; }
 
  private:
   Config cfg_;
   std::vector<KnobOrigin> origins_;  // parallel to knobs()
   std::string file_;
+  std::vector<std::string> warnings_;
 };
 
 }  // namespace kvpager

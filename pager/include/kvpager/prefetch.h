@@ -4,6 +4,13 @@
 // chunk to its prefetcher, counts issued / used / wasted bytes and throttles a
 // prefetcher whose waste ratio passes the configured ceiling. Heuristics stay
 // out of the mechanism, as in the UVM driver's uvm_perf_prefetch.c.
+//
+// Events delivered: faults, prefetch hits (the first access to a chunk a
+// prefetcher staged: the readahead marker of Linux, so a stream keeps its
+// window ahead without every hit paying for a call), launches and hints. Plain
+// hits on resident chunks are not delivered (they are the hot path: the pager
+// only touches the policy); move completions drive the mechanism (queued
+// prefetches are issued as room appears) rather than the heuristics.
 #pragma once
 
 #include <cstdint>
@@ -37,6 +44,15 @@ struct HintEvent {
   HintKind kind;
 };
 
+// A turn of a context began (a request of it arrived) or ended (it finished
+// and the context went idle). Drives prestaging. `kvpager replay` emits these;
+// the pager does not yet (it has no notion of turns without engine hints).
+struct TurnEvent {
+  ContextId ctx;
+  uint64_t now_ns;
+  bool start;
+};
+
 class PrefetchSink {
  public:
   virtual ~PrefetchSink() = default;
@@ -55,6 +71,10 @@ class Prefetcher {
   virtual void on_fault(const FaultEvent&, PrefetchSink&) {}
   virtual void on_launch(const LaunchEvent&, PrefetchSink&) {}
   virtual void on_hint(const HintEvent&, PrefetchSink&) {}
+  virtual void on_turn(const TurnEvent&, PrefetchSink&) {}
+  // Time passed; now_ns is the caller's clock. Lets a prefetcher act between
+  // events (prestaging during the gap between turns).
+  virtual void on_tick(uint64_t /*now_ns*/, PrefetchSink&) {}
   // A live change of prefetch_depth and friends.
   virtual void configure(const Config&) {}
 };
