@@ -58,7 +58,6 @@ class Serving {
     }
   }
   const std::string& socket() const { return server_->socket_path(); }
-  void service() { server_->service(pager_); }
   // Waits out the rest of this turn's slot.
   void pace(std::chrono::steady_clock::time_point turn_start) {
     using namespace std::chrono;
