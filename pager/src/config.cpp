@@ -355,6 +355,10 @@ const Knob kKnobs[] = {
         "NVMe tier directory. Empty: $XDG_CACHE_HOME/kvpager, else /var/tmp/kvpager."),
     make<EnumKnob<&Config::log_level, kLogLevels>>("log_level", KnobType::kString, true, "trace, debug, info, warn, error, off",
                        "Logging threshold."),
+    // --- token store (fusefs/store) ---
+    make<UintKnob<&Config::store_queue_depth, 1, 4096>>(
+        "store.queue_depth", KnobType::kUint, false, "1..4096",
+        "Token store: I/Os in flight per handle (io_uring queue depth and registered buffers of chunk_size)."),
     make<BytesKnob<&Config::sim_hbm_capacity, 64 * KiB, 1024 * GiB, false, false>>(
         "sim.hbm_capacity", KnobType::kBytes, false, "64K..1T",
         "Simulated device: size of its HBM (the budget cannot exceed it)."),

@@ -136,7 +136,7 @@ TEST(Readme, KnobTableIsTheGeneratedOne) {
   auto r = run_process({kBin, "config", "knobs", "--markdown"});
   ASSERT_EQ(r.exit_code, 0);
   EXPECT_EQ(readme.substr(b + begin.size(), e - b - begin.size()), r.out)
-      << "README's knob table is stale: paste the output of `kvpager config knobs --markdown` between the markers";
+      << "README's knob table is stale: run scripts/readme-knobs";
 }
 
 TEST(Readme, DocumentsEveryKnob) {

@@ -58,6 +58,9 @@ struct Config {
   // "" = $XDG_RUNTIME_DIR/kvpager, else /run/kvpager (/tmp/kvpager-<uid> when not writable).
   std::string runtime_dir;
 
+  // --- token store (fixed at start) ---
+  uint32_t store_queue_depth = 32;  // I/Os in flight per store handle (and registered buffers)
+
   // --- simulated device (the host mover's cost model; fixed at start) ---
   uint64_t sim_hbm_capacity = 256 * MiB;  // size of the simulated card
   double sim_pcie_gbps = 25.0;            // HBM <-> host, each direction, GB/s

@@ -1,0 +1,392 @@
+// kvpager store put|get|ls|rm|fsck|bench: the NVMe token store from the
+// command line. put/get are also how a context moves between machines:
+// `store get` on one, copy the file, `store put` on the other.
+#include <fcntl.h>
+#include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <ctime>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+
+#include "cli.h"
+#include "kvpager/store/token_store.h"
+
+namespace kvpager::cli {
+
+namespace {
+
+using store::TokenStore;
+
+struct StoreArgs {
+  std::string dir;  // --store; "" = store_dir from the configuration
+  std::string ns;   // --namespace
+  // put
+  std::string file;
+  std::string context;
+  bool pin = false;
+  std::string ttl;
+  uint64_t tokens = 0;
+  // get
+  std::string name;
+  std::string out;
+  // ls, fsck, bench
+  bool json = false;
+  bool repair = false;
+  std::string bench_size = "1G";
+  bool bench_copy = false;
+};
+
+std::unique_ptr<TokenStore> open_store(const Globals& g, const StoreArgs& a, bool read_only_ok, bool durable = false) {
+  Config cfg = g.config();
+  store::StoreOptions o = store::StoreOptions::from_config(cfg);
+  if (!a.dir.empty()) o.dir = a.dir;
+  o.durable = durable;
+  try {
+    return std::make_unique<TokenStore>(o);
+  } catch (const ConfigError&) {
+    if (!read_only_ok || access(o.dir.c_str(), F_OK) != 0) throw;
+    o.read_only = true;  // e.g. someone else's store we may only read
+    return std::make_unique<TokenStore>(o);
+  }
+}
+
+// "\r  put 1.25 GiB of 4.00 GiB (1.9 GB/s)" on a terminal, nothing otherwise.
+class Progress {
+ public:
+  Progress(std::string verb, uint64_t total) : verb_(std::move(verb)), total_(total), on_(isatty(STDERR_FILENO)) {}
+  ~Progress() {
+    if (on_ && shown_) fmt::print(stderr, "\r{:60}\r", "");
+  }
+  void update(uint64_t done) {
+    if (!on_) return;
+    auto now = std::chrono::steady_clock::now();
+    if (shown_ && now - last_ < std::chrono::milliseconds(100) && done < total_) return;
+    last_ = now;
+    shown_ = true;
+    double s = std::chrono::duration<double>(now - t0_).count();
+    fmt::print(stderr, "\r  {} {} of {} ({:.2f} GB/s)   ", verb_, human_bytes(static_cast<double>(done)),
+               human_bytes(static_cast<double>(total_)), s > 0 ? static_cast<double>(done) / s / 1e9 : 0.0);
+  }
+
+ private:
+  std::string verb_;
+  uint64_t total_;
+  bool on_;
+  bool shown_ = false;
+  std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now(), last_;
+};
+
+// 90s, 15min, 2h, 3d: idle times and TTLs at a glance.
+std::string short_duration(uint64_t ns) {
+  const uint64_t s = ns / 1'000'000'000;
+  if (s < 120) return fmt::format("{}s", s);
+  if (s < 7200) return fmt::format("{}min", s / 60);
+  if (s < 2 * 86400) return fmt::format("{}h", s / 3600);
+  return fmt::format("{}d", s / 86400);
+}
+
+std::string fail_msg(const TokenStore& s, std::string_view what, Status st) {
+  return fmt::format("{} ({}): {}", what, s.dir(), to_string(st));
+}
+
+std::string when(uint64_t wall_ns) {
+  if (wall_ns == 0) return "-";
+  std::time_t t = static_cast<std::time_t>(wall_ns / 1'000'000'000);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm);
+  return buf;
+}
+
+void cmd_put(const Globals& g, const StoreArgs& a) {
+  store::ContextMeta meta;
+  meta.ns = a.ns;
+  meta.name = a.context;
+  meta.pinned = a.pin;
+  meta.token_count = a.tokens;
+  if (!a.ttl.empty()) {
+    auto ttl = parse_duration_ns(a.ttl);
+    if (!ttl) throw CLI::ValidationError("--ttl", fmt::format("'{}' is not a duration (30s, 10min, 24h)", a.ttl));
+    meta.ttl_ns = *ttl;
+  }
+  if (meta.name.empty() || meta.name.size() > store::kMaxNameBytes)
+    throw CLI::ValidationError("--context", "a name of 1..4096 bytes");
+  int fd = a.file == "-" ? STDIN_FILENO : open(a.file.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) throw RuntimeError(fmt::format("cannot open {}: {}", a.file, std::strerror(errno)));
+  struct stat st{};
+  const uint64_t total = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? static_cast<uint64_t>(st.st_size) : 0;
+
+  auto s = open_store(g, a, false, /*durable=*/true);  // what a user puts by hand survives a power cut
+  const uint64_t chunk = s->options().max_io_bytes;
+  auto w = s->begin_context(meta);
+  std::vector<std::byte> buf(chunk);
+  Progress progress("put", total);
+  uint64_t done = 0;
+  Status status = Status::kOk;
+  for (;;) {
+    size_t have = 0;
+    while (have < chunk) {  // whole chunks, except at the end
+      ssize_t n = read(fd, buf.data() + have, chunk - have);
+      if (n < 0 && errno == EINTR) continue;
+      if (n < 0) {
+        int e = errno;
+        if (fd != STDIN_FILENO) close(fd);
+        throw RuntimeError(fmt::format("reading {}: {}", a.file, std::strerror(e)));
+      }
+      if (n == 0) break;
+      have += static_cast<size_t>(n);
+    }
+    if (have == 0) break;
+    status = w->append(std::span<const std::byte>(buf.data(), have));
+    if (!ok(status)) break;
+    done += have;
+    progress.update(done);
+    if (have < chunk) break;
+  }
+  if (fd != STDIN_FILENO) close(fd);
+  if (ok(status)) status = w->commit();
+  if (!ok(status)) throw RuntimeError(fail_msg(*s, fmt::format("storing context '{}'", a.context), status));
+  fmt::print("stored context '{}': {} in {} chunk(s)\n", a.context, human_bytes(static_cast<double>(done)), w->chunks());
+}
+
+void cmd_get(const Globals& g, const StoreArgs& a) {
+  auto s = open_store(g, a, true);
+  store::Manifest m;
+  Status st = s->read_manifest(a.ns, a.name, &m);
+  if (st == Status::kNotFound) throw RuntimeError(fmt::format("no context '{}' in {}", a.name, s->dir()));
+  if (!ok(st)) throw RuntimeError(fail_msg(*s, fmt::format("reading context '{}'", a.name), st));
+
+  const bool to_stdout = a.out == "-";
+  // Written under a temporary name and renamed: a failed get leaves no
+  // partial FILE behind.
+  const std::string tmp = a.out + ".kvpager-partial";
+  int fd = to_stdout ? STDOUT_FILENO : open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw RuntimeError(fmt::format("cannot create {}: {}", tmp, std::strerror(errno)));
+  Progress progress("get", m.total_bytes());
+  uint64_t done = 0;
+  int werr = 0;
+  st = s->get_context(a.ns, a.name, [&](uint64_t, std::span<const std::byte> p) {
+    size_t off = 0;
+    while (off < p.size()) {
+      ssize_t n = write(fd, p.data() + off, p.size() - off);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) {
+        werr = n < 0 ? errno : EIO;
+        return Status::kIoError;
+      }
+      off += static_cast<size_t>(n);
+    }
+    done += p.size();
+    progress.update(done);
+    return Status::kOk;
+  });
+  if (!to_stdout) {
+    if (close(fd) != 0 && ok(st)) {
+      werr = errno;
+      st = Status::kIoError;
+    }
+    if (ok(st) && rename(tmp.c_str(), a.out.c_str()) != 0) {
+      werr = errno;
+      st = Status::kIoError;
+    }
+    if (!ok(st)) unlink(tmp.c_str());
+  }
+  if (werr) throw RuntimeError(fmt::format("writing {}: {}", a.out, std::strerror(werr)));
+  if (st == Status::kNotFound)
+    throw RuntimeError(fmt::format("context '{}' in {} is incomplete (a chunk is missing); run `kvpager store fsck`",
+                                   a.name, s->dir()));
+  if (!ok(st)) throw RuntimeError(fail_msg(*s, fmt::format("reading context '{}'", a.name), st));
+  if (!to_stdout) fmt::print(stderr, "wrote {} to {}\n", human_bytes(static_cast<double>(done)), a.out);
+}
+
+void cmd_ls(const Globals& g, const StoreArgs& a) {
+  auto s = open_store(g, a, true);
+  auto list = s->list_contexts();
+  const uint64_t now = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                                 std::chrono::system_clock::now().time_since_epoch())
+                                                 .count());
+  if (a.json) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& e : list) {
+      out.push_back({{"name", e.meta.name},
+                     {"namespace", e.meta.ns},
+                     {"bytes", e.bytes},
+                     {"chunks", e.chunks},
+                     {"missing_chunks", e.missing_chunks},
+                     {"token_count", e.meta.token_count},
+                     {"created_ns", e.meta.created_ns},
+                     {"last_access_ns", e.last_access_ns},
+                     {"owner_uid", e.meta.owner_uid},
+                     {"owner_pid", e.meta.owner_pid},
+                     {"pinned", e.meta.pinned},
+                     {"ttl_ns", e.meta.ttl_ns},
+                     {"manifest", e.manifest}});
+    }
+    fmt::print("{}\n", out.dump(2));
+    return;
+  }
+  if (list.empty()) {
+    fmt::print("no contexts in {}\n", s->dir());
+    return;
+  }
+  fmt::print("{:<28} {:<14} {:>11} {:>7} {:>9} {:<19} {:>9} {:<4} {:>8}  {}\n", "NAME", "NAMESPACE", "SIZE", "CHUNKS",
+             "TOKENS", "LAST USE", "IDLE", "PIN", "TTL", "OWNER");
+  uint64_t total = 0;
+  for (const auto& e : list) {
+    total += e.bytes;
+    std::string name = e.meta.name;
+    if (e.missing_chunks) name += " (incomplete)";
+    fmt::print("{:<28} {:<14} {:>11} {:>7} {:>9} {:<19} {:>9} {:<4} {:>8}  uid {} pid {}\n", name,
+               e.meta.ns.empty() ? "-" : e.meta.ns, human_bytes(static_cast<double>(e.bytes)), e.chunks,
+               e.meta.token_count ? fmt::format("{}", e.meta.token_count) : "-", when(e.last_access_ns),
+               short_duration(now > e.last_access_ns ? now - e.last_access_ns : 0),
+               e.meta.pinned ? "yes" : "-", e.meta.ttl_ns ? short_duration(e.meta.ttl_ns) : "-", e.meta.owner_uid,
+               e.meta.owner_pid);
+  }
+  fmt::print("{} context(s), {}; store uses {} on disk\n", list.size(), human_bytes(static_cast<double>(total)),
+             human_bytes(static_cast<double>(s->used_bytes())));
+}
+
+void cmd_rm(const Globals& g, const StoreArgs& a) {
+  auto s = open_store(g, a, false);
+  Status st = s->remove_context(a.ns, a.name);
+  if (st == Status::kNotFound) throw RuntimeError(fmt::format("no context '{}' in {}", a.name, s->dir()));
+  if (!ok(st)) throw RuntimeError(fail_msg(*s, fmt::format("removing context '{}'", a.name), st));
+  fmt::print("removed context '{}'\n", a.name);
+}
+
+void cmd_fsck(const Globals& g, Globals& gm, const StoreArgs& a) {
+  auto s = open_store(g, a, !a.repair);
+  std::optional<Progress> progress;
+  auto report = s->fsck(a.repair, [&](uint64_t done, uint64_t total) {
+    if (!progress) progress.emplace("checked objects", total);
+    progress->update(done);
+  });
+  progress.reset();
+  store::FsckReport after = report;
+  if (a.repair && !report.clean()) after = s->fsck(false);
+  if (a.json) {
+    nlohmann::json out = {{"store", s->dir()},
+                          {"objects_checked", report.objects_checked},
+                          {"bytes_checked", report.bytes_checked},
+                          {"manifests_checked", report.manifests_checked},
+                          {"bad_objects", report.bad_objects},
+                          {"bad_manifests", report.bad_manifests},
+                          {"missing_objects", report.missing_objects},
+                          {"orphan_objects", report.orphan_objects},
+                          {"leftovers", report.leftovers},
+                          {"removed", report.removed},
+                          {"problems", report.problems},
+                          {"clean_after", after.clean()}};
+    fmt::print("{}\n", out.dump(2));
+  } else {
+    const size_t shown = std::min<size_t>(report.problems.size(), 50);
+    for (size_t i = 0; i < shown; ++i) fmt::print("{}\n", report.problems[i]);
+    if (report.problems.size() > shown) fmt::print("... and {} more\n", report.problems.size() - shown);
+    fmt::print("{}: {} object(s) ({}) and {} manifest(s) checked: {} bad object(s), {} bad manifest(s), {} missing, "
+               "{} orphan(s), {} dead writer(s){}\n",
+               s->dir(), report.objects_checked, human_bytes(static_cast<double>(report.bytes_checked)),
+               report.manifests_checked, report.bad_objects, report.bad_manifests, report.missing_objects,
+               report.orphan_objects, report.leftovers, a.repair ? fmt::format("; {} file(s) removed", report.removed) : "");
+    if (!after.clean())
+      fmt::print("{} problem(s) remain{}\n", after.problems.size(), a.repair ? "" : " (kvpager store fsck --repair removes them)");
+  }
+  // Young orphans (a context being published right now) are not damage.
+  const bool damaged = std::any_of(after.problems.begin(), after.problems.end(),
+                                   [](const std::string& p) { return p.find("(young") == std::string::npos; });
+  if (damaged) gm.exit_code = kExitRuntime;
+}
+
+void cmd_bench(const Globals& g, const StoreArgs& a) {
+  auto size = parse_bytes(a.bench_size);
+  if (!size || *size == 0) throw CLI::ValidationError("--size", fmt::format("'{}' is not a byte size", a.bench_size));
+  auto s = open_store(g, a, false);
+  store::BenchOptions o;
+  o.total_bytes = *size;
+  o.block_bytes = s->options().max_io_bytes;
+  o.copy = a.bench_copy;
+  store::BenchResult r;
+  Status st = s->bench(o, &r);
+  if (!ok(st)) throw RuntimeError(fail_msg(*s, "bench", st));
+  store::StoreStats ss = s->stats();
+  if (a.json) {
+    nlohmann::json out = {{"store", s->dir()},
+                          {"bytes", r.bytes},
+                          {"block_bytes", o.block_bytes},
+                          {"queue_depth", s->options().queue_depth},
+                          {"objects", r.objects},
+                          {"copy", o.copy},
+                          {"write_s", r.write_s},
+                          {"rewrite_s", r.rewrite_s},
+                          {"rewrite_gbps", r.rewrite_gbps()},
+                          {"read_s", r.read_s},
+                          {"write_gbps", r.write_gbps()},
+                          {"read_gbps", r.read_gbps()},
+                          {"engine", ss.engine},
+                          {"registered_buffers", ss.registered_buffers},
+                          {"direct_io", ss.direct_io}};
+    fmt::print("{}\n", out.dump(2));
+    return;
+  }
+  fmt::print("{}: {} in {} objects of {}, queue depth {}, {}{}{}{}\n", s->dir(), human_bytes(static_cast<double>(r.bytes)),
+             r.objects, human_bytes(static_cast<double>(o.block_bytes)), s->options().queue_depth, ss.engine,
+             ss.registered_buffers ? ", registered buffers" : "", ss.direct_io ? ", O_DIRECT" : ", buffered",
+             o.copy ? ", copying through caller memory" : "");
+  fmt::print("  write   {:.2f} GB/s ({:.2f} s)  new keys\n  rewrite {:.2f} GB/s ({:.2f} s)  the same keys again\n"
+             "  read    {:.2f} GB/s ({:.2f} s)\n",
+             r.write_gbps(), r.write_s, r.rewrite_gbps(), r.rewrite_s, r.read_gbps(), r.read_s);
+}
+
+}  // namespace
+
+void add_store_command(CLI::App& app, Globals& g) {
+  static StoreArgs a;
+  auto* cmd = app.add_subcommand("store",
+                                 "The NVMe token store: put, get, list, remove and check contexts; measure the disk path.\n"
+                                 "`store get` here and `store put` there moves a context between machines.");
+  cmd->require_subcommand(1);
+  cmd->fallthrough();
+  cmd->add_option("--store", a.dir, "Store directory (default: store_dir from the configuration)");
+  cmd->add_option("--namespace", a.ns, "Namespace of the context (model / tenant salt)");
+
+  auto* put = cmd->add_subcommand("put", "Store FILE (or - for stdin) as a context");
+  put->add_option("FILE", a.file, "File to store")->required()->check(CLI::ExistingFile | CLI::IsMember({"-"}));
+  put->add_option("--context", a.context, "Context name")->required();
+  put->add_flag("--pin", a.pin, "Never drop it for capacity or TTL");
+  put->add_option("--ttl", a.ttl, "Drop it once idle this long (30s, 10min, 24h)");
+  put->add_option("--tokens", a.tokens, "Token count, when known");
+  put->callback([&g] { cmd_put(g, a); });
+
+  auto* get = cmd->add_subcommand("get", "Write context NAME to FILE (or - for stdout)");
+  get->add_option("NAME", a.name, "Context name")->required();
+  get->add_option("FILE", a.out, "Output file")->required();
+  get->callback([&g] { cmd_get(g, a); });
+
+  auto* ls = cmd->add_subcommand("ls", "List the contexts");
+  ls->add_flag("--json", a.json, "Print JSON");
+  ls->callback([&g] { cmd_ls(g, a); });
+
+  auto* rm = cmd->add_subcommand("rm", "Remove context NAME");
+  rm->add_option("NAME", a.name, "Context name")->required();
+  rm->callback([&g] { cmd_rm(g, a); });
+
+  auto* fsck = cmd->add_subcommand("fsck", "Verify every checksum and manifest; exit 1 if something is damaged");
+  fsck->add_flag("--repair", a.repair, "Remove bad objects, broken contexts, old orphans and dead writers' leftovers");
+  fsck->add_flag("--json", a.json, "Print JSON");
+  fsck->callback([&g] { cmd_fsck(g, g, a); });
+
+  auto* bench = cmd->add_subcommand("bench", "Write, rewrite and read chunk_size objects at the queue depth (the movers' path)");
+  bench->add_option("--size", a.bench_size, "Bytes to write and read")->capture_default_str();
+  bench->add_flag("--copy", a.bench_copy, "Through caller memory (a memcpy per object) instead of registered buffers");
+  bench->add_flag("--json", a.json, "Print JSON");
+  bench->callback([&g] { cmd_bench(g, a); });
+}
+
+}  // namespace kvpager::cli
