@@ -376,6 +376,11 @@ const Knob kKnobs[] = {
     make<DurationKnob<&Config::sim_fault_ns, 0, 1'000'000'000>>(
         "sim.fault_cost", KnobType::kDuration, false, "0..1s",
         "Simulated device: extra time a demand fault costs over a prefetch."),
+    // --- live control (issue 4: tools/control, kvpager status/top/tune) ---
+    make<StringKnob<&Config::runtime_dir>>(
+        "runtime_dir", KnobType::kString, false, "a directory path",
+        "Where each pager's control socket lives (one per process, named by pid; mode 0700). Empty: "
+        "$XDG_RUNTIME_DIR/kvpager, else /run/kvpager; /tmp/kvpager-<uid> when that is not writable."),
 };
 
 }  // namespace

@@ -45,6 +45,7 @@ const std::map<std::string, Sample> kSamples = {
     {"sim.nvme_latency", {"100us", "forever"}},
     {"sim.fault_cost", {"50us", "5"}},
     {"store.queue_depth", {"64", "0"}},
+    {"runtime_dir", {"/run/user/1000/kvpager", std::string("a\0b", 3)}},
 };
 
 TEST(Config, EveryKnobHasASampleInThisTest) {

@@ -47,6 +47,15 @@ void add_config_command(CLI::App& app, Globals& g);
 void add_demo_command(CLI::App& app, Globals& g);
 void add_replay_command(CLI::App& app, Globals& g);
 void add_store_command(CLI::App& app, Globals& g);
+// Live control (issue 4): status, top, tune, hint, run.
+void add_status_commands(CLI::App& app, Globals& g);
+void add_tune_commands(CLI::App& app, Globals& g);
+void add_run_command(CLI::App& app, Globals& g);
+inline void add_control_commands(CLI::App& app, Globals& g) {
+  add_status_commands(app, g);
+  add_tune_commands(app, g);
+  add_run_command(app, g);
+}
 
 // Whether a CUDA device is usable here: loads libcuda.so.1 (if present) and
 // asks it. Never links against CUDA. `why` says what was found.

@@ -1,15 +1,21 @@
 // kvpager demo: the main job on a machine without a GPU. Agent sessions whose
 // total KV is a multiple of the HBM budget run on the simulated device; the
 // summary shows where the chunks live, the hit rate, prefetch accuracy and
-// the time spent stalled.
+// the time spent stalled. With --serve it keeps running, serving the control
+// socket, so `kvpager status/top/tune/hint` can be tried on it.
 #include <fmt/format.h>
+#include <signal.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <memory>
+#include <thread>
 
 #include "cli.h"
 #include "common/stats_json.h"
+#include "control/runtime_dir.h"
+#include "control/server.h"
 #include "demo/demo_workload.h"
 #include "kvpager/store/token_store.h"
 
@@ -21,6 +27,59 @@ struct DemoArgs {
   demo::DemoOptions opt;
   bool json = false;
   bool no_hints = false;
+  bool serve = false;
+  uint32_t pace_ms = 250;
+  CLI::Option* turns = nullptr;  // given on the command line?
+};
+
+std::atomic<bool> g_stop{false};
+void on_stop_signal(int) { g_stop.store(true); }
+
+// --serve: the control socket, and the pace that lets a human watch. Between
+// turns virtual time keeps flowing with the wall clock, so the pager's
+// background work (finishing moves, keeping the watermarks after a live
+// budget cut, spilling idle contexts) goes on while the workload waits.
+class Serving {
+ public:
+  Serving(const Config& cfg, Pager& pager, SimDevice& dev, uint32_t pace_ms) : pager_(pager), dev_(dev), pace_(pace_ms) {
+    control::RuntimeDir rd = control::resolve_runtime_dir(cfg, control::DirUse::kServe);
+    if (!rd.note.empty()) fmt::print(stderr, "kvpager demo: runtime_dir: {}\n", rd.note);
+    // Before the socket appears: whoever finds it may stop us at once, and
+    // the socket must still be removed.
+    struct sigaction sa {};
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGINT, &sa, nullptr);
+    sigaction(SIGTERM, &sa, nullptr);
+    try {
+      server_ = std::make_unique<control::ControlServer>(
+          control::ControlServer::Options{rd.path, std::string(dev.mover().name()), ""}, pager_);
+    } catch (const control::ControlError& e) {
+      throw RuntimeError(e.what());
+    }
+  }
+  const std::string& socket() const { return server_->socket_path(); }
+  // Waits out the rest of this turn's slot.
+  void pace(std::chrono::steady_clock::time_point turn_start) {
+    using namespace std::chrono;
+    const auto until = turn_start + milliseconds(pace_);
+    auto last = steady_clock::now();
+    server_->service(pager_);
+    while (!g_stop.load()) {
+      auto now = steady_clock::now();
+      if (now >= until) break;
+      std::this_thread::sleep_for(std::min<steady_clock::duration>(until - now, milliseconds(10)));
+      now = steady_clock::now();
+      dev_.compute(static_cast<uint64_t>(duration_cast<nanoseconds>(now - last).count()));
+      last = now;
+      server_->service(pager_);
+    }
+  }
+
+ private:
+  Pager& pager_;
+  SimDevice& dev_;
+  uint32_t pace_;
+  std::unique_ptr<control::ControlServer> server_;
 };
 
 std::string pct(double x) { return fmt::format("{:.1f}%", 100.0 * x); }
@@ -87,7 +146,16 @@ void run_demo(const Globals& g, const DemoArgs& a) {
   SimDevice dev(pager, mover);
   demo::DemoOptions opt = a.opt;
   opt.hints = !a.no_hints;
+  if (a.serve && a.turns->count() == 0) opt.turns = 0;  // until stopped
   demo::DemoWorkload work(dev, opt);
+  std::unique_ptr<Serving> serving;
+  if (a.serve) {
+    serving = std::make_unique<Serving>(cfg, pager, dev, a.pace_ms);
+    fmt::print(a.json ? stderr : stdout,
+               "kvpager demo: serving live control at {} (pid {}): try `kvpager status`, `kvpager top`, "
+               "`kvpager tune hbm_budget=...`; Ctrl-C stops\n",
+               serving->socket(), getpid());
+  }
 
   if (!a.json) {
     fmt::print("  {} sessions x {} layers of {} = {} of KV; HBM budget {}, host RAM {}, NVMe {} ({})\n",
@@ -98,13 +166,22 @@ void run_demo(const Globals& g, const DemoArgs& a) {
                cfg.nvme_capacity ? human_bytes(static_cast<double>(cfg.nvme_capacity)) : "unlimited",
                cfg.effective_store_dir());
     fmt::print("  policy {}, prefetchers {}, hints {}, {} turns, seed {}\n", to_string(cfg.eviction_policy),
-               find_knob("prefetchers")->format(cfg), opt.hints ? "on" : "off", opt.turns, opt.seed);
+               find_knob("prefetchers")->format(cfg), opt.hints ? "on" : "off",
+               opt.turns ? std::to_string(opt.turns) : std::string("unlimited"), opt.seed);
   }
+  std::fflush(stdout);
   const bool progress = isatty(STDERR_FILENO) && !a.json;
   auto t0 = std::chrono::steady_clock::now();
   work.prefill();
-  while (work.run_turn()) {
-    if (progress) fmt::print(stderr, "\r  turn {}/{}", work.result().turns, opt.turns);
+  for (;;) {
+    auto turn_start = std::chrono::steady_clock::now();
+    if (g_stop.load() || !work.run_turn()) break;
+    if (progress) {
+      uint64_t done = work.result().turns;
+      if (opt.turns) fmt::print(stderr, "\r  turn {}/{}", done, opt.turns);
+      else fmt::print(stderr, "\r  turn {}", done);
+    }
+    if (serving) serving->pace(turn_start);
   }
   if (progress) fmt::print(stderr, "\r{:40}\r", "");
   double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -145,13 +222,21 @@ void add_demo_command(CLI::App& app, Globals& g) {
       "Prints per-tier residency, hit rate, prefetch accuracy and stall time.");
   cmd->add_option("--sessions", a.opt.sessions, "Agent sessions")->check(CLI::Range(1u, 4096u))->capture_default_str();
   cmd->add_option("--layers", a.opt.layers, "KV regions per session")->check(CLI::Range(1u, 256u))->capture_default_str();
-  cmd->add_option("--turns", a.opt.turns, "Turns to run")->check(CLI::Range(1u, 100000000u))->capture_default_str();
+  a.turns = cmd->add_option("--turns", a.opt.turns, "Turns to run (with --serve: until stopped unless given)")
+                ->check(CLI::Range(1u, 100000000u))
+                ->capture_default_str();
   cmd->add_option("--seed", a.opt.seed, "Schedule and data seed")->capture_default_str();
   cmd->add_option("--kv-factor", a.opt.kv_factor, "Total KV as a multiple of the HBM budget")
       ->check(CLI::Range(0.1, 64.0))
       ->capture_default_str();
   cmd->add_flag("--no-hints", a.no_hints, "Do not prefetch the next session or park idle ones");
   cmd->add_flag("--json", a.json, "Print the results as JSON");
+  cmd->add_flag("--serve", a.serve,
+                "Keep running and serve the control socket (kvpager status/top/tune/hint); SIGINT or SIGTERM stops "
+                "it, prints the summary and removes the socket");
+  cmd->add_option("--pace", a.pace_ms, "With --serve: wall-clock milliseconds per turn")
+      ->check(CLI::Range(1u, 60000u))
+      ->capture_default_str();
   cmd->callback([&g] { run_demo(g, a); });
 }
 

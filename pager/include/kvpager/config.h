@@ -54,6 +54,9 @@ struct Config {
   // --- paths (fixed at start) ---
   std::string store_dir;    // NVMe tier directory; "" = $XDG_CACHE_HOME/kvpager or /var/tmp/kvpager
   std::string log_level = "info";
+  // Live control (tools/control): where each process's control socket lives.
+  // "" = $XDG_RUNTIME_DIR/kvpager, else /run/kvpager (/tmp/kvpager-<uid> when not writable).
+  std::string runtime_dir;
 
   // --- token store (fixed at start) ---
   uint32_t store_queue_depth = 32;  // I/Os in flight per store handle (and registered buffers)

@@ -1,0 +1,107 @@
+// kvpager run [--budget 8G] [--config FILE] [--set KEY=VALUE ...] -- CMD ARGS...
+// Runs CMD with libkvpager.so preloaded and the effective settings passed as
+// KVPAGER_* environment variables. kvpager replaces itself with CMD (exec),
+// so CMD's exit status, signals and terminal are its own.
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+
+#include "cli.h"
+
+namespace kvpager::cli {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr const char* kPreloadName = "libkvpager.so";
+constexpr int kExitCannotExecute = 126;  // as env(1), nohup(1), timeout(1)
+constexpr int kExitNotFound = 127;
+
+// Next to the binary; ../<libdir> of an install; the build tree's cuda/
+// (the binary is <build>/tools/kvpager, the library <build>/cuda/libkvpager.so).
+std::vector<fs::path> preload_candidates() {
+  std::error_code ec;
+  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (ec) return {};
+  fs::path dir = exe.parent_path();
+  std::vector<fs::path> out{dir / kPreloadName, dir / ".." / KVPAGER_INSTALL_LIBDIR / kPreloadName};
+  if (fs::path(KVPAGER_INSTALL_LIBDIR) != "lib") out.push_back(dir / ".." / "lib" / kPreloadName);
+  out.push_back(dir / ".." / "cuda" / kPreloadName);
+  return out;
+}
+
+std::string find_preload() {
+  auto candidates = preload_candidates();
+  std::string looked;
+  for (const auto& c : candidates) {
+    std::error_code ec;
+    fs::path p = fs::weakly_canonical(c, ec);
+    if (ec) p = c;
+    if (access(p.c_str(), R_OK) == 0) return p.string();
+    looked += "\n  " + p.string();
+  }
+  throw RuntimeError(fmt::format(
+      "{} not found; looked in:{}\nBuild it with `cmake --build build/default --target kvpager_preload` (needs the "
+      "CUDA toolkit) or install it next to kvpager",
+      kPreloadName, looked));
+}
+
+struct RunArgs {
+  std::vector<std::string> command;
+};
+
+[[noreturn]] void run(const Globals& g, const RunArgs& a) {
+  ConfigLoader loader = g.loader();
+  Config cfg = loader.finish();
+  const std::string lib = find_preload();
+  std::string why;
+  if (!gpu_available(&why)) {
+    fmt::print(stderr,
+               "kvpager run: no GPU here ({}): {} will pass through and {} runs unchanged, without paging\n", why,
+               kPreloadName, a.command.front());
+  }
+  // Settings from the command line and the file reach the preloaded library
+  // as environment (it reads KVPAGER_* at start); those from the
+  // environment are there already.
+  for (const Knob& k : knobs()) {
+    ConfigSource src = loader.origin(k).source;
+    if (src == ConfigSource::kCli || src == ConfigSource::kFile) setenv(k.env_name().c_str(), k.format(cfg).c_str(), 1);
+  }
+  std::string preload = lib;
+  if (const char* old = std::getenv("LD_PRELOAD"); old && *old) preload += std::string(" ") + old;
+  setenv("LD_PRELOAD", preload.c_str(), 1);
+
+  std::vector<char*> argv;
+  for (const auto& s : a.command) argv.push_back(const_cast<char*>(s.c_str()));
+  argv.push_back(nullptr);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  execvp(argv[0], argv.data());
+  int err = errno;
+  fmt::print(stderr, "kvpager run: cannot run {}: {}\n", a.command.front(), std::strerror(err));
+  std::exit(err == ENOENT ? kExitNotFound : kExitCannotExecute);
+}
+
+}  // namespace
+
+void add_run_command(CLI::App& app, Globals& g) {
+  static RunArgs a;
+  auto* cmd = app.add_subcommand(
+      "run",
+      "Run CMD with libkvpager.so preloaded: its allocations above the size threshold are paged within the\n"
+      "HBM budget. Settings (--budget, --config, --set, --<knob>) reach it as KVPAGER_* environment.\n"
+      "The exit status is CMD's (126/127 if it cannot be started). Usage: kvpager run [OPTIONS] -- CMD ARGS...");
+  cmd->add_option_function<std::string>(
+         "--budget", [&g](const std::string& v) { g.sets.push_back("hbm_budget=" + v); },
+         "HBM budget (same as --hbm-budget)")
+      ->type_name("BYTES");
+  cmd->add_option("command", a.command, "The command to run, after --")->required();
+  cmd->callback([&g] { run(g, a); });
+}
+
+}  // namespace kvpager::cli

@@ -1,0 +1,105 @@
+// kvpager tune [--pid N | --all] KEY=VALUE...: change live tunables of
+// running pagers (all or none per pager, validated as at start-up).
+// kvpager hint [--pid N] HINT CONTEXT: prefetch / park / drop / pin / unpin a
+// context of a running pager.
+#include <fmt/format.h>
+
+#include "live.h"
+
+namespace kvpager::cli {
+
+namespace {
+
+using nlohmann::json;
+
+struct TuneArgs {
+  std::optional<pid_t> pid;
+  bool all = false;
+  std::vector<std::string> assignments;
+};
+
+// Exit status for a pager's refusal: a bad knob or value is a usage error.
+int exit_for(control::Errc e) {
+  return e == control::Errc::kRefused || e == control::Errc::kBadRequest ? kExitUsage : kExitRuntime;
+}
+
+void tune(Globals& g, const TuneArgs& a) {
+  for (const auto& s : a.assignments) {
+    if (s.find('=') == std::string::npos || s.front() == '=')
+      throw CLI::ValidationError("KEY=VALUE", fmt::format("'{}' is not KEY=VALUE", s));
+  }
+  LivePagers live = find_live_pagers(g);
+  print_notes(live);
+  std::vector<control::Endpoint> targets;
+  if (a.all) {
+    if (live.pagers.empty()) throw RuntimeError(nobody_text(live));
+    targets = live.pagers;
+  } else {
+    targets.push_back(choose_one(live, a.pid, " or use --all"));
+  }
+  json request = {{"op", "set"}, {"set", a.assignments}};
+  auto replies = control::call_all(targets, request, control::kDefaultTimeout);
+  int worst = kExitOk;
+  for (size_t i = 0; i < replies.size(); ++i) {
+    const auto& r = replies[i];
+    if (!r.ok()) {
+      fmt::print(stderr, "kvpager: pid {}: {}\n", targets[i].pid, r.error);
+      worst = std::max(worst, exit_for(r.code));
+      continue;
+    }
+    for (const auto& c : field(r.body, "changes")) {
+      fmt::print("pid {}: {} {} \u2192 {}\n", targets[i].pid, text(c, "knob"), text(c, "old"),
+                 text(c, "new"));
+    }
+  }
+  g.exit_code = worst;
+}
+
+struct HintArgs {
+  std::optional<pid_t> pid;
+  std::string hint;
+  std::string context;
+};
+
+void hint(Globals& g, const HintArgs& a) {
+  LivePagers live = find_live_pagers(g);
+  print_notes(live);
+  control::Endpoint e = choose_one(live, a.pid, "");
+  control::Reply r = control::call(e.socket, {{"op", "hint"}, {"context", a.context}, {"hint", a.hint}},
+                                   control::kDefaultTimeout);
+  if (!r.ok()) {
+    fmt::print(stderr, "kvpager: pid {}: {}\n", e.pid, r.error);
+    g.exit_code = exit_for(r.code);
+    return;
+  }
+  fmt::print("pid {}: {} {}\n", e.pid, a.hint, a.context);
+}
+
+}  // namespace
+
+void add_tune_commands(CLI::App& app, Globals& g) {
+  static TuneArgs t;
+  auto* tune_cmd = app.add_subcommand(
+      "tune",
+      "Change tunables of running pagers without a restart: KEY=VALUE for any live knob (kvpager config knobs).\n"
+      "Several in one call are applied together or not at all; a refused value leaves the old one and says why.\n"
+      "Prints old \u2192 new.");
+  auto* pid_opt = tune_cmd->add_option("--pid", t.pid, "The pager to change (default: the only one running)");
+  auto* all_opt = tune_cmd->add_flag("--all", t.all, "Change every live pager");
+  pid_opt->excludes(all_opt);
+  tune_cmd->add_option("settings", t.assignments, "KEY=VALUE ...")->required();
+  tune_cmd->callback([&g] { tune(g, t); });
+
+  static HintArgs h;
+  auto* hint_cmd = app.add_subcommand(
+      "hint", "Tell a running pager about a context: prefetch (stage it into HBM), park (demote it, let it\n"
+              "spill), drop (discard its bytes), pin / unpin (never evict it).");
+  hint_cmd->add_option("--pid", h.pid, "The pager (default: the only one running)");
+  hint_cmd->add_option("hint", h.hint, "prefetch, park, drop, pin or unpin")
+      ->required()
+      ->check(CLI::IsMember({"prefetch", "park", "drop", "pin", "unpin"}));
+  hint_cmd->add_option("context", h.context, "Context name (kvpager status --pid N lists them)")->required();
+  hint_cmd->callback([&g] { hint(g, h); });
+}
+
+}  // namespace kvpager::cli
