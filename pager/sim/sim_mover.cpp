@@ -80,6 +80,20 @@ void SimMover::region_removed(RegionId id) {
   locs_[id.slot].clear();
 }
 
+Status SimMover::region_split(RegionId head, RegionId tail, uint32_t at) {
+  if (head.slot >= locs_.size() || gens_[head.slot] != head.gen || at >= locs_[head.slot].size())
+    return Status::kInvalid;
+  if (locs_.size() <= tail.slot) {
+    locs_.resize(tail.slot + 1);
+    gens_.resize(tail.slot + 1);
+  }
+  auto& from = locs_[head.slot];
+  locs_[tail.slot].assign(from.begin() + at, from.end());
+  from.resize(at);
+  gens_[tail.slot] = tail.gen;
+  return Status::kOk;
+}
+
 SimMover::Loc* SimMover::loc(RegionId id, uint32_t chunk) {
   if (id.slot >= locs_.size() || gens_[id.slot] != id.gen || chunk >= locs_[id.slot].size()) return nullptr;
   return &locs_[id.slot][chunk];

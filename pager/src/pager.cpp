@@ -97,17 +97,20 @@ ContextId Pager::context_for(std::string_view name, RegionId first) {
   return id;
 }
 
+uint32_t Pager::alloc_slot() {
+  if (!free_slots_.empty()) {
+    uint32_t slot = free_slots_.back();
+    free_slots_.pop_back();
+    return slot;
+  }
+  regions_.push_back(nullptr);
+  generations_.push_back(0);
+  return static_cast<uint32_t>(regions_.size() - 1);
+}
+
 RegionId Pager::add_region(uint64_t base, uint64_t size, std::string_view context) {
   if (size == 0) return RegionId{};
-  uint32_t slot;
-  if (!free_slots_.empty()) {
-    slot = free_slots_.back();
-    free_slots_.pop_back();
-  } else {
-    slot = static_cast<uint32_t>(regions_.size());
-    regions_.push_back(nullptr);
-    generations_.push_back(0);
-  }
+  const uint32_t slot = alloc_slot();
   auto r = std::make_unique<Region>();
   r->id = RegionId{slot, ++generations_[slot]};
   r->base = base;
@@ -121,6 +124,9 @@ RegionId Pager::add_region(uint64_t base, uint64_t size, std::string_view contex
     r->chunks[i].index = i;
   }
   r->ctx = context_for(context, r->id);
+  Context& ctx = *contexts_[r->ctx];
+  r->key_base = ctx.next_key;
+  ctx.next_key += r->nchunks;
   for (uint32_t i = 0; i < r->nchunks; ++i) r->chunks[i].ctx = r->ctx;
   resident_[index(Tier::kUnpopulated)] += uint64_t{r->nchunks} * cfg_.chunk_size;
   chunks_in_[index(Tier::kUnpopulated)] += r->nchunks;
@@ -130,24 +136,146 @@ RegionId Pager::add_region(uint64_t base, uint64_t size, std::string_view contex
   return id;
 }
 
+void Pager::wait_region_idle(const Region& r) {
+  auto busy = [&] {
+    for (uint32_t i = 0; i < r.nchunks; ++i)
+      if (r.chunks[i].in_flight()) return true;
+    return false;
+  };
+  while (busy()) {
+    if (collect(true) == 0 && mover_.pending() == 0) break;  // the mover lost them: never spin
+  }
+}
+
 Status Pager::remove_region(RegionId id) {
   Region* r = lookup(id);
   if (!r) return Status::kNotFound;
   // Let every move of this region finish, then discard what it holds.
-  auto busy = [&] {
-    for (uint32_t i = 0; i < r->nchunks; ++i)
-      if (r->chunks[i].in_flight()) return true;
-    return false;
-  };
-  while (busy()) collect(true);
+  wait_region_idle(*r);
   for (uint32_t i = 0; i < r->nchunks; ++i) {
     Chunk& c = r->chunks[i];
     c.pinned = false;
     if (c.tier != Tier::kUnpopulated) start_move(*r, c, MoveKind::kDiscard, Tier::kUnpopulated, false);
   }
-  while (busy()) collect(true);
+  wait_region_idle(*r);
   release_region(*r);
   return Status::kOk;
+}
+
+Status Pager::split_region(RegionId id, uint64_t offset, RegionId* tail) {
+  Region* r = lookup(id);
+  if (!r) return Status::kNotFound;
+  if (offset == 0 || offset >= r->size || offset % cfg_.chunk_size != 0) return Status::kInvalid;
+  // Completions name their chunk by address, and the chunks are re-made below.
+  wait_region_idle(*r);
+  const auto at = static_cast<uint32_t>(offset / cfg_.chunk_size);
+  const uint32_t slot = alloc_slot();
+  auto t = std::make_unique<Region>();
+  t->id = RegionId{slot, generations_[slot] + 1};
+  Status s = mover_.region_split(r->id, t->id, at);
+  if (!ok(s)) {
+    free_slots_.push_back(slot);
+    return s;
+  }
+  ++generations_[slot];
+  t->base = r->base + offset;
+  t->size = r->size - offset;
+  t->chunk_size = r->chunk_size;
+  t->nchunks = r->nchunks - at;
+  t->ctx = r->ctx;
+  t->last_access_ns = r->last_access_ns;
+  t->key_base = r->key_base + at;
+  t->chunks = std::make_unique<Chunk[]>(t->nchunks);
+  auto head = std::make_unique<Chunk[]>(at);
+  for (uint32_t i = 0; i < r->nchunks; ++i) {
+    Chunk& from = r->chunks[i];
+    const bool listed = from.in_policy;
+    make_unevictable(from);
+    Chunk& to = i < at ? head[i] : t->chunks[i - at];
+    to = from;  // an intrusive hook is never copied: `to` starts unlinked
+    to.region = i < at ? r->id.slot : slot;
+    to.index = i < at ? i : i - at;
+    if (listed) make_evictable(to);
+  }
+  if (last_error_chunk_ >= &r->chunks[0] && last_error_chunk_ < &r->chunks[0] + r->nchunks) last_error_chunk_ = nullptr;
+  r->chunks = std::move(head);
+  r->nchunks = at;
+  r->size = offset;
+  Context& ctx = *contexts_[r->ctx];
+  ctx.regions.insert(std::find(ctx.regions.begin(), ctx.regions.end(), r->id) + 1, t->id);
+  *tail = t->id;
+  regions_[slot] = std::move(t);
+  return Status::kOk;
+}
+
+Status Pager::set_context(RegionId id, std::string_view name) {
+  Region* r = lookup(id);
+  if (!r) return Status::kNotFound;
+  if (name.empty()) return Status::kInvalid;
+  if (contexts_[r->ctx]->name == name) return Status::kOk;
+  wait_region_idle(*r);
+  for (uint32_t i = 0; i < r->nchunks; ++i) {
+    const Chunk& c = r->chunks[i];
+    if (c.store_copy || c.tier == Tier::kNvme) return Status::kBusy;
+  }
+  // Leave the old context (dropping it if it was its last region), join the new one.
+  const bool was_pinned = contexts_[r->ctx]->pinned;
+  {
+    Context& old = *contexts_[r->ctx];
+    std::erase(old.regions, id);
+    if (old.regions.empty()) {
+      context_names_.erase(old.name);
+      contexts_[r->ctx].reset();
+    }
+  }
+  r->ctx = context_for(name, id);
+  Context& ctx = *contexts_[r->ctx];
+  r->key_base = ctx.next_key;
+  ctx.next_key += r->nchunks;
+  for (uint32_t i = 0; i < r->nchunks; ++i) {
+    Chunk& c = r->chunks[i];
+    c.ctx = r->ctx;
+    if (ctx.pinned && !c.pinned) {
+      make_unevictable(c);
+      c.pinned = true;
+    } else if (!ctx.pinned && was_pinned && c.pinned) {
+      c.pinned = false;
+      if (c.tier == Tier::kHbm || c.tier == Tier::kHost) make_evictable(c);
+    }
+  }
+  return Status::kOk;
+}
+
+Status Pager::restore(RegionId id) {
+  Region* r = lookup(id);
+  if (!r) return Status::kNotFound;
+  now_ = mover_.clock().now_ns();
+  r->last_access_ns = now_;
+  // Each chunk is tried once: a chunk still on its way to NVMe is waited for
+  // and then brought back; a restore that fails is not retried here.
+  std::vector<bool> tried(r->nchunks, false);
+  for (;;) {
+    bool moving = false;
+    for (uint32_t i = 0; i < r->nchunks; ++i) {
+      Chunk& c = r->chunks[i];
+      if (c.in_flight()) {
+        moving = moving || c.tier == Tier::kNvme || c.target == Tier::kNvme;
+        continue;
+      }
+      if (c.tier != Tier::kNvme || tried[i]) continue;
+      tried[i] = true;
+      if (ok(start_move(*r, c, MoveKind::kRestore, Tier::kHost, /*demand=*/true))) moving = true;
+    }
+    if (!moving) break;
+    if (collect(true) == 0 && mover_.pending() == 0) break;
+  }
+  Status result = Status::kOk;
+  for (uint32_t i = 0; i < r->nchunks && ok(result); ++i) {
+    const Chunk& c = r->chunks[i];
+    if (c.tier == Tier::kNvme) result = last_error_chunk_ == &c ? last_error_ : Status::kIoError;
+  }
+  balance();
+  return result;
 }
 
 void Pager::release_region(Region& r) {
@@ -341,13 +469,7 @@ void Pager::make_unevictable(Chunk& c) {
 }
 
 ObjectKey Pager::key_for(const Region& r, uint32_t i) const {
-  const Context& ctx = *contexts_[r.ctx];
-  uint64_t k = 0;
-  for (RegionId id : ctx.regions) {
-    if (id == r.id) break;
-    k += lookup(id)->nchunks;
-  }
-  return chunk_key("", ctx.name, k + i);
+  return chunk_key("", contexts_[r.ctx]->name, r.key_base + i);
 }
 
 Status Pager::start_move(Region& r, Chunk& c, MoveKind kind, Tier to, bool demand, uint8_t prefetcher) {

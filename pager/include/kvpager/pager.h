@@ -65,6 +65,20 @@ class Pager final : private PrefetchSink, private RestoreCost {
   // Waits for its moves, discards its chunks everywhere, forgets it.
   Status remove_region(RegionId id);
   const Region* region(RegionId id) const override;
+  // Cuts a region in two at `offset` (a multiple of chunk_size, inside it):
+  // the head keeps the id and [0, offset); the tail, returned in *tail, is a
+  // new region for the rest, in the same context, right after the head. Every
+  // chunk keeps its tier, flags and store name. kInvalid for a bad offset,
+  // kUnsupported if the mover cannot follow.
+  Status split_region(RegionId id, uint64_t offset, RegionId* tail);
+  // Moves a region into the named context (created if needed). kBusy if any
+  // of its chunks has a copy in the store (its store name would change).
+  Status set_context(RegionId id, std::string_view name);
+  // Brings every chunk of the region that is in the NVMe tier (or on its way
+  // there) back to host RAM, and waits: afterwards nothing of it needs the
+  // store to be read. Counts as a use of the region. The first failure is
+  // returned (the chunk stays in the store, its bytes are never invented).
+  Status restore(RegionId id);
   ContextId find_context(std::string_view name) const;
   std::vector<ContextInfo> contexts() const;
 
@@ -114,6 +128,8 @@ class Pager final : private PrefetchSink, private RestoreCost {
   };
 
   Region* lookup(RegionId id) const;
+  uint32_t alloc_slot();
+  void wait_region_idle(const Region& r);
   Chunk& chunk_of(const Region& r, uint32_t i) const { return r.chunks[i]; }
   Status access_slow(Region& r, Chunk& c, bool write);
   void note_use(Region& r, Chunk& c, bool write);
