@@ -108,8 +108,8 @@ uint32_t Pager::alloc_slot() {
   return static_cast<uint32_t>(regions_.size() - 1);
 }
 
-RegionId Pager::add_region(uint64_t base, uint64_t size, std::string_view context) {
-  if (size == 0) return RegionId{};
+RegionId Pager::add_region(uint64_t base, uint64_t size, std::string_view context, Tier initial) {
+  if (size == 0 || (initial != Tier::kUnpopulated && initial != Tier::kHost)) return RegionId{};
   const uint32_t slot = alloc_slot();
   auto r = std::make_unique<Region>();
   r->id = RegionId{slot, ++generations_[slot]};
@@ -127,12 +127,22 @@ RegionId Pager::add_region(uint64_t base, uint64_t size, std::string_view contex
   Context& ctx = *contexts_[r->ctx];
   r->key_base = ctx.next_key;
   ctx.next_key += r->nchunks;
-  for (uint32_t i = 0; i < r->nchunks; ++i) r->chunks[i].ctx = r->ctx;
-  resident_[index(Tier::kUnpopulated)] += uint64_t{r->nchunks} * cfg_.chunk_size;
-  chunks_in_[index(Tier::kUnpopulated)] += r->nchunks;
+  for (uint32_t i = 0; i < r->nchunks; ++i) {
+    Chunk& c = r->chunks[i];
+    c.ctx = r->ctx;
+    c.tier = c.target = initial;
+    c.dirty = initial == Tier::kHost;  // no store copy of it yet
+  }
+  resident_[index(initial)] += uint64_t{r->nchunks} * cfg_.chunk_size;
+  chunks_in_[index(initial)] += r->nchunks;
   RegionId id = r->id;
+  Region& added = *r;
   regions_[slot] = std::move(r);
   mover_.region_added(id, base, size);
+  if (initial == Tier::kHost) {
+    for (uint32_t i = 0; i < added.nchunks; ++i) make_evictable(added.chunks[i]);
+    next_spill_check_ns_ = 0;
+  }
   return id;
 }
 
@@ -385,6 +395,10 @@ void Pager::launch(uint64_t kernel, std::span<const RegionId> regions) {
   }
   LaunchEvent ev{sig, regions};
   dispatch([&](Prefetcher& p) { p.on_launch(ev, *this); });
+}
+
+void Pager::touch(RegionId id) {
+  if (Region* r = lookup(id)) r->last_access_ns = mover_.clock().now_ns();
 }
 
 // ---------------------------------------------------------------- hints

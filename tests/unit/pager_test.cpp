@@ -563,5 +563,48 @@ TEST(Pager, SetContextTakesOverTheTargetsPin) {
   EXPECT_EQ(rig.pager->audit(), "");
 }
 
+
+TEST(Pager, RegionsCanStartInHostRam) {
+  // CUDA managed memory: the bytes exist (in host RAM) before the pager
+  // moved anything; they count against host capacity and may spill.
+  Config cfg = small_config();
+  cfg.prefetchers = 0;
+  cfg.host_capacity = 256 * KiB;
+  cfg.spill_idle_ns = 3'600'000'000'000;
+  SimRig rig(cfg);
+  RegionId r = rig.pager->add_region(0x10000000, 512 * KiB, "warm", Tier::kHost);
+  ASSERT_TRUE(r.valid());
+  EXPECT_EQ(chunks_in(*rig.pager, r, Tier::kHost), 8u);
+  EXPECT_EQ(rig.pager->committed_bytes(Tier::kHost), 512 * KiB);
+  EXPECT_TRUE(rig.pager->region(r)->chunks[0].dirty) << "no copy in the store yet";
+  EXPECT_EQ(rig.pager->audit(), "");
+  ASSERT_EQ(rig.pager->access(r, 3, false), Status::kOk);
+  EXPECT_EQ(rig.pager->region(r)->chunks[3].tier, Tier::kHbm) << "promoted from host RAM, not zero-filled";
+  park_and_spill(rig, "warm");
+  EXPECT_GT(chunks_in(*rig.pager, r, Tier::kNvme), 0u);
+  EXPECT_FALSE(rig.pager->add_region(0x20000000, 64 * KiB, "x", Tier::kNvme).valid()) << "only unpopulated or host";
+  ASSERT_EQ(rig.pager->remove_region(r), Status::kOk);
+  EXPECT_EQ(rig.pager->committed_bytes(Tier::kHost), 0u);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+TEST(Pager, TouchKeepsARegionFromLookingIdle) {
+  Config cfg = small_config();
+  cfg.prefetchers = 0;
+  cfg.host_capacity = 128 * KiB;
+  cfg.spill_idle_ns = 1'000'000'000;
+  SimRig rig(cfg);
+  RegionId r = rig.pager->add_region(0x10000000, 512 * KiB, "busy", Tier::kHost);  // over host capacity
+  for (int i = 0; i < 8; ++i) {  // 8 s of virtual time, touched every 0.5 s
+    rig.pager->touch(r);
+    rig.dev.compute(500'000'000);
+    settle(*rig.pager);
+  }
+  EXPECT_EQ(chunks_in(*rig.pager, r, Tier::kNvme), 0u) << "in use: never spilled";
+  rig.dev.compute(2'000'000'000);
+  settle(*rig.pager);
+  EXPECT_GT(chunks_in(*rig.pager, r, Tier::kNvme), 0u) << "left alone: spills";
+}
+
 }  // namespace
 }  // namespace kvpager

@@ -60,8 +60,12 @@ class Pager final : private PrefetchSink, private RestoreCost {
 
   // --- regions and contexts ---
   // Registers an allocation. With an empty context name it gets a context of
-  // its own; otherwise it joins (or creates) the named context.
-  RegionId add_region(uint64_t base, uint64_t size, std::string_view context = {});
+  // its own; otherwise it joins (or creates) the named context. `initial`:
+  // where its chunks start, kUnpopulated (first touch zero-fills them in HBM,
+  // the simulated device) or kHost (their bytes exist in host RAM from the
+  // start: CUDA managed memory the program may have written already).
+  RegionId add_region(uint64_t base, uint64_t size, std::string_view context = {},
+                      Tier initial = Tier::kUnpopulated);
   // Waits for its moves, discards its chunks everywhere, forgets it.
   Status remove_region(RegionId id);
   const Region* region(RegionId id) const override;
@@ -91,6 +95,9 @@ class Pager final : private PrefetchSink, private RestoreCost {
 
   // A kernel launch referencing these regions (feeds launch correlation).
   void launch(uint64_t kernel, std::span<const RegionId> regions);
+  // The program used the region without saying which chunks (a launch read
+  // the allocation it belongs to): it is not idle.
+  void touch(RegionId id);
   // A hint about a whole context.
   Status hint(ContextId ctx, HintKind kind);
 

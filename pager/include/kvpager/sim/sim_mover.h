@@ -106,6 +106,7 @@ class SimMover final : public Mover {
   };
 
   Loc* loc(RegionId id, uint32_t chunk);
+  std::span<std::byte> host_bytes(Loc& l, uint64_t len);
   Status execute(const MoveRequest& req);
 
   uint64_t chunk_size_;
