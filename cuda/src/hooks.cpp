@@ -113,10 +113,11 @@ CUresult guarded(Scan&& scan, Call&& call) {
   Runtime* rt = Runtime::active();
   if (!rt) return call();
   Quiescence::Bracket bracket(rt->quiescence());
-  for (;;) {
+  for (int round = 0;; ++round) {
     const RegionMap::Snapshot& snap = rt->map().snapshot();
     if (snap.n == 0) break;
     Scanner s(*rt, snap);
+    if (round > 0) s.rescan();
     scan(s);
     if (!s.need_restore()) {
       s.publish();
@@ -135,7 +136,7 @@ void scan_kernel(Runtime& rt, Scanner& s, CUfunction f, void** params, void** ex
   s.kernel(reinterpret_cast<uint64_t>(f));
   ParamLayouts::Layout layout = params ? rt.layouts().get(f, scratch) : ParamLayouts::Layout{};
   if (!scan_launch(layout, params, extra, [&](uint64_t v) { s.pointer(v); })) {
-    rt.note_unscannable();
+    if (s.first_scan()) rt.note_unscannable();
     s.everything();
   }
 }
@@ -167,9 +168,13 @@ void record_graph(CUgraphExec exec, CUgraph graph) {
   rt->graphs().set(exec, std::move(info), rt->quiescence());
 }
 
-// Streams being captured (to keep StreamRegistry's count exact).
+// Streams being captured (to keep StreamRegistry's count exact). Never
+// destroyed: a capture may end while the process exits.
 std::mutex g_capture_mu;
-std::vector<std::pair<uintptr_t, pthread_t>> g_capturing;
+std::vector<std::pair<uintptr_t, pthread_t>>& capturing_streams() {
+  static auto* v = new std::vector<std::pair<uintptr_t, pthread_t>>();
+  return *v;
+}
 
 std::pair<uintptr_t, pthread_t> capture_key(CUstream s) {
   // A default stream is per thread (per-thread default stream) or invalid.
@@ -181,7 +186,7 @@ void capture_begun(CUstream s) {
   Runtime* rt = Runtime::get();
   if (!rt) return;
   std::lock_guard lock(g_capture_mu);
-  g_capturing.push_back(capture_key(s));
+  capturing_streams().push_back(capture_key(s));
   rt->streams().capture_begins();
 }
 
@@ -190,10 +195,11 @@ void capture_ended(CUstream s) {
   if (!rt) return;
   std::lock_guard lock(g_capture_mu);
   auto key = capture_key(s);
-  auto it = std::find_if(g_capturing.begin(), g_capturing.end(),
+  auto& list = capturing_streams();
+  auto it = std::find_if(list.begin(), list.end(),
                          [&](const auto& k) { return k.first == key.first && pthread_equal(k.second, key.second); });
-  if (it == g_capturing.end()) return;
-  g_capturing.erase(it);
+  if (it == list.end()) return;
+  list.erase(it);
   rt->streams().capture_ends();
 }
 
@@ -504,7 +510,7 @@ struct Body<Api::kGraphLaunch> {
           sc.stream(s);
           const GraphTable::Info* info = Runtime::active()->graphs().find(exec);
           if (!info || info->unknown) {
-            Runtime::active()->note_unscannable();
+            if (sc.first_scan()) Runtime::active()->note_unscannable();
             sc.everything();
             return;
           }

@@ -29,6 +29,9 @@ class Scanner {
   void everything();
   void stream(CUstream s) { stream_ = s; }
   void kernel(uint64_t k) { ev_.kernel = k; }
+  // Set on rescans after a restore (counters count an operation once).
+  void rescan() { rescan_ = true; }
+  bool first_scan() const { return !rescan_; }
 
   bool need_restore() const { return need_restore_; }
   bool restore_all() const { return restore_all_; }
@@ -47,6 +50,7 @@ class Scanner {
   const RegionMap::Snapshot& snap_;
   bool any_unsafe_;
   bool touched_ = false;
+  bool rescan_ = false;
   bool need_restore_ = false;
   bool restore_all_ = false;
   CUstream stream_ = nullptr;

@@ -315,7 +315,10 @@ void Runtime::mem_info(size_t* free, size_t* total) {
 }
 
 CUresult Runtime::alloc_managed(CUdeviceptr* dptr, uint64_t size) {
-  if (state_.load(std::memory_order_acquire) == RuntimeState::kUninit) {
+  if (RuntimeState st = state_.load(std::memory_order_acquire);
+      st == RuntimeState::kUninit || st == RuntimeState::kStarting) {
+    // The first one starts the pager; the others wait for it (a big
+    // allocation must not slip past as unmanaged because it came early).
     std::lock_guard lock(init_mu_);
     if (state_.load(std::memory_order_acquire) == RuntimeState::kUninit) start_pager();
   }

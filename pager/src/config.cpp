@@ -357,7 +357,9 @@ constexpr Knob make(std::string_view name, KnobType t, bool live, std::string_vi
 constexpr uint64_t kMaxBytes = TiB * 1024 * 64;  // 64 PiB: a sanity bound, not a policy
 constexpr uint64_t kHour = 3600ull * 1'000'000'000;
 
-const Knob kKnobs[] = {
+// constexpr: constant-initialised, so it can be read from any constructor
+// (libkvpager.so is called from other libraries' constructors before its own run).
+constexpr Knob kKnobs[] = {
     make<BytesKnob<&Config::chunk_size, 64 * KiB, 64 * MiB, false, true>>(
         "chunk_size", KnobType::kBytes, false, "a power of two, 64K..64M",
         "Paging unit. 2M matches the UVM driver's VA block."),

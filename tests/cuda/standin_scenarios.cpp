@@ -14,6 +14,8 @@
 
 #include "standin_program.h"
 
+extern "C" CUdeviceptr standin_early_allocation();  // libstandin_early
+
 namespace kvpager::testing {
 namespace {
 
@@ -200,19 +202,21 @@ TEST(StandIn, ScansParameterLayoutsTheDriverDescribes) {
 }
 
 // Spills context `name` (parked) and waits until it is all in the store.
+// Launch events reach the pager thread a little later: one that arrives after
+// the park counts as a use of the context (it is no longer idle, and its
+// chunk may be promoted), so park again until it has all gone.
 void park_until_spilled(Program& p, const char* name, uint64_t size) {
-  ASSERT_EQ(kvpager_park_context(name), KVPAGER_OK);
-  ASSERT_TRUE(eventually([&] { return stats().context(name, "nvme") == size; }))
-      << "nvme=" << stats().context(name, "nvme") << " host=" << stats().context(name, "host") << "\n"
-      << [] {
-           std::string all;
-           for (auto& [k, v] : stats().kv) all += k + "=" + v + "\n";
-           return all;
-         }();
+  bool spilled = false;
+  for (int attempt = 0; attempt < 10 && !spilled; ++attempt) {
+    ASSERT_EQ(kvpager_park_context(name), KVPAGER_OK);
+    spilled = eventually([&] { return stats().context(name, "nvme") == size; }, 1.0);
+  }
+  ASSERT_TRUE(spilled) << "nvme=" << stats().context(name, "nvme") << " host=" << stats().context(name, "host")
+                       << " hbm=" << stats().context(name, "hbm");
   EXPECT_GT(p.count_log("cuMemDiscardBatchAsync"), 0u);
 }
 
-// Env: KVPAGER_HOST_CAPACITY=4M, KVPAGER_SPILL_IDLE=1h
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
 TEST(StandIn, RestoresASpilledRegionBeforeALaunchReadsIt) {
   Program p;
   CUdeviceptr r = p.must_alloc(8 * kMiB);
@@ -233,7 +237,7 @@ TEST(StandIn, RestoresASpilledRegionBeforeALaunchReadsIt) {
   EXPECT_GE(stats().num("restores"), 1u);
 }
 
-// Env: KVPAGER_HOST_CAPACITY=4M, KVPAGER_SPILL_IDLE=1h
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
 TEST(StandIn, RestoresBeforeCopiesAndMemsetsTouchASpilledRegion) {
   Program p;
   CUdeviceptr r = p.must_alloc(8 * kMiB);
@@ -258,16 +262,20 @@ TEST(StandIn, RestoresBeforeCopiesAndMemsetsTouchASpilledRegion) {
   for (uint64_t i = 6 * kMiB + 4096; i < 8 * kMiB; ++i) ASSERT_EQ(b[i], standin_pattern(i, 9)) << i;
 }
 
-// Env: KVPAGER_HOST_CAPACITY=4M, KVPAGER_SPILL_IDLE=50ms
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=50ms
 TEST(StandIn, AnIdleRegionSpillsAndTheNextLaunchRestoresIt) {
   Program p;
   CUdeviceptr r = p.must_alloc(8 * kMiB);
   ASSERT_EQ(p.fill(r, 8 * kMiB, 2), CUDA_SUCCESS);
-  ASSERT_TRUE(eventually([] { return stats().num("unsafe_chunks") == 4; })) << "no hint: idle long enough";
+  // No hint: idle long enough, what is in host RAM spills (the chunk the
+  // launch touched was promoted to HBM and stays there).
+  ASSERT_TRUE(eventually([] { return stats().num("unsafe_chunks") >= 3; })) << stats().num("unsafe_chunks");
+  EXPECT_GT(Program::host_mismatches(r, 8 * kMiB, 2), 0u);
   EXPECT_EQ(p.check(r, 8 * kMiB, 2), 0u);
+  EXPECT_EQ(stats().num("unsafe_chunks"), 0u);
 }
 
-// Env: KVPAGER_HOST_CAPACITY=4M, KVPAGER_SPILL_IDLE=1h
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
 TEST(StandIn, AGraphLaunchRestoresWhatItsNodesRead) {
   Program p;
   CUdeviceptr r = p.must_alloc(8 * kMiB);
@@ -318,7 +326,7 @@ TEST(StandIn, AGraphLaunchRestoresWhatItsNodesRead) {
   EXPECT_EQ(stats().num("launches_unscannable"), 1u);
 }
 
-// Env: KVPAGER_HOST_CAPACITY=4M, KVPAGER_SPILL_IDLE=1h, CUDA_STANDIN_NO_PARAM_INFO=1
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h, CUDA_STANDIN_NO_PARAM_INFO=1
 TEST(StandIn, ALaunchThatCannotBeScannedRestoresEverything) {
   Program p;
   CUdeviceptr a = p.must_alloc(4 * kMiB), b = p.must_alloc(4 * kMiB);
@@ -337,7 +345,7 @@ TEST(StandIn, ALaunchThatCannotBeScannedRestoresEverything) {
   EXPECT_EQ(Program::host_mismatches(a, 4 * kMiB, 1) + Program::host_mismatches(b, 4 * kMiB, 2), 0u);
 }
 
-// Env: KVPAGER_HOST_CAPACITY=4M, KVPAGER_SPILL_IDLE=1h
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
 TEST(StandIn, ParkedContextsInAPoolStaySpilledWhileOnlyThePoolIsReferenced) {
   Program p;
   CUdeviceptr pool = p.must_alloc(16 * kMiB);
@@ -471,15 +479,14 @@ TEST(StandIn, ThreadsCallingCudaBeforeThePagerStartsAreHandled) {
 // Env: STANDIN_EARLY=1 (libstandin_early's constructor allocates before main)
 TEST(StandIn, ALibraryConstructorUsingCudaBeforeMainIsRouted) {
   Program p;
-  auto early = reinterpret_cast<CUdeviceptr (*)()>(dlsym(RTLD_DEFAULT, "standin_early_allocation"));
-  ASSERT_NE(early, nullptr);
+  auto early = &standin_early_allocation;
   ASSERT_NE(early(), 0u) << "the constructor's allocation failed";
   EXPECT_EQ(p.count_log("cuMemAllocManaged 8388608"), 1u);
   EXPECT_EQ(stats().num("regions"), 1u);
   EXPECT_EQ(p.check(early(), 4096, 77), 0u);
 }
 
-// Env: KVPAGER_HOST_CAPACITY=4M, KVPAGER_SPILL_IDLE=1h
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
 TEST(StandIn, ForkLeavesTheParentsPagerWorkingAndTheChildSafe) {
   Program p;
   CUdeviceptr r = p.must_alloc(8 * kMiB);
@@ -506,7 +513,7 @@ TEST(StandIn, ForkLeavesTheParentsPagerWorkingAndTheChildSafe) {
   EXPECT_EQ(stats().str("state"), "running");
 }
 
-// Env: KVPAGER_HOST_CAPACITY=4M, KVPAGER_SPILL_IDLE=1h
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
 TEST(StandIn, AStreamCaptureHoldsSpillsBackUntilItEnds) {
   Program p;
   CUdeviceptr r = p.must_alloc(8 * kMiB);
@@ -524,7 +531,7 @@ TEST(StandIn, AStreamCaptureHoldsSpillsBackUntilItEnds) {
   EXPECT_EQ(p.check(r, 8 * kMiB, 3), 0u);
 }
 
-// Env: KVPAGER_HOST_CAPACITY=4M, KVPAGER_SPILL_IDLE=1h
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
 TEST(StandIn, TheSpillFenceWaitsForEveryStreamThatUsedTheRegion) {
   Program p;
   CUdeviceptr r = p.must_alloc(8 * kMiB);

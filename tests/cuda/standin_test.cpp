@@ -21,7 +21,7 @@ struct Scenario {
   const char* expect_stderr = nullptr;  // a message the run must print
 };
 
-const std::vector<std::string> kSpills = {"KVPAGER_HOST_CAPACITY=4M", "KVPAGER_SPILL_IDLE=1h"};
+const std::vector<std::string> kSpills = {"KVPAGER_HOST_CAPACITY=2M", "KVPAGER_SPILL_IDLE=1h"};
 
 std::vector<std::string> with(std::vector<std::string> a, const std::vector<std::string>& b) {
   a.insert(a.end(), b.begin(), b.end());
@@ -40,7 +40,7 @@ const Scenario kScenarios[] = {
     {"ScansParameterLayoutsTheDriverDescribes", {}},
     {"RestoresASpilledRegionBeforeALaunchReadsIt", kSpills},
     {"RestoresBeforeCopiesAndMemsetsTouchASpilledRegion", kSpills},
-    {"AnIdleRegionSpillsAndTheNextLaunchRestoresIt", {"KVPAGER_HOST_CAPACITY=4M", "KVPAGER_SPILL_IDLE=50ms"}},
+    {"AnIdleRegionSpillsAndTheNextLaunchRestoresIt", {"KVPAGER_HOST_CAPACITY=2M", "KVPAGER_SPILL_IDLE=50ms"}},
     {"AGraphLaunchRestoresWhatItsNodesRead", kSpills},
     {"ALaunchThatCannotBeScannedRestoresEverything", with(kSpills, {"CUDA_STANDIN_NO_PARAM_INFO=1"})},
     {"ParkedContextsInAPoolStaySpilledWhileOnlyThePoolIsReferenced", kSpills},
