@@ -14,6 +14,7 @@ constexpr size_t kCompletionBatch = 64;
 constexpr size_t kPendingPrefetches = 4096;
 constexpr uint32_t kThrottleMuteEvents = 256;  // events a throttled prefetcher sits out
 constexpr uint64_t kThrottleMinChunks = 16;    // judged chunks before a verdict
+constexpr uint64_t kSpillRetryNs = 100'000'000;  // after a spill the mover refused as busy
 
 MoveKind kind_of(Tier from, Tier to) {
   if (to == Tier::kUnpopulated) return MoveKind::kDiscard;
@@ -544,6 +545,10 @@ void Pager::on_complete(const MoveCompletion& done) {
   } else {
     ++counters_.move_failures;
     if (kind == MoveKind::kSpill && done.status == Status::kNoSpace) spill_disabled_ = true;
+    // The mover could not spill now (it cannot yet prove nothing reads the
+    // chunk): try again a little later, not on every tick.
+    if (kind == MoveKind::kSpill && done.status == Status::kBusy)
+      next_spill_check_ns_ = std::max(next_spill_check_ns_, mover_.clock().now_ns() + kSpillRetryNs);
     abort_move(c);
     last_error_chunk_ = &c;
     last_error_ = done.status;

@@ -272,7 +272,7 @@ TEST(StandIn, AnIdleRegionSpillsAndTheNextLaunchRestoresIt) {
   ASSERT_TRUE(eventually([] { return stats().num("unsafe_chunks") >= 3; })) << stats().num("unsafe_chunks");
   EXPECT_GT(Program::host_mismatches(r, 8 * kMiB, 2), 0u);
   EXPECT_EQ(p.check(r, 8 * kMiB, 2), 0u);
-  EXPECT_EQ(stats().num("unsafe_chunks"), 0u);
+  EXPECT_GE(stats().num("restores"), 1u);  // (it may well have spilled again since: 50 ms idle)
 }
 
 // Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h

@@ -8,6 +8,7 @@
 #include <random>
 #include <vector>
 
+#include "null_mover.h"
 #include "sim_rig.h"
 
 namespace kvpager {
@@ -604,6 +605,33 @@ TEST(Pager, TouchKeepsARegionFromLookingIdle) {
   rig.dev.compute(2'000'000'000);
   settle(*rig.pager);
   EXPECT_GT(chunks_in(*rig.pager, r, Tier::kNvme), 0u) << "left alone: spills";
+}
+
+
+TEST(Pager, ASpillTheMoverRefusesAsBusyIsRetriedLaterNotAtOnce) {
+  // The CUDA mover refuses a spill while it cannot fence the program's work
+  // (a stream capture is active): the pager must neither spin nor give up.
+  Config cfg = small_config();
+  cfg.prefetchers = 0;
+  cfg.host_capacity = 64 * KiB;
+  cfg.spill_idle_ns = 3'600'000'000'000;
+  testing::NullMover mover(1 * MiB);
+  bool busy = true;
+  mover.fail = [&](const MoveRequest& r) { return r.kind == MoveKind::kSpill && busy ? Status::kBusy : Status::kOk; };
+  Pager pager(cfg, mover);
+  RegionId r = pager.add_region(0x1000000, 256 * KiB, "ctx", Tier::kHost);
+  ASSERT_EQ(pager.hint(pager.find_context("ctx"), HintKind::kPark), Status::kOk);
+  pager.drain();  // returns: a refused spill is not retried in a loop
+  const uint64_t failures = pager.stats().move_failures;
+  EXPECT_GT(failures, 0u);
+  for (int i = 0; i < 10; ++i) pager.tick();
+  EXPECT_EQ(pager.stats().move_failures, failures) << "not retried before the back-off";
+  busy = false;
+  mover.vclock().advance(200'000'000);
+  pager.tick();
+  pager.drain();
+  EXPECT_EQ(chunks_in(pager, r, Tier::kNvme), 4u) << "retried after it";
+  EXPECT_EQ(pager.audit(), "");
 }
 
 }  // namespace
