@@ -86,5 +86,35 @@ TEST_P(Preloaded, Scenario) {
 INSTANTIATE_TEST_SUITE_P(StandInDriver, Preloaded, ::testing::ValuesIn(kScenarios),
                          [](const ::testing::TestParamInfo<Scenario>& p) { return std::string(p.param.name); });
 
+// kvpager run: the same program started through the CLI, which validates the
+// configuration, passes the knobs it was given and preloads the library.
+std::vector<std::string> run_env(const std::string& store) {
+  return {"-KVPAGER_*", "-LD_PRELOAD", "LD_LIBRARY_PATH=" + std::string(STANDIN_LIB_DIR), "KVPAGER_STORE_DIR=" + store,
+          // (ASan builds: the runtime is not first in a preloaded child; harmless here)
+          "ASAN_OPTIONS=detect_leaks=0:verify_asan_link_order=0"};
+}
+
+TEST(KvpagerRunOnStandIn, PreloadsTheLibraryAndHandsItTheKnobs) {
+  const std::string store = "/tmp/kvpager-run-" + std::to_string(getpid());
+  ProcessResult r = run_process({KVPAGER_BIN, "run", "--set", "cuda.deny_sizes=4M-6M", "--cuda-allow-sizes", "512K-1M",
+                                 "--", SCENARIO_BIN, "--gtest_filter=StandIn.AllowAndDenySizeRanges"},
+                                run_env(store), 120.0);
+  std::filesystem::remove_all(store);
+  EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
+  EXPECT_NE(r.out.find("[  PASSED  ] 1 test"), std::string::npos) << r.out;
+}
+
+TEST(KvpagerRunOnStandIn, RefusesABadConfigurationBeforeStarting) {
+  ProcessResult r = run_process({KVPAGER_BIN, "run", "--cuda-min-size", "lots", "--", "/bin/true"}, run_env("/tmp"));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("cuda.min_size"), std::string::npos) << r.err;
+  r = run_process({KVPAGER_BIN, "run", "--lib", "/nonexistent/libkvpager.so", "--", "/bin/true"}, run_env("/tmp"));
+  EXPECT_EQ(r.exit_code, 2);
+  EXPECT_NE(r.err.find("--lib"), std::string::npos) << r.err;
+  r = run_process({KVPAGER_BIN, "run", "--", "/nonexistent/program"}, run_env("/tmp"));
+  EXPECT_EQ(r.exit_code, 1) << "a program that cannot start is a runtime failure";
+  EXPECT_NE(r.err.find("/nonexistent/program"), std::string::npos) << r.err;
+}
+
 }  // namespace
 }  // namespace kvpager::testing

@@ -43,6 +43,7 @@ void add_global_options(CLI::App& app, Globals& g);
 
 void add_config_command(CLI::App& app, Globals& g);
 void add_demo_command(CLI::App& app, Globals& g);
+void add_run_command(CLI::App& app, Globals& g);
 
 // Whether a CUDA device is usable here: loads libcuda.so.1 (if present) and
 // asks it. Never links against CUDA. `why` says what was found.

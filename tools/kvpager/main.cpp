@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   cli::add_global_options(app, g);
   cli::add_config_command(app, g);
   cli::add_demo_command(app, g);
+  cli::add_run_command(app, g);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
