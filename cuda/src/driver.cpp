@@ -3,35 +3,35 @@
 #include <dlfcn.h>
 #include <fmt/format.h>
 
-#include <atomic>
 
 namespace kvpager::cuda {
 
 namespace {
 
 using DlsymFn = void* (*)(void*, const char*);
+DlsymFn g_real_dlsym = nullptr;  // plain, constant-initialised: read with atomic builtins
+
+}  // namespace
 
 // The dlsym that libc exports. libkvpager.so defines its own dlsym, so a plain
 // call would come back to it; dlvsym is not overridden. glibc 2.34 moved
 // dlsym into libc under a new version; older ones have only GLIBC_2.2.5.
-DlsymFn find_real_dlsym() {
-  static std::atomic<DlsymFn> cached{nullptr};
-  DlsymFn f = cached.load(std::memory_order_acquire);
-  if (f) return f;
+// Not instrumented by sanitizers: a sanitizer runtime resolves its own
+// interceptors through dlsym before it has set itself up.
+KVP_NO_SANITIZE void* real_dlsym_function() {
+  DlsymFn f = __atomic_load_n(&g_real_dlsym, __ATOMIC_ACQUIRE);
+  if (f) return reinterpret_cast<void*>(f);
   void* p = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.34");
   if (!p) p = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.2.5");
 #if defined(__aarch64__)
   if (!p) p = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.17");
 #endif
-  f = reinterpret_cast<DlsymFn>(p);
-  cached.store(f, std::memory_order_release);
-  return f;
+  __atomic_store_n(&g_real_dlsym, reinterpret_cast<DlsymFn>(p), __ATOMIC_RELEASE);
+  return p;
 }
 
-}  // namespace
-
-void* real_dlsym(void* handle, const char* name) {
-  DlsymFn f = find_real_dlsym();
+KVP_NO_SANITIZE void* real_dlsym(void* handle, const char* name) {
+  auto f = reinterpret_cast<DlsymFn>(real_dlsym_function());
   return f ? f(handle, name) : nullptr;
 }
 

@@ -69,8 +69,12 @@ struct Driver {
   bool can_spill() const { return can_page() && memDiscardBatchAsync; }
 };
 
+// Code that may run before a sanitizer runtime has initialised (our dlsym).
+#define KVP_NO_SANITIZE __attribute__((no_sanitize("address", "undefined")))
+
 // The libc dlsym, bypassing libkvpager's own (which hands out wrappers).
 void* real_dlsym(void* handle, const char* name);
+void* real_dlsym_function();
 
 const char* error_name(CUresult r);
 

@@ -27,12 +27,13 @@ namespace {
 __attribute__((tls_model("initial-exec"))) thread_local int t_dlsym_depth = 0;
 }  // namespace
 
-extern "C" __attribute__((visibility("hidden"), used)) void* kvp_real_dlsym_fn() {
-  void* p = dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.34");
-  return p ? p : dlvsym(RTLD_NEXT, "dlsym", "GLIBC_2.2.5");
+extern "C" __attribute__((visibility("hidden"), used)) KVP_NO_SANITIZE void* kvp_real_dlsym_fn() {
+  return kvpager::cuda::real_dlsym_function();
 }
 
-extern "C" __attribute__((visibility("hidden"), used)) void* kvp_dlsym_impl(void* handle, const char* name) {
+// (Not instrumented: sanitizer runtimes call dlsym while setting themselves up.)
+extern "C" __attribute__((visibility("hidden"), used)) KVP_NO_SANITIZE void* kvp_dlsym_impl(void* handle,
+                                                                                              const char* name) {
   void* p = kvpager::cuda::real_dlsym(handle, name);
   if (!p || !name || name[0] != 'c' || name[1] != 'u' || t_dlsym_depth > 0) return p;
   ++t_dlsym_depth;  // a dlsym from inside ours gets the plain answer

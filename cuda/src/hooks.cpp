@@ -298,7 +298,10 @@ struct Wrapper<A, V, CUresult (*)(Args...)> {
       p = resolve_real(A, V);
     if (!p) return CUDA_ERROR_NOT_INITIALIZED;
     auto real = reinterpret_cast<F>(p);
-    if (t_in_hook) return real(args...);
+    // Nested inside a hook (the driver calling back), or in a forked child
+    // (no pager thread; a lock may be held by a thread that is gone): the
+    // driver's own function, nothing else.
+    if (t_in_hook || Runtime::state() == RuntimeState::kForked) return real(args...);
     InHook guard;
     return Body<A>::template call<V>(real, args...);
   }

@@ -744,6 +744,7 @@ int Runtime::hint(const char* name, HintKind kind) {
 }
 
 std::string Runtime::stats_text() {
+  if (state_.load() == RuntimeState::kForked) return "state=forked-child\n";  // touch no lock: see on_fork_child
   std::string out;
   static constexpr const char* kStates[] = {"idle", "starting", "running", "off", "forked-child"};
   out += fmt::format("state={}\n", kStates[static_cast<int>(state_.load())]);
