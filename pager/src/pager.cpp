@@ -124,10 +124,7 @@ RegionId Pager::add_region(uint64_t base, uint64_t size, std::string_view contex
     r->chunks[i].region = slot;
     r->chunks[i].index = i;
   }
-  r->ctx = context_for(context, r->id);
-  Context& ctx = *contexts_[r->ctx];
-  r->key_base = ctx.next_key;
-  ctx.next_key += r->nchunks;
+  join_context(*r, context);
   for (uint32_t i = 0; i < r->nchunks; ++i) {
     Chunk& c = r->chunks[i];
     c.ctx = r->ctx;
@@ -229,20 +226,9 @@ Status Pager::set_context(RegionId id, std::string_view name) {
     const Chunk& c = r->chunks[i];
     if (c.store_copy || c.tier == Tier::kNvme) return Status::kBusy;
   }
-  // Leave the old context (dropping it if it was its last region), join the new one.
   const bool was_pinned = contexts_[r->ctx]->pinned;
-  {
-    Context& old = *contexts_[r->ctx];
-    std::erase(old.regions, id);
-    if (old.regions.empty()) {
-      context_names_.erase(old.name);
-      contexts_[r->ctx].reset();
-    }
-  }
-  r->ctx = context_for(name, id);
-  Context& ctx = *contexts_[r->ctx];
-  r->key_base = ctx.next_key;
-  ctx.next_key += r->nchunks;
+  leave_context(*r);
+  Context& ctx = join_context(*r, name);
   for (uint32_t i = 0; i < r->nchunks; ++i) {
     Chunk& c = r->chunks[i];
     c.ctx = r->ctx;
@@ -293,15 +279,27 @@ void Pager::release_region(Region& r) {
   resident_[index(Tier::kUnpopulated)] -= uint64_t{r.nchunks} * cfg_.chunk_size;
   chunks_in_[index(Tier::kUnpopulated)] -= r.nchunks;
   mover_.region_removed(r.id);
-  Context& ctx = *contexts_[r.ctx];
-  std::erase(ctx.regions, r.id);
-  if (ctx.regions.empty()) {
-    context_names_.erase(ctx.name);
-    contexts_[r.ctx].reset();
-  }
+  leave_context(r);
   uint32_t slot = r.id.slot;
   regions_[slot].reset();
   free_slots_.push_back(slot);
+}
+
+Context& Pager::join_context(Region& r, std::string_view name) {
+  r.ctx = context_for(name, r.id);
+  Context& ctx = *contexts_[r.ctx];
+  r.key_base = ctx.next_key;
+  ctx.next_key += r.nchunks;
+  return ctx;
+}
+
+void Pager::leave_context(Region& r) {
+  Context& ctx = *contexts_[r.ctx];
+  std::erase(ctx.regions, r.id);
+  if (ctx.regions.empty()) {  // its last region: the context goes
+    context_names_.erase(ctx.name);
+    contexts_[r.ctx].reset();
+  }
 }
 
 uint64_t Pager::context_last_access(const Context& ctx) const {

@@ -74,6 +74,27 @@ Setup& setup() {
   return s;
 }
 
+// Random pointers into the regions [first, n): a different region per launch.
+std::vector<uint64_t> random_pointers(const Setup& s, uint32_t seed, size_t first = 0) {
+  std::mt19937 rng(seed);
+  std::vector<uint64_t> ptrs(4096);
+  for (auto& p : ptrs) p = s.regions[first + rng() % (s.regions.size() - first)] + (rng() % (2 * MiB));
+  return ptrs;
+}
+
+// check(ptr, len, seed, result*) launched with each of `ptrs` in turn.
+void launch_each(benchmark::State& state, Setup& s, const std::vector<uint64_t>& ptrs) {
+  uint64_t ptr = 0, len = 64;
+  uint32_t seed = 1;
+  uint64_t* out = s.host_words.data();
+  void* args[] = {&ptr, &len, &seed, &out};
+  size_t i = 0;
+  for (auto _ : state) {
+    ptr = ptrs[i++ & 4095];
+    benchmark::DoNotOptimize(bench_launch(s.check, args, nullptr, &empty_driver_call));
+  }
+}
+
 // The bare call, for reference: what the benchmarks below add to.
 void BM_DriverCallOnly(benchmark::State& state) {
   CUresult (*volatile real)() = &empty_driver_call;
@@ -97,18 +118,7 @@ BENCHMARK(BM_LaunchNoManagedArgument);
 // (so the lookups miss the CPU caches the way a real mix of kernels would).
 void BM_LaunchManagedArgument(benchmark::State& state) {
   Setup& s = setup();
-  std::mt19937 rng(1);
-  std::vector<uint64_t> ptrs(4096);
-  for (auto& p : ptrs) p = s.regions[rng() % s.regions.size()] + (rng() % (2 * MiB));
-  uint64_t ptr = 0, len = 64;
-  uint32_t seed = 1;
-  uint64_t* out = s.host_words.data();
-  void* args[] = {&ptr, &len, &seed, &out};
-  size_t i = 0;
-  for (auto _ : state) {
-    ptr = ptrs[i++ & 4095];
-    benchmark::DoNotOptimize(bench_launch(s.check, args, nullptr, &empty_driver_call));
-  }
+  launch_each(state, s, random_pointers(s, 1));
 }
 BENCHMARK(BM_LaunchManagedArgument);
 
@@ -130,9 +140,7 @@ BENCHMARK(BM_LaunchStructArgument);
 // The scan function alone: one 8-byte word looked up in the map of 10^4 regions.
 void BM_RegionLookup(benchmark::State& state) {
   Setup& s = setup();
-  std::mt19937 rng(2);
-  std::vector<uint64_t> words(4096);
-  for (auto& w : words) w = s.regions[rng() % s.regions.size()] + (rng() % (2 * MiB));
+  std::vector<uint64_t> words = random_pointers(s, 2);
   Quiescence::Bracket b(s.rt->quiescence());
   const RegionMap::Snapshot& snap = s.rt->map().snapshot();
   size_t i = 0;
@@ -151,18 +159,7 @@ void BM_LaunchManagedArgumentWhileSomethingIsSpilled(benchmark::State& state) {
     return true;
   }();
   benchmark::DoNotOptimize(parked);
-  std::mt19937 rng(3);
-  std::vector<uint64_t> ptrs(4096);
-  for (auto& p : ptrs) p = s.regions[1 + rng() % (s.regions.size() - 1)] + (rng() % (2 * MiB));
-  uint64_t ptr = 0, len = 64;
-  uint32_t seed = 1;
-  uint64_t* out = s.host_words.data();
-  void* args[] = {&ptr, &len, &seed, &out};
-  size_t i = 0;
-  for (auto _ : state) {
-    ptr = ptrs[i++ & 4095];
-    benchmark::DoNotOptimize(bench_launch(s.check, args, nullptr, &empty_driver_call));
-  }
+  launch_each(state, s, random_pointers(s, 3, /*first=*/1));
   state.counters["unsafe_chunks"] = s.rt->unsafe_chunks();
 }
 BENCHMARK(BM_LaunchManagedArgumentWhileSomethingIsSpilled);

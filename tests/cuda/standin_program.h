@@ -82,19 +82,17 @@ struct Program {
     if (retain(&ctx, 0) != CUDA_SUCCESS || set_current(ctx) != CUDA_SUCCESS) throw std::runtime_error("context");
   }
 
-  template <typename F>
-  void get(F& fn, const char* name, int version, cuuint64_t flags = CU_GET_PROC_ADDRESS_DEFAULT) {
-    void* p = nullptr;
-    CUdriverProcAddressQueryResult st{};
-    if (gpa(name, &p, version, flags, &st) != CUDA_SUCCESS || !p)
-      throw std::runtime_error(std::string("cuGetProcAddress ") + name);
-    fn = reinterpret_cast<F>(p);
-  }
+  // What cuGetProcAddress hands out for (name, version, flags); null if nothing.
   void* raw(const char* name, int version, cuuint64_t flags = CU_GET_PROC_ADDRESS_DEFAULT) {
     void* p = nullptr;
     CUdriverProcAddressQueryResult st{};
-    gpa(name, &p, version, flags, &st);
-    return p;
+    return gpa(name, &p, version, flags, &st) == CUDA_SUCCESS ? p : nullptr;
+  }
+  template <typename F>
+  void get(F& fn, const char* name, int version, cuuint64_t flags = CU_GET_PROC_ADDRESS_DEFAULT) {
+    void* p = raw(name, version, flags);
+    if (!p) throw std::runtime_error(std::string("cuGetProcAddress ") + name);
+    fn = reinterpret_cast<F>(p);
   }
 
   template <typename T>

@@ -216,13 +216,21 @@ void park_until_spilled(Program& p, const char* name, uint64_t size) {
   EXPECT_GT(p.count_log("cuMemDiscardBatchAsync"), 0u);
 }
 
+// An 8 MiB region, context "ctx", filled with pattern `seed` by a kernel and
+// then parked until all of it is in the store.
+CUdeviceptr spilled_region(Program& p, uint32_t seed) {
+  CUdeviceptr r = p.must_alloc(8 * kMiB);
+  EXPECT_EQ(kvpager_tag_context(r, 8 * kMiB, "ctx"), KVPAGER_OK);
+  EXPECT_EQ(p.fill(r, 8 * kMiB, seed), CUDA_SUCCESS);
+  park_until_spilled(p, "ctx", 8 * kMiB);
+  return r;
+}
+
 // Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
 TEST(StandIn, RestoresASpilledRegionBeforeALaunchReadsIt) {
   Program p;
-  CUdeviceptr r = p.must_alloc(8 * kMiB);
-  ASSERT_EQ(kvpager_tag_context(r, 8 * kMiB, "ctx"), KVPAGER_OK);
-  ASSERT_EQ(p.fill(r, 8 * kMiB, 5), CUDA_SUCCESS);
-  park_until_spilled(p, "ctx", 8 * kMiB);
+  CUdeviceptr r = spilled_region(p, 5);
+  ASSERT_FALSE(::testing::Test::HasFailure());
   EXPECT_GT(Program::host_mismatches(r, 8 * kMiB, 5), 0u) << "discarded: what is there now is garbage";
   p.clear_log();
   // A kernel reads it (its argument points right into the parked context).
@@ -240,10 +248,8 @@ TEST(StandIn, RestoresASpilledRegionBeforeALaunchReadsIt) {
 // Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
 TEST(StandIn, RestoresBeforeCopiesAndMemsetsTouchASpilledRegion) {
   Program p;
-  CUdeviceptr r = p.must_alloc(8 * kMiB);
-  ASSERT_EQ(kvpager_tag_context(r, 8 * kMiB, "ctx"), KVPAGER_OK);
-  ASSERT_EQ(p.fill(r, 8 * kMiB, 9), CUDA_SUCCESS);
-  park_until_spilled(p, "ctx", 8 * kMiB);
+  CUdeviceptr r = spilled_region(p, 9);
+  ASSERT_FALSE(::testing::Test::HasFailure());
   // A copy to the host reads it.
   std::vector<uint8_t> host(1 * kMiB);
   ASSERT_EQ(p.dtoh(host.data(), r + 3 * kMiB, host.size()), CUDA_SUCCESS);
@@ -489,10 +495,8 @@ TEST(StandIn, ALibraryConstructorUsingCudaBeforeMainIsRouted) {
 // Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
 TEST(StandIn, ForkLeavesTheParentsPagerWorkingAndTheChildSafe) {
   Program p;
-  CUdeviceptr r = p.must_alloc(8 * kMiB);
-  ASSERT_EQ(kvpager_tag_context(r, 8 * kMiB, "ctx"), KVPAGER_OK);
-  ASSERT_EQ(p.fill(r, 8 * kMiB, 8), CUDA_SUCCESS);
-  park_until_spilled(p, "ctx", 8 * kMiB);
+  CUdeviceptr r = spilled_region(p, 8);
+  ASSERT_FALSE(::testing::Test::HasFailure());
   pid_t pid = fork();
   if (pid == 0) {
     alarm(20);  // a hang is a failure, not a stuck test

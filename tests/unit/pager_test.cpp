@@ -408,6 +408,16 @@ TEST(Pager, CleanChunksWithAStoreCopySpillWithoutWriting) {
 // (the interposer tags sub-ranges of one allocation as contexts, and restores
 // spilled regions before a launch reads them)
 
+// Host RAM for `host` bytes, no prefetchers, nothing idle long enough to
+// spill: what spills is what a test parks.
+Config spill_config(uint64_t host) {
+  Config cfg = small_config();
+  cfg.prefetchers = 0;
+  cfg.host_capacity = host;
+  cfg.spill_idle_ns = 3'600'000'000'000;
+  return cfg;
+}
+
 // Parks context `name` and lets everything settle, so its chunks spill.
 void park_and_spill(SimRig& rig, const std::string& name) {
   ASSERT_EQ(rig.pager->hint(rig.pager->find_context(name), HintKind::kPark), Status::kOk);
@@ -424,11 +434,7 @@ uint32_t chunks_in(const Pager& p, RegionId id, Tier t) {
 TEST(Pager, SpilledChunksKeepTheirStoreNamesWhenAnotherRegionOfTheContextGoes) {
   // Store names are (context, chunk number); numbering by position in the
   // context would rename B's spilled chunks when A (before it) is freed.
-  Config cfg = small_config();
-  cfg.prefetchers = 0;
-  cfg.host_capacity = 128 * KiB;
-  cfg.spill_idle_ns = 3'600'000'000'000;
-  SimRig rig(cfg);
+  SimRig rig(spill_config(128 * KiB));
   RegionId a = rig.dev.alloc(256 * KiB, "ctx");
   RegionId b = rig.dev.alloc(256 * KiB, "ctx");
   auto data = pattern(256 * KiB, 3);
@@ -443,11 +449,7 @@ TEST(Pager, SpilledChunksKeepTheirStoreNamesWhenAnotherRegionOfTheContextGoes) {
 }
 
 TEST(Pager, RestoreBringsEverySpilledChunkOfARegionBackToHostRam) {
-  Config cfg = small_config();
-  cfg.prefetchers = 0;
-  cfg.host_capacity = 128 * KiB;
-  cfg.spill_idle_ns = 3'600'000'000'000;
-  SimRig rig(cfg);
+  SimRig rig(spill_config(128 * KiB));
   RegionId a = rig.dev.alloc(512 * KiB, "a");
   auto data = pattern(512 * KiB, 9);
   ASSERT_EQ(rig.dev.write(a, 0, data), Status::kOk);
@@ -465,11 +467,7 @@ TEST(Pager, RestoreBringsEverySpilledChunkOfARegionBackToHostRam) {
 }
 
 TEST(Pager, RestoreReportsAChunkTheStoreCannotGiveBack) {
-  Config cfg = small_config();
-  cfg.prefetchers = 0;
-  cfg.host_capacity = 128 * KiB;
-  cfg.spill_idle_ns = 3'600'000'000'000;
-  SimRig rig(cfg);
+  SimRig rig(spill_config(128 * KiB));
   RegionId a = rig.dev.alloc(256 * KiB, "a");
   ASSERT_EQ(rig.dev.write(a, 0, pattern(256 * KiB, 1)), Status::kOk);
   park_and_spill(rig, "a");
@@ -483,11 +481,7 @@ TEST(Pager, RestoreReportsAChunkTheStoreCannotGiveBack) {
 }
 
 TEST(Pager, SplitKeepsEveryChunkWhereItWasAndItsBytes) {
-  Config cfg = small_config();
-  cfg.prefetchers = 0;
-  cfg.host_capacity = 256 * KiB;
-  cfg.spill_idle_ns = 3'600'000'000'000;
-  SimRig rig(cfg);
+  SimRig rig(spill_config(256 * KiB));
   RegionId pool = rig.dev.alloc(1 * MiB, "pool");  // 16 chunks
   auto data = pattern(1 * MiB, 5);
   ASSERT_EQ(rig.dev.write(pool, 0, data), Status::kOk);
@@ -568,11 +562,7 @@ TEST(Pager, SetContextTakesOverTheTargetsPin) {
 TEST(Pager, RegionsCanStartInHostRam) {
   // CUDA managed memory: the bytes exist (in host RAM) before the pager
   // moved anything; they count against host capacity and may spill.
-  Config cfg = small_config();
-  cfg.prefetchers = 0;
-  cfg.host_capacity = 256 * KiB;
-  cfg.spill_idle_ns = 3'600'000'000'000;
-  SimRig rig(cfg);
+  SimRig rig(spill_config(256 * KiB));
   RegionId r = rig.pager->add_region(0x10000000, 512 * KiB, "warm", Tier::kHost);
   ASSERT_TRUE(r.valid());
   EXPECT_EQ(chunks_in(*rig.pager, r, Tier::kHost), 8u);
@@ -590,9 +580,7 @@ TEST(Pager, RegionsCanStartInHostRam) {
 }
 
 TEST(Pager, TouchKeepsARegionFromLookingIdle) {
-  Config cfg = small_config();
-  cfg.prefetchers = 0;
-  cfg.host_capacity = 128 * KiB;
+  Config cfg = spill_config(128 * KiB);
   cfg.spill_idle_ns = 1'000'000'000;
   SimRig rig(cfg);
   RegionId r = rig.pager->add_region(0x10000000, 512 * KiB, "busy", Tier::kHost);  // over host capacity

@@ -174,6 +174,10 @@ class Pager final : private PrefetchSink, private RestoreCost {
   void rebuild_policies();
   void release_region(Region& r);
   ContextId context_for(std::string_view name, RegionId first);
+  // The region joins the named context (or one of its own for ""), taking the
+  // next store names; leaving drops a context left empty.
+  Context& join_context(Region& r, std::string_view name);
+  void leave_context(Region& r);
 
   Config cfg_;
   Mover& mover_;

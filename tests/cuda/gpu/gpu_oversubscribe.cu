@@ -17,16 +17,9 @@
 #include <thread>
 #include <vector>
 
+#include "check.cuh"
 #include "kvpager.h"
 
-#define CHECK(call)                                                                      \
-  do {                                                                                   \
-    cudaError_t e_ = (call);                                                             \
-    if (e_ != cudaSuccess) {                                                             \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                      \
-    }                                                                                    \
-  } while (0)
 
 __host__ __device__ inline uint8_t pattern(uint64_t i, uint32_t seed) {
   return static_cast<uint8_t>(i * 131 + seed * 7 + (i >> 12));

@@ -22,16 +22,9 @@
 #include <string>
 #include <vector>
 
+#include "check.cuh"
 #include "kvpager.h"
 
-#define CHECK(call)                                                                                   \
-  do {                                                                                                \
-    cudaError_t e_ = (call);                                                                          \
-    if (e_ != cudaSuccess) {                                                                          \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_));     \
-      std::exit(1);                                                                                   \
-    }                                                                                                 \
-  } while (0)
 
 __global__ void step(float* x, uint64_t n, float a) {
   for (uint64_t i = blockIdx.x * uint64_t(blockDim.x) + threadIdx.x; i < n; i += uint64_t(gridDim.x) * blockDim.x)
