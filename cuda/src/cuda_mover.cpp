@@ -241,6 +241,7 @@ void CudaMover::flush() {
       case MoveKind::kSpill:
         if (!fence) {
           fence = std::make_shared<Fence>();
+          fence->started_ns = clock_.now_ns();
           q_.take(fence->ticket);
         }
         j.fence = fence;
@@ -298,7 +299,12 @@ void CudaMover::flush() {
 bool CudaMover::fence_ready(Fence& f) {
   if (f.done) return true;
   if (!f.recorded) {
-    if (!q_.passed(f.ticket)) return false;
+    if (!q_.passed(f.ticket)) {
+      if (clock_.now_ns() - f.started_ns < kFenceTimeoutNs) return false;
+      f.failed = f.done = true;  // a launch still in its bracket after a second: not now
+      ++stats_.fence_refusals;
+      return true;
+    }
     if (!streams_.record_fence(d_, events_, f.events)) {
       f.failed = f.done = true;
       ++stats_.fence_refusals;
@@ -307,8 +313,18 @@ bool CudaMover::fence_ready(Fence& f) {
     f.destroyed = streams_.destroyed_count();
     f.recorded = true;
   }
-  for (CUevent ev : f.events)
-    if (!event_done(ev)) return false;
+  for (CUevent ev : f.events) {
+    if (event_done(ev)) continue;
+    if (clock_.now_ns() - f.started_ns < kFenceTimeoutNs) return false;
+    // Gave up: the events go back (re-recording them later is fine).
+    const size_t own = f.events.size() - f.destroyed;
+    for (size_t i = 0; i < own; ++i) give_event(f.events[i]);
+    for (size_t i = own; i < f.events.size(); ++i) streams_.keep_destroyed(f.events[i]);
+    f.events.clear();
+    f.failed = f.done = true;
+    ++stats_.fence_refusals;
+    return true;
+  }
   const size_t own = f.events.size() - f.destroyed;
   for (size_t i = 0; i < f.events.size(); ++i) {
     if (i < own) give_event(f.events[i]);

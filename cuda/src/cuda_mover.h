@@ -21,8 +21,9 @@
 // launch-path bracket open at the mark has closed (later ones see the mark and
 // restore first), then records an event on every stream that carried an
 // operation on managed memory (and on the legacy stream) and waits for them.
-// If that cannot be done (a stream capture is active, a record failed), the
-// spill fails with kBusy and the chunk stays in host RAM.
+// If that cannot be done (a stream capture is active, a record failed, the
+// streams are not done within kFenceTimeoutNs), the spill fails with kBusy
+// and the chunk stays in host RAM.
 //
 // Moves are batched: everything submitted before the next poll()/wait() is
 // issued together, contiguous chunks of a region as one range, and completes
@@ -71,6 +72,10 @@ class CudaMover final : public Mover {
   using UnsafeCounter = std::function<std::atomic<uint32_t>*(uint64_t base)>;
 
   static constexpr uint32_t kStagingChunks = 8;
+  // A fence not complete after this long gives up (the spill fails as busy,
+  // the chunk stays in host RAM): a stream may be waiting on the host for
+  // something that waits on the pager.
+  static constexpr uint64_t kFenceTimeoutNs = 1'000'000'000;
 
   // ctx: the context whose device the mover serves (current on the calling
   // thread while it runs). store may be null: spills then fail kUnsupported.
@@ -110,6 +115,7 @@ class CudaMover final : public Mover {
     kIssued,    // promote/demote/discard/restore tail: waiting for the batch event
   };
   struct Fence {
+    uint64_t started_ns = 0;
     Quiescence::Ticket ticket;
     std::vector<CUevent> events;
     size_t destroyed = 0;  // the last `destroyed` events are owned by it

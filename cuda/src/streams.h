@@ -74,6 +74,12 @@ class StreamRegistry {
   bool record_fence(const Driver& d, std::vector<CUevent>& pool, std::vector<CUevent>& out);
   size_t destroyed_count() const { return destroyed_count_; }
   uint64_t fence_failures() const { return fence_failures_.load(std::memory_order_relaxed); }
+  // A fence that gave up hands back an event of a destroyed stream: the next
+  // fence must still wait for it.
+  void keep_destroyed(CUevent ev) {
+    std::lock_guard lock(mu_);
+    destroyed_.push_back(ev);
+  }
 
  private:
   static constexpr uintptr_t kEmpty = 0;

@@ -103,6 +103,20 @@ TEST(CudaMoverOnStandIn, ASpillWaitsUntilLaunchesUnderWayHaveBeenIssued) {
   EXPECT_EQ(rig.total_unsafe.load(), 0u);
 }
 
+TEST(CudaMoverOnStandIn, AFenceThatCannotCompleteGivesUpAndKeepsTheBytes) {
+  MoverRig rig(STANDIN_LIBCUDA, spilling_config());
+  ASSERT_TRUE(rig.ok()) << rig.why;
+  auto r = rig.alloc(128 * KiB, "ctx");
+  std::memset(r.bytes(), 0x42, r.size);
+  cuda::Quiescence::Bracket stuck(rig.q);  // a launch that never returns from the driver
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("ctx"), HintKind::kPark), Status::kOk);
+  rig.pager->drain();  // returns once the fence gave up
+  EXPECT_GT(rig.mover->stats().fence_refusals, 0u);
+  EXPECT_EQ(rig.pager->stats().tiers[index(Tier::kNvme)].resident_bytes, 0u);
+  EXPECT_EQ(rig.total_unsafe.load(), 0u);
+  for (uint64_t i = 0; i < r.size; ++i) ASSERT_EQ(r.bytes()[i], std::byte{0x42});
+}
+
 TEST(CudaMoverOnStandIn, NoSpillWhileAStreamIsCaptured) {
   MoverRig rig(STANDIN_LIBCUDA, spilling_config());
   ASSERT_TRUE(rig.ok()) << rig.why;
