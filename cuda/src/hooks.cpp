@@ -105,6 +105,8 @@ CUstream stream_or(CUstream s, T) {
 
 // ---------------------------------------------------------------- the launch-path protocol
 
+constexpr int kMaxRestoreRounds = 64;
+
 // Scans what an operation touches; if something it may read is spilled,
 // restores it (with no bracket open) and scans again; then issues the
 // operation inside the bracket, so a spill that starts now waits for it.
@@ -124,7 +126,11 @@ CUresult guarded(Scan&& scan, Call&& call) {
       break;
     }
     bracket.close();
-    if (!rt->restore(s.restore_slots(), s.restore_gens(), s.restore_count(), s.restore_all()))
+    // Restored, then spilled again before we got back, round after round:
+    // the pager spills only what looks idle, so this does not happen unless
+    // something is wrong; fail rather than spin or run on garbage.
+    if (round >= kMaxRestoreRounds ||
+        !rt->restore(s.restore_slots(), s.restore_gens(), s.restore_count(), s.restore_all()))
       return CUDA_ERROR_UNKNOWN;  // its bytes could not be brought back: never run on garbage
     bracket.open();
   }

@@ -12,6 +12,7 @@
 
 #include "mover_rig.h"
 #include "mover_workload.h"
+#include "preload.h"
 #include "run_process.h"
 
 namespace kvpager::testing {
@@ -83,7 +84,7 @@ TEST(GpuMover, EveryByteSurvivesTenThousandMovesOnTheCard) {
 // budget far below its footprint, a ceiling far below the card's free memory.
 std::vector<std::string> preload_env(const std::string& store) {
   return {"-KVPAGER_*",
-          "LD_PRELOAD=" + std::string(KVPAGER_PRELOAD_LIB),
+          "LD_PRELOAD=" + preload_value(),
           "KVPAGER_HBM_BUDGET=256M",
           "KVPAGER_HOST_CAPACITY=512M",
           "KVPAGER_SPILL_IDLE=1h",
@@ -93,6 +94,7 @@ std::vector<std::string> preload_env(const std::string& store) {
 
 TEST(GpuPreloaded, AnUnmodifiedNvccBinaryWithStaticCudartOversubscribesIntact) {
   REQUIRE_GPU(2 * GiB);
+  if (!std::filesystem::exists(GPU_OVERSUBSCRIBE_BIN)) GTEST_SKIP() << "GPU test skipped: built without nvcc";
   const std::string store = "/tmp/kvpager-gpu-" + std::to_string(getpid());
   // 1 GiB in 16 buffers: 4x the budget. The program verifies every byte with
   // kernels, parks half of its buffers (they spill) and reads them again:

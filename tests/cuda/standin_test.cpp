@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "preload.h"
 #include "run_process.h"
 
 namespace kvpager::testing {
@@ -62,13 +63,9 @@ TEST_P(Preloaded, Scenario) {
   const Scenario& sc = GetParam();
   const std::string store =
       (std::filesystem::temp_directory_path() / ("kvpager-standin-" + std::to_string(getpid()) + "-" + sc.name)).string();
-  std::string preload = KVPAGER_PRELOAD_LIB;
-#ifdef KVPAGER_ASAN_RUNTIME
-  preload = std::string(KVPAGER_ASAN_RUNTIME) + ":" + preload;  // the sanitizer's runtime must come first
-#endif
   std::vector<std::string> env = {
       "-KVPAGER_*",  // nothing of the caller's configuration leaks in
-      "LD_PRELOAD=" + preload,
+      "LD_PRELOAD=" + preload_value(),
       "LD_LIBRARY_PATH=" + std::string(STANDIN_LIB_DIR),
       "KVPAGER_STORE_DIR=" + store,
       "ASAN_OPTIONS=detect_leaks=0",
