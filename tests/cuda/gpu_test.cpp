@@ -105,6 +105,7 @@ TEST(GpuPreloaded, AnUnmodifiedNvccBinaryWithStaticCudartOversubscribesIntact) {
   EXPECT_EQ(r.exit_code, 0) << r.out << r.err;
   EXPECT_NE(r.out.find("all bytes verified"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("restored before launch: yes"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("copy of a spilled buffer: all bytes right"), std::string::npos) << r.out;
 }
 
 TEST(GpuPreloaded, APyTorchScriptAllocatingFourTimesTheBudgetComputesCorrectly) {

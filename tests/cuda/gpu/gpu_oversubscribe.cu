@@ -113,6 +113,20 @@ int main(int argc, char** argv) {
     const bool restored = stat("restores") > restores && stat("unsafe_chunks") < spilled / (2u << 20);
     std::printf("restored before launch: %s\n", restored ? "yes" : "no");
     if (!restored) return 1;
+    // A copy to the host reads a spilled buffer too: restored first as well.
+    for (int i = 0; i < buffers; i += 2) kvpager_park_context(("buf" + std::to_string(i)).c_str());
+    until = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    while (stat("unsafe_chunks") == 0 && std::chrono::steady_clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::vector<uint8_t> host(bytes);
+    CHECK(cudaMemcpy(host.data(), buf[0], bytes, cudaMemcpyDeviceToHost));
+    for (uint64_t k = 0; k < bytes; ++k) {
+      if (host[k] != pattern(k, 0)) {
+        std::printf("copy of a spilled buffer: byte %llu wrong\n", static_cast<unsigned long long>(k));
+        return 1;
+      }
+    }
+    std::printf("copy of a spilled buffer: all bytes right\n");
   }
   for (auto b : buf) CHECK(cudaFree(b));
   std::printf("all bytes verified (%d buffers x %llu MiB, %d passes)\n", buffers, static_cast<unsigned long long>(mib),
