@@ -80,6 +80,20 @@ void SimMover::region_removed(RegionId id) {
   locs_[id.slot].clear();
 }
 
+Status SimMover::region_split(RegionId head, RegionId tail, uint32_t at) {
+  if (head.slot >= locs_.size() || gens_[head.slot] != head.gen || at >= locs_[head.slot].size())
+    return Status::kInvalid;
+  if (locs_.size() <= tail.slot) {
+    locs_.resize(tail.slot + 1);
+    gens_.resize(tail.slot + 1);
+  }
+  auto& from = locs_[head.slot];
+  locs_[tail.slot].assign(from.begin() + at, from.end());
+  from.resize(at);
+  gens_[tail.slot] = tail.gen;
+  return Status::kOk;
+}
+
 SimMover::Loc* SimMover::loc(RegionId id, uint32_t chunk) {
   if (id.slot >= locs_.size() || gens_[id.slot] != id.gen || chunk >= locs_[id.slot].size()) return nullptr;
   return &locs_[id.slot][chunk];
@@ -142,6 +156,16 @@ Status SimMover::submit(const MoveRequest& req) {
   return Status::kOk;
 }
 
+// A chunk of a region that started in host RAM has no host slot until it is
+// first moved: its bytes are zeros (fresh memory).
+std::span<std::byte> SimMover::host_bytes(Loc& l, uint64_t len) {
+  if (l.host == SlotArena::kNone) {
+    l.host = host_.alloc();
+    std::memset(host_.bytes(l.host, len).data(), 0, len);
+  }
+  return host_.bytes(l.host, len);
+}
+
 Status SimMover::execute(const MoveRequest& req) {
   Loc& l = *loc(req.region, req.chunk);
   auto drop = [](SlotArena& arena, uint32_t& slot) {
@@ -154,7 +178,7 @@ Status SimMover::execute(const MoveRequest& req) {
       if (req.from == Tier::kUnpopulated) {
         std::memset(hbm_.bytes(l.hbm, req.len).data(), 0, req.len);
       } else {
-        std::memcpy(hbm_.bytes(l.hbm, req.len).data(), host_.bytes(l.host, req.len).data(), req.len);
+        std::memcpy(hbm_.bytes(l.hbm, req.len).data(), host_bytes(l, req.len).data(), req.len);
         drop(host_, l.host);
       }
       return Status::kOk;
@@ -164,7 +188,7 @@ Status SimMover::execute(const MoveRequest& req) {
       return Status::kOk;
     case MoveKind::kSpill:
       if (req.write_back) {
-        Status s = store_->put(req.key, host_.bytes(l.host, req.len));
+        Status s = store_->put(req.key, host_bytes(l, req.len));
         if (!ok(s)) return s;  // the host copy stays: nothing is lost
       }
       drop(host_, l.host);

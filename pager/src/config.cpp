@@ -122,6 +122,38 @@ std::string format_duration(uint64_t ns) {
   return fmt::format("{}ns", ns);
 }
 
+std::optional<std::vector<SizeRange>> parse_size_ranges(std::string_view s, std::string* why) {
+  auto fail = [&](std::string msg) -> std::optional<std::vector<SizeRange>> {
+    if (why) *why = std::move(msg);
+    return std::nullopt;
+  };
+  std::vector<SizeRange> out;
+  s = trim(s);
+  while (!s.empty()) {
+    size_t comma = s.find(',');
+    std::string_view item = trim(s.substr(0, comma));
+    s = comma == std::string_view::npos ? std::string_view{} : trim(s.substr(comma + 1));
+    size_t dash = item.find('-');
+    if (dash == std::string_view::npos) return fail(fmt::format("'{}' is not a range LO-HI", item));
+    std::string_view lo = trim(item.substr(0, dash)), hi = trim(item.substr(dash + 1));
+    SizeRange r;
+    if (!lo.empty()) {
+      auto v = parse_bytes(lo);
+      if (!v) return fail(fmt::format("'{}' is not a byte size", lo));
+      r.lo = *v;
+    }
+    if (!hi.empty()) {
+      auto v = parse_bytes(hi);
+      if (!v) return fail(fmt::format("'{}' is not a byte size", hi));
+      r.hi = *v;
+    }
+    if (lo.empty() && hi.empty()) return fail("'-' bounds nothing");
+    if (r.lo > r.hi) return fail(fmt::format("'{}' is empty (low end above high end)", item));
+    out.push_back(r);
+  }
+  return out;
+}
+
 std::string Knob::env_name() const {
   std::string out = "KVPAGER_";
   for (char c : name) out += (c == '.') ? '_' : static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
@@ -305,6 +337,24 @@ struct StringKnob {
   }
 };
 
+// A comma list of size ranges, kept as text in the Config and parsed by its user.
+template <auto M>
+struct SizeRangesKnob {
+  static std::optional<std::string> parse(Config& c, std::string_view v) {
+    c.*M = std::string(trim(v));
+    return check(c);
+  }
+  static std::string format(const Config& c) { return c.*M; }
+  static std::optional<std::string> check(const Config& c) {
+    std::string why;
+    if (!parse_size_ranges(c.*M, &why)) return why + ": allowed a comma list of LO-HI byte ranges (4M-64M,1G-)";
+    return std::nullopt;
+  }
+};
+
+constexpr std::array<std::pair<AsyncAlloc, std::string_view>, 2> kAsyncAllocNames{
+    {{AsyncAlloc::kManaged, "managed"}, {AsyncAlloc::kPassthrough, "passthrough"}}};
+
 template <typename K>
 constexpr Knob make(std::string_view name, KnobType t, bool live, std::string_view range, std::string_view help) {
   return Knob{name, t, live, range, help, &K::parse, &K::format, &K::check};
@@ -313,7 +363,9 @@ constexpr Knob make(std::string_view name, KnobType t, bool live, std::string_vi
 constexpr uint64_t kMaxBytes = TiB * 1024 * 64;  // 64 PiB: a sanity bound, not a policy
 constexpr uint64_t kHour = 3600ull * 1'000'000'000;
 
-const Knob kKnobs[] = {
+// constexpr: constant-initialised, so it can be read from any constructor
+// (libkvpager.so is called from other libraries' constructors before its own run).
+constexpr Knob kKnobs[] = {
     make<BytesKnob<&Config::chunk_size, 64 * KiB, 64 * MiB, false, true>>(
         "chunk_size", KnobType::kBytes, false, "a power of two, 64K..64M",
         "Paging unit. 2M matches the UVM driver's VA block."),
@@ -381,6 +433,34 @@ const Knob kKnobs[] = {
         "runtime_dir", KnobType::kString, false, "a directory path",
         "Where each pager's control socket lives (one per process, named by pid; mode 0700). Empty: "
         "$XDG_RUNTIME_DIR/kvpager, else /run/kvpager; /tmp/kvpager-<uid> when that is not writable."),
+
+    // --- cuda: the interposer (libkvpager.so), issue 6 ---
+    make<BytesKnob<&Config::cuda_min_size, 1, kMaxBytes, true, false>>(
+        "cuda.min_size", KnobType::kBytes, false, "0..64P",
+        "Device allocations at or above this size become managed regions the pager moves; smaller ones pass "
+        "through. 0: every allocation."),
+    make<SizeRangesKnob<&Config::cuda_allow_sizes>>(
+        "cuda.allow_sizes", KnobType::kString, false, "comma list of LO-HI byte ranges, either end optional",
+        "Allocation sizes that become managed even below cuda.min_size."),
+    make<SizeRangesKnob<&Config::cuda_deny_sizes>>(
+        "cuda.deny_sizes", KnobType::kString, false, "comma list of LO-HI byte ranges, either end optional",
+        "Allocation sizes that always pass through (wins over cuda.allow_sizes and cuda.min_size), e.g. "
+        "buffers a program exports through CUDA IPC."),
+    make<BytesKnob<&Config::cuda_managed_limit, 64 * KiB, kMaxBytes, true, false>>(
+        "cuda.managed_limit", KnobType::kBytes, false, "0 (auto) or 64K..64P",
+        "Hard ceiling on managed bytes: an allocation beyond it fails with CUDA_ERROR_OUT_OF_MEMORY. "
+        "auto: cuda.virtual_capacity. On a shared GPU keep it below the card's free memory."),
+    make<BytesKnob<&Config::cuda_virtual_capacity, 64 * KiB, kMaxBytes, true, false>>(
+        "cuda.virtual_capacity", KnobType::kBytes, false, "0 (auto) or 64K..64P",
+        "Total memory cuMemGetInfo/cudaMemGetInfo report; free falls as the program allocates. "
+        "auto: the device's memory plus host_capacity."),
+    make<EnumKnob<&Config::cuda_async_alloc, kAsyncAllocNames>>(
+        "cuda.async_alloc", KnobType::kString, false, "managed, passthrough",
+        "cuMemAllocAsync/cuMemAllocFromPoolAsync (default pools) at or above the threshold: managed regions "
+        "freed in stream order, or the driver's pools untouched."),
+    make<DurationKnob<&Config::cuda_tick_ns, 10'000, 1'000'000'000>>(
+        "cuda.tick_interval", KnobType::kDuration, false, "10us..1s",
+        "How often the pager thread collects launches, finished moves and keeps the watermarks."),
 };
 
 }  // namespace

@@ -14,6 +14,7 @@ constexpr size_t kCompletionBatch = 64;
 constexpr size_t kPendingPrefetches = 4096;
 constexpr uint32_t kThrottleMuteEvents = 256;  // events a throttled prefetcher sits out
 constexpr uint64_t kThrottleMinChunks = 16;    // judged chunks before a verdict
+constexpr uint64_t kSpillRetryNs = 100'000'000;  // after a spill the mover refused as busy
 
 MoveKind kind_of(Tier from, Tier to) {
   if (to == Tier::kUnpopulated) return MoveKind::kDiscard;
@@ -97,17 +98,20 @@ ContextId Pager::context_for(std::string_view name, RegionId first) {
   return id;
 }
 
-RegionId Pager::add_region(uint64_t base, uint64_t size, std::string_view context) {
-  if (size == 0) return RegionId{};
-  uint32_t slot;
+uint32_t Pager::alloc_slot() {
   if (!free_slots_.empty()) {
-    slot = free_slots_.back();
+    uint32_t slot = free_slots_.back();
     free_slots_.pop_back();
-  } else {
-    slot = static_cast<uint32_t>(regions_.size());
-    regions_.push_back(nullptr);
-    generations_.push_back(0);
+    return slot;
   }
+  regions_.push_back(nullptr);
+  generations_.push_back(0);
+  return static_cast<uint32_t>(regions_.size() - 1);
+}
+
+RegionId Pager::add_region(uint64_t base, uint64_t size, std::string_view context, Tier initial) {
+  if (size == 0 || (initial != Tier::kUnpopulated && initial != Tier::kHost)) return RegionId{};
+  const uint32_t slot = alloc_slot();
   auto r = std::make_unique<Region>();
   r->id = RegionId{slot, ++generations_[slot]};
   r->base = base;
@@ -120,49 +124,182 @@ RegionId Pager::add_region(uint64_t base, uint64_t size, std::string_view contex
     r->chunks[i].region = slot;
     r->chunks[i].index = i;
   }
-  r->ctx = context_for(context, r->id);
-  for (uint32_t i = 0; i < r->nchunks; ++i) r->chunks[i].ctx = r->ctx;
-  resident_[index(Tier::kUnpopulated)] += uint64_t{r->nchunks} * cfg_.chunk_size;
-  chunks_in_[index(Tier::kUnpopulated)] += r->nchunks;
+  join_context(*r, context);
+  for (uint32_t i = 0; i < r->nchunks; ++i) {
+    Chunk& c = r->chunks[i];
+    c.ctx = r->ctx;
+    c.tier = c.target = initial;
+    c.dirty = initial == Tier::kHost;  // no store copy of it yet
+  }
+  resident_[index(initial)] += uint64_t{r->nchunks} * cfg_.chunk_size;
+  chunks_in_[index(initial)] += r->nchunks;
   RegionId id = r->id;
+  Region& added = *r;
   regions_[slot] = std::move(r);
   mover_.region_added(id, base, size);
+  if (initial == Tier::kHost) {
+    for (uint32_t i = 0; i < added.nchunks; ++i) make_evictable(added.chunks[i]);
+    next_spill_check_ns_ = 0;
+  }
   return id;
+}
+
+void Pager::wait_region_idle(const Region& r) {
+  auto busy = [&] {
+    for (uint32_t i = 0; i < r.nchunks; ++i)
+      if (r.chunks[i].in_flight()) return true;
+    return false;
+  };
+  while (busy()) {
+    if (collect(true) == 0 && mover_.pending() == 0) break;  // the mover lost them: never spin
+  }
 }
 
 Status Pager::remove_region(RegionId id) {
   Region* r = lookup(id);
   if (!r) return Status::kNotFound;
   // Let every move of this region finish, then discard what it holds.
-  auto busy = [&] {
-    for (uint32_t i = 0; i < r->nchunks; ++i)
-      if (r->chunks[i].in_flight()) return true;
-    return false;
-  };
-  while (busy()) collect(true);
+  wait_region_idle(*r);
   for (uint32_t i = 0; i < r->nchunks; ++i) {
     Chunk& c = r->chunks[i];
     c.pinned = false;
     if (c.tier != Tier::kUnpopulated) start_move(*r, c, MoveKind::kDiscard, Tier::kUnpopulated, false);
   }
-  while (busy()) collect(true);
+  wait_region_idle(*r);
   release_region(*r);
   return Status::kOk;
+}
+
+Status Pager::split_region(RegionId id, uint64_t offset, RegionId* tail) {
+  Region* r = lookup(id);
+  if (!r) return Status::kNotFound;
+  if (offset == 0 || offset >= r->size || offset % cfg_.chunk_size != 0) return Status::kInvalid;
+  // Completions name their chunk by address, and the chunks are re-made below.
+  wait_region_idle(*r);
+  const auto at = static_cast<uint32_t>(offset / cfg_.chunk_size);
+  const uint32_t slot = alloc_slot();
+  auto t = std::make_unique<Region>();
+  t->id = RegionId{slot, generations_[slot] + 1};
+  Status s = mover_.region_split(r->id, t->id, at);
+  if (!ok(s)) {
+    free_slots_.push_back(slot);
+    return s;
+  }
+  ++generations_[slot];
+  t->base = r->base + offset;
+  t->size = r->size - offset;
+  t->chunk_size = r->chunk_size;
+  t->nchunks = r->nchunks - at;
+  t->ctx = r->ctx;
+  t->last_access_ns = r->last_access_ns;
+  t->key_base = r->key_base + at;
+  t->chunks = std::make_unique<Chunk[]>(t->nchunks);
+  auto head = std::make_unique<Chunk[]>(at);
+  for (uint32_t i = 0; i < r->nchunks; ++i) {
+    Chunk& from = r->chunks[i];
+    const bool listed = from.in_policy;
+    make_unevictable(from);
+    Chunk& to = i < at ? head[i] : t->chunks[i - at];
+    to = from;  // an intrusive hook is never copied: `to` starts unlinked
+    to.region = i < at ? r->id.slot : slot;
+    to.index = i < at ? i : i - at;
+    if (listed) make_evictable(to);
+  }
+  if (last_error_chunk_ >= &r->chunks[0] && last_error_chunk_ < &r->chunks[0] + r->nchunks) last_error_chunk_ = nullptr;
+  r->chunks = std::move(head);
+  r->nchunks = at;
+  r->size = offset;
+  Context& ctx = *contexts_[r->ctx];
+  ctx.regions.insert(std::find(ctx.regions.begin(), ctx.regions.end(), r->id) + 1, t->id);
+  *tail = t->id;
+  regions_[slot] = std::move(t);
+  return Status::kOk;
+}
+
+Status Pager::set_context(RegionId id, std::string_view name) {
+  Region* r = lookup(id);
+  if (!r) return Status::kNotFound;
+  if (name.empty()) return Status::kInvalid;
+  if (contexts_[r->ctx]->name == name) return Status::kOk;
+  wait_region_idle(*r);
+  for (uint32_t i = 0; i < r->nchunks; ++i) {
+    const Chunk& c = r->chunks[i];
+    if (c.store_copy || c.tier == Tier::kNvme) return Status::kBusy;
+  }
+  const bool was_pinned = contexts_[r->ctx]->pinned;
+  leave_context(*r);
+  Context& ctx = join_context(*r, name);
+  for (uint32_t i = 0; i < r->nchunks; ++i) {
+    Chunk& c = r->chunks[i];
+    c.ctx = r->ctx;
+    if (ctx.pinned && !c.pinned) {
+      make_unevictable(c);
+      c.pinned = true;
+    } else if (!ctx.pinned && was_pinned && c.pinned) {
+      c.pinned = false;
+      if (c.tier == Tier::kHbm || c.tier == Tier::kHost) make_evictable(c);
+    }
+  }
+  return Status::kOk;
+}
+
+Status Pager::restore(RegionId id) {
+  Region* r = lookup(id);
+  if (!r) return Status::kNotFound;
+  now_ = mover_.clock().now_ns();
+  r->last_access_ns = now_;
+  // Each chunk is tried once: a chunk still on its way to NVMe is waited for
+  // and then brought back; a restore that fails is not retried here.
+  std::vector<bool> tried(r->nchunks, false);
+  for (;;) {
+    bool moving = false;
+    for (uint32_t i = 0; i < r->nchunks; ++i) {
+      Chunk& c = r->chunks[i];
+      if (c.in_flight()) {
+        moving = moving || c.tier == Tier::kNvme || c.target == Tier::kNvme;
+        continue;
+      }
+      if (c.tier != Tier::kNvme || tried[i]) continue;
+      tried[i] = true;
+      if (ok(start_move(*r, c, MoveKind::kRestore, Tier::kHost, /*demand=*/true))) moving = true;
+    }
+    if (!moving) break;
+    if (collect(true) == 0 && mover_.pending() == 0) break;
+  }
+  Status result = Status::kOk;
+  for (uint32_t i = 0; i < r->nchunks && ok(result); ++i) {
+    const Chunk& c = r->chunks[i];
+    if (c.tier == Tier::kNvme) result = last_error_chunk_ == &c ? last_error_ : Status::kIoError;
+  }
+  balance();
+  return result;
 }
 
 void Pager::release_region(Region& r) {
   resident_[index(Tier::kUnpopulated)] -= uint64_t{r.nchunks} * cfg_.chunk_size;
   chunks_in_[index(Tier::kUnpopulated)] -= r.nchunks;
   mover_.region_removed(r.id);
-  Context& ctx = *contexts_[r.ctx];
-  std::erase(ctx.regions, r.id);
-  if (ctx.regions.empty()) {
-    context_names_.erase(ctx.name);
-    contexts_[r.ctx].reset();
-  }
+  leave_context(r);
   uint32_t slot = r.id.slot;
   regions_[slot].reset();
   free_slots_.push_back(slot);
+}
+
+Context& Pager::join_context(Region& r, std::string_view name) {
+  r.ctx = context_for(name, r.id);
+  Context& ctx = *contexts_[r.ctx];
+  r.key_base = ctx.next_key;
+  ctx.next_key += r.nchunks;
+  return ctx;
+}
+
+void Pager::leave_context(Region& r) {
+  Context& ctx = *contexts_[r.ctx];
+  std::erase(ctx.regions, r.id);
+  if (ctx.regions.empty()) {  // its last region: the context goes
+    context_names_.erase(ctx.name);
+    contexts_[r.ctx].reset();
+  }
 }
 
 uint64_t Pager::context_last_access(const Context& ctx) const {
@@ -259,6 +396,10 @@ void Pager::launch(uint64_t kernel, std::span<const RegionId> regions) {
   dispatch([&](Prefetcher& p) { p.on_launch(ev, *this); });
 }
 
+void Pager::touch(RegionId id) {
+  if (Region* r = lookup(id)) r->last_access_ns = mover_.clock().now_ns();
+}
+
 // ---------------------------------------------------------------- hints
 
 Status Pager::hint(ContextId id, HintKind kind) {
@@ -341,13 +482,7 @@ void Pager::make_unevictable(Chunk& c) {
 }
 
 ObjectKey Pager::key_for(const Region& r, uint32_t i) const {
-  const Context& ctx = *contexts_[r.ctx];
-  uint64_t k = 0;
-  for (RegionId id : ctx.regions) {
-    if (id == r.id) break;
-    k += lookup(id)->nchunks;
-  }
-  return chunk_key("", ctx.name, k + i);
+  return chunk_key("", contexts_[r.ctx]->name, r.key_base + i);
 }
 
 Status Pager::start_move(Region& r, Chunk& c, MoveKind kind, Tier to, bool demand, uint8_t prefetcher) {
@@ -408,6 +543,10 @@ void Pager::on_complete(const MoveCompletion& done) {
   } else {
     ++counters_.move_failures;
     if (kind == MoveKind::kSpill && done.status == Status::kNoSpace) spill_disabled_ = true;
+    // The mover could not spill now (it cannot yet prove nothing reads the
+    // chunk): try again a little later, not on every tick.
+    if (kind == MoveKind::kSpill && done.status == Status::kBusy)
+      next_spill_check_ns_ = std::max(next_spill_check_ns_, mover_.clock().now_ns() + kSpillRetryNs);
     abort_move(c);
     last_error_chunk_ = &c;
     last_error_ = done.status;

@@ -23,6 +23,7 @@ class NullMover final : public Mover {
   VirtualClock& vclock() { return clock_; }
   void region_added(RegionId, uint64_t, uint64_t) override {}
   void region_removed(RegionId) override {}
+  Status region_split(RegionId, RegionId, uint32_t) override { return Status::kOk; }  // no per-region state
 
   Status submit(const MoveRequest& req) override {
     if (refuse && refuse(req)) return Status::kNoSpace;

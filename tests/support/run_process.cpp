@@ -22,7 +22,19 @@ ProcessResult run_process(const std::vector<std::string>& argv, const std::vecto
     std::string s(*e);
     vars[s.substr(0, s.find('='))] = s;
   }
-  for (const auto& s : env) vars[s.substr(0, s.find('='))] = s;
+  for (const auto& s : env) {
+    if (!s.empty() && s[0] == '-') {
+      std::string name = s.substr(1);
+      if (!name.empty() && name.back() == '*') {
+        name.pop_back();
+        std::erase_if(vars, [&](const auto& kv) { return kv.first.starts_with(name); });
+      } else {
+        vars.erase(name);
+      }
+      continue;
+    }
+    vars[s.substr(0, s.find('='))] = s;
+  }
   std::vector<std::string> env_strings;
   for (auto& [k, v] : vars) env_strings.push_back(v);
   std::vector<char*> envp, args;

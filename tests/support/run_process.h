@@ -14,8 +14,10 @@ struct ProcessResult {
 };
 
 // argv[0] is the program path. env: extra NAME=VALUE entries added to (or
-// replacing in) the current environment. stdin is /dev/null. Kills it after
-// timeout_s seconds (then exit_code is -1 and signal SIGKILL).
+// replacing in) the current environment; an entry "-NAME" removes NAME, and
+// "-PREFIX*" every variable whose name starts with PREFIX. stdin is
+// /dev/null. Kills it after timeout_s seconds (then exit_code is -1 and signal
+// SIGKILL).
 ProcessResult run_process(const std::vector<std::string>& argv, const std::vector<std::string>& env = {},
                           double timeout_s = 120.0);
 

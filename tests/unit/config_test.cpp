@@ -46,6 +46,13 @@ const std::map<std::string, Sample> kSamples = {
     {"sim.fault_cost", {"50us", "5"}},
     {"store.queue_depth", {"64", "0"}},
     {"runtime_dir", {"/run/user/1000/kvpager", std::string("a\0b", 3)}},
+    {"cuda.min_size", {"4M", "big"}},
+    {"cuda.allow_sizes", {"1M-2M", "2M-1M"}},
+    {"cuda.deny_sizes", {"64M-128M,1G-", "64M"}},
+    {"cuda.managed_limit", {"40G", "1K"}},
+    {"cuda.virtual_capacity", {"320G", "-5"}},
+    {"cuda.async_alloc", {"passthrough", "sometimes"}},
+    {"cuda.tick_interval", {"1ms", "1ns"}},
 };
 
 TEST(Config, EveryKnobHasASampleInThisTest) {
@@ -245,6 +252,27 @@ TEST(ConfigParse, Durations) {
   EXPECT_FALSE(parse_duration_ns("soon"));
   EXPECT_EQ(format_duration(30'000'000'000u), "30s");
   EXPECT_EQ(format_duration(10'000u), "10us");
+}
+
+TEST(ConfigParse, SizeRanges) {
+  auto r = parse_size_ranges(" 4M-64M, 1G- ,-8K");
+  ASSERT_TRUE(r);
+  ASSERT_EQ(r->size(), 3u);
+  EXPECT_EQ((*r)[0], (SizeRange{4 * MiB, 64 * MiB}));
+  EXPECT_EQ((*r)[1], (SizeRange{1 * GiB, UINT64_MAX}));
+  EXPECT_EQ((*r)[2], (SizeRange{0, 8 * KiB}));
+  EXPECT_TRUE((*r)[0].contains(4 * MiB));
+  EXPECT_TRUE((*r)[0].contains(64 * MiB)) << "ranges are inclusive";
+  EXPECT_FALSE((*r)[0].contains(64 * MiB + 1));
+  auto empty = parse_size_ranges("");
+  ASSERT_TRUE(empty);
+  EXPECT_TRUE(empty->empty());
+  std::string why;
+  EXPECT_FALSE(parse_size_ranges("8M-4M", &why));
+  EXPECT_NE(why.find("empty"), std::string::npos) << why;
+  EXPECT_FALSE(parse_size_ranges("-", &why));
+  EXPECT_FALSE(parse_size_ranges("4M", &why));
+  EXPECT_FALSE(parse_size_ranges("4Q-8M", &why));
 }
 
 TEST(Config, ResolvesAutoValues) {

@@ -2,11 +2,13 @@
 // hints, live changes, failures. Each test states the rule it checks.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cstring>
 #include <numeric>
 #include <random>
 #include <vector>
 
+#include "null_mover.h"
 #include "sim_rig.h"
 
 namespace kvpager {
@@ -399,6 +401,225 @@ TEST(Pager, CleanChunksWithAStoreCopySpillWithoutWriting) {
   EXPECT_EQ(rig.store->used_bytes(), written);
   EXPECT_LT(rig.mover->virtual_clock().now_ns() - vt_before, cfg.sim_nvme_latency_ns)
       << "no NVMe write was charged";
+}
+
+
+// ---------------------------------------------------------------- regions inside contexts
+// (the interposer tags sub-ranges of one allocation as contexts, and restores
+// spilled regions before a launch reads them)
+
+// Host RAM for `host` bytes, no prefetchers, nothing idle long enough to
+// spill: what spills is what a test parks.
+Config spill_config(uint64_t host) {
+  Config cfg = small_config();
+  cfg.prefetchers = 0;
+  cfg.host_capacity = host;
+  cfg.spill_idle_ns = 3'600'000'000'000;
+  return cfg;
+}
+
+// Parks context `name` and lets everything settle, so its chunks spill.
+void park_and_spill(SimRig& rig, const std::string& name) {
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context(name), HintKind::kPark), Status::kOk);
+  settle(*rig.pager);
+}
+
+uint32_t chunks_in(const Pager& p, RegionId id, Tier t) {
+  const Region* r = p.region(id);
+  uint32_t n = 0;
+  for (uint32_t i = 0; r && i < r->nchunks; ++i) n += r->chunks[i].tier == t && r->chunks[i].resting();
+  return n;
+}
+
+TEST(Pager, SpilledChunksKeepTheirStoreNamesWhenAnotherRegionOfTheContextGoes) {
+  // Store names are (context, chunk number); numbering by position in the
+  // context would rename B's spilled chunks when A (before it) is freed.
+  SimRig rig(spill_config(128 * KiB));
+  RegionId a = rig.dev.alloc(256 * KiB, "ctx");
+  RegionId b = rig.dev.alloc(256 * KiB, "ctx");
+  auto data = pattern(256 * KiB, 3);
+  ASSERT_EQ(rig.dev.write(b, 0, data), Status::kOk);
+  park_and_spill(rig, "ctx");
+  ASSERT_GT(chunks_in(*rig.pager, b, Tier::kNvme), 0u);
+  ASSERT_EQ(rig.dev.free(a), Status::kOk);
+  std::vector<std::byte> back(data.size());
+  ASSERT_EQ(rig.dev.read(b, 0, back), Status::kOk);
+  EXPECT_EQ(back, data);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+TEST(Pager, RestoreBringsEverySpilledChunkOfARegionBackToHostRam) {
+  SimRig rig(spill_config(128 * KiB));
+  RegionId a = rig.dev.alloc(512 * KiB, "a");
+  auto data = pattern(512 * KiB, 9);
+  ASSERT_EQ(rig.dev.write(a, 0, data), Status::kOk);
+  park_and_spill(rig, "a");
+  ASSERT_GT(chunks_in(*rig.pager, a, Tier::kNvme), 0u);
+  const uint64_t restores = rig.pager->stats().moves[static_cast<size_t>(MoveKind::kRestore)];
+  ASSERT_EQ(rig.pager->restore(a), Status::kOk);
+  EXPECT_EQ(chunks_in(*rig.pager, a, Tier::kNvme), 0u);
+  EXPECT_GT(rig.pager->stats().moves[static_cast<size_t>(MoveKind::kRestore)], restores);
+  std::vector<std::byte> back(data.size());
+  ASSERT_EQ(rig.dev.read(a, 0, back), Status::kOk);
+  EXPECT_EQ(back, data);
+  EXPECT_EQ(rig.pager->restore(RegionId{99, 1}), Status::kNotFound);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+TEST(Pager, RestoreReportsAChunkTheStoreCannotGiveBack) {
+  SimRig rig(spill_config(128 * KiB));
+  RegionId a = rig.dev.alloc(256 * KiB, "a");
+  ASSERT_EQ(rig.dev.write(a, 0, pattern(256 * KiB, 1)), Status::kOk);
+  park_and_spill(rig, "a");
+  ASSERT_GE(chunks_in(*rig.pager, a, Tier::kNvme), 2u);
+  uint32_t victim = 0;
+  while (rig.pager->region(a)->chunks[victim].tier != Tier::kNvme) ++victim;
+  ASSERT_TRUE(rig.store->corrupt(chunk_key("", "a", victim), 100));
+  EXPECT_EQ(rig.pager->restore(a), Status::kCorrupt);
+  EXPECT_EQ(chunks_in(*rig.pager, a, Tier::kNvme), 1u) << "the others came back; the corrupt one stays put";
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+TEST(Pager, SplitKeepsEveryChunkWhereItWasAndItsBytes) {
+  SimRig rig(spill_config(256 * KiB));
+  RegionId pool = rig.dev.alloc(1 * MiB, "pool");  // 16 chunks
+  auto data = pattern(1 * MiB, 5);
+  ASSERT_EQ(rig.dev.write(pool, 0, data), Status::kOk);
+  park_and_spill(rig, "pool");  // some chunks in NVMe, some in host RAM
+  ASSERT_GT(chunks_in(*rig.pager, pool, Tier::kNvme), 0u);
+  std::array<uint32_t, kNumTiers> before{};
+  for (Tier t : {Tier::kHbm, Tier::kHost, Tier::kNvme}) before[index(t)] = chunks_in(*rig.pager, pool, t);
+
+  RegionId tail;
+  EXPECT_EQ(rig.pager->split_region(pool, 100 * KiB, &tail), Status::kInvalid) << "not chunk-aligned";
+  EXPECT_EQ(rig.pager->split_region(pool, 1 * MiB, &tail), Status::kInvalid) << "not inside";
+  ASSERT_EQ(rig.pager->split_region(pool, 384 * KiB, &tail), Status::kOk);
+  EXPECT_EQ(rig.pager->region(pool)->size, 384 * KiB);
+  EXPECT_EQ(rig.pager->region(tail)->base, rig.pager->region(pool)->base + 384 * KiB);
+  EXPECT_EQ(rig.pager->region(tail)->ctx, rig.pager->region(pool)->ctx);
+  EXPECT_EQ(rig.pager->audit(), "");
+  for (Tier t : {Tier::kHbm, Tier::kHost, Tier::kNvme})
+    EXPECT_EQ(chunks_in(*rig.pager, pool, t) + chunks_in(*rig.pager, tail, t), before[index(t)]) << to_string(t);
+
+  std::vector<std::byte> head_back(384 * KiB), tail_back(640 * KiB);
+  ASSERT_EQ(rig.dev.read(pool, 0, head_back), Status::kOk);
+  ASSERT_EQ(rig.dev.read(tail, 0, tail_back), Status::kOk);
+  EXPECT_TRUE(std::equal(head_back.begin(), head_back.end(), data.begin()));
+  EXPECT_TRUE(std::equal(tail_back.begin(), tail_back.end(), data.begin() + 384 * KiB));
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+TEST(Pager, SetContextMovesARegionButNeverRenamesStoredChunks) {
+  Config cfg = small_config();
+  cfg.prefetchers = kPrefetchHint;
+  cfg.host_capacity = 256 * KiB;
+  cfg.spill_idle_ns = 3'600'000'000'000;
+  SimRig rig(cfg);
+  RegionId pool = rig.dev.alloc(512 * KiB, "pool");
+  RegionId tail;
+  ASSERT_EQ(rig.pager->split_region(pool, 256 * KiB, &tail), Status::kOk);
+  ASSERT_EQ(rig.pager->set_context(tail, "conv-1"), Status::kOk);
+  ContextId conv = rig.pager->find_context("conv-1");
+  ASSERT_NE(conv, kNoContext);
+  EXPECT_EQ(rig.pager->region(tail)->ctx, conv);
+  auto data = pattern(256 * KiB, 11);
+  ASSERT_EQ(rig.dev.write(tail, 0, data), Status::kOk);
+
+  // The new context is what hints act on: parking it spills the tail only.
+  park_and_spill(rig, "conv-1");
+  EXPECT_GT(chunks_in(*rig.pager, tail, Tier::kNvme), 0u);
+  EXPECT_EQ(chunks_in(*rig.pager, pool, Tier::kNvme), 0u);
+  EXPECT_EQ(rig.pager->set_context(tail, "conv-2"), Status::kBusy) << "its stored chunks are named after conv-1";
+  ASSERT_EQ(rig.pager->hint(conv, HintKind::kPrefetch), Status::kOk);
+  std::vector<std::byte> back(data.size());
+  ASSERT_EQ(rig.dev.read(tail, 0, back), Status::kOk);
+  EXPECT_EQ(back, data);
+
+  // Moving the last region out of a context drops that context.
+  RegionId other = rig.dev.alloc(128 * KiB, "lonely");
+  ASSERT_EQ(rig.pager->set_context(other, "pool"), Status::kOk);
+  EXPECT_EQ(rig.pager->find_context("lonely"), kNoContext);
+  EXPECT_EQ(rig.pager->set_context(other, ""), Status::kInvalid);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+TEST(Pager, SetContextTakesOverTheTargetsPin) {
+  Config cfg = small_config();
+  SimRig rig(cfg);
+  RegionId a = rig.dev.alloc(128 * KiB, "a");
+  RegionId b = rig.dev.alloc(128 * KiB, "pinned");
+  ASSERT_EQ(rig.dev.touch(a, 0, true), Status::kOk);
+  ASSERT_EQ(rig.dev.touch(b, 0, true), Status::kOk);
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("pinned"), HintKind::kPin), Status::kOk);
+  ASSERT_EQ(rig.pager->set_context(a, "pinned"), Status::kOk);
+  EXPECT_TRUE(rig.pager->region(a)->chunks[0].pinned);
+  ASSERT_EQ(rig.pager->set_context(a, "free"), Status::kOk);
+  EXPECT_FALSE(rig.pager->region(a)->chunks[0].pinned);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+
+TEST(Pager, RegionsCanStartInHostRam) {
+  // CUDA managed memory: the bytes exist (in host RAM) before the pager
+  // moved anything; they count against host capacity and may spill.
+  SimRig rig(spill_config(256 * KiB));
+  RegionId r = rig.pager->add_region(0x10000000, 512 * KiB, "warm", Tier::kHost);
+  ASSERT_TRUE(r.valid());
+  EXPECT_EQ(chunks_in(*rig.pager, r, Tier::kHost), 8u);
+  EXPECT_EQ(rig.pager->committed_bytes(Tier::kHost), 512 * KiB);
+  EXPECT_TRUE(rig.pager->region(r)->chunks[0].dirty) << "no copy in the store yet";
+  EXPECT_EQ(rig.pager->audit(), "");
+  ASSERT_EQ(rig.pager->access(r, 3, false), Status::kOk);
+  EXPECT_EQ(rig.pager->region(r)->chunks[3].tier, Tier::kHbm) << "promoted from host RAM, not zero-filled";
+  park_and_spill(rig, "warm");
+  EXPECT_GT(chunks_in(*rig.pager, r, Tier::kNvme), 0u);
+  EXPECT_FALSE(rig.pager->add_region(0x20000000, 64 * KiB, "x", Tier::kNvme).valid()) << "only unpopulated or host";
+  ASSERT_EQ(rig.pager->remove_region(r), Status::kOk);
+  EXPECT_EQ(rig.pager->committed_bytes(Tier::kHost), 0u);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+TEST(Pager, TouchKeepsARegionFromLookingIdle) {
+  Config cfg = spill_config(128 * KiB);
+  cfg.spill_idle_ns = 1'000'000'000;
+  SimRig rig(cfg);
+  RegionId r = rig.pager->add_region(0x10000000, 512 * KiB, "busy", Tier::kHost);  // over host capacity
+  for (int i = 0; i < 8; ++i) {  // 8 s of virtual time, touched every 0.5 s
+    rig.pager->touch(r);
+    rig.dev.compute(500'000'000);
+    settle(*rig.pager);
+  }
+  EXPECT_EQ(chunks_in(*rig.pager, r, Tier::kNvme), 0u) << "in use: never spilled";
+  rig.dev.compute(2'000'000'000);
+  settle(*rig.pager);
+  EXPECT_GT(chunks_in(*rig.pager, r, Tier::kNvme), 0u) << "left alone: spills";
+}
+
+
+TEST(Pager, ASpillTheMoverRefusesAsBusyIsRetriedLaterNotAtOnce) {
+  // The CUDA mover refuses a spill while it cannot fence the program's work
+  // (a stream capture is active): the pager must neither spin nor give up.
+  Config cfg = small_config();
+  cfg.prefetchers = 0;
+  cfg.host_capacity = 64 * KiB;
+  cfg.spill_idle_ns = 3'600'000'000'000;
+  testing::NullMover mover(1 * MiB);
+  bool busy = true;
+  mover.fail = [&](const MoveRequest& r) { return r.kind == MoveKind::kSpill && busy ? Status::kBusy : Status::kOk; };
+  Pager pager(cfg, mover);
+  RegionId r = pager.add_region(0x1000000, 256 * KiB, "ctx", Tier::kHost);
+  ASSERT_EQ(pager.hint(pager.find_context("ctx"), HintKind::kPark), Status::kOk);
+  pager.drain();  // returns: a refused spill is not retried in a loop
+  const uint64_t failures = pager.stats().move_failures;
+  EXPECT_GT(failures, 0u);
+  for (int i = 0; i < 10; ++i) pager.tick();
+  EXPECT_EQ(pager.stats().move_failures, failures) << "not retried before the back-off";
+  busy = false;
+  mover.vclock().advance(200'000'000);
+  pager.tick();
+  pager.drain();
+  EXPECT_EQ(chunks_in(pager, r, Tier::kNvme), 4u) << "retried after it";
+  EXPECT_EQ(pager.audit(), "");
 }
 
 }  // namespace

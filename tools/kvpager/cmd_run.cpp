@@ -1,4 +1,4 @@
-// kvpager run [--budget 8G] [--config FILE] [--set KEY=VALUE ...] -- CMD ARGS...
+// kvpager run [--budget 8G] [--lib PATH] [--config FILE] [--set KEY=VALUE ...] -- CMD ARGS...
 // Runs CMD with libkvpager.so preloaded and the effective settings passed as
 // KVPAGER_* environment variables. kvpager replaces itself with CMD (exec),
 // so CMD's exit status, signals and terminal are its own.
@@ -35,7 +35,13 @@ std::vector<fs::path> preload_candidates() {
   return out;
 }
 
-std::string find_preload() {
+std::string find_preload(const std::string& given) {
+  if (!given.empty()) {
+    // A path the user named: a wrong one is bad usage, not a missing install.
+    if (access(given.c_str(), R_OK) != 0)
+      throw ConfigError(fmt::format("--lib {}: {}", given, std::strerror(errno)));
+    return fs::absolute(given).string();
+  }
   auto candidates = preload_candidates();
   std::string looked;
   for (const auto& c : candidates) {
@@ -52,13 +58,14 @@ std::string find_preload() {
 }
 
 struct RunArgs {
+  std::string lib;
   std::vector<std::string> command;
 };
 
 [[noreturn]] void run(const Globals& g, const RunArgs& a) {
   ConfigLoader loader = g.loader();
   Config cfg = loader.finish();
-  const std::string lib = find_preload();
+  const std::string lib = find_preload(a.lib);
   std::string why;
   if (!gpu_available(&why)) {
     fmt::print(stderr,
@@ -100,6 +107,8 @@ void add_run_command(CLI::App& app, Globals& g) {
          "--budget", [&g](const std::string& v) { g.sets.push_back("hbm_budget=" + v); },
          "HBM budget (same as --hbm-budget)")
       ->type_name("BYTES");
+  cmd->add_option("--lib", a.lib, "libkvpager.so to preload (default: next to kvpager, in ../lib, or the build tree's)")
+      ->type_name("PATH");
   cmd->add_option("command", a.command, "The command to run, after --")->required();
   cmd->callback([&g] { run(g, a); });
 }

@@ -32,6 +32,20 @@ enum PrefetcherBits : uint8_t {
 };
 inline constexpr uint8_t kAllPrefetchers = kPrefetchSequential | kPrefetchCorrelation | kPrefetchHint;
 
+// cuda: what the interposer does with cuMemAllocAsync / cuMemAllocFromPoolAsync.
+enum class AsyncAlloc : uint8_t {
+  kManaged,      // at or above the threshold: a managed region, freed in stream order
+  kPassthrough,  // always the driver's own stream-ordered allocator
+};
+
+// An inclusive range of allocation sizes ("4M-64M", "1G-", "-8M").
+struct SizeRange {
+  uint64_t lo = 0;
+  uint64_t hi = UINT64_MAX;
+  bool contains(uint64_t v) const { return v >= lo && v <= hi; }
+  friend bool operator==(const SizeRange&, const SizeRange&) = default;
+};
+
 struct Config {
   // --- geometry (fixed at start) ---
   uint64_t chunk_size = 2 * MiB;  // paging unit: power of two, 64 KiB..64 MiB
@@ -69,6 +83,15 @@ struct Config {
   double sim_nvme_write_gbps = 2.0;
   uint64_t sim_nvme_latency_ns = 80'000;
   uint64_t sim_fault_ns = 30'000;  // extra cost of a demand fault over a prefetch
+
+  // --- cuda: the interposer in libkvpager.so (fixed at start) ---
+  uint64_t cuda_min_size = 2 * MiB;       // allocations at or above become managed regions
+  std::string cuda_allow_sizes;           // size ranges that become managed even below min_size
+  std::string cuda_deny_sizes;            // size ranges that always pass through (wins over allow)
+  uint64_t cuda_managed_limit = 0;        // ceiling on managed bytes; 0 = auto (= virtual capacity)
+  uint64_t cuda_virtual_capacity = 0;     // total memory cuMemGetInfo reports; 0 = auto (device + host_capacity)
+  AsyncAlloc cuda_async_alloc = AsyncAlloc::kManaged;
+  uint64_t cuda_tick_ns = 500'000;        // period of the pager thread's background work
 
   // Resolve the "auto" values against the device and the machine.
   // hbm_device_bytes: what the device offers; host_ram_bytes: physical RAM.
@@ -122,5 +145,8 @@ std::optional<uint64_t> parse_duration_ns(std::string_view s);  // "30s", "250ms
 std::string format_bytes(uint64_t b);      // exact: "2M", "1536K", "12345"
 std::string human_bytes(double b);         // rounded for display: "1.50 GiB"
 std::string format_duration(uint64_t ns);  // "30s", "250ms"
+// "4M-64M,1G-,-8K": a comma list of inclusive ranges, either side optional;
+// "" is an empty list. nullopt (and *why says what is wrong) on bad input.
+std::optional<std::vector<SizeRange>> parse_size_ranges(std::string_view s, std::string* why = nullptr);
 
 }  // namespace kvpager

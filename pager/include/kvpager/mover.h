@@ -55,6 +55,11 @@ class Mover {
 
   virtual void region_added(RegionId id, uint64_t base, uint64_t size) = 0;
   virtual void region_removed(RegionId id) = 0;
+  // The pager cut a region in two at chunk `at`: chunks [at, n) of `head` are
+  // now chunks [0, n - at) of `tail`, whose base is head's base + at chunks.
+  // No chunk of it is in flight. A mover that keeps per-region state moves it
+  // over; kUnsupported (the default) makes the pager refuse the split.
+  virtual Status region_split(RegionId /*head*/, RegionId /*tail*/, uint32_t /*at*/) { return Status::kUnsupported; }
 
   // Queues a move. Fails without side effects (e.g. kNoSpace, kUnsupported).
   virtual Status submit(const MoveRequest& req) = 0;

@@ -60,11 +60,29 @@ class Pager final : private PrefetchSink, private RestoreCost {
 
   // --- regions and contexts ---
   // Registers an allocation. With an empty context name it gets a context of
-  // its own; otherwise it joins (or creates) the named context.
-  RegionId add_region(uint64_t base, uint64_t size, std::string_view context = {});
+  // its own; otherwise it joins (or creates) the named context. `initial`:
+  // where its chunks start, kUnpopulated (first touch zero-fills them in HBM,
+  // the simulated device) or kHost (their bytes exist in host RAM from the
+  // start: CUDA managed memory the program may have written already).
+  RegionId add_region(uint64_t base, uint64_t size, std::string_view context = {},
+                      Tier initial = Tier::kUnpopulated);
   // Waits for its moves, discards its chunks everywhere, forgets it.
   Status remove_region(RegionId id);
   const Region* region(RegionId id) const override;
+  // Cuts a region in two at `offset` (a multiple of chunk_size, inside it):
+  // the head keeps the id and [0, offset); the tail, returned in *tail, is a
+  // new region for the rest, in the same context, right after the head. Every
+  // chunk keeps its tier, flags and store name. kInvalid for a bad offset,
+  // kUnsupported if the mover cannot follow.
+  Status split_region(RegionId id, uint64_t offset, RegionId* tail);
+  // Moves a region into the named context (created if needed). kBusy if any
+  // of its chunks has a copy in the store (its store name would change).
+  Status set_context(RegionId id, std::string_view name);
+  // Brings every chunk of the region that is in the NVMe tier (or on its way
+  // there) back to host RAM, and waits: afterwards nothing of it needs the
+  // store to be read. Counts as a use of the region. The first failure is
+  // returned (the chunk stays in the store, its bytes are never invented).
+  Status restore(RegionId id);
   ContextId find_context(std::string_view name) const;
   std::vector<ContextInfo> contexts() const;
 
@@ -77,6 +95,9 @@ class Pager final : private PrefetchSink, private RestoreCost {
 
   // A kernel launch referencing these regions (feeds launch correlation).
   void launch(uint64_t kernel, std::span<const RegionId> regions);
+  // The program used the region without saying which chunks (a launch read
+  // the allocation it belongs to): it is not idle.
+  void touch(RegionId id);
   // A hint about a whole context.
   Status hint(ContextId ctx, HintKind kind);
 
@@ -114,6 +135,8 @@ class Pager final : private PrefetchSink, private RestoreCost {
   };
 
   Region* lookup(RegionId id) const;
+  uint32_t alloc_slot();
+  void wait_region_idle(const Region& r);
   Chunk& chunk_of(const Region& r, uint32_t i) const { return r.chunks[i]; }
   Status access_slow(Region& r, Chunk& c, bool write);
   void note_use(Region& r, Chunk& c, bool write);
@@ -151,6 +174,10 @@ class Pager final : private PrefetchSink, private RestoreCost {
   void rebuild_policies();
   void release_region(Region& r);
   ContextId context_for(std::string_view name, RegionId first);
+  // The region joins the named context (or one of its own for ""), taking the
+  // next store names; leaving drops a context left empty.
+  Context& join_context(Region& r, std::string_view name);
+  void leave_context(Region& r);
 
   Config cfg_;
   Mover& mover_;

@@ -21,6 +21,10 @@ struct Region {
   uint32_t nchunks = 0;
   ContextId ctx = kNoContext;
   uint64_t last_access_ns = 0;  // pager clock at the last access to any chunk
+  // Store name of chunk i: chunk key_base + i of its context. Given when the
+  // region joins the context and never renumbered, so a spilled chunk keeps
+  // its name when other regions of the context come and go.
+  uint64_t key_base = 0;
   std::unique_ptr<Chunk[]> chunks;
 
   uint64_t chunk_offset(uint32_t i) const { return uint64_t{i} * chunk_size; }
@@ -33,7 +37,8 @@ struct Region {
 struct Context {
   ContextId id = kNoContext;
   std::string name;
-  std::vector<RegionId> regions;  // in order: chunk k of the context is found by walking them
+  std::vector<RegionId> regions;  // in the order they joined (a split tail follows its head)
+  uint64_t next_key = 0;          // key_base of the next region to join
   bool parked = false;
   uint64_t parked_at_ns = 0;
   bool pinned = false;

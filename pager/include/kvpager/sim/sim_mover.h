@@ -73,6 +73,7 @@ class SimMover final : public Mover {
 
   void region_added(RegionId id, uint64_t base, uint64_t size) override;
   void region_removed(RegionId id) override;
+  Status region_split(RegionId head, RegionId tail, uint32_t at) override;
   Status submit(const MoveRequest& req) override;
   size_t poll(std::span<MoveCompletion> out) override;
   size_t wait(std::span<MoveCompletion> out) override;
@@ -105,6 +106,7 @@ class SimMover final : public Mover {
   };
 
   Loc* loc(RegionId id, uint32_t chunk);
+  std::span<std::byte> host_bytes(Loc& l, uint64_t len);
   Status execute(const MoveRequest& req);
 
   uint64_t chunk_size_;

@@ -1,0 +1,476 @@
+#include "cuda_mover.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <thread>
+
+namespace kvpager::cuda {
+
+namespace {
+
+CUmemLocation host_location() {
+  CUmemLocation l{};
+  l.type = CU_MEM_LOCATION_TYPE_HOST;
+  l.id = 0;
+  return l;
+}
+
+CUmemLocation device_location(CUdevice dev) {
+  CUmemLocation l{};
+  l.type = CU_MEM_LOCATION_TYPE_DEVICE;
+  l.id = dev;
+  return l;
+}
+
+// Link speeds for the cost model (only the cost-aware policy uses it).
+constexpr double kPcieBytesPerNs = 25.0;   // 25 GB/s
+constexpr double kNvmeReadBytesPerNs = 3.0;
+constexpr double kNvmeWriteBytesPerNs = 2.0;
+constexpr double kLaunchNs = 10'000;
+constexpr double kNvmeLatencyNs = 80'000;
+
+}  // namespace
+
+CudaMover::CudaMover(const Driver& d, const Config& cfg, CUcontext ctx, Store* store, Quiescence& q,
+                     StreamRegistry& streams, UnsafeCounter counters)
+    : d_(d), ctx_(ctx), store_(store), q_(q), streams_(streams), counters_(std::move(counters)),
+      chunk_size_(cfg.chunk_size) {
+  if (!d_.can_page())
+    throw ConfigError(fmt::format("the CUDA driver ({}) cannot prefetch managed memory to a location (needs 12.2+)",
+                                  d_.version));
+  if (d_.ctxGetDevice(&device_) != CUDA_SUCCESS) throw ConfigError("no current CUDA context for the pager");
+  int concurrent = 0;
+  d_.deviceGetAttribute(&concurrent, CU_DEVICE_ATTRIBUTE_CONCURRENT_MANAGED_ACCESS, device_);
+  if (!concurrent)
+    throw ConfigError(fmt::format("device {} has no concurrent managed access: the pager cannot move memory", device_));
+  size_t free = 0, total = 0;
+  if (d_.memGetInfo(&free, &total) != CUDA_SUCCESS) throw ConfigError("cuMemGetInfo failed");
+  // auto budget: 90 % of the memory free now, in whole chunks.
+  hbm_bytes_ = std::max<uint64_t>(chunk_size_, static_cast<uint64_t>(free) / 10 * 9 / chunk_size_ * chunk_size_);
+  if (d_.streamCreate(&stream_, CU_STREAM_NON_BLOCKING) != CUDA_SUCCESS) throw ConfigError("cuStreamCreate failed");
+  void* host = nullptr;
+  if (d_.memHostAlloc(&host, kStagingChunks * chunk_size_, 0) != CUDA_SUCCESS) {
+    d_.streamDestroy(stream_);
+    throw ConfigError(fmt::format("cannot pin {} of host memory for staging", format_bytes(kStagingChunks * chunk_size_)));
+  }
+  staging_ = static_cast<std::byte*>(host);
+  for (int i = static_cast<int>(kStagingChunks) - 1; i >= 0; --i) staging_free_.push_back(i);
+}
+
+CudaMover::~CudaMover() {
+  // The pager drained before: nothing is in flight.
+  for (CUevent ev : events_) d_.eventDestroy(ev);
+  if (staging_) d_.memFreeHost(staging_);
+  if (stream_) d_.streamDestroy(stream_);
+}
+
+bool CudaMover::check(CUresult r) {
+  if (r == CUDA_SUCCESS) return true;
+  ++stats_.driver_errors;
+  return false;
+}
+
+double CudaMover::estimate_ns(MoveKind kind, Tier from, Tier to, uint64_t len) const {
+  const auto bytes = static_cast<double>(len);
+  switch (kind) {
+    case MoveKind::kPromote: return from == Tier::kUnpopulated ? kLaunchNs : kLaunchNs + bytes / kPcieBytesPerNs;
+    case MoveKind::kDemote: return kLaunchNs + bytes / kPcieBytesPerNs;
+    case MoveKind::kSpill: return kNvmeLatencyNs + bytes / kNvmeWriteBytesPerNs + bytes / kPcieBytesPerNs;
+    case MoveKind::kRestore:
+      return kNvmeLatencyNs + bytes / kNvmeReadBytesPerNs + (to == Tier::kHbm ? 2.0 : 1.0) * bytes / kPcieBytesPerNs;
+    case MoveKind::kDiscard: return kLaunchNs;
+  }
+  return 0.0;
+}
+
+// ---------------------------------------------------------------- regions
+
+CudaMover::RegionState* CudaMover::region(RegionId id) {
+  if (id.slot >= regions_.size()) return nullptr;
+  RegionState& r = regions_[id.slot];
+  return r.live && r.gen == id.gen ? &r : nullptr;
+}
+
+void CudaMover::region_added(RegionId id, uint64_t base, uint64_t size) {
+  if (regions_.size() <= id.slot) regions_.resize(id.slot + 1);
+  RegionState& r = regions_[id.slot];
+  r.gen = id.gen;
+  r.live = true;
+  r.base = base;
+  r.size = size;
+  r.unsafe = counters_ ? counters_(base) : nullptr;
+  r.unsafe_chunk.assign((size + chunk_size_ - 1) / chunk_size_, 0);
+}
+
+void CudaMover::region_removed(RegionId id) {
+  RegionState* r = region(id);
+  if (!r) return;
+  for (uint8_t& u : r->unsafe_chunk) {
+    if (u && r->unsafe) r->unsafe->fetch_sub(1);
+    if (u && total_) total_->fetch_sub(1);
+    u = 0;
+  }
+  r->live = false;
+}
+
+Status CudaMover::region_split(RegionId head, RegionId tail, uint32_t at) {
+  RegionState* h = region(head);
+  if (!h || at >= h->unsafe_chunk.size()) return Status::kInvalid;
+  const uint64_t offset = uint64_t{at} * chunk_size_;
+  const uint64_t base = h->base + offset, size = h->size - offset;
+  std::vector<uint8_t> moved(h->unsafe_chunk.begin() + at, h->unsafe_chunk.end());
+  h->unsafe_chunk.resize(at);
+  h->size = offset;
+  region_added(tail, base, size);  // may reallocate regions_: h is stale below
+  RegionState& t = regions_[tail.slot];
+  RegionState& hh = regions_[head.slot];
+  t.unsafe_chunk = std::move(moved);
+  for (uint8_t u : t.unsafe_chunk) {
+    if (!u) continue;
+    if (hh.unsafe) hh.unsafe->fetch_sub(1);
+    if (t.unsafe) t.unsafe->fetch_add(1);
+  }
+  return Status::kOk;
+}
+
+void CudaMover::mark_unsafe(const MoveRequest& req, bool unsafe) {
+  RegionState* r = region(req.region);
+  if (!r || req.chunk >= r->unsafe_chunk.size()) return;
+  uint8_t& u = r->unsafe_chunk[req.chunk];
+  if (u == static_cast<uint8_t>(unsafe)) return;
+  u = unsafe;
+  // Sequentially consistent: the spill fence relies on it (quiescence.h).
+  // The total goes up first and down last, so it is never below a region's.
+  if (unsafe) {
+    if (total_) total_->fetch_add(1);
+    if (r->unsafe) r->unsafe->fetch_add(1);
+  } else {
+    if (r->unsafe) r->unsafe->fetch_sub(1);
+    if (total_) total_->fetch_sub(1);
+  }
+}
+
+// ---------------------------------------------------------------- events
+
+CUevent CudaMover::take_event() {
+  if (!events_.empty()) {
+    CUevent ev = events_.back();
+    events_.pop_back();
+    return ev;
+  }
+  CUevent ev = nullptr;
+  return check(d_.eventCreate(&ev, CU_EVENT_DISABLE_TIMING)) ? ev : nullptr;
+}
+
+void CudaMover::give_event(CUevent ev) {
+  if (ev) events_.push_back(ev);
+}
+
+bool CudaMover::event_done(CUevent ev) {
+  if (!ev) return true;
+  CUresult r = d_.eventQuery(ev);
+  if (r == CUDA_ERROR_NOT_READY) return false;
+  check(r);
+  return true;
+}
+
+std::shared_ptr<CudaMover::Batch> CudaMover::record_batch() {
+  auto b = std::make_shared<Batch>();
+  b->ev = take_event();
+  if (b->ev && !check(d_.eventRecord(b->ev, stream_))) {
+    give_event(b->ev);
+    b->ev = nullptr;
+    check(d_.streamSynchronize(stream_));  // no event: wait here instead
+  }
+  ++stats_.batches;
+  return b;
+}
+
+bool CudaMover::batch_done(Batch& b) { return event_done(b.ev); }
+
+// ---------------------------------------------------------------- moves
+
+Status CudaMover::submit(const MoveRequest& req) {
+  RegionState* r = region(req.region);
+  if (!r || req.chunk >= r->unsafe_chunk.size() || req.len > chunk_size_) return Status::kInvalid;
+  switch (req.kind) {
+    case MoveKind::kSpill:
+      if (!store_ || !d_.can_spill()) return Status::kUnsupported;
+      mark_unsafe(req, true);  // before anything else: launches from now on restore it first
+      break;
+    case MoveKind::kRestore:
+      if (!store_) return Status::kUnsupported;
+      break;
+    default:
+      break;
+  }
+  Job j;
+  j.req = req;
+  jobs_.push_back(std::move(j));
+  return Status::kOk;
+}
+
+void CudaMover::finish(Job& j, Status s) {
+  j.done = true;
+  j.status = s;
+  give_event(j.copy_ev);
+  j.copy_ev = nullptr;
+  if (j.staging >= 0) staging_free_.push_back(j.staging);
+  j.staging = -1;
+  if (j.batch && --j.batch->users == 0) give_event(j.batch->ev);
+  j.batch.reset();
+  j.fence.reset();
+  ready_.push_back(MoveCompletion{j.req.tag, s});
+}
+
+void CudaMover::flush() {
+  // Queued promotes, demotes and discards go out as coalesced ranges; spills
+  // share one fence taken now (after their chunks were marked).
+  struct Range {
+    uint64_t addr, len;
+  };
+  std::vector<Job*> moves[3];  // promote, demote, discard
+  std::shared_ptr<Fence> fence;
+  for (Job& j : jobs_) {
+    if (j.done || j.stage != Stage::kQueued) continue;
+    switch (j.req.kind) {
+      case MoveKind::kPromote: moves[0].push_back(&j); break;
+      case MoveKind::kDemote: moves[1].push_back(&j); break;
+      case MoveKind::kDiscard: moves[2].push_back(&j); break;
+      case MoveKind::kSpill:
+        if (!fence) {
+          fence = std::make_shared<Fence>();
+          fence->started_ns = clock_.now_ns();
+          q_.take(fence->ticket);
+        }
+        j.fence = fence;
+        j.stage = Stage::kFence;
+        break;
+      case MoveKind::kRestore: j.stage = Stage::kStaging; break;
+    }
+  }
+  for (int k = 0; k < 3; ++k) {
+    auto& list = moves[k];
+    if (list.empty()) continue;
+    std::sort(list.begin(), list.end(), [](const Job* a, const Job* b) { return a->req.addr < b->req.addr; });
+    std::vector<Range> ranges;
+    for (Job* j : list) {
+      if (k == 2) {  // discard
+        if (j->req.drop_store_copy && store_) store_->erase(j->req.key);
+        if (j->req.from == Tier::kUnpopulated || !d_.memDiscardBatchAsync) continue;
+      }
+      if (!ranges.empty() && ranges.back().addr + ranges.back().len == j->req.addr) ranges.back().len += j->req.len;
+      else ranges.push_back(Range{j->req.addr, j->req.len});
+    }
+    bool ok = true;
+    if (k == 2) {
+      if (!ranges.empty()) {
+        std::vector<CUdeviceptr> ptrs;
+        std::vector<size_t> sizes;
+        for (const Range& r : ranges) {
+          ptrs.push_back(r.addr);
+          sizes.push_back(r.len);
+        }
+        ok = check(d_.memDiscardBatchAsync(ptrs.data(), sizes.data(), ptrs.size(), 0, stream_));
+      }
+    } else {
+      const CUmemLocation where = k == 0 ? device_location(device_) : host_location();
+      for (const Range& r : ranges) {
+        ok = check(d_.memAdvise(r.addr, r.len, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, where)) && ok;
+        ok = check(d_.memPrefetchAsync(r.addr, r.len, where, 0, stream_)) && ok;
+      }
+    }
+    stats_.ranges += ranges.size();
+    auto batch = record_batch();
+    for (Job* j : list) {
+      if (!ok && k != 2) {  // a failed prefetch leaves the chunk where it was
+        finish(*j, Status::kIoError);
+        continue;
+      }
+      j->batch = batch;
+      ++batch->users;
+      j->stage = Stage::kIssued;
+    }
+    if (batch->users == 0) give_event(batch->ev);
+  }
+}
+
+bool CudaMover::fence_ready(Fence& f) {
+  if (f.done) return true;
+  if (!f.recorded) {
+    if (!q_.passed(f.ticket)) {
+      if (clock_.now_ns() - f.started_ns < kFenceTimeoutNs) return false;
+      f.failed = f.done = true;  // a launch still in its bracket after a second: not now
+      ++stats_.fence_refusals;
+      return true;
+    }
+    if (!streams_.record_fence(d_, events_, f.events)) {
+      f.failed = f.done = true;
+      ++stats_.fence_refusals;
+      return true;
+    }
+    f.destroyed = streams_.destroyed_count();
+    f.recorded = true;
+  }
+  for (CUevent ev : f.events) {
+    if (event_done(ev)) continue;
+    if (clock_.now_ns() - f.started_ns < kFenceTimeoutNs) return false;
+    // Gave up: the events go back (re-recording them later is fine).
+    const size_t own = f.events.size() - f.destroyed;
+    for (size_t i = 0; i < own; ++i) give_event(f.events[i]);
+    for (size_t i = own; i < f.events.size(); ++i) streams_.keep_destroyed(f.events[i]);
+    f.events.clear();
+    f.failed = f.done = true;
+    ++stats_.fence_refusals;
+    return true;
+  }
+  const size_t own = f.events.size() - f.destroyed;
+  for (size_t i = 0; i < f.events.size(); ++i) {
+    if (i < own) give_event(f.events[i]);
+    else d_.eventDestroy(f.events[i]);
+  }
+  f.events.clear();
+  f.done = true;
+  ++stats_.fences;
+  return true;
+}
+
+// One step of a job; true if it moved on (call again).
+bool CudaMover::advance(Job& j) {
+  const MoveRequest& req = j.req;
+  switch (j.stage) {
+    case Stage::kQueued:
+      return false;
+    case Stage::kFence: {
+      if (!fence_ready(*j.fence)) return false;
+      if (j.fence->failed) {
+        mark_unsafe(req, false);
+        finish(j, Status::kBusy);  // stays in host RAM; the pager tries again later
+        return false;
+      }
+      j.fence.reset();
+      if (req.write_back) {
+        j.stage = Stage::kStaging;
+        return true;
+      }
+      // The store already holds these bytes: only release the range.
+      CUdeviceptr p = req.addr;
+      size_t n = req.len;
+      check(d_.memDiscardBatchAsync(&p, &n, 1, 0, stream_));
+      j.batch = record_batch();
+      j.batch->users = 1;
+      j.stage = Stage::kIssued;
+      return true;
+    }
+    case Stage::kStaging: {
+      if (staging_free_.empty()) return false;
+      j.staging = staging_free_.back();
+      staging_free_.pop_back();
+      std::byte* buf = staging(j.staging);
+      if (req.kind == MoveKind::kRestore) {
+        Status s = store_->get(req.key, std::span<std::byte>(buf, req.len));
+        if (!ok(s)) {
+          finish(j, s);  // still only in the store: stays unsafe
+          return false;
+        }
+        bool good = check(d_.memcpyHtoDAsync(req.addr, buf, req.len, stream_));
+        if (good && req.to == Tier::kHbm) {
+          const CUmemLocation dev = device_location(device_);
+          good = check(d_.memAdvise(req.addr, req.len, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, dev)) &&
+                 check(d_.memPrefetchAsync(req.addr, req.len, dev, 0, stream_));
+        }
+        if (!good) {
+          finish(j, Status::kIoError);
+          return false;
+        }
+      } else if (!check(d_.memcpyDtoHAsync(buf, req.addr, req.len, stream_))) {
+        mark_unsafe(req, false);
+        finish(j, Status::kIoError);
+        return false;
+      }
+      j.copy_ev = take_event();
+      if (!j.copy_ev || !check(d_.eventRecord(j.copy_ev, stream_))) {
+        give_event(j.copy_ev);
+        j.copy_ev = nullptr;
+        check(d_.streamSynchronize(stream_));
+      }
+      j.stage = Stage::kCopy;
+      return true;
+    }
+    case Stage::kCopy: {
+      if (!event_done(j.copy_ev)) return false;
+      if (req.kind == MoveKind::kRestore) {
+        mark_unsafe(req, false);  // the bytes are back in the range
+        finish(j, Status::kOk);
+        return false;
+      }
+      Status s = store_->put(req.key, std::span<const std::byte>(staging(j.staging), req.len));
+      staging_free_.push_back(j.staging);
+      j.staging = -1;
+      if (!ok(s)) {
+        mark_unsafe(req, false);  // nothing was discarded: the bytes are still in host RAM
+        finish(j, s);
+        return false;
+      }
+      CUdeviceptr p = req.addr;
+      size_t n = req.len;
+      check(d_.memDiscardBatchAsync(&p, &n, 1, 0, stream_));
+      give_event(j.copy_ev);
+      j.copy_ev = nullptr;
+      j.batch = record_batch();
+      j.batch->users = 1;
+      j.stage = Stage::kIssued;
+      return true;
+    }
+    case Stage::kIssued: {
+      if (!batch_done(*j.batch)) return false;
+      if (req.kind == MoveKind::kDiscard) mark_unsafe(req, false);
+      finish(j, Status::kOk);
+      return false;
+    }
+  }
+  return false;
+}
+
+void CudaMover::progress() {
+  flush();
+  for (Job& j : jobs_) {
+    while (!j.done && advance(j)) {
+    }
+  }
+  while (!jobs_.empty() && jobs_.front().done) jobs_.pop_front();
+  // Jobs finish out of order; compact when done ones pile up behind a slow one.
+  if (jobs_.size() > 64) std::erase_if(jobs_, [](const Job& j) { return j.done; });
+}
+
+size_t CudaMover::poll(std::span<MoveCompletion> out) {
+  progress();
+  size_t n = 0;
+  while (n < out.size() && !ready_.empty()) {
+    out[n++] = ready_.front();
+    ready_.pop_front();
+  }
+  return n;
+}
+
+size_t CudaMover::wait(std::span<MoveCompletion> out) {
+  if (out.empty()) return 0;
+  for (;;) {
+    size_t n = poll(out);
+    if (n > 0 || jobs_.empty()) return n;
+    // Block on the first event something waits for; otherwise (a fence still
+    // waiting for launches to close, no staging slot) yield briefly.
+    CUevent ev = nullptr;
+    for (const Job& j : jobs_) {
+      if (j.done) continue;
+      if (j.stage == Stage::kCopy && j.copy_ev) ev = j.copy_ev;
+      else if (j.stage == Stage::kIssued && j.batch && j.batch->ev) ev = j.batch->ev;
+      if (ev) break;
+    }
+    if (ev) check(d_.eventSynchronize(ev));
+    else std::this_thread::sleep_for(std::chrono::microseconds(20));
+  }
+}
+
+}  // namespace kvpager::cuda

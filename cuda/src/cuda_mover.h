@@ -1,0 +1,185 @@
+// The CUDA mover: carries chunks of managed regions between HBM, host RAM and
+// the NVMe store with the driver's managed-memory calls.
+//
+//   promote  HOST/UNPOPULATED -> HBM: preferred location = the GPU, prefetch to
+//            the GPU on the mover's side stream.
+//   demote   HBM -> HOST: preferred location = CPU (accessed-by the GPU is set
+//            for the whole region when it is allocated, so kernels keep reading
+//            it remotely instead of migrating it back), prefetch to the CPU.
+//   spill    HOST -> NVME: fence (below), copy the bytes through a pinned
+//            staging buffer into the store, then discard the range
+//            (cuMemDiscardBatchAsync: its pages are released, its contents
+//            become indeterminate).
+//   restore  NVME -> HOST/HBM: read from the store into staging, copy into
+//            the range, prefetch to the GPU if that is the target.
+//   discard  drop the bytes (and the store copy if asked).
+//
+// Spill safety. A chunk is marked unsafe (its region's counter, read by the
+// launch path) before anything happens to it, and stays unsafe until it has
+// been restored or discarded. Before the bytes are copied out, a fence makes
+// sure no operation queued earlier can still touch them: it waits until every
+// launch-path bracket open at the mark has closed (later ones see the mark and
+// restore first), then records an event on every stream that carried an
+// operation on managed memory (and on the legacy stream) and waits for them.
+// If that cannot be done (a stream capture is active, a record failed, the
+// streams are not done within kFenceTimeoutNs), the spill fails with kBusy
+// and the chunk stays in host RAM.
+//
+// Moves are batched: everything submitted before the next poll()/wait() is
+// issued together, contiguous chunks of a region as one range, and completes
+// on one event. All calls come from the pager thread.
+#pragma once
+
+#include <cuda.h>
+
+#include <atomic>
+#include <chrono>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "driver.h"
+#include "kvpager/config.h"
+#include "kvpager/mover.h"
+#include "kvpager/store.h"
+#include "quiescence.h"
+#include "streams.h"
+
+namespace kvpager::cuda {
+
+class SteadyClock final : public Clock {
+ public:
+  uint64_t now_ns() const override {
+    return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                     std::chrono::steady_clock::now().time_since_epoch())
+                                     .count());
+  }
+};
+
+struct CudaMoverStats {
+  uint64_t batches = 0;          // driver submissions (one per flush and kind)
+  uint64_t ranges = 0;           // coalesced ranges prefetched or discarded
+  uint64_t fences = 0;           // fences completed
+  uint64_t fence_refusals = 0;   // spills refused because no fence could be built
+  uint64_t driver_errors = 0;
+};
+
+class CudaMover final : public Mover {
+ public:
+  // The counter of chunks of the region at `base` that must not be read (the
+  // interposer's region map); nullptr if the region is unknown.
+  using UnsafeCounter = std::function<std::atomic<uint32_t>*(uint64_t base)>;
+
+  static constexpr uint32_t kStagingChunks = 8;
+  // A fence not complete after this long gives up (the spill fails as busy,
+  // the chunk stays in host RAM): a stream may be waiting on the host for
+  // something that waits on the pager.
+  static constexpr uint64_t kFenceTimeoutNs = 1'000'000'000;
+
+  // ctx: the context whose device the mover serves (current on the calling
+  // thread while it runs). store may be null: spills then fail kUnsupported.
+  // Throws ConfigError if the driver cannot page managed memory.
+  CudaMover(const Driver& d, const Config& cfg, CUcontext ctx, Store* store, Quiescence& q, StreamRegistry& streams,
+            UnsafeCounter counters);
+  ~CudaMover() override;
+  CudaMover(const CudaMover&) = delete;
+  CudaMover& operator=(const CudaMover&) = delete;
+
+  std::string_view name() const override { return "CUDA device"; }
+  bool simulated() const override { return false; }
+  uint64_t device_hbm_bytes() const override { return hbm_bytes_; }
+  Clock& clock() override { return clock_; }
+
+  void region_added(RegionId id, uint64_t base, uint64_t size) override;
+  void region_removed(RegionId id) override;
+  Status region_split(RegionId head, RegionId tail, uint32_t at) override;
+  Status submit(const MoveRequest& req) override;
+  size_t poll(std::span<MoveCompletion> out) override;
+  size_t wait(std::span<MoveCompletion> out) override;
+  size_t pending() const override { return jobs_.size() + ready_.size(); }
+  double estimate_ns(MoveKind kind, Tier from, Tier to, uint64_t len) const override;
+
+  // Also counts every unsafe chunk here (the launch path's fast check).
+  void set_total_unsafe(std::atomic<uint32_t>* total) { total_ = total; }
+  CUdevice device() const { return device_; }
+  CUstream side_stream() const { return stream_; }
+  const CudaMoverStats& stats() const { return stats_; }
+
+ private:
+  enum class Stage : uint8_t {
+    kQueued,    // submitted, not issued
+    kFence,     // spill: waiting for its fence
+    kStaging,   // spill/restore: waiting for a staging slot
+    kCopy,      // spill: copying out; restore: copying in (event)
+    kIssued,    // promote/demote/discard/restore tail: waiting for the batch event
+  };
+  struct Fence {
+    uint64_t started_ns = 0;
+    Quiescence::Ticket ticket;
+    std::vector<CUevent> events;
+    size_t destroyed = 0;  // the last `destroyed` events are owned by it
+    bool recorded = false;
+    bool failed = false;
+    bool done = false;
+  };
+  struct Batch {
+    CUevent ev = nullptr;
+    int users = 0;
+  };
+  struct Job {
+    MoveRequest req;
+    Stage stage = Stage::kQueued;
+    std::shared_ptr<Fence> fence;
+    std::shared_ptr<Batch> batch;
+    CUevent copy_ev = nullptr;
+    int staging = -1;
+    bool done = false;
+    Status status = Status::kOk;
+  };
+  struct RegionState {
+    uint32_t gen = 0;
+    bool live = false;
+    uint64_t base = 0;
+    uint64_t size = 0;
+    std::atomic<uint32_t>* unsafe = nullptr;
+    std::vector<uint8_t> unsafe_chunk;  // 1 while chunk i may not be read
+  };
+
+  RegionState* region(RegionId id);
+  void mark_unsafe(const MoveRequest& req, bool unsafe);
+  void progress();
+  void flush();
+  bool advance(Job& j);
+  bool fence_ready(Fence& f);
+  void finish(Job& j, Status s);
+  CUevent take_event();
+  void give_event(CUevent ev);
+  std::shared_ptr<Batch> record_batch();
+  bool batch_done(Batch& b);
+  bool event_done(CUevent ev);
+  std::byte* staging(int slot) { return staging_ + static_cast<size_t>(slot) * chunk_size_; }
+  bool check(CUresult r);
+
+  const Driver& d_;
+  CUcontext ctx_;
+  CUdevice device_ = 0;
+  Store* store_;
+  Quiescence& q_;
+  StreamRegistry& streams_;
+  UnsafeCounter counters_;
+  std::atomic<uint32_t>* total_ = nullptr;
+  uint64_t chunk_size_;
+  uint64_t hbm_bytes_ = 0;
+  SteadyClock clock_;
+  CUstream stream_ = nullptr;
+  std::byte* staging_ = nullptr;
+  std::vector<int> staging_free_;
+  std::vector<CUevent> events_;
+  std::deque<Job> jobs_;
+  std::deque<MoveCompletion> ready_;
+  std::vector<RegionState> regions_;
+  CudaMoverStats stats_;
+};
+
+}  // namespace kvpager::cuda

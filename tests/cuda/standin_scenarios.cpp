@@ -1,0 +1,563 @@
+// Scenarios run under LD_PRELOAD=libkvpager.so against the stand-in driver
+// (tests/cuda_standin). Not a test binary of its own: test_cuda_standin runs
+// each scenario in a fresh process with the environment it needs (listed
+// above each one) and reports it as CudaStandin.<name>.
+#include <gtest/gtest.h>
+#include <pthread.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <barrier>
+#include <cstring>
+#include <thread>
+
+#include "standin_program.h"
+
+extern "C" CUdeviceptr standin_early_allocation();  // libstandin_early
+
+namespace kvpager::testing {
+namespace {
+
+// Env: defaults (cuda.min_size = 2M).
+TEST(StandIn, RoutesAllocationsByThreshold) {
+  Program p;
+  ASSERT_TRUE(kvpager_loaded()) << "run me with LD_PRELOAD=libkvpager.so";
+  CUdeviceptr small = p.must_alloc(1 * kMiB), edge = p.must_alloc(2 * kMiB), big = p.must_alloc(8 * kMiB);
+  EXPECT_EQ(p.count_log("cuMemAlloc_v2 1048576"), 1u) << "below the threshold: the driver's own allocation";
+  EXPECT_EQ(p.count_log("cuMemAllocManaged 2097152"), 1u) << "at the threshold: managed";
+  EXPECT_EQ(p.count_log("cuMemAllocManaged 8388608"), 1u);
+  EXPECT_EQ(p.count_log("cuMemAlloc_v2 2097152") + p.count_log("cuMemAlloc_v2 8388608"), 0u);
+  // New regions live in host RAM, read by the GPU remotely, until promoted.
+  EXPECT_GE(p.count_log("cuMemAdvise_v2"), 4u);
+  CUdeviceptr pitched = 0;
+  size_t pitch = 0;
+  ASSERT_EQ(p.alloc_pitch(&pitched, &pitch, 4000, 1024, 4), CUDA_SUCCESS);
+  EXPECT_EQ(pitch, 4096u);
+  EXPECT_EQ(p.count_log("cuMemAllocManaged 4194304"), 1u) << "pitch x height at the threshold";
+  Stats s = stats();
+  EXPECT_EQ(s.str("state"), "running");
+  EXPECT_EQ(s.num("regions"), 3u);
+  EXPECT_EQ(s.num("managed_bytes"), 14 * kMiB);
+  for (CUdeviceptr d : {small, edge, big, pitched}) EXPECT_EQ(p.free(d), CUDA_SUCCESS);
+  EXPECT_EQ(p.count_log("cuMemFree_v2"), 4u);
+  s = stats();
+  EXPECT_EQ(s.num("regions"), 0u);
+  EXPECT_EQ(s.num("managed_bytes"), 0u);
+}
+
+// Env: KVPAGER_CUDA_DENY_SIZES=4M-6M, KVPAGER_CUDA_ALLOW_SIZES=512K-1M
+TEST(StandIn, AllowAndDenySizeRanges) {
+  Program p;
+  p.must_alloc(4 * kMiB);
+  p.must_alloc(5 * kMiB);
+  p.must_alloc(8 * kMiB);
+  p.must_alloc(768 * 1024);
+  p.must_alloc(256 * 1024);
+  EXPECT_EQ(p.count_log("cuMemAlloc_v2 4194304"), 1u) << "denied";
+  EXPECT_EQ(p.count_log("cuMemAlloc_v2 5242880"), 1u) << "denied";
+  EXPECT_EQ(p.count_log("cuMemAllocManaged 8388608"), 1u) << "above the threshold, not denied";
+  EXPECT_EQ(p.count_log("cuMemAllocManaged 786432"), 1u) << "below the threshold but allowed";
+  EXPECT_EQ(p.count_log("cuMemAlloc_v2 262144"), 1u) << "below the threshold, not allowed";
+}
+
+// Env: defaults.
+TEST(StandIn, PassesVmmHostAndIpcThroughUntouched) {
+  Program p;
+  // Virtual memory management and host allocations: the driver's own functions.
+  for (const char* name : {"cuMemCreate", "cuMemMap", "cuMemAddressReserve", "cuMemRelease"})
+    EXPECT_EQ(p.raw(name, 12000), dlsym(p.lib, name)) << name;
+  EXPECT_EQ(p.raw("cuMemHostAlloc", 12000), dlsym(p.lib, "cuMemHostAlloc"));
+  Dl_info info{};
+  ASSERT_TRUE(dladdr(p.raw("cuMemAlloc", 12000), &info));
+  EXPECT_NE(std::strstr(info.dli_fname, "libkvpager"), nullptr) << "...but cuMemAlloc is ours";
+  auto create = reinterpret_cast<PFN_cuMemCreate_v10020>(p.raw("cuMemCreate", 12000));
+  CUmemGenericAllocationHandle h = 0;
+  CUmemAllocationProp prop{};
+  ASSERT_EQ(create(&h, 64 * kMiB, &prop, 0), CUDA_SUCCESS);
+  void* host = nullptr;
+  auto host_alloc = reinterpret_cast<PFN_cuMemHostAlloc_v2020>(p.raw("cuMemHostAlloc", 12000));
+  ASSERT_EQ(host_alloc(&host, 64 * kMiB, 0), CUDA_SUCCESS);
+  EXPECT_EQ(p.count_log("cuMemAllocManaged"), 0u);
+  // IPC: a device allocation exports; a managed one cannot (the driver says so, we explain).
+  auto ipc = reinterpret_cast<PFN_cuIpcGetMemHandle_v4010>(p.raw("cuIpcGetMemHandle", 12000));
+  CUipcMemHandle handle{};
+  EXPECT_EQ(ipc(&handle, p.must_alloc(1 * kMiB)), CUDA_SUCCESS);
+  EXPECT_NE(ipc(&handle, p.must_alloc(4 * kMiB)), CUDA_SUCCESS);
+  EXPECT_EQ(stats().num("regions"), 1u);
+}
+
+// Env: defaults (cuda.async_alloc = managed).
+TEST(StandIn, AsyncAllocationsBecomeManagedAndAreFreedInStreamOrder) {
+  Program p;
+  CUstream s = nullptr;
+  ASSERT_EQ(p.stream_create(&s, 0), CUDA_SUCCESS);
+  CUdeviceptr d = 0;
+  ASSERT_EQ(p.alloc_async(&d, 8 * kMiB, s), CUDA_SUCCESS);
+  EXPECT_EQ(p.count_log("cuMemAllocManaged 8388608"), 1u);
+  EXPECT_EQ(stats().num("managed_bytes"), 8 * kMiB);
+  ASSERT_EQ(p.free_async(d, s), CUDA_SUCCESS);
+  EXPECT_TRUE(eventually([&] { return stats().num("managed_bytes") == 0; })) << "freed once the stream got there";
+  EXPECT_EQ(p.count_log("cuMemFree_v2"), 1u);
+  // Inside a capture the allocation belongs to the graph: the driver's own.
+  ASSERT_EQ(p.begin_capture(s, CU_STREAM_CAPTURE_MODE_GLOBAL), CUDA_SUCCESS);
+  ASSERT_EQ(p.alloc_async(&d, 8 * kMiB, s), CUDA_SUCCESS);
+  EXPECT_EQ(p.count_log("cuMemAllocAsync 8388608"), 1u);
+  CUgraph g = nullptr;
+  ASSERT_EQ(p.end_capture(s, &g), CUDA_SUCCESS);
+}
+
+// Env: KVPAGER_CUDA_ASYNC_ALLOC=passthrough
+TEST(StandIn, AsyncAllocationsPassThroughWhenConfigured) {
+  Program p;
+  CUdeviceptr d = 0;
+  ASSERT_EQ(p.alloc_async(&d, 8 * kMiB, nullptr), CUDA_SUCCESS);
+  EXPECT_EQ(p.count_log("cuMemAllocAsync 8388608"), 1u);
+  EXPECT_EQ(p.count_log("cuMemAllocManaged"), 0u);
+}
+
+// Env: KVPAGER_CUDA_VIRTUAL_CAPACITY=64G, CUDA_STANDIN_TOTAL_MEM=8G
+TEST(StandIn, MemGetInfoReportsTheVirtualCapacityAndFallsAsTheProgramAllocates) {
+  Program p;
+  size_t free0 = 0, total = 0;
+  ASSERT_EQ(p.get_info(&free0, &total), CUDA_SUCCESS);
+  EXPECT_EQ(total, 64ull << 30) << "before the pager started, too";
+  EXPECT_EQ(free0, 64ull << 30);
+  CUdeviceptr big = p.must_alloc(1024 * kMiB);
+  size_t free1 = 0;
+  ASSERT_EQ(p.get_info(&free1, &total), CUDA_SUCCESS);
+  EXPECT_EQ(total, 64ull << 30);
+  EXPECT_EQ(free0 - free1, 1024 * kMiB) << "a managed allocation counts in full";
+  CUdeviceptr small = p.must_alloc(1 * kMiB);
+  size_t free2 = 0;
+  ASSERT_EQ(p.get_info(&free2, &total), CUDA_SUCCESS);
+  EXPECT_EQ(free1 - free2, 1 * kMiB) << "so does the driver's own";
+  // A managed chunk promoted to HBM is not counted twice.
+  ASSERT_EQ(p.fill(big, 1024, 1), CUDA_SUCCESS);
+  ASSERT_TRUE(eventually([&] { return stats().num("hbm_committed") > 0; }));
+  size_t free3 = 0;
+  ASSERT_EQ(p.get_info(&free3, &total), CUDA_SUCCESS);
+  EXPECT_EQ(free3, free2);
+  ASSERT_EQ(p.free(big), CUDA_SUCCESS);
+  ASSERT_EQ(p.free(small), CUDA_SUCCESS);
+  size_t free4 = 0;
+  ASSERT_EQ(p.get_info(&free4, &total), CUDA_SUCCESS);
+  EXPECT_EQ(free4, free0);
+}
+
+// Env: KVPAGER_CUDA_MANAGED_LIMIT=64M
+TEST(StandIn, TheManagedCeilingFailsAllocationsWithOutOfMemory) {
+  Program p;
+  CUdeviceptr a = p.must_alloc(32 * kMiB);
+  p.must_alloc(24 * kMiB);
+  CUdeviceptr c = 0;
+  EXPECT_EQ(p.alloc(&c, 16 * kMiB), CUDA_ERROR_OUT_OF_MEMORY) << "32 + 24 + 16 > 64";
+  EXPECT_EQ(p.count_log("cuMemAllocManaged 16777216"), 0u) << "refused before asking the driver";
+  EXPECT_EQ(p.alloc(&c, 1 * kMiB), CUDA_SUCCESS) << "the driver's own allocations are not capped";
+  EXPECT_EQ(stats().num("limit_refusals"), 1u);
+  ASSERT_EQ(p.free(a), CUDA_SUCCESS);
+  EXPECT_EQ(p.alloc(&c, 16 * kMiB), CUDA_SUCCESS) << "room again";
+}
+
+// Env: defaults.
+TEST(StandIn, ScansParameterLayoutsTheDriverDescribes) {
+  Program p;
+  CUdeviceptr r1 = p.must_alloc(8 * kMiB), r2 = p.must_alloc(8 * kMiB);
+  CUdeviceptr passthrough = p.must_alloc(1 * kMiB);
+  ASSERT_EQ(kvpager_tag_context(r1, 8 * kMiB, "r1"), KVPAGER_OK);
+  ASSERT_EQ(kvpager_tag_context(r2, 8 * kMiB, "r2"), KVPAGER_OK);
+  // check_struct(int tag, struct { u32 n; u32 pad; u64 ptr; u64 len; u32 seed; u32 pad; u64 result; }):
+  // the pointer sits at byte 16 of the buffer, inside a struct passed by value.
+  struct S {
+    uint32_t n, pad;
+    uint64_t ptr, len;
+    uint32_t seed, pad2;
+    uint64_t* result;
+  };
+  uint64_t bad = 0;
+  int tag = 7;
+  S s{1, 0, r2 + 5 * kMiB, 1024, 3, 0, &bad};
+  void* args[] = {&tag, &s};
+  ASSERT_EQ(p.fill(r2 + 5 * kMiB, 1024, 3), CUDA_SUCCESS);
+  ASSERT_EQ(p.launch(p.kernel("check_struct"), 1, 1, 1, 1, 1, 1, 0, nullptr, args, nullptr), CUDA_SUCCESS);
+  EXPECT_EQ(bad, 0u);
+  // Values that are not references: one past the end, pass-through memory.
+  uint64_t past = r1 + 8 * kMiB + 4096;
+  void* a1[] = {&past};
+  ASSERT_EQ(p.launch(p.kernel("noop"), 1, 1, 1, 1, 1, 1, 0, nullptr, a1, nullptr), CUDA_SUCCESS);
+  void* a2[] = {&passthrough};
+  ASSERT_EQ(p.launch(p.kernel("noop"), 1, 1, 1, 1, 1, 1, 0, nullptr, a2, nullptr), CUDA_SUCCESS);
+  // The pager saw r2's chunk 2 (5 MiB in) used, and nothing of r1.
+  ASSERT_TRUE(eventually([] { return stats().context("r2", "hbm") == 2 * kMiB; })) << stats().context("r2", "hbm");
+  EXPECT_EQ(stats().context("r1", "hbm"), 0u);
+  EXPECT_GE(stats().num("pager.accesses"), 2u);
+  // The same through the `extra` buffer form of the launch.
+  struct {
+    uint64_t ptr;
+  } packed{r1 + 100};
+  size_t size = sizeof packed;
+  void* extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, &packed, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END};
+  ASSERT_EQ(p.launch(p.kernel("noop"), 1, 1, 1, 1, 1, 1, 0, nullptr, nullptr, extra), CUDA_SUCCESS);
+  EXPECT_TRUE(eventually([] { return stats().context("r1", "hbm") == 2 * kMiB; }));
+}
+
+// Spills context `name` (parked) and waits until it is all in the store.
+// Launch events reach the pager thread a little later: one that arrives after
+// the park counts as a use of the context (it is no longer idle, and its
+// chunk may be promoted), so park again until it has all gone.
+void park_until_spilled(Program& p, const char* name, uint64_t size) {
+  bool spilled = false;
+  for (int attempt = 0; attempt < 10 && !spilled; ++attempt) {
+    ASSERT_EQ(kvpager_park_context(name), KVPAGER_OK);
+    spilled = eventually([&] { return stats().context(name, "nvme") == size; }, 1.0);
+  }
+  ASSERT_TRUE(spilled) << "nvme=" << stats().context(name, "nvme") << " host=" << stats().context(name, "host")
+                       << " hbm=" << stats().context(name, "hbm");
+  EXPECT_GT(p.count_log("cuMemDiscardBatchAsync"), 0u);
+}
+
+// An 8 MiB region, context "ctx", filled with pattern `seed` by a kernel and
+// then parked until all of it is in the store.
+CUdeviceptr spilled_region(Program& p, uint32_t seed) {
+  CUdeviceptr r = p.must_alloc(8 * kMiB);
+  EXPECT_EQ(kvpager_tag_context(r, 8 * kMiB, "ctx"), KVPAGER_OK);
+  EXPECT_EQ(p.fill(r, 8 * kMiB, seed), CUDA_SUCCESS);
+  park_until_spilled(p, "ctx", 8 * kMiB);
+  return r;
+}
+
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
+TEST(StandIn, RestoresASpilledRegionBeforeALaunchReadsIt) {
+  Program p;
+  CUdeviceptr r = spilled_region(p, 5);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  EXPECT_GT(Program::host_mismatches(r, 8 * kMiB, 5), 0u) << "discarded: what is there now is garbage";
+  p.clear_log();
+  // A kernel reads it (its argument points right into the parked context).
+  EXPECT_EQ(p.check(r, 8 * kMiB, 5), 0u) << "every byte the kernel read was restored";
+  long launch = p.find_log("cuLaunchKernel check");
+  long first_copy = p.find_log("cuMemcpyHtoDAsync_v2");
+  ASSERT_GE(launch, 0);
+  ASSERT_GE(first_copy, 0);
+  EXPECT_LT(first_copy, launch) << "restored before the launch was issued";
+  EXPECT_EQ(p.count_log("cuMemcpyHtoDAsync_v2"), 4u) << "four chunks";
+  EXPECT_EQ(stats().num("unsafe_chunks"), 0u);
+  EXPECT_GE(stats().num("restores"), 1u);
+}
+
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
+TEST(StandIn, RestoresBeforeCopiesAndMemsetsTouchASpilledRegion) {
+  Program p;
+  CUdeviceptr r = spilled_region(p, 9);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  // A copy to the host reads it.
+  std::vector<uint8_t> host(1 * kMiB);
+  ASSERT_EQ(p.dtoh(host.data(), r + 3 * kMiB, host.size()), CUDA_SUCCESS);
+  for (size_t i = 0; i < host.size(); ++i) ASSERT_EQ(host[i], standin_pattern(3 * kMiB + i, 9)) << i;
+  park_until_spilled(p, "ctx", 8 * kMiB);
+  // A memset of part of a chunk: the rest of the chunk must survive it.
+  ASSERT_EQ(p.memset8(r + 2 * kMiB, 0x11, 4096), CUDA_SUCCESS);
+  EXPECT_TRUE(eventually([] { return stats().num("unsafe_chunks") == 0; }));
+  auto* b = reinterpret_cast<const uint8_t*>(r);
+  for (uint64_t i = 2 * kMiB; i < 2 * kMiB + 4096; ++i) ASSERT_EQ(b[i], 0x11);
+  for (uint64_t i = 2 * kMiB + 4096; i < 4 * kMiB; ++i) ASSERT_EQ(b[i], standin_pattern(i, 9)) << i;
+  // A copy from the host into it: restored first too, then overwritten.
+  park_until_spilled(p, "ctx", 8 * kMiB);
+  std::vector<uint8_t> ones(4096, 1);
+  ASSERT_EQ(p.htod(r + 6 * kMiB, ones.data(), ones.size()), CUDA_SUCCESS);
+  for (uint64_t i = 6 * kMiB + 4096; i < 8 * kMiB; ++i) ASSERT_EQ(b[i], standin_pattern(i, 9)) << i;
+}
+
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=50ms
+TEST(StandIn, AnIdleRegionSpillsAndTheNextLaunchRestoresIt) {
+  Program p;
+  CUdeviceptr r = p.must_alloc(8 * kMiB);
+  ASSERT_EQ(p.fill(r, 8 * kMiB, 2), CUDA_SUCCESS);
+  // No hint: idle long enough, what is in host RAM spills (the chunk the
+  // launch touched was promoted to HBM and stays there).
+  ASSERT_TRUE(eventually([] { return stats().num("unsafe_chunks") >= 3; })) << stats().num("unsafe_chunks");
+  EXPECT_GT(Program::host_mismatches(r, 8 * kMiB, 2), 0u);
+  EXPECT_EQ(p.check(r, 8 * kMiB, 2), 0u);
+  EXPECT_GE(stats().num("restores"), 1u);  // (it may well have spilled again since: 50 ms idle)
+}
+
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
+TEST(StandIn, AGraphLaunchRestoresWhatItsNodesRead) {
+  Program p;
+  CUdeviceptr r = p.must_alloc(8 * kMiB);
+  ASSERT_EQ(kvpager_tag_context(r, 8 * kMiB, "ctx"), KVPAGER_OK);
+  ASSERT_EQ(p.fill(r, 8 * kMiB, 4), CUDA_SUCCESS);
+  PFN_cuGraphCreate_v10000 create;
+  PFN_cuGraphAddKernelNode_v12000 add_kernel;
+  PFN_cuGraphInstantiateWithFlags_v11040 instantiate;
+  PFN_cuGraphLaunch_v10000 launch;
+  p.get(create, "cuGraphCreate", 10000);
+  p.get(add_kernel, "cuGraphAddKernelNode", 12000);
+  p.get(instantiate, "cuGraphInstantiateWithFlags", 11040);
+  p.get(launch, "cuGraphLaunch", 10000);
+  CUgraph g = nullptr;
+  ASSERT_EQ(create(&g, 0), CUDA_SUCCESS);
+  uint64_t bad = UINT64_MAX;
+  uint64_t* out = &bad;
+  uint64_t len = 8 * kMiB;
+  uint32_t seed = 4;
+  void* args[] = {&r, &len, &seed, &out};
+  CUDA_KERNEL_NODE_PARAMS kp{};
+  kp.func = p.kernel("check");
+  kp.kernelParams = args;
+  CUgraphNode node = nullptr;
+  ASSERT_EQ(add_kernel(&node, g, nullptr, 0, &kp), CUDA_SUCCESS);
+  CUgraphExec exec = nullptr;
+  ASSERT_EQ(instantiate(&exec, g, 0), CUDA_SUCCESS);
+  park_until_spilled(p, "ctx", 8 * kMiB);
+  p.clear_log();
+  ASSERT_EQ(launch(exec, nullptr), CUDA_SUCCESS);
+  EXPECT_EQ(bad, 0u);
+  EXPECT_LT(p.find_log("cuMemcpyHtoDAsync_v2"), p.find_log("cuGraphLaunch"));
+  EXPECT_EQ(stats().num("launches_unscannable"), 0u) << "its nodes were scanned at instantiation";
+
+  // A graph with a node we cannot look into reads everything.
+  PFN_cuGraphAddBatchMemOpNode_v11070 add_memop;
+  p.get(add_memop, "cuGraphAddBatchMemOpNode", 11070);
+  CUgraph g2 = nullptr;
+  ASSERT_EQ(create(&g2, 0), CUDA_SUCCESS);
+  CUDA_BATCH_MEM_OP_NODE_PARAMS mp{};
+  ASSERT_EQ(add_memop(&node, g2, nullptr, 0, &mp), CUDA_SUCCESS);
+  CUgraphExec exec2 = nullptr;
+  ASSERT_EQ(instantiate(&exec2, g2, 0), CUDA_SUCCESS);
+  park_until_spilled(p, "ctx", 8 * kMiB);
+  ASSERT_EQ(launch(exec2, nullptr), CUDA_SUCCESS);
+  EXPECT_EQ(stats().num("unsafe_chunks"), 0u);
+  EXPECT_EQ(Program::host_mismatches(r, 8 * kMiB, 4), 0u);
+  EXPECT_EQ(stats().num("launches_unscannable"), 1u);
+}
+
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h, CUDA_STANDIN_NO_PARAM_INFO=1
+TEST(StandIn, ALaunchThatCannotBeScannedRestoresEverything) {
+  Program p;
+  CUdeviceptr a = p.must_alloc(4 * kMiB), b = p.must_alloc(4 * kMiB);
+  ASSERT_EQ(kvpager_tag_context(a, 4 * kMiB, "a"), KVPAGER_OK);
+  ASSERT_EQ(kvpager_tag_context(b, 4 * kMiB, "b"), KVPAGER_OK);
+  ASSERT_EQ(p.fill(a, 4 * kMiB, 1), CUDA_SUCCESS);
+  ASSERT_EQ(p.fill(b, 4 * kMiB, 2), CUDA_SUCCESS);
+  ASSERT_EQ(kvpager_park_context("a"), KVPAGER_OK);
+  ASSERT_EQ(kvpager_park_context("b"), KVPAGER_OK);
+  ASSERT_TRUE(eventually([] { return stats().num("unsafe_chunks") == 4; }));
+  uint64_t nothing = 0;
+  void* args[] = {&nothing};
+  ASSERT_EQ(p.launch(p.kernel("noop"), 1, 1, 1, 1, 1, 1, 0, nullptr, args, nullptr), CUDA_SUCCESS);
+  EXPECT_EQ(stats().num("unsafe_chunks"), 0u) << "the driver cannot describe the kernel: it may read anything";
+  EXPECT_GE(stats().num("launches_unscannable"), 1u);
+  EXPECT_EQ(Program::host_mismatches(a, 4 * kMiB, 1) + Program::host_mismatches(b, 4 * kMiB, 2), 0u);
+}
+
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
+TEST(StandIn, ParkedContextsInAPoolStaySpilledWhileOnlyThePoolIsReferenced) {
+  Program p;
+  CUdeviceptr pool = p.must_alloc(16 * kMiB);
+  ASSERT_EQ(kvpager_tag_context(pool, 8 * kMiB, "a"), KVPAGER_OK);
+  ASSERT_EQ(kvpager_tag_context(pool + 8 * kMiB, 8 * kMiB, "b"), KVPAGER_OK);
+  ASSERT_EQ(p.fill(pool, 16 * kMiB, 6), CUDA_SUCCESS);
+  park_until_spilled(p, "b", 8 * kMiB);
+  // The engine's kernels get the pool's base and a block table; "b" is parked:
+  // promised unread until prefetched.
+  EXPECT_EQ(p.check(pool, 8 * kMiB, 6), 0u);
+  EXPECT_EQ(stats().context("b", "nvme"), 8 * kMiB) << "a reference to the pool does not pull a parked context back";
+  // Prefetching it un-parks it; a pool launch then needs it restored.
+  ASSERT_EQ(kvpager_prefetch_context("b"), KVPAGER_OK);
+  uint64_t bad = p.check(pool, 16 * kMiB, 6);
+  EXPECT_EQ(bad, 0u);
+  EXPECT_EQ(stats().num("unsafe_chunks"), 0u);
+}
+
+// Env: defaults.
+TEST(StandIn, PerThreadStreamEntryPointsGetTheirOwnWrappers) {
+  Program p;
+  EXPECT_NE(reinterpret_cast<void*>(p.launch), reinterpret_cast<void*>(p.launch_ptsz));
+  CUdeviceptr r = p.must_alloc(4 * kMiB);
+  uint64_t len = 1024;
+  uint32_t seed = 1;
+  void* args[] = {&r, &len, &seed};
+  ASSERT_EQ(p.launch_ptsz(p.kernel("fill"), 1, 1, 1, 1, 1, 1, 0, nullptr, args, nullptr), CUDA_SUCCESS);
+  EXPECT_EQ(p.count_log("cuLaunchKernel_ptsz fill"), 1u) << "the per-thread variant reached the driver";
+  ASSERT_EQ(p.launch(p.kernel("fill"), 1, 1, 1, 1, 1, 1, 0, nullptr, args, nullptr), CUDA_SUCCESS);
+  EXPECT_EQ(p.count_log("cuLaunchKernel fill"), 1u);
+  // ...and both are scanned.
+  EXPECT_TRUE(eventually([] { return stats().num("pager.accesses") >= 2; }));
+}
+
+// Env: defaults.
+TEST(StandIn, PlainDlsymOfDriverSymbolsGivesTheWrappers) {
+  Program p;
+  auto alloc = reinterpret_cast<PFN_cuMemAlloc_v3020>(dlsym(p.lib, "cuMemAlloc_v2"));
+  ASSERT_NE(alloc, nullptr);
+  Dl_info info{};
+  ASSERT_TRUE(dladdr(reinterpret_cast<void*>(alloc), &info));
+  EXPECT_NE(std::strstr(info.dli_fname, "libkvpager"), nullptr) << info.dli_fname;
+  CUdeviceptr d = 0;
+  ASSERT_EQ(alloc(&d, 4 * kMiB), CUDA_SUCCESS);
+  EXPECT_EQ(p.count_log("cuMemAllocManaged 4194304"), 1u);
+  auto launch_ptsz = dlsym(RTLD_DEFAULT, "cuLaunchKernel_ptsz");
+  ASSERT_TRUE(dladdr(launch_ptsz, &info));
+  EXPECT_NE(std::strstr(info.dli_fname, "libkvpager"), nullptr);
+  // Everything else is untouched.
+  EXPECT_EQ(dlsym(p.lib, "cuInit"), dlsym(p.lib, "cuInit"));
+  ASSERT_TRUE(dladdr(dlsym(p.lib, "cuInit"), &info));
+  EXPECT_EQ(std::strstr(info.dli_fname, "libkvpager"), nullptr);
+  EXPECT_EQ(dlsym(RTLD_DEFAULT, "strlen"), reinterpret_cast<void*>(&strlen));
+}
+
+// Env: defaults.
+TEST(StandIn, DlsymRtldNextStaysRelativeToItsCaller) {
+  // Seen from this program, the next dlsym is libkvpager's (preloaded before
+  // libc); had our dlsym called libc's itself, "next" would be relative to
+  // libkvpager and answer libc's.
+  void* next = dlsym(RTLD_NEXT, "dlsym");
+  void* first = dlsym(RTLD_DEFAULT, "dlsym");
+  EXPECT_EQ(next, first);
+  Dl_info info{};
+  ASSERT_TRUE(dladdr(next, &info));
+  EXPECT_NE(std::strstr(info.dli_fname, "libkvpager"), nullptr) << info.dli_fname;
+}
+
+// Env: defaults.
+TEST(StandIn, CuGetProcAddressHandsOutItselfWrappedAndWorksBeforeCuInit) {
+  void* lib = dlopen("libcuda.so.1", RTLD_NOW);
+  auto gpa = reinterpret_cast<PFN_cuGetProcAddress_v12000>(dlsym(lib, "cuGetProcAddress_v2"));
+  void* self = nullptr;
+  CUdriverProcAddressQueryResult st{};
+  ASSERT_EQ(gpa("cuGetProcAddress", &self, 12000, 0, &st), CUDA_SUCCESS) << "no cuInit yet";
+  Dl_info info{};
+  ASSERT_TRUE(dladdr(self, &info));
+  EXPECT_NE(std::strstr(info.dli_fname, "libkvpager"), nullptr);
+  auto gpa2 = reinterpret_cast<PFN_cuGetProcAddress_v12000>(self);
+  void* alloc = nullptr;
+  ASSERT_EQ(gpa2("cuMemAlloc", &alloc, 12000, 0, &st), CUDA_SUCCESS);
+  ASSERT_TRUE(dladdr(alloc, &info));
+  EXPECT_NE(std::strstr(info.dli_fname, "libkvpager"), nullptr) << "lookups through it are wrapped too";
+  // An old ABI of a name we wrap is handed out untouched (and unwrapped).
+  void* old = nullptr;
+  ASSERT_EQ(gpa("cuGetProcAddress", &old, 11030, 0, &st), CUDA_SUCCESS);
+  EXPECT_NE(old, self);
+}
+
+// Env: CUDA_STANDIN_REENTER=1
+TEST(StandIn, ADriverCallingBackIntoItsOwnEntryPointsDoesNotRecurse) {
+  Program p;
+  CUdeviceptr d = p.must_alloc(4 * kMiB);  // the stand-in calls cuMemGetInfo_v2 and cuMemAlloc_v2 from inside
+  EXPECT_EQ(p.count_log("cuMemAllocManaged 4194304"), 1u);
+  EXPECT_EQ(p.count_log("cuMemAlloc_v2 4194304"), 1u) << "the nested call went straight to the driver";
+  EXPECT_EQ(stats().num("regions"), 1u) << "and was not made a region";
+  EXPECT_EQ(p.free(d), CUDA_SUCCESS);
+}
+
+// Env: defaults.
+TEST(StandIn, ThreadsCallingCudaBeforeThePagerStartsAreHandled) {
+  Program p;
+  constexpr int kThreads = 8, kEach = 6;
+  std::barrier start(kThreads);
+  std::atomic<int> failures{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      p.make_current();
+      start.arrive_and_wait();  // all at once, while the pager is not started yet
+      std::vector<CUdeviceptr> mine;
+      for (int i = 0; i < kEach; ++i) {
+        CUdeviceptr d = 0;
+        if (p.alloc(&d, 2 * kMiB + uint64_t(t) * 4096) != CUDA_SUCCESS) ++failures;
+        if (p.fill(d, 4096, uint32_t(t)) != CUDA_SUCCESS) ++failures;
+        if (p.check(d, 4096, uint32_t(t)) != 0) ++failures;
+        mine.push_back(d);
+      }
+      for (int i = 0; i < kEach; i += 2)
+        if (p.free(mine[size_t(i)]) != CUDA_SUCCESS) ++failures;
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(failures.load(), 0);
+  EXPECT_EQ(p.count_log("cuMemAllocManaged"), size_t(kThreads * kEach));
+  Stats s = stats();
+  EXPECT_EQ(s.num("regions"), size_t(kThreads * kEach / 2));
+  EXPECT_TRUE(eventually([] { return stats().num("pager.regions") == kThreads * kEach / 2; }));
+}
+
+// Env: STANDIN_EARLY=1 (libstandin_early's constructor allocates before main)
+TEST(StandIn, ALibraryConstructorUsingCudaBeforeMainIsRouted) {
+  Program p;
+  auto early = &standin_early_allocation;
+  ASSERT_NE(early(), 0u) << "the constructor's allocation failed";
+  EXPECT_EQ(p.count_log("cuMemAllocManaged 8388608"), 1u);
+  EXPECT_EQ(stats().num("regions"), 1u);
+  EXPECT_EQ(p.check(early(), 4096, 77), 0u);
+}
+
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
+TEST(StandIn, ForkLeavesTheParentsPagerWorkingAndTheChildSafe) {
+  Program p;
+  CUdeviceptr r = spilled_region(p, 8);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  pid_t pid = fork();
+  if (pid == 0) {
+    alarm(20);  // a hang is a failure, not a stuck test
+    // No pager thread here: every call passes straight through, nothing waits.
+    Stats s = stats();
+    if (s.str("state") != "forked-child") _exit(3);
+    CUdeviceptr small = 0;
+    if (p.alloc(&small, 8 * kMiB) != CUDA_SUCCESS) _exit(4);
+    if (p.count_log("cuMemAlloc_v2 8388608") != 1) _exit(5);  // not managed in the child
+    (void)p.check(r, 4096, 8);  // would wait for a restore in the parent; here it must not hang
+    std::exit(0);  // runs the atexit handlers: they must not wait for a thread that is not there
+  }
+  int status = 0;
+  ASSERT_EQ(waitpid(pid, &status, 0), pid);
+  ASSERT_TRUE(WIFEXITED(status)) << "child killed by signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0);
+  EXPECT_EQ(p.check(r, 8 * kMiB, 8), 0u) << "the parent's pager still restores";
+  EXPECT_EQ(stats().str("state"), "running");
+}
+
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
+TEST(StandIn, AStreamCaptureHoldsSpillsBackUntilItEnds) {
+  Program p;
+  CUdeviceptr r = p.must_alloc(8 * kMiB);
+  ASSERT_EQ(kvpager_tag_context(r, 8 * kMiB, "ctx"), KVPAGER_OK);
+  CUstream s = nullptr;
+  ASSERT_EQ(p.stream_create(&s, 0), CUDA_SUCCESS);
+  ASSERT_EQ(p.fill(r, 8 * kMiB, 3, s), CUDA_SUCCESS);
+  ASSERT_EQ(p.begin_capture(s, CU_STREAM_CAPTURE_MODE_GLOBAL), CUDA_SUCCESS);
+  ASSERT_EQ(kvpager_park_context("ctx"), KVPAGER_OK);
+  EXPECT_TRUE(eventually([] { return stats().num("mover.fence_refusals") > 0; }));
+  EXPECT_EQ(stats().context("ctx", "nvme"), 0u) << "no spill while an event could join the capture";
+  CUgraph g = nullptr;
+  ASSERT_EQ(p.end_capture(s, &g), CUDA_SUCCESS);
+  EXPECT_TRUE(eventually([] { return stats().context("ctx", "nvme") == 8 * kMiB; }));
+  EXPECT_EQ(p.check(r, 8 * kMiB, 3), 0u);
+}
+
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
+TEST(StandIn, TheSpillFenceWaitsForEveryStreamThatUsedTheRegion) {
+  Program p;
+  CUdeviceptr r = p.must_alloc(8 * kMiB);
+  ASSERT_EQ(kvpager_tag_context(r, 8 * kMiB, "ctx"), KVPAGER_OK);
+  CUstream a = nullptr, b = nullptr;
+  ASSERT_EQ(p.stream_create(&a, 0), CUDA_SUCCESS);
+  ASSERT_EQ(p.stream_create(&b, 0), CUDA_SUCCESS);
+  ASSERT_EQ(p.fill(r, 8 * kMiB, 1, a), CUDA_SUCCESS);
+  ASSERT_EQ(p.check(r, 8 * kMiB, 1, b), 0u);
+  ASSERT_EQ(p.stream_destroy(b), CUDA_SUCCESS);  // its work must still be waited for
+  p.clear_log();
+  park_until_spilled(p, "ctx", 8 * kMiB);
+  auto log = p.log();
+  char sa[32];
+  std::snprintf(sa, sizeof sa, "cuEventRecord 0x%llx", reinterpret_cast<unsigned long long>(a));
+  long rec = p.find_log(sa);
+  long copy = p.find_log("cuMemcpyDtoHAsync_v2");
+  ASSERT_GE(rec, 0) << "an event on stream a";
+  ASSERT_GE(copy, 0);
+  EXPECT_LT(rec, copy) << "the fence came before the bytes were copied out";
+  EXPECT_EQ(stats().num("fence_failures"), 0u);
+}
+
+}  // namespace
+}  // namespace kvpager::testing

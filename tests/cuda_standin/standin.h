@@ -1,0 +1,23 @@
+// The stand-in driver's own entry points (beyond the CUDA driver API it
+// imitates), for the tests that load it. See standin.cpp.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+extern "C" {
+// A built-in kernel by name ("fill", "check", "check_struct", "noop"), as a CUfunction.
+void* standin_function(const char* name);
+// The call log: every entry point appends one line ("cuLaunchKernel check ...").
+size_t standin_log_count();
+// Line i into buf (NUL-terminated, cut to len); returns its full length.
+size_t standin_log_line(size_t i, char* buf, size_t len);
+void standin_log_clear();
+// Bytes of managed memory the stand-in counts as resident on the device.
+uint64_t standin_device_resident();
+}
+
+// The pattern the "fill" kernel writes and "check" verifies.
+inline uint8_t standin_pattern(uint64_t i, uint32_t seed) {
+  return static_cast<uint8_t>(i * 131 + seed * 7 + (i >> 12));
+}
