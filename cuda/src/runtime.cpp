@@ -15,7 +15,9 @@
 #include "cuda_mover.h"
 #include "kvpager/config_loader.h"
 #include "kvpager/pager.h"
-#include "kvpager/sim/file_store.h"
+#include "control/runtime_dir.h"
+#include "control/server.h"
+#include "kvpager/store/token_store.h"
 
 namespace kvpager::cuda {
 
@@ -42,11 +44,11 @@ int level_of(std::string_view name) {
   return 2;
 }
 
-// The NVMe tier. Until the token store lands this is the simulated device's
-// file store (one unlinked file in store_dir, checksummed objects); the token
-// store implements the same Store interface and replaces it here.
+// The NVMe tier: the token store in store_dir. The pager's spills are this
+// process's private objects there, reclaimed when it ends (or by the next
+// open of the store if it dies).
 std::unique_ptr<Store> make_store(const Config& cfg) {
-  return std::make_unique<FileStore>(cfg.effective_store_dir(), cfg.chunk_size, cfg.nvme_capacity);
+  return std::make_unique<store::TokenStore>(store::StoreOptions::from_config(cfg));
 }
 
 // Inside hooks: the pager's own calls must not come back through them.
@@ -267,6 +269,13 @@ bool Runtime::start_pager() {
     return false;
   }
   ctx_ = ctx;
+  try {
+    control::RuntimeDir dir = control::resolve_runtime_dir(cfg_, control::DirUse::kServe);
+    control_ = std::make_unique<control::ControlServer>(
+        control::ControlServer::Options{dir.path, fmt::format("CUDA device {}", mover_->device()), ""}, *pager_);
+  } catch (const std::exception& e) {  // the pager runs on; it is just not visible
+    log(3, fmt::format("no control socket ({}): kvpager status/tune will not see this process", e.what()));
+  }
   const Config& pc = pager_->config();
   log(1, fmt::format("pager on device {}: HBM budget {}, host {}, store {}, managed at >= {}", mover_->device(),
                      human_bytes(static_cast<double>(pc.hbm_budget)), human_bytes(static_cast<double>(pc.host_capacity)),
@@ -285,6 +294,7 @@ void Runtime::stop() {
   stop_.store(true);
   wake();
   if (thread_.joinable()) thread_.join();
+  control_.reset();  // removes the socket
 }
 
 void Runtime::set_tick_hook(std::function<void(Pager&)> hook) {
@@ -700,6 +710,7 @@ void Runtime::pager_main() {
       std::lock_guard lock(hook_mu_);
       if (tick_hook_) tick_hook_(*pager_);
     }
+    if (control_) control_->service(*pager_);
     if (!requests_->empty()) continue;
     // Moves in flight: look again soon; otherwise sleep a tick or until woken.
     futex_wait(wake_word_, seen, mover_->pending() > 0 ? std::min<uint64_t>(tick, 50'000) : tick);

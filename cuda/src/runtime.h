@@ -50,6 +50,10 @@ class Pager;
 class Store;
 }  // namespace kvpager
 
+namespace kvpager::control {
+class ControlServer;
+}
+
 namespace kvpager::cuda {
 
 class CudaMover;
@@ -195,6 +199,9 @@ class Runtime {
   std::atomic<uint32_t> wake_word_{0};
   std::unique_ptr<RequestQueue> requests_;
   std::function<void(Pager&)> tick_hook_;
+  // The control socket (kvpager status/top/tune, kvpager-fs): built before
+  // the pager thread starts, serviced by it after every tick.
+  std::unique_ptr<control::ControlServer> control_;
   std::mutex hook_mu_;
 
   // Accounting (bytes).

@@ -561,3 +561,66 @@ TEST(StandIn, TheSpillFenceWaitsForEveryStreamThatUsedTheRegion) {
 
 }  // namespace
 }  // namespace kvpager::testing
+
+namespace kvpager::testing {
+namespace {
+
+// Runs `kvpager ARGS...` as a plain process (no preload, no stand-in driver)
+// and returns its stdout; exit status in *status.
+std::string run_kvpager(const std::vector<std::string>& args, int* status) {
+  const char* bin = std::getenv("STANDIN_KVPAGER_BIN");
+  if (!bin) return "";
+  int out[2];
+  if (pipe(out) != 0) return "";
+  pid_t pid = fork();
+  if (pid == 0) {
+    unsetenv("LD_PRELOAD");
+    unsetenv("LD_LIBRARY_PATH");
+    dup2(out[1], 1);
+    close(out[0]);
+    std::vector<char*> argv{const_cast<char*>(bin)};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    execv(bin, argv.data());
+    _exit(127);
+  }
+  close(out[1]);
+  std::string text;
+  char buf[4096];
+  for (ssize_t n; (n = read(out[0], buf, sizeof buf)) > 0;) text.append(buf, static_cast<size_t>(n));
+  close(out[0]);
+  waitpid(pid, status, 0);
+  return text;
+}
+
+// Env: STANDIN_KVPAGER_BIN (the kvpager CLI), KVPAGER_RUNTIME_DIR (private).
+// A preloaded program serves the control socket: `kvpager status` sees its
+// regions and `kvpager tune` changes its pager live.
+TEST(StandIn, ThePreloadedProgramIsVisibleToStatusAndTunable) {
+  Program p;
+  ASSERT_TRUE(kvpager_loaded());
+  p.must_alloc(8 * kMiB);
+  p.must_alloc(4 * kMiB);
+  const std::string pid = std::to_string(getpid());
+  int status = -1;
+  std::string json;
+  // The first snapshot is published when the pager starts; the regions show
+  // up with the next one (every 100 ms).
+  ASSERT_TRUE(eventually([&] {
+    json = run_kvpager({"status", "--json", "--pid", pid}, &status);
+    return status == 0 && json.find("\"regions\": 2") != std::string::npos;
+  })) << "status " << status << ":\n" << json;
+  EXPECT_NE(json.find("CUDA device"), std::string::npos) << json;
+
+  std::string tuned = run_kvpager({"tune", "--pid", pid, "prefetch_depth=9"}, &status);
+  EXPECT_EQ(status, 0) << tuned;
+  EXPECT_NE(tuned.find("9"), std::string::npos) << tuned;
+  ASSERT_TRUE(eventually([&] {
+    json = run_kvpager({"status", "--json", "--pid", pid}, &status);
+    size_t at = json.find("\"prefetch_depth\"");
+    return at != std::string::npos && json.substr(at, 80).find("\"value\": \"9\"") != std::string::npos;
+  })) << json;
+}
+
+}  // namespace
+}  // namespace kvpager::testing

@@ -55,6 +55,7 @@ const Scenario kScenarios[] = {
     {"ForkLeavesTheParentsPagerWorkingAndTheChildSafe", kSpills},
     {"AStreamCaptureHoldsSpillsBackUntilItEnds", kSpills},
     {"TheSpillFenceWaitsForEveryStreamThatUsedTheRegion", kSpills},
+    {"ThePreloadedProgramIsVisibleToStatusAndTunable", {"STANDIN_KVPAGER_BIN=" KVPAGER_BIN}},
 };
 
 class Preloaded : public ::testing::TestWithParam<Scenario> {};
@@ -68,6 +69,7 @@ TEST_P(Preloaded, Scenario) {
       "LD_PRELOAD=" + preload_value(),
       "LD_LIBRARY_PATH=" + std::string(STANDIN_LIB_DIR),
       "KVPAGER_STORE_DIR=" + store,
+      "KVPAGER_RUNTIME_DIR=" + store + "/run",  // control sockets stay private to the test
       "ASAN_OPTIONS=detect_leaks=0",
   };
   env.insert(env.end(), sc.env.begin(), sc.env.end());
