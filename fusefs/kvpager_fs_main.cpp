@@ -149,11 +149,6 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
-std::string absolute(const std::string& p) {
-  char buf[PATH_MAX];
-  return realpath(p.c_str(), buf) ? std::string(buf) : p;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -176,10 +171,8 @@ int main(int argc, char** argv) {
   if (stat(a.mountpoint.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
     usage_error(fmt::format("mount point {}: {}", a.mountpoint,
                             errno == 0 || S_ISDIR(st.st_mode) ? "not a directory" : std::strerror(errno)));
-  if (stat(a.store.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-    usage_error(fmt::format("store {}: not a directory (make one with `kvpager store put ... --store {}`)", a.store,
-                            a.store));
-  opt.store_dir = absolute(a.store);
+  if (stat(a.store.c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) usage_error(fmt::format("store {}: not a directory", a.store));
+  opt.store_dir = a.store;  // made absolute once the store exists (it may be new)
   opt.ns = a.ns;
   opt.read_only = a.read_only;
   opt.allow_other = a.allow_other;
@@ -192,7 +185,7 @@ int main(int argc, char** argv) {
 
   std::unique_ptr<fs::TokenFs> tokenfs;
   try {
-    tokenfs = std::make_unique<fs::TokenFs>(opt);
+    tokenfs = std::make_unique<fs::TokenFs>(opt);  // creates a missing store, as kvpager store does
   } catch (const ConfigError& e) {
     fmt::print(stderr, "kvpager-fs: {}\n", e.what());
     return kExitUsage;
@@ -200,8 +193,12 @@ int main(int argc, char** argv) {
 
   // libfuse's own options: ours first (permissions are the kernel's to
   // check, from the modes and owners the tree reports), then the user's.
-  std::vector<std::string> fargs{"kvpager-fs", "-o", "default_permissions", "-o",
-                                 "fsname=kvpager:" + opt.store_dir, "-o", "subtype=kvpager"};
+  std::string fsname = "fsname=kvpager:";
+  for (char c : tokenfs->options().store_dir) {
+    if (c == ',' || c == '\\') fsname += '\\';  // libfuse's -o escapes
+    fsname += c;
+  }
+  std::vector<std::string> fargs{"kvpager-fs", "-o", "default_permissions", "-o", fsname, "-o", "subtype=kvpager"};
   for (const auto& o : a.fuse_opts) {
     fargs.push_back("-o");
     fargs.push_back(o);

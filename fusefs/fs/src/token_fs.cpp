@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 
 #include "control/client.h"
@@ -67,6 +68,11 @@ TokenFs::TokenFs(FsOptions opt) : opt_(std::move(opt)), mounted_ns_(wall_ns()) {
     }
   }
   if (!store_) store_ = std::make_unique<store::TokenStore>(store_options(opt_, true, 4));
+  // Absolute from here on: a daemon works from "/".
+  if (char* real = realpath(opt_.store_dir.c_str(), nullptr)) {
+    opt_.store_dir = real;
+    std::free(real);
+  }
   // Reads have a handle of their own, driven by the ChunkReader's thread.
   reader_store_ = std::make_unique<store::TokenStore>(store_options(opt_, true, opt_.queue_depth));
 }
