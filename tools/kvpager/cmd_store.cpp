@@ -149,7 +149,8 @@ void cmd_put(const Globals& g, const StoreArgs& a) {
   ssize_t first = read_full(fd, buf.data(), buf.size());
   if (first < 0) throw RuntimeError(fmt::format("reading {}: {}", a.file, std::strerror(static_cast<int>(-first))));
   const auto kind = fs::sniff_export(std::span<const std::byte>(buf.data(), static_cast<size_t>(first)));
-  const bool is_export = kind != fs::Sniff::kRaw;  // kUndecided: a few bytes of an export header, then nothing
+  // kUndecided: a few bytes of an export's magic, then the end (an empty file is raw).
+  const bool is_export = kind == fs::Sniff::kExport || (kind == fs::Sniff::kUndecided && first > 0);
   if (meta.name.empty() && !is_export) throw CLI::ValidationError("--context", "name the context (1..4096 bytes)");
 
   // An export (`store get --export`) brings its own settings and checksums;

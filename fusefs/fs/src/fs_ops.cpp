@@ -66,7 +66,11 @@ void op_init(void*, fuse_conn_info* conn) {
   conn->want &= ~static_cast<unsigned>(FUSE_CAP_WRITEBACK_CACHE);  // imports must see every write, in order
 }
 
+// The VFS leaves NAME_MAX to each file system.
+bool too_long(const char* name) { return std::strlen(name) > kMaxFileName; }
+
 void op_lookup(fuse_req_t req, fuse_ino_t parent, const char* name) {
+  if (too_long(name)) return reply(req, ENAMETOOLONG);
   fuse_entry_param e{};
   int err = self(req).lookup(parent, name, caller(req), &e);
   if (err) return reply(req, err);
@@ -227,6 +231,9 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     default:
       return reply(req, is_dir(n.ref.kind) ? EISDIR : ENOENT);
   }
+  // Only an import has anything to do at close: the others need no flush
+  // round trip (and close() succeeds even once the daemon is gone).
+  fi->noflush = 1;
   fi->fh = reinterpret_cast<uint64_t>(h.release());
   if (fuse_reply_open(req, fi) != 0) delete reinterpret_cast<TokenFs::Handle*>(fi->fh);
 }
@@ -236,6 +243,7 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t, fuse
   Node p;
   if (!fs.resolve_ino(parent, &p)) return reply(req, ENOENT);
   if (p.ref.kind != NodeKind::kImportDir) return reply(req, EPERM);  // only /import takes new files
+  if (too_long(name)) return reply(req, ENAMETOOLONG);
   fuse_entry_param e{};
   auto h = std::make_unique<TokenFs::ImportHandle>();
   if (int err = fs.create_import(name, fuse_req_ctx(req), &h->imp, &e)) return reply(req, err);
