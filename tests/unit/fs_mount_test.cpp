@@ -942,4 +942,42 @@ TEST_F(FsMount, KvpagerMountAndUmountWrapTheDaemon) {
   EXPECT_FALSE(is_mounted(mnt_));
 }
 
+// The export form through the CLI alone (no mount needed): what `store get
+// --export` writes, `store put` takes back with its settings, and a damaged
+// or truncated export stores nothing.
+TEST(FsExportCli, StoreGetExportAndPutRoundTripAndRefuseDamage) {
+  TempDir tmp;
+  const std::string a = tmp.path() + "/a", b = tmp.path() + "/b", rt = tmp.path() + "/run";
+  write_pattern(tmp.path() + "/in", 5 * kMiB + 3, 21);
+  auto kv = [&](std::vector<std::string> args) {
+    args.insert(args.begin(), KVPAGER_BIN);
+    return run(args, rt);
+  };
+  ProcessResult r = kv({"store", "put", tmp.path() + "/in", "--context", "c1", "--tokens", "77", "--store", a});
+  ASSERT_EQ(r.exit_code, 0) << show(r);
+  r = kv({"store", "get", "c1", tmp.path() + "/c1.kvctx", "--export", "--store", a});
+  ASSERT_EQ(r.exit_code, 0) << show(r);
+  // No --context: the name comes from the export.
+  r = kv({"store", "put", tmp.path() + "/c1.kvctx", "--store", b});
+  ASSERT_EQ(r.exit_code, 0) << show(r);
+  r = kv({"store", "get", "c1", tmp.path() + "/back", "--store", b});
+  ASSERT_EQ(r.exit_code, 0) << show(r);
+  EXPECT_TRUE(same_bytes(tmp.path() + "/in", tmp.path() + "/back"));
+  r = kv({"store", "ls", "--json", "--store", b});
+  EXPECT_EQ(json::parse(r.out)[0]["token_count"], 77) << r.out;
+  // Damaged and truncated exports: exit 1, nothing stored.
+  std::string good = slurp(tmp.path() + "/c1.kvctx");
+  std::string bad = good;
+  bad[bad.size() / 2] ^= 1;
+  std::ofstream(tmp.path() + "/bad.kvctx", std::ios::binary) << bad;
+  std::ofstream(tmp.path() + "/cut.kvctx", std::ios::binary) << good.substr(0, good.size() - 10);
+  for (const char* f : {"/bad.kvctx", "/cut.kvctx"}) {
+    r = kv({"store", "put", tmp.path() + f, "--context", "x", "--store", b});
+    EXPECT_EQ(r.exit_code, 1) << f << "\n" << show(r);
+    EXPECT_NE(r.err.find("not a valid context export"), std::string::npos) << show(r);
+  }
+  r = kv({"store", "ls", "--json", "--store", b});
+  EXPECT_EQ(json::parse(r.out).size(), 1u) << r.out;
+}
+
 }  // namespace

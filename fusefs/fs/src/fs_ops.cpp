@@ -277,8 +277,13 @@ void read_kv(TokenFs& fs, fuse_req_t req, TokenFs::KvHandle& h, size_t size, off
       auto& slot = h.window[c];
       if (!slot) slot = fs.reader().start(p.chunks[c]);
     }
-    // One chunk behind stays: readahead requests arrive slightly out of order.
+    // One chunk behind stays: readahead requests arrive slightly out of
+    // order. Chunks ahead that a reader which jumped back left behind go
+    // once they are more than a window's worth, so a handle holds at most
+    // about two windows.
     h.window.erase(h.window.begin(), h.window.lower_bound(c0 == 0 ? 0 : c0 - 1));
+    if (h.window.size() > 2 * (uint64_t{fs.read_window()} + 2))
+      h.window.erase(h.window.lower_bound(until), h.window.end());
     for (uint64_t c = c0; c <= c1; ++c) need.push_back(h.window[c]);
     h.next_off = end;
   }

@@ -18,10 +18,11 @@
 // cache invalidations to the kernel outside any request (the notify API must
 // not run inside a related request).
 //
-// Locks, in the order they may nest: refresh_mu_ (one catalog change at a
-// time) -> store_mu_ (the store handle) -> mu_ (catalog, inode blocks,
-// imports) -> an ImportSession's or CtxPub's own mutex. Nothing waits for the
-// kernel or a pager while holding mu_.
+// Locks, in the order they may nest: an ImportSession's mu (one write or
+// close of that file at a time) -> refresh_mu_ (one catalog change at a
+// time) -> store_mu_ (the writable store handle) -> mu_ (catalog, inode
+// blocks, imports) -> a CtxPub's check_mu. Nothing waits for the kernel or a
+// pager while holding mu_.
 #pragma once
 
 #define FUSE_USE_VERSION 312
