@@ -18,6 +18,7 @@
 
 #include "kvpager/fs/export_format.h"
 #include "kvpager/fs/paths.h"
+#include "kvpager/store/le_bytes.h"
 
 using namespace kvpager::fs;
 
@@ -100,14 +101,8 @@ void check_export(std::span<const std::byte> in, uint8_t piece_seed) {
   if (ok) check(got == want);
 }
 
-void put_u64(std::byte* p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<std::byte>(v >> (8 * i));
-}
-uint64_t get_u64(const std::byte* p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(std::to_integer<uint8_t>(p[i])) << (8 * i);
-  return v;
-}
+using kvpager::store::le::get_u64;
+using kvpager::store::le::put_u64;
 
 // The input with the magic, the header length and every checksum made
 // right (as far as the fields allow), so the structural checks are reached.

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <cstring>
 
+#include "kvpager/store/le_bytes.h"
+
 namespace kvpager::fs {
 
 namespace {
@@ -15,22 +17,10 @@ static_assert(kNameLenAt + 4 == kExportFixedBytes);
 constexpr uint32_t kFlagPinned = 1;
 constexpr size_t kChunkEntryBytes = 16;
 
-void put_u32(std::byte* p, uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<std::byte>(v >> (8 * i));
-}
-void put_u64(std::byte* p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<std::byte>(v >> (8 * i));
-}
-uint32_t get_u32(const std::byte* p) {
-  uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(std::to_integer<uint8_t>(p[i])) << (8 * i);
-  return v;
-}
-uint64_t get_u64(const std::byte* p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(std::to_integer<uint8_t>(p[i])) << (8 * i);
-  return v;
-}
+using store::le::get_u32;
+using store::le::get_u64;
+using store::le::put_u32;
+using store::le::put_u64;
 
 std::optional<ExportHeader> fail(std::string* why, const char* reason) {
   if (why) *why = reason;

@@ -382,34 +382,15 @@ void op_rename(fuse_req_t req, fuse_ino_t, const char*, fuse_ino_t, const char*,
 // unlink and rmdir without error, so rm -r finishes cleanly. Removing info or
 // a chunk of a context that is still there is refused (EPERM): there is no
 // partial removal.
-void op_unlink(fuse_req_t req, fuse_ino_t parent, const char* name) {
+void remove_entry(fuse_req_t req, fuse_ino_t parent, const char* name, bool dir) {
   TokenFs& fs = self(req);
   Node p;
   if (!fs.resolve_ino(parent, &p)) return reply(req, ENOENT);
   const PathRef c = child(p.ref, name);
   const pid_t who = caller(req);
+  if (c.kind == NodeKind::kNone) return reply(req, ENOENT);
+  if (is_dir(c.kind) != dir) return reply(req, dir ? ENOTDIR : EISDIR);
   switch (c.kind) {
-    case NodeKind::kNone: return reply(req, ENOENT);
-    case NodeKind::kContextKv:
-    case NodeKind::kContextInfo:
-    case NodeKind::kChunk:
-      if (!fs.visible(*p.ctx, who)) return reply(req, ENOENT);
-      if (p.ctx->gone) return reply(req, 0);  // removed with its context a moment ago
-      if (c.kind != NodeKind::kContextKv) return reply(req, EPERM);
-      return reply(req, fs.remove_context(p.ctx, who));
-    case NodeKind::kImportFile: return reply(req, EBUSY);
-    default: return reply(req, is_dir(c.kind) ? EISDIR : EPERM);
-  }
-}
-
-void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
-  TokenFs& fs = self(req);
-  Node p;
-  if (!fs.resolve_ino(parent, &p)) return reply(req, ENOENT);
-  const PathRef c = child(p.ref, name);
-  const pid_t who = caller(req);
-  switch (c.kind) {
-    case NodeKind::kNone: return reply(req, ENOENT);
     case NodeKind::kContextDir: {
       if (auto g = fs.ghost(c.context, who)) {
         fs.forget_ghost(c.context, g);  // rm -r is done with it
@@ -421,12 +402,23 @@ void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) {
       if (err == 0) fs.forget_ghost(c.context, pub);
       return reply(req, err);
     }
+    case NodeKind::kContextKv:
+    case NodeKind::kContextInfo:
     case NodeKind::kChunksDir:
+    case NodeKind::kChunk:
       if (!fs.visible(*p.ctx, who)) return reply(req, ENOENT);
-      return reply(req, p.ctx->gone ? 0 : EPERM);
-    default: return reply(req, is_dir(c.kind) ? EPERM : ENOTDIR);
+      if (p.ctx->gone) return reply(req, 0);  // removed with its context a moment ago
+      if (c.kind != NodeKind::kContextKv) return reply(req, EPERM);
+      return reply(req, fs.remove_context(p.ctx, who));
+    case NodeKind::kImportFile:
+      return reply(req, EBUSY);
+    default:
+      return reply(req, EPERM);
   }
 }
+
+void op_unlink(fuse_req_t req, fuse_ino_t parent, const char* name) { remove_entry(req, parent, name, false); }
+void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char* name) { remove_entry(req, parent, name, true); }
 
 void op_statfs(fuse_req_t req, fuse_ino_t) {
   struct statvfs sv {};
