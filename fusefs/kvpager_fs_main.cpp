@@ -208,6 +208,7 @@ int main(int argc, char** argv) {
   for (auto& s : fargs) cargs.push_back(s.data());
   fuse_args args = FUSE_ARGS_INIT(static_cast<int>(cargs.size()), cargs.data());
   fuse_session* se = fuse_session_new(&args, &fs::TokenFs::ops(), sizeof(fuse_lowlevel_ops), tokenfs.get());
+  fuse_opt_free_args(&args);  // libfuse may have copied them; it keeps what it needs
   if (!se) {
     fmt::print(stderr, "kvpager-fs: bad mount options (see above)\n");
     return kExitUsage;

@@ -16,10 +16,6 @@ namespace kvpager::fs {
 
 // ---------------------------------------------------------------- handles
 
-struct TokenFs::Handle {
-  virtual ~Handle() = default;
-};
-
 struct TokenFs::DirHandle : Handle {
   std::vector<std::pair<std::string, struct stat>> entries;  // ".", "..", then the children
 };
@@ -33,9 +29,10 @@ struct TokenFs::KvHandle : Handle {
   uint64_t next_off = 0;  // where a sequential reader reads next
 };
 
-// A generated file: its text as of open.
+// A generated file: its text as of open. Shared, so a reply still being
+// written holds it even if the release of the file overtakes it.
 struct TokenFs::TextHandle : Handle {
-  std::string text;
+  std::shared_ptr<const std::string> text = std::make_shared<const std::string>();
 };
 
 struct TokenFs::ControlHandle : TextHandle {
@@ -152,8 +149,8 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   h->entries.emplace_back(".", dot);
   h->entries.emplace_back("..", dot);
   if (int err = fs.list_dir(n, caller(req), &h->entries)) return reply(req, err);
-  fi->fh = reinterpret_cast<uint64_t>(static_cast<TokenFs::Handle*>(h.release()));
-  if (fuse_reply_open(req, fi) != 0) delete handle_as<TokenFs::DirHandle>(fi);
+  fi->fh = fs.adopt(std::move(h));
+  if (fuse_reply_open(req, fi) != 0) fs.drop(fi->fh);
 }
 
 void op_readdir(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
@@ -172,7 +169,7 @@ void op_readdir(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_in
 }
 
 void op_releasedir(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
-  delete reinterpret_cast<TokenFs::Handle*>(fi->fh);
+  self(req).drop(fi->fh);
   reply(req, 0);
 }
 
@@ -205,7 +202,9 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
     case NodeKind::kProcessConfig: {
       if (writing) return reply(req, EROFS);
       auto text = std::make_unique<TokenFs::TextHandle>();
-      if (int err = fs.render(n, &text->text)) return reply(req, err);
+      std::string rendered;
+      if (int err = fs.render(n, &rendered)) return reply(req, err);
+      text->text = std::make_shared<const std::string>(std::move(rendered));
       fi->direct_io = 1;  // generated: its size is whatever it is at read time
       h = std::move(text);
       break;
@@ -219,7 +218,9 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
       c->knob = n.ref.knob;
       c->pid = n.ref.pid;
       if ((fi->flags & O_ACCMODE) != O_WRONLY) {
-        if (int err = fs.render(n, &c->text)) return reply(req, err);
+        std::string rendered;
+        if (int err = fs.render(n, &rendered)) return reply(req, err);
+        c->text = std::make_shared<const std::string>(std::move(rendered));
       }
       fi->direct_io = 1;
       fi->nonseekable = 0;
@@ -234,8 +235,8 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   // Only an import has anything to do at close: the others need no flush
   // round trip (and close() succeeds even once the daemon is gone).
   fi->noflush = 1;
-  fi->fh = reinterpret_cast<uint64_t>(h.release());
-  if (fuse_reply_open(req, fi) != 0) delete reinterpret_cast<TokenFs::Handle*>(fi->fh);
+  fi->fh = fs.adopt(std::move(h));
+  if (fuse_reply_open(req, fi) != 0) fs.drop(fi->fh);
 }
 
 void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t, fuse_file_info* fi) {
@@ -249,9 +250,9 @@ void op_create(fuse_req_t req, fuse_ino_t parent, const char* name, mode_t, fuse
   if (int err = fs.create_import(name, fuse_req_ctx(req), &h->imp, &e)) return reply(req, err);
   fi->direct_io = 1;  // every write reaches the import, in order, and can fail
   auto imp = h->imp;
-  fi->fh = reinterpret_cast<uint64_t>(static_cast<TokenFs::Handle*>(h.release()));
+  fi->fh = fs.adopt(std::move(h));
   if (fuse_reply_create(req, &e, fi) != 0) {
-    delete reinterpret_cast<TokenFs::Handle*>(fi->fh);
+    fs.drop(fi->fh);
     imp->finish(fs);  // the creator is gone: an empty file
     fs.finish_import(imp, EIO);
   }
@@ -307,11 +308,11 @@ void read_kv(TokenFs& fs, fuse_req_t req, TokenFs::KvHandle& h, size_t size, off
 void op_read(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
   auto* base = reinterpret_cast<TokenFs::Handle*>(fi->fh);
   if (auto* kv = dynamic_cast<TokenFs::KvHandle*>(base)) return read_kv(self(req), req, *kv, size, off);
-  if (auto* text = dynamic_cast<TokenFs::TextHandle*>(base)) {
+  if (auto* h = dynamic_cast<TokenFs::TextHandle*>(base)) {
+    const std::shared_ptr<const std::string> text = h->text;
     const auto pos = static_cast<size_t>(std::max<off_t>(off, 0));
-    if (pos >= text->text.size()) return static_cast<void>(fuse_reply_buf(req, nullptr, 0));
-    const size_t n = std::min(size, text->text.size() - pos);
-    fuse_reply_buf(req, text->text.data() + pos, n);
+    if (pos >= text->size()) return static_cast<void>(fuse_reply_buf(req, nullptr, 0));
+    fuse_reply_buf(req, text->data() + pos, std::min(size, text->size() - pos));
     return;
   }
   reply(req, EBADF);
@@ -360,7 +361,7 @@ void op_release(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
     int err = h->imp->finish(fs);
     fs.finish_import(h->imp, err);
   }
-  delete base;
+  self(req).drop(fi->fh);
   reply(req, 0);
 }
 

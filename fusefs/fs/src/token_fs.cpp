@@ -106,7 +106,30 @@ void TokenFs::stop() {
     for (auto& [name, imp] : imports_) open.push_back(imp);
   }
   for (auto& imp : open) abort_import(*imp);
+  {
+    std::lock_guard lock(handles_mu_);
+    handles_.clear();  // what the kernel never released: the session is over
+  }
   reader_.reset();
+}
+
+uint64_t TokenFs::adopt(std::unique_ptr<Handle> h) {
+  const auto fh = reinterpret_cast<uint64_t>(h.get());
+  std::lock_guard lock(handles_mu_);
+  handles_.emplace(fh, std::move(h));
+  return fh;
+}
+
+void TokenFs::drop(uint64_t fh) {
+  std::unique_ptr<Handle> gone;
+  {
+    std::lock_guard lock(handles_mu_);
+    auto it = handles_.find(fh);
+    if (it == handles_.end()) return;
+    gone = std::move(it->second);
+    handles_.erase(it);
+  }
+  // Destroyed outside the lock: a kv handle's window may still be loading.
 }
 
 // ---------------------------------------------------------------- inodes

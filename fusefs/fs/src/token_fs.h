@@ -142,7 +142,14 @@ class TokenFs {
   const FsOptions& options() const { return opt_; }
 
   // ---- used by the request handlers (fs_*.cpp) ----
-  struct Handle;
+  // What an open file or directory's fh points to (kinds: fs_ops.cpp).
+  struct Handle {
+    virtual ~Handle() = default;
+  };
+  // Handles are owned here, so those the kernel never released (the
+  // connection went with files open) go with the file system.
+  uint64_t adopt(std::unique_ptr<Handle> h);
+  void drop(uint64_t fh);
   struct DirHandle;
   struct KvHandle;
   struct TextHandle;
@@ -250,6 +257,9 @@ class TokenFs {
   std::mutex notify_mu_;
   std::condition_variable notify_cv_;
   std::deque<Inval> invals_;
+
+  std::mutex handles_mu_;
+  std::unordered_map<uint64_t, std::unique_ptr<Handle>> handles_;
 
   std::atomic<bool> stopping_{false};
   std::mutex watch_mu_;
