@@ -33,6 +33,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "kvpager/store/token_store.h"
 #include "run_process.h"
 #include "temp_dir.h"
 
@@ -544,11 +545,30 @@ TEST_F(FsMount, AMalformedOrTruncatedImportIsRefusedAndLeavesNothing) {
 
 TEST_F(FsMount, RemovalIsRefusedWithEbusyWhileALivePagerHasItPinned) {
   write_pattern(tmp_.path() + "/in", kMiB + 1, 5);
-  put(tmp_.path() + "/in", "session-1");  // a context the demo has, by name
   const pid_t demo = start_demo();
+  {
+    // A context the demo has, by name, published as the demo's own (owner
+    // pid): info then reports the live owner's tiers and hits.
+    kvpager::store::StoreOptions o;
+    o.dir = store_;
+    kvpager::store::TokenStore s(o);
+    kvpager::store::ContextMeta m;
+    m.name = "session-1";
+    m.owner_pid = static_cast<uint32_t>(demo);
+    const std::string bytes = slurp(tmp_.path() + "/in");
+    ASSERT_EQ(s.put_context(m, std::as_bytes(std::span<const char>(bytes.data(), bytes.size()))), kvpager::Status::kOk);
+  }
   mount();
   ProcessResult r = kvpager({"hint", "--pid", std::to_string(demo), "pin", "session-1"});
   ASSERT_EQ(r.exit_code, 0) << show(r);
+  json info = json::parse(slurp(path("/contexts/session-1/info")), nullptr, false);
+  ASSERT_TRUE(info.is_object());
+  EXPECT_EQ(info["tier_source"], "pid " + std::to_string(demo)) << info.dump(2);
+  EXPECT_TRUE(info["hits"].is_number()) << info.dump(2);
+  EXPECT_EQ(info["live"]["pinned"], true) << info.dump(2);
+  uint64_t tiers = 0;
+  for (const auto& [tier, bytes] : info["tier_bytes"].items()) tiers += bytes.get<uint64_t>();
+  EXPECT_GT(tiers, 0u) << "the demo's own context has bytes somewhere: " << info.dump(2);
   const auto before = store_files(store_);
   EXPECT_EQ(errno_of(unlink(path("/contexts/session-1/kv").c_str())), EBUSY);
   EXPECT_EQ(errno_of(rmdir(path("/contexts/session-1").c_str())), EBUSY);
