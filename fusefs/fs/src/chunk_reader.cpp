@@ -1,5 +1,6 @@
 #include "chunk_reader.h"
 
+#include <algorithm>
 #include <array>
 #include <vector>
 
@@ -9,20 +10,24 @@ BufferPool::~BufferPool() {
   for (std::byte* p : free_) delete[] p;
 }
 
-std::byte* BufferPool::get() {
-  {
+ChunkBuffer BufferPool::take(size_t bytes) {
+  held_.fetch_add(bytes, std::memory_order_relaxed);
+  std::byte* p = nullptr;
+  if (bytes <= bytes_) {
     std::lock_guard lock(mu_);
     if (!free_.empty()) {
-      std::byte* p = free_.back();
+      p = free_.back();
       free_.pop_back();
-      return p;
     }
   }
-  return new std::byte[bytes_];  // not zeroed: the store fills it, or it is never served
+  // Not zeroed: the store fills it, or it is never served.
+  if (!p) p = new std::byte[std::max(bytes, bytes_)];
+  return ChunkBuffer(p, PoolDelete{shared_from_this(), bytes});
 }
 
-void BufferPool::put(std::byte* p) {
-  {
+void BufferPool::give_back(std::byte* p, size_t bytes) {
+  held_.fetch_sub(bytes, std::memory_order_relaxed);
+  if (bytes <= bytes_) {
     std::lock_guard lock(mu_);
     if (free_.size() < keep_) {
       free_.push_back(p);
@@ -33,7 +38,7 @@ void BufferPool::put(std::byte* p) {
 }
 
 void PoolDelete::operator()(std::byte* p) const {
-  if (pool) pool->put(p);
+  if (pool) pool->give_back(p, bytes);
   else delete[] p;
 }
 
@@ -56,11 +61,7 @@ ChunkReader::~ChunkReader() {
 std::shared_ptr<ChunkReader::Load> ChunkReader::start(const store::ManifestChunk& chunk) {
   auto load = std::make_shared<Load>();
   load->chunk = chunk;
-  if (chunk.bytes <= pool_->bytes()) {
-    load->data = std::unique_ptr<std::byte[], PoolDelete>(pool_->get(), PoolDelete{pool_});
-  } else {  // a chunk written with a larger chunk_size
-    load->data = std::unique_ptr<std::byte[], PoolDelete>(new std::byte[chunk.bytes], PoolDelete{});
-  }
+  load->data = pool_->take(static_cast<size_t>(chunk.bytes));
   {
     std::lock_guard lock(mu_);
     if (stop_) {

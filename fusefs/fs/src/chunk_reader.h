@@ -27,33 +27,40 @@
 namespace kvpager::fs {
 
 // Chunk buffers, reused: a fresh 2 MiB allocation per chunk would cost a
-// page fault per page and an madvise when it is freed.
-class BufferPool {
+// page fault per page and an madvise when it is freed. Also counts the bytes
+// every reader holds, so read-ahead can stop at a budget.
+class BufferPool;
+struct PoolDelete {
+  std::shared_ptr<BufferPool> pool;
+  size_t bytes = 0;
+  void operator()(std::byte* p) const;
+};
+using ChunkBuffer = std::unique_ptr<std::byte[], PoolDelete>;
+
+class BufferPool : public std::enable_shared_from_this<BufferPool> {
  public:
   BufferPool(size_t bytes, size_t keep) : bytes_(bytes), keep_(keep) {}
   ~BufferPool();
   BufferPool(const BufferPool&) = delete;
   BufferPool& operator=(const BufferPool&) = delete;
-  size_t bytes() const { return bytes_; }
-  std::byte* get();
-  void put(std::byte* p);
+  // A buffer of at least `bytes` (pooled when it fits the pool's size).
+  ChunkBuffer take(size_t bytes);
+  uint64_t held() const { return held_.load(std::memory_order_relaxed); }
 
  private:
+  friend struct PoolDelete;
+  void give_back(std::byte* p, size_t bytes);
   const size_t bytes_, keep_;
   std::mutex mu_;
   std::vector<std::byte*> free_;
-};
-
-struct PoolDelete {
-  std::shared_ptr<BufferPool> pool;  // null: not from a pool
-  void operator()(std::byte* p) const;
+  std::atomic<uint64_t> held_{0};
 };
 
 class ChunkReader {
  public:
   struct Load {
     store::ManifestChunk chunk;
-    std::unique_ptr<std::byte[], PoolDelete> data;  // chunk.bytes, valid once done with kOk
+    ChunkBuffer data;  // chunk.bytes, valid once done with kOk
     Status status = Status::kOk;
     bool done = false;  // guarded by the reader's mutex
     std::span<const std::byte> bytes() const { return {data.get(), static_cast<size_t>(chunk.bytes)}; }
@@ -71,6 +78,8 @@ class ChunkReader {
   Status wait(const Load& load);
 
   store::StoreStats stats() const;
+  // Bytes of chunks held by loads alive (windows, reads in flight).
+  uint64_t held_bytes() const { return pool_->held(); }
   uint64_t chunks_read() const { return chunks_read_.load(std::memory_order_relaxed); }
   uint64_t bytes_read() const { return bytes_read_.load(std::memory_order_relaxed); }
   uint64_t failures() const { return failures_.load(std::memory_order_relaxed); }

@@ -17,7 +17,7 @@ namespace kvpager::fs {
 // ---------------------------------------------------------------- handles
 
 struct TokenFs::DirHandle : Handle {
-  std::vector<std::pair<std::string, struct stat>> entries;  // ".", "..", then the children
+  Listing listing;  // ".", "..", then the children, as of opendir
 };
 
 // kv or one chunk file: bytes [offsets[first], offsets[end]) of a publication.
@@ -143,12 +143,9 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
   if (!fs.resolve_ino(ino, &n)) return reply(req, ENOENT);
   if (!is_dir(n.ref.kind)) return reply(req, ENOTDIR);
   auto h = std::make_unique<TokenFs::DirHandle>();
-  struct stat dot {};
-  dot.st_ino = ino;
-  dot.st_mode = S_IFDIR;
-  h->entries.emplace_back(".", dot);
-  h->entries.emplace_back("..", dot);
-  if (int err = fs.list_dir(n, caller(req), &h->entries)) return reply(req, err);
+  h->listing.entries.push_back({".", ino, S_IFDIR});
+  h->listing.entries.push_back({"..", ino, S_IFDIR});
+  if (int err = fs.list_dir(n, caller(req), &h->listing)) return reply(req, err);
   fi->fh = fs.adopt(std::move(h));
   if (fuse_reply_open(req, fi) != 0) fs.drop(fi->fh);
 }
@@ -156,12 +153,26 @@ void op_opendir(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
 void op_readdir(fuse_req_t req, fuse_ino_t, size_t size, off_t off, fuse_file_info* fi) {
   auto* h = handle_as<TokenFs::DirHandle>(fi);
   if (!h) return reply(req, EBADF);
+  const TokenFs::Listing& l = h->listing;
   std::vector<char> buf(size);
   size_t used = 0;
-  for (size_t i = static_cast<size_t>(std::max<off_t>(off, 0)); i < h->entries.size(); ++i) {
-    const auto& [name, st] = h->entries[i];
-    const size_t n = fuse_add_direntry(req, buf.data() + used, size - used, name.c_str(), &st,
-                                       static_cast<off_t>(i + 1));
+  const uint64_t total = l.entries.size() + l.chunk_count;
+  for (uint64_t i = static_cast<uint64_t>(std::max<off_t>(off, 0)); i < total; ++i) {
+    struct stat st {};
+    std::string chunk_name;
+    const char* name;
+    if (i < l.entries.size()) {
+      name = l.entries[i].name.c_str();
+      st.st_ino = l.entries[i].ino;
+      st.st_mode = l.entries[i].type;
+    } else {
+      const uint64_t c = i - l.entries.size();
+      chunk_name = std::to_string(c);
+      name = chunk_name.c_str();
+      st.st_ino = l.chunk_ino + c;
+      st.st_mode = S_IFREG;
+    }
+    const size_t n = fuse_add_direntry(req, buf.data() + used, size - used, name, &st, static_cast<off_t>(i + 1));
     if (n > size - used) break;
     used += n;
   }
@@ -271,9 +282,11 @@ void read_kv(TokenFs& fs, fuse_req_t req, TokenFs::KvHandle& h, size_t size, off
   {
     std::lock_guard lock(h.mu);
     // Sequential readers (cp, cat: the kernel's readahead) get a window of
-    // chunks read ahead; a reader that jumps gets what it asked for.
+    // chunks read ahead, while all readers together hold less than the
+    // budget; a reader that jumps gets what it asked for.
     const bool sequential = pos == h.next_off || h.window.count(c0) != 0;
-    const uint64_t until = sequential ? std::min<uint64_t>(h.end, c1 + 1 + fs.read_window()) : c1 + 1;
+    const bool room = fs.reader().held_bytes() < fs.options().read_ahead_budget;
+    const uint64_t until = sequential && room ? std::min<uint64_t>(h.end, c1 + 1 + fs.read_window()) : c1 + 1;
     for (uint64_t c = c0; c < until; ++c) {
       auto& slot = h.window[c];
       if (!slot) slot = fs.reader().start(p.chunks[c]);

@@ -472,12 +472,9 @@ int TokenFs::lookup(fuse_ino_t parent, const char* name, pid_t caller, fuse_entr
   return 0;
 }
 
-int TokenFs::list_dir(const Node& dir, pid_t caller, std::vector<std::pair<std::string, struct stat>>* out) {
+int TokenFs::list_dir(const Node& dir, pid_t caller, Listing* out) {
   auto add = [&](std::string name, fuse_ino_t ino, mode_t type) {
-    struct stat st {};
-    st.st_ino = ino;
-    st.st_mode = type;
-    out->emplace_back(std::move(name), st);
+    out->entries.push_back(DirEntry{std::move(name), ino, type});
   };
   const uint64_t now = wall_ns();
   switch (dir.ref.kind) {
@@ -507,8 +504,8 @@ int TokenFs::list_dir(const Node& dir, pid_t caller, std::vector<std::pair<std::
       std::shared_lock lock(mu_);
       if (!visible_to(*dir.ctx, caller, now)) return ENOENT;
       if (dir.ctx->gone) return 0;
-      for (size_t i = 0; i < dir.ctx->chunks.size(); ++i)
-        add(std::to_string(i), dir.ctx->base + kCtxFirstChunk + i, S_IFREG);
+      out->chunk_ino = dir.ctx->base + kCtxFirstChunk;
+      out->chunk_count = dir.ctx->chunks.size();
       return 0;
     }
     case NodeKind::kImportDir: {

@@ -66,6 +66,7 @@ struct FsOptions {
   double entry_timeout = 10.0;    // contexts subtree: invalidated on change, so it may be long
   double attr_timeout = 10.0;
   uint32_t read_window = 8;       // chunks read ahead of a sequential kv reader
+  uint64_t read_ahead_budget = 256 * MiB;  // chunk bytes all readers may hold before read-ahead pauses
   std::chrono::milliseconds control_timeout{3000};
   std::chrono::milliseconds poll_interval{250};  // catalog refresh without (or besides) inotify
   uid_t uid = 0;
@@ -165,7 +166,20 @@ class TokenFs {
   void note_lookup(const Node& n, uint64_t count);
   void forget(fuse_ino_t ino, uint64_t count);
   int lookup(fuse_ino_t parent, const char* name, pid_t caller, fuse_entry_param* e);
-  int list_dir(const Node& dir, pid_t caller, std::vector<std::pair<std::string, struct stat>>* out);
+  // A directory's entries. A chunks/ directory's are not spelled out (a
+  // 1 TiB context has half a million): they are chunk_count entries named
+  // 0.. with inode numbers from chunk_ino, made as readdir reaches them.
+  struct DirEntry {
+    std::string name;
+    fuse_ino_t ino = 0;
+    mode_t type = 0;  // S_IFDIR or S_IFREG
+  };
+  struct Listing {
+    std::vector<DirEntry> entries;
+    fuse_ino_t chunk_ino = 0;
+    uint64_t chunk_count = 0;
+  };
+  int list_dir(const Node& dir, pid_t caller, Listing* out);
 
   // Contexts.
   void refresh();          // re-reads the catalog, queues invalidations
