@@ -130,7 +130,8 @@ void add_mount_commands(CLI::App& app, Globals& g) {
   m->add_option("--store", a.store, "Store directory (default: store_dir from the configuration)");
   m->add_flag("-f,--foreground", a.foreground, "Stay in the foreground");
   m->add_option("-o,--options", a.options,
-                "Mount options: namespace=NS, allow_other, ro, entry_timeout=S, read_window=N, libfuse options");
+                "Mount options: namespace=NS, allow_other, ro, entry_timeout=S, read_window=N, libfuse options")
+      ->allow_extra_args(false);  // one value per -o, as for mount(8)
   m->callback([&g] { mount(g, a); });
 
   auto* u = app.add_subcommand("umount", "Unmount a kvpager-fs mount (fusermount3 -u) and wait until it is gone");
