@@ -234,7 +234,6 @@ void op_open(fuse_req_t req, fuse_ino_t ino, fuse_file_info* fi) {
         c->text = std::make_shared<const std::string>(std::move(rendered));
       }
       fi->direct_io = 1;
-      fi->nonseekable = 0;
       h = std::move(c);
       break;
     }

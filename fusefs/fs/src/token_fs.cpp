@@ -655,7 +655,6 @@ void TokenFs::refresh() {
   // Ghosts past their time.
   const uint64_t now = wall_ns();
   std::erase_if(ghosts_, [&](const auto& g) { return now - g.second->removed_at_ns >= kGhostNs; });
-  last_refresh_ns_ = now;
 }
 
 int TokenFs::remove_context(const std::shared_ptr<CtxPub>& pub, pid_t caller) {
@@ -762,33 +761,28 @@ void TokenFs::notify_loop() {
   }
 }
 
-void TokenFs::request_refresh() {
-  {
-    std::lock_guard lock(watch_mu_);
-    refresh_requested_ = true;
-  }
-  watch_cv_.notify_all();
-}
-
 void TokenFs::watch_loop() {
   // inotify on contexts/ sees publications and removals at once; polling
   // covers what it cannot see (another node of a shared file system).
   int ifd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+  int err = errno;
   const std::string dir = opt_.store_dir + "/contexts";
   if (ifd >= 0 &&
       inotify_add_watch(ifd, dir.c_str(), IN_CREATE | IN_MOVED_TO | IN_MOVED_FROM | IN_DELETE | IN_ATTRIB) < 0) {
+    err = errno;
     close(ifd);
     ifd = -1;
   }
-  if (ifd < 0) log(fmt::format("cannot watch {} (inotify: {}): polling every {} ms", dir, std::strerror(errno),
-                               opt_.poll_interval.count()));
+  if (ifd < 0)
+    log(fmt::format("cannot watch {} (inotify: {}): changes are seen by polling alone, every {} ms", dir,
+                    std::strerror(err), opt_.poll_interval.count()));
   auto next_poll = std::chrono::steady_clock::now() + opt_.poll_interval;
   while (!stopping_.load()) {
     bool due = false;
     if (ifd >= 0) {
       pollfd p{ifd, POLLIN, 0};
       auto left = std::chrono::duration_cast<std::chrono::milliseconds>(next_poll - std::chrono::steady_clock::now());
-      // Short waits so stop() and refresh requests are seen promptly.
+      // Short waits, so stop() is seen promptly.
       int ms = static_cast<int>(std::clamp<int64_t>(left.count(), 0, 50));
       if (poll(&p, 1, ms) > 0 && (p.revents & POLLIN)) {
         char buf[8192];
@@ -798,12 +792,7 @@ void TokenFs::watch_loop() {
       }
     } else {
       std::unique_lock lock(watch_mu_);
-      watch_cv_.wait_for(lock, std::chrono::milliseconds(50), [&] { return stopping_.load() || refresh_requested_; });
-    }
-    {
-      std::lock_guard lock(watch_mu_);
-      due = due || refresh_requested_;
-      refresh_requested_ = false;
+      watch_cv_.wait_for(lock, std::chrono::milliseconds(50), [&] { return stopping_.load(); });
     }
     if (std::chrono::steady_clock::now() >= next_poll) due = true;
     if (!due || stopping_.load()) continue;

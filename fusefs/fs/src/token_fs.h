@@ -182,8 +182,7 @@ class TokenFs {
   int list_dir(const Node& dir, pid_t caller, Listing* out);
 
   // Contexts.
-  void refresh();          // re-reads the catalog, queues invalidations
-  void request_refresh();  // asks the watcher for one soon
+  void refresh();  // re-reads the catalog, queues invalidations
   // Removes the publication (EBUSY while a live pager has it pinned).
   int remove_context(const std::shared_ptr<CtxPub>& pub, pid_t caller);
   std::shared_ptr<CtxPub> current(const std::string& name);
@@ -220,7 +219,6 @@ class TokenFs {
   std::atomic<uint64_t> reads_failed{0}, imports_ok{0}, imports_rejected{0}, imports_failed{0}, contexts_removed{0};
 
  private:
-  friend struct ImportSession;
   void watch_loop();
   void notify_loop();
   void queue_inval_entry(fuse_ino_t parent, std::string name);
@@ -260,7 +258,6 @@ class TokenFs {
   } totals_;
   uint64_t used_bytes_ = 0;
   store::StoreStats store_stats_;
-  uint64_t last_refresh_ns_ = 0;
 
   // Invalidations for the notifier.
   struct Inval {
@@ -278,7 +275,6 @@ class TokenFs {
   std::atomic<bool> stopping_{false};
   std::mutex watch_mu_;
   std::condition_variable watch_cv_;
-  bool refresh_requested_ = false;
   std::thread watcher_, notifier_;
 };
 
