@@ -321,6 +321,7 @@ std::vector<ContextInfo> Pager::contexts() const {
     for (RegionId id : ctx->regions) {
       const Region* r = lookup(id);
       info.size_bytes += r->size;
+      info.hits += r->hits;
       for (uint32_t i = 0; i < r->nchunks; ++i) info.tier_bytes[index(r->chunks[i].tier)] += r->chunk_len(i);
     }
     out.push_back(std::move(info));
@@ -338,6 +339,7 @@ Status Pager::access(RegionId id, uint32_t i, bool write) {
   ++counters_.accesses;
   if (c.tier == Tier::kHbm && c.resting()) [[likely]] {
     ++counters_.hits;
+    ++r->hits;
     note_use(*r, c, write);
     return Status::kOk;
   }

@@ -47,6 +47,8 @@ void add_config_command(CLI::App& app, Globals& g);
 void add_demo_command(CLI::App& app, Globals& g);
 void add_replay_command(CLI::App& app, Globals& g);
 void add_store_command(CLI::App& app, Globals& g);
+// The token filesystem (issue 5): mount, umount.
+void add_mount_commands(CLI::App& app, Globals& g);
 // Live control (issue 4): status, top, tune, hint, run.
 void add_status_commands(CLI::App& app, Globals& g);
 void add_tune_commands(CLI::App& app, Globals& g);

@@ -15,6 +15,7 @@
 #include <optional>
 
 #include "cli.h"
+#include "kvpager/fs/export_format.h"
 #include "kvpager/store/token_store.h"
 
 namespace kvpager::cli {
@@ -35,6 +36,7 @@ struct StoreArgs {
   // get
   std::string name;
   std::string out;
+  bool export_file = false;
   // ls, fsck, bench
   bool json = false;
   bool repair = false;
@@ -105,6 +107,19 @@ std::string when(uint64_t wall_ns) {
   return buf;
 }
 
+// Reads until n bytes or the end of the input; the count, or -errno.
+ssize_t read_full(int fd, std::byte* buf, size_t n) {
+  size_t have = 0;
+  while (have < n) {
+    ssize_t got = read(fd, buf + have, n - have);
+    if (got < 0 && errno == EINTR) continue;
+    if (got < 0) return -errno;
+    if (got == 0) break;
+    have += static_cast<size_t>(got);
+  }
+  return static_cast<ssize_t>(have);
+}
+
 void cmd_put(const Globals& g, const StoreArgs& a) {
   store::ContextMeta meta;
   meta.ns = a.ns;
@@ -116,44 +131,89 @@ void cmd_put(const Globals& g, const StoreArgs& a) {
     if (!ttl) throw CLI::ValidationError("--ttl", fmt::format("'{}' is not a duration (30s, 10min, 24h)", a.ttl));
     meta.ttl_ns = *ttl;
   }
-  if (meta.name.empty() || meta.name.size() > store::kMaxNameBytes)
-    throw CLI::ValidationError("--context", "a name of 1..4096 bytes");
+  if (meta.name.size() > store::kMaxNameBytes) throw CLI::ValidationError("--context", "a name of 1..4096 bytes");
   int fd = a.file == "-" ? STDIN_FILENO : open(a.file.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw RuntimeError(fmt::format("cannot open {}: {}", a.file, std::strerror(errno)));
+  struct FdCloser {
+    int fd;
+    ~FdCloser() {
+      if (fd != STDIN_FILENO) close(fd);
+    }
+  } closer{fd};
   struct stat st{};
   const uint64_t total = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? static_cast<uint64_t>(st.st_size) : 0;
 
   auto s = open_store(g, a, false, /*durable=*/true);  // what a user puts by hand survives a power cut
   const uint64_t chunk = s->options().max_io_bytes;
-  auto w = s->begin_context(meta);
   std::vector<std::byte> buf(chunk);
+  ssize_t first = read_full(fd, buf.data(), buf.size());
+  if (first < 0) throw RuntimeError(fmt::format("reading {}: {}", a.file, std::strerror(static_cast<int>(-first))));
+  const auto kind = fs::sniff_export(std::span<const std::byte>(buf.data(), static_cast<size_t>(first)));
+  // kUndecided: a few bytes of an export's magic, then the end (an empty file is raw).
+  const bool is_export = kind == fs::Sniff::kExport || (kind == fs::Sniff::kUndecided && first > 0);
+  if (meta.name.empty() && !is_export) throw CLI::ValidationError("--context", "name the context (1..4096 bytes)");
+
+  // An export (`store get --export`) brings its own settings and checksums;
+  // flags given here win, and the name is --context's or the export's.
+  std::unique_ptr<store::ContextWriter> w;
+  std::string stored_name;
+  auto writer = [&](const fs::ExportHeader* h) -> store::ContextWriter& {
+    if (!w) {
+      store::ContextMeta m = meta;
+      if (h) {
+        if (m.name.empty()) m.name = h->name;
+        if (m.token_count == 0) m.token_count = h->token_count;
+        if (a.ttl.empty()) m.ttl_ns = h->ttl_ns;
+        m.pinned = m.pinned || h->pinned;
+        m.created_ns = h->created_ns;
+      }
+      if (m.name.empty() || m.name.size() > store::kMaxNameBytes)
+        throw RuntimeError(fmt::format("{}: the export names no context; give --context", a.file));
+      stored_name = m.name;
+      w = s->begin_context(std::move(m));
+    }
+    return *w;
+  };
   Progress progress("put", total);
   uint64_t done = 0;
   Status status = Status::kOk;
-  for (;;) {
-    size_t have = 0;
-    while (have < chunk) {  // whole chunks, except at the end
-      ssize_t n = read(fd, buf.data() + have, chunk - have);
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) {
-        int e = errno;
-        if (fd != STDIN_FILENO) close(fd);
-        throw RuntimeError(fmt::format("reading {}: {}", a.file, std::strerror(e)));
-      }
-      if (n == 0) break;
-      have += static_cast<size_t>(n);
+  std::string bad;  // what is wrong with an export
+  if (is_export) {
+    fs::ExportReader* rp = nullptr;
+    fs::ExportReader reader([&](uint64_t, std::span<const std::byte> c) {
+      status = writer(&*rp->header()).append(c);
+      return ok(status);
+    });
+    rp = &reader;
+    for (ssize_t have = first; have > 0;) {
+      if (!reader.feed(std::span<const std::byte>(buf.data(), static_cast<size_t>(have)))) break;
+      done += static_cast<uint64_t>(have);
+      progress.update(done);
+      have = read_full(fd, buf.data(), buf.size());
+      if (have < 0) throw RuntimeError(fmt::format("reading {}: {}", a.file, std::strerror(static_cast<int>(-have))));
     }
-    if (have == 0) break;
-    status = w->append(std::span<const std::byte>(buf.data(), have));
-    if (!ok(status)) break;
-    done += have;
-    progress.update(done);
-    if (have < chunk) break;
+    if (ok(status) && !reader.failed() && reader.finish()) writer(&*reader.header());
+    else if (ok(status)) bad = reader.error();
+  } else {
+    for (ssize_t have = first; have > 0;) {
+      status = writer(nullptr).append(std::span<const std::byte>(buf.data(), static_cast<size_t>(have)));
+      if (!ok(status)) break;
+      done += static_cast<uint64_t>(have);
+      progress.update(done);
+      if (static_cast<uint64_t>(have) < chunk) break;
+      have = read_full(fd, buf.data(), buf.size());
+      if (have < 0) throw RuntimeError(fmt::format("reading {}: {}", a.file, std::strerror(static_cast<int>(-have))));
+    }
+    if (ok(status)) writer(nullptr);  // an empty file: an empty context
   }
-  if (fd != STDIN_FILENO) close(fd);
+  if (!bad.empty()) {
+    if (w) w->abort();
+    throw RuntimeError(fmt::format("{} is not a valid context export ({}); nothing was stored", a.file, bad));
+  }
   if (ok(status)) status = w->commit();
-  if (!ok(status)) throw RuntimeError(fail_msg(*s, fmt::format("storing context '{}'", a.context), status));
-  fmt::print("stored context '{}': {} in {} chunk(s)\n", a.context, human_bytes(static_cast<double>(done)), w->chunks());
+  if (!ok(status)) throw RuntimeError(fail_msg(*s, fmt::format("storing context '{}'", stored_name), status));
+  fmt::print("stored context '{}': {} in {} chunk(s){}\n", stored_name, human_bytes(static_cast<double>(w->bytes())),
+             w->chunks(), is_export ? " (an export: every chunk verified)" : "");
 }
 
 void cmd_get(const Globals& g, const StoreArgs& a) {
@@ -172,7 +232,7 @@ void cmd_get(const Globals& g, const StoreArgs& a) {
   Progress progress("get", m.total_bytes());
   uint64_t done = 0;
   int werr = 0;
-  st = s->get_context(a.ns, a.name, [&](uint64_t, std::span<const std::byte> p) {
+  auto write_out = [&](std::span<const std::byte> p) {
     size_t off = 0;
     while (off < p.size()) {
       ssize_t n = write(fd, p.data() + off, p.size() - off);
@@ -183,10 +243,39 @@ void cmd_get(const Globals& g, const StoreArgs& a) {
       }
       off += static_cast<size_t>(n);
     }
-    done += p.size();
-    progress.update(done);
     return Status::kOk;
-  });
+  };
+  if (a.export_file) {
+    // The self-describing form (fusefs/fs/include/kvpager/fs/export_format.h):
+    // settings and every chunk's checksum first, so the receiving side
+    // (store put, or a copy into a kvpager-fs mount's /import) verifies it.
+    fs::ExportHeader h;
+    h.ns = m.meta.ns;
+    h.name = m.meta.name;
+    h.pinned = m.meta.pinned;
+    h.created_ns = m.meta.created_ns;
+    h.token_count = m.meta.token_count;
+    h.ttl_ns = m.meta.ttl_ns;
+    for (const auto& c : m.chunks) h.chunks.push_back({c.bytes, c.checksum});
+    st = write_out(fs::encode_export_header(h));
+  }
+  store::Manifest used;
+  if (ok(st)) {
+    st = s->get_context(
+        a.ns, a.name,
+        [&](uint64_t, std::span<const std::byte> p) {
+          Status ws = write_out(p);
+          done += p.size();
+          progress.update(done);
+          return ws;
+        },
+        &used);
+  }
+  // Republished between the two reads: the header describes other chunks.
+  if (ok(st) && a.export_file && used.meta.generation != m.meta.generation) {
+    st = Status::kBusy;
+    werr = 0;
+  }
   if (!to_stdout) {
     if (close(fd) != 0 && ok(st)) {
       werr = errno;
@@ -199,6 +288,8 @@ void cmd_get(const Globals& g, const StoreArgs& a) {
     if (!ok(st)) unlink(tmp.c_str());
   }
   if (werr) throw RuntimeError(fmt::format("writing {}: {}", a.out, std::strerror(werr)));
+  if (st == Status::kBusy)
+    throw RuntimeError(fmt::format("context '{}' was replaced while it was exported; try again", a.name));
   if (st == Status::kNotFound)
     throw RuntimeError(fmt::format("context '{}' in {} is incomplete (a chunk is missing); run `kvpager store fsck`",
                                    a.name, s->dir()));
@@ -358,7 +449,7 @@ void add_store_command(CLI::App& app, Globals& g) {
 
   auto* put = cmd->add_subcommand("put", "Store FILE (or - for stdin) as a context");
   put->add_option("FILE", a.file, "File to store")->required()->check(CLI::ExistingFile | CLI::IsMember({"-"}));
-  put->add_option("--context", a.context, "Context name")->required();
+  put->add_option("--context", a.context, "Context name (default for an export: the name it carries)");
   put->add_flag("--pin", a.pin, "Never drop it for capacity or TTL");
   put->add_option("--ttl", a.ttl, "Drop it once idle this long (30s, 10min, 24h)");
   put->add_option("--tokens", a.tokens, "Token count, when known");
@@ -367,6 +458,9 @@ void add_store_command(CLI::App& app, Globals& g) {
   auto* get = cmd->add_subcommand("get", "Write context NAME to FILE (or - for stdout)");
   get->add_option("NAME", a.name, "Context name")->required();
   get->add_option("FILE", a.out, "Output file")->required();
+  get->add_flag("--export", a.export_file,
+                "Write a self-describing export (settings and checksums, then the bytes): `store put FILE` or a copy "
+                "into a kvpager-fs mount's import/ checks it end to end");
   get->callback([&g] { cmd_get(g, a); });
 
   auto* ls = cmd->add_subcommand("ls", "List the contexts");

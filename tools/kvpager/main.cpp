@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   cli::add_demo_command(app, g);
   cli::add_replay_command(app, g);
   cli::add_store_command(app, g);
+  cli::add_mount_commands(app, g);
   cli::add_control_commands(app, g);
   try {
     app.parse(argc, argv);

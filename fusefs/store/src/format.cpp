@@ -4,6 +4,8 @@
 
 #include <cstring>
 
+#include "kvpager/store/le_bytes.h"
+
 namespace kvpager::store {
 
 namespace {
@@ -24,22 +26,10 @@ constexpr size_t kManVersion = 8, kManFlags = 12, kManTotal = 16, kManGeneration
 constexpr size_t kManChunkBytes = 32;
 constexpr uint32_t kManFlagPinned = 1;
 
-void put_u32(std::byte* p, uint32_t v) {
-  for (int i = 0; i < 4; ++i) p[i] = static_cast<std::byte>(v >> (8 * i));
-}
-void put_u64(std::byte* p, uint64_t v) {
-  for (int i = 0; i < 8; ++i) p[i] = static_cast<std::byte>(v >> (8 * i));
-}
-uint32_t get_u32(const std::byte* p) {
-  uint32_t v = 0;
-  for (int i = 0; i < 4; ++i) v |= static_cast<uint32_t>(std::to_integer<uint8_t>(p[i])) << (8 * i);
-  return v;
-}
-uint64_t get_u64(const std::byte* p) {
-  uint64_t v = 0;
-  for (int i = 0; i < 8; ++i) v |= static_cast<uint64_t>(std::to_integer<uint8_t>(p[i])) << (8 * i);
-  return v;
-}
+using le::get_u32;
+using le::get_u64;
+using le::put_u32;
+using le::put_u64;
 uint64_t sum(const std::byte* p, size_t n) { return XXH3_64bits(p, n); }
 
 template <typename T>

@@ -1193,6 +1193,17 @@ Status TokenStore::submit_get(uint64_t tag, const ObjectKey& key, Buffer buf) {
   return s;
 }
 
+Status TokenStore::submit_get(uint64_t tag, const ManifestChunk& chunk, std::span<std::byte> out) {
+  if (out.size() != chunk.bytes) return Status::kInvalid;
+  if (!ensure_io()) return Status::kIoError;
+  int slot = take_slot();
+  if (slot < 0) return Status::kAgain;
+  Status s = start_get(Sink::kUser, tag, Area::kShared, chunk.key, out, false, slot, false, chunk.bytes, chunk.checksum,
+                       Status::kCorrupt);
+  if (!ok(s)) release_slot(slot);
+  return s;
+}
+
 void TokenStore::flush() {
   if (engine_) engine_->submit();
 }

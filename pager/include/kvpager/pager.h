@@ -47,6 +47,7 @@ struct ContextInfo {
   bool parked = false;
   bool pinned = false;
   uint64_t last_access_ns = 0;
+  uint64_t hits = 0;  // accesses that found a chunk of it in HBM (kvpager-fs info)
 };
 
 class Pager final : private PrefetchSink, private RestoreCost {

@@ -21,6 +21,7 @@ struct Region {
   uint32_t nchunks = 0;
   ContextId ctx = kNoContext;
   uint64_t last_access_ns = 0;  // pager clock at the last access to any chunk
+  uint64_t hits = 0;            // accesses that found their chunk resting in HBM (per-context hits)
   // Store name of chunk i: chunk key_base + i of its context. Given when the
   // region joins the context and never renumbered, so a spilled chunk keeps
   // its name when other regions of the context come and go.

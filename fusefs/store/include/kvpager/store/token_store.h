@@ -203,6 +203,11 @@ class TokenStore final : public Store {
   Status submit_put(uint64_t tag, const ObjectKey& key, Buffer buf, uint64_t len);  // zero copy; releases buf
   Status submit_get(uint64_t tag, const ObjectKey& key, std::span<std::byte> out);  // out lives until completion
   Status submit_get(uint64_t tag, const ObjectKey& key, Buffer buf);  // zero copy into buf
+  // One chunk of a published context, checked against its manifest entry
+  // as well as its own header: a size or checksum that differs from the
+  // manifest's is kCorrupt. out.size() must be chunk.bytes. (kvpager-fs
+  // reads a context's chunks this way, ahead of the reader.)
+  Status submit_get(uint64_t tag, const ManifestChunk& chunk, std::span<std::byte> out);
   void flush();
   size_t poll(std::span<Completion> out);
   size_t wait(std::span<Completion> out);  // blocks for at least one; 0 if nothing is pending

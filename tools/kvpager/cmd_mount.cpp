@@ -1,0 +1,143 @@
+// kvpager mount [--store DIR] MOUNTPOINT [-f] [-o OPTIONS]: runs kvpager-fs
+// (the token filesystem, docs/fs.md) on the configured store.
+// kvpager umount [--lazy] MOUNTPOINT: fusermount3 -u, and waits until the
+// mount is gone.
+#include <fmt/format.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <thread>
+
+#include "cli.h"
+
+namespace kvpager::cli {
+
+namespace {
+
+namespace fsys = std::filesystem;
+
+constexpr int kExitCannotExecute = 126;
+
+// Next to kvpager (an install); the build tree's fusefs/ (kvpager is
+// <build>/tools/kvpager, kvpager-fs <build>/fusefs/kvpager-fs); then PATH.
+std::string find_kvpager_fs() {
+  std::error_code ec;
+  fsys::path exe = fsys::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    for (const fsys::path& c : {exe.parent_path() / "kvpager-fs", exe.parent_path() / ".." / "fusefs" / "kvpager-fs"}) {
+      if (access(c.c_str(), X_OK) == 0) return fsys::weakly_canonical(c, ec).string();
+    }
+  }
+  return "kvpager-fs";  // execvp searches PATH
+}
+
+// Whether `dir` is a mount point now (/proc/self/mountinfo, field 5).
+bool mounted(const std::string& dir) {
+  std::error_code ec;
+  const std::string want = fsys::weakly_canonical(dir, ec).string();
+  std::ifstream in("/proc/self/mountinfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    std::istringstream fields(line);
+    std::string f[5];
+    for (auto& x : f) fields >> x;
+    // Mount points with spaces are escaped as \040.
+    std::string point;
+    for (size_t i = 0; i < f[4].size(); ++i) {
+      if (f[4][i] == '\\' && i + 3 < f[4].size()) {
+        point += static_cast<char>(std::stoi(f[4].substr(i + 1, 3), nullptr, 8));
+        i += 3;
+      } else {
+        point += f[4][i];
+      }
+    }
+    if (point == want) return true;
+  }
+  return false;
+}
+
+struct MountArgs {
+  std::string store;
+  std::string mountpoint;
+  bool foreground = false;
+  bool lazy = false;
+  std::vector<std::string> options;
+};
+
+[[noreturn]] void mount(const Globals& g, const MountArgs& a) {
+  std::string store = a.store;
+  if (store.empty()) store = g.config().effective_store_dir();
+  std::vector<std::string> args{find_kvpager_fs(), store, a.mountpoint};
+  if (a.foreground) args.push_back("-f");
+  for (const auto& o : a.options) {
+    args.push_back("-o");
+    args.push_back(o);
+  }
+  // The settings given to kvpager reach kvpager-fs the same way.
+  if (!g.config_file.empty()) {
+    args.push_back("--config");
+    args.push_back(g.config_file);
+  }
+  for (const auto& s : g.sets) {
+    args.push_back("--set");
+    args.push_back(s);
+  }
+  std::vector<char*> argv;
+  for (auto& s : args) argv.push_back(s.data());
+  argv.push_back(nullptr);
+  std::fflush(stdout);
+  std::fflush(stderr);
+  execvp(argv[0], argv.data());
+  fmt::print(stderr, "kvpager mount: cannot run {}: {} (build it: cmake --build build/default --target kvpager-fs)\n",
+             args[0], std::strerror(errno));
+  std::exit(kExitCannotExecute);
+}
+
+void umount(const MountArgs& a) {
+  if (!mounted(a.mountpoint)) throw RuntimeError(fmt::format("{} is not mounted", a.mountpoint));
+  pid_t pid = fork();
+  if (pid < 0) throw RuntimeError(fmt::format("fork: {}", std::strerror(errno)));
+  if (pid == 0) {
+    if (a.lazy) execlp("fusermount3", "fusermount3", "-u", "-z", a.mountpoint.c_str(), static_cast<char*>(nullptr));
+    else execlp("fusermount3", "fusermount3", "-u", a.mountpoint.c_str(), static_cast<char*>(nullptr));
+    fmt::print(stderr, "kvpager umount: cannot run fusermount3: {}\n", std::strerror(errno));
+    _exit(kExitCannotExecute);
+  }
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    throw RuntimeError(fmt::format("fusermount3 -u {} failed (files still open? `kvpager umount --lazy` detaches it "
+                                   "now and unmounts when they close)",
+                                   a.mountpoint));
+  for (int i = 0; i < 100 && mounted(a.mountpoint); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+}
+
+}  // namespace
+
+void add_mount_commands(CLI::App& app, Globals& g) {
+  static MountArgs a;
+  auto* m = app.add_subcommand("mount",
+                               "Mount the token filesystem (kvpager-fs): contexts as files, live stats and controls.\n"
+                               "Runs in the background once mounted, unless -f. See docs/fs.md");
+  m->add_option("MOUNTPOINT", a.mountpoint, "An existing directory")->required()->check(CLI::ExistingDirectory);
+  m->add_option("--store", a.store, "Store directory (default: store_dir from the configuration)");
+  m->add_flag("-f,--foreground", a.foreground, "Stay in the foreground");
+  m->add_option("-o,--options", a.options,
+                "Mount options: namespace=NS, allow_other, ro, entry_timeout=S, read_window=N, libfuse options")
+      ->allow_extra_args(false);  // one value per -o, as for mount(8)
+  m->callback([&g] { mount(g, a); });
+
+  auto* u = app.add_subcommand("umount", "Unmount a kvpager-fs mount (fusermount3 -u) and wait until it is gone");
+  u->add_option("MOUNTPOINT", a.mountpoint, "The mount point")->required();
+  u->add_flag("--lazy", a.lazy, "Detach it now even if files are open (fusermount3 -u -z)");
+  u->callback([] { umount(a); });
+}
+
+}  // namespace kvpager::cli
