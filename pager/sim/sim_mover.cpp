@@ -105,6 +105,18 @@ std::span<std::byte> SimMover::hbm_bytes(RegionId id, uint32_t chunk, uint64_t l
   return hbm_.bytes(l->hbm, len);
 }
 
+Status SimMover::read_chunk(const ChunkRef& ref, std::span<std::byte> out) {
+  if (out.size() != ref.len || ref.len > chunk_size_) return Status::kInvalid;
+  if (ref.tier == Tier::kNvme) return store_ ? store_->get(ref.key, out) : Status::kUnsupported;
+  Loc* l = loc(ref.region, ref.chunk);
+  if (!l) return Status::kNotFound;
+  uint32_t slot = ref.tier == Tier::kHbm ? l->hbm : ref.tier == Tier::kHost ? l->host : SlotArena::kNone;
+  if (slot == SlotArena::kNone) return Status::kNotFound;  // the pager and the mover disagree
+  SlotArena& arena = ref.tier == Tier::kHbm ? hbm_ : host_;
+  std::memcpy(out.data(), arena.bytes(slot, ref.len).data(), ref.len);
+  return Status::kOk;
+}
+
 double SimMover::estimate_ns(MoveKind kind, Tier from, Tier to, uint64_t len) const {
   switch (kind) {
     case MoveKind::kPromote: return from == Tier::kUnpopulated ? 0.0 : pcie_up_.estimate(len);

@@ -275,6 +275,37 @@ Status Pager::restore(RegionId id) {
   return result;
 }
 
+Status Pager::read_context(ContextId id, const std::function<Status(std::span<const std::byte>)>& sink) {
+  if (id >= contexts_.size() || !contexts_[id]) return Status::kNotFound;
+  std::vector<std::byte> buf(cfg_.chunk_size);
+  // By index, not by iterator: waiting applies completions, and nothing of
+  // that adds or removes regions, but the vector is the context's own.
+  for (size_t ri = 0; ri < contexts_[id]->regions.size(); ++ri) {
+    Region* r = lookup(contexts_[id]->regions[ri]);
+    if (!r) return Status::kNotFound;
+    for (uint32_t i = 0; i < r->nchunks; ++i) {
+      const Chunk& c = r->chunks[i];
+      // Only this chunk has to hold still while it is read (single thread:
+      // nothing starts a move between the check and the read).
+      while (c.in_flight()) {
+        if (collect(true) == 0 && mover_.pending() == 0) return Status::kIoError;  // the mover lost it
+      }
+      std::span<std::byte> out(buf.data(), r->chunk_len(i));
+      Status s = Status::kOk;
+      if (c.tier == Tier::kUnpopulated) {
+        std::fill(out.begin(), out.end(), std::byte{0});
+      } else {
+        ChunkRef ref{r->id, i, r->base + r->chunk_offset(i), out.size(), c.tier,
+                     c.tier == Tier::kNvme ? key_for(*r, i) : ObjectKey{}};
+        s = mover_.read_chunk(ref, out);
+      }
+      if (ok(s)) s = sink(out);
+      if (!ok(s)) return s;
+    }
+  }
+  return Status::kOk;
+}
+
 void Pager::release_region(Region& r) {
   resident_[index(Tier::kUnpopulated)] -= uint64_t{r.nchunks} * cfg_.chunk_size;
   chunks_in_[index(Tier::kUnpopulated)] -= r.nchunks;

@@ -196,6 +196,88 @@ TEST(Pager, ParkedContextsSpillAtOnceAndComeBackIntact) {
   EXPECT_EQ(rig.pager->audit(), "");
 }
 
+// Publishing reads a context back: every chunk's bytes, from whichever tier
+// holds them, in region-join order, and nothing moves or counts as a use.
+TEST(Pager, ReadContextReturnsEveryTiersBytesInOrderAndMovesNothing) {
+  Config cfg = small_config();
+  cfg.prefetchers = 0;
+  cfg.host_capacity = 256 * KiB;
+  cfg.spill_idle_ns = 3'600'000'000'000;
+  SimRig rig(cfg);
+  RegionId a = rig.dev.alloc(1 * MiB, "ctx");
+  RegionId b = rig.dev.alloc(100 * KiB, "ctx");  // short last chunk
+  RegionId c = rig.dev.alloc(192 * KiB, "ctx");  // never touched: zeros
+  RegionId other = rig.dev.alloc(256 * KiB, "other");
+  auto da = pattern(1 * MiB, 11), db = pattern(100 * KiB, 12);
+  ASSERT_EQ(rig.dev.write(a, 0, da), Status::kOk);
+  ContextId ctx = rig.pager->find_context("ctx");
+  ASSERT_EQ(rig.pager->hint(ctx, HintKind::kPark), Status::kOk);
+  settle(*rig.pager);
+  ASSERT_EQ(rig.dev.write(b, 0, db), Status::kOk);  // b in HBM, a demoted and partly spilled
+  ASSERT_EQ(rig.dev.write(other, 0, pattern(256 * KiB, 13)), Status::kOk);
+  settle(*rig.pager);
+  const Region* ra = rig.pager->region(a);
+  std::array<int, kNumTiers> seen{};
+  for (uint32_t i = 0; i < ra->nchunks; ++i) ++seen[index(ra->chunks[i].tier)];
+  for (const Region* r : {rig.pager->region(b), rig.pager->region(c)})
+    for (uint32_t i = 0; i < r->nchunks; ++i) ++seen[index(r->chunks[i].tier)];
+  ASSERT_GT(seen[index(Tier::kNvme)], 0) << "the setup must put chunks in every tier";
+  ASSERT_GT(seen[index(Tier::kHost)], 0);
+  ASSERT_GT(seen[index(Tier::kHbm)], 0);
+  ASSERT_GT(seen[index(Tier::kUnpopulated)], 0);
+
+  StatsSnapshot before = rig.pager->stats();
+  std::vector<std::byte> got;
+  size_t calls = 0;
+  ASSERT_EQ(rig.pager->read_context(ctx, [&](std::span<const std::byte> chunk) {
+    ++calls;
+    got.insert(got.end(), chunk.begin(), chunk.end());
+    return Status::kOk;
+  }), Status::kOk);
+  std::vector<std::byte> want = da;
+  want.insert(want.end(), db.begin(), db.end());
+  want.resize(want.size() + 192 * KiB, std::byte{0});
+  EXPECT_EQ(got.size(), want.size());
+  EXPECT_TRUE(got == want) << "bytes differ from what the program wrote";
+  EXPECT_EQ(calls, 16u + 2u + 3u) << "one sink call per chunk";
+  StatsSnapshot after = rig.pager->stats();
+  EXPECT_EQ(after.moves, before.moves) << "reading moves nothing";
+  EXPECT_EQ(after.accesses, before.accesses) << "and is not a use";
+  for (Tier t : kStorageTiers)
+    EXPECT_EQ(after.tiers[index(t)].resident_bytes, before.tiers[index(t)].resident_bytes) << to_string(t);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+TEST(Pager, ReadContextWaitsForMovesInFlightAndStopsAtTheFirstFailure) {
+  Config cfg = small_config();
+  cfg.prefetchers = 0;
+  cfg.host_capacity = 256 * KiB;
+  SimRig rig(cfg);
+  RegionId a = rig.dev.alloc(512 * KiB, "a");
+  auto data = pattern(512 * KiB, 5);
+  ASSERT_EQ(rig.dev.write(a, 0, data), Status::kOk);
+  ContextId ctx = rig.pager->find_context("a");
+  ASSERT_EQ(rig.pager->hint(ctx, HintKind::kPark), Status::kOk);  // demotes in flight now
+  bool moving = false;
+  for (uint32_t i = 0; i < 8; ++i) moving = moving || rig.pager->region(a)->chunks[i].in_flight();
+  ASSERT_TRUE(moving) << "the setup must leave moves in flight";
+  std::vector<std::byte> got;
+  ASSERT_EQ(rig.pager->read_context(ctx, [&](std::span<const std::byte> chunk) {
+    got.insert(got.end(), chunk.begin(), chunk.end());
+    return Status::kOk;
+  }), Status::kOk);
+  EXPECT_TRUE(got == data);
+
+  size_t calls = 0;
+  EXPECT_EQ(rig.pager->read_context(ctx, [&](std::span<const std::byte>) {
+    ++calls;
+    return Status::kNoSpace;
+  }), Status::kNoSpace) << "the sink's failure is returned";
+  EXPECT_EQ(calls, 1u) << "and stops the read";
+  EXPECT_EQ(rig.pager->read_context(999, [](std::span<const std::byte>) { return Status::kOk; }), Status::kNotFound);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
 TEST(Pager, PrefetchHintStagesAParkedContextAheadOfUse) {
   Config cfg = small_config();
   cfg.prefetchers = kPrefetchHint;

@@ -4,6 +4,7 @@
 // by tests, `kvpager demo` and `kvpager replay`) and the CUDA mover (cuda/).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string_view>
@@ -39,6 +40,16 @@ struct MoveRequest {
   ObjectKey key;  // the chunk's name in the store (spill, restore, discard)
 };
 
+// Where one chunk rests, for Mover::read_chunk().
+struct ChunkRef {
+  RegionId region;
+  uint32_t chunk = 0;
+  uint64_t addr = 0;  // device address of its first byte
+  uint64_t len = 0;
+  Tier tier = Tier::kUnpopulated;  // kHbm, kHost or kNvme (never in flight)
+  ObjectKey key;                   // its name in the store (kNvme)
+};
+
 struct MoveCompletion {
   uint64_t tag = 0;
   Status status = Status::kOk;
@@ -70,6 +81,13 @@ class Mover {
   virtual size_t wait(std::span<MoveCompletion> out) = 0;
   // Moves submitted and not yet handed back.
   virtual size_t pending() const = 0;
+  // Copies a chunk's bytes into out (out.size() == ref.len) and leaves the
+  // chunk where it is: from HBM or host RAM, or from the store for kNvme.
+  // Synchronous; the pager calls it from its owner thread for a chunk not in
+  // flight (publishing a context). The bytes are a snapshot: whatever the
+  // program writes into the chunk meanwhile may or may not be in them.
+  // kUnsupported (the default) if the mover cannot read chunks back.
+  virtual Status read_chunk(const ChunkRef& /*ref*/, std::span<std::byte> /*out*/) { return Status::kUnsupported; }
   // Expected duration of a move of len bytes, from the mover's cost model.
   virtual double estimate_ns(MoveKind kind, Tier from, Tier to, uint64_t len) const = 0;
 };

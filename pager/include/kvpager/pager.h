@@ -21,6 +21,7 @@
 
 #include <array>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -85,6 +86,14 @@ class Pager final : private PrefetchSink, private RestoreCost {
   // returned (the chunk stays in the store, its bytes are never invented).
   Status restore(RegionId id);
   ContextId find_context(std::string_view name) const;
+  // Copies a context's bytes to sink, in order -- its regions in the order
+  // they joined, each region's chunks in order; never-touched chunks read as
+  // zeros -- one chunk per call, without moving anything: a chunk in flight is
+  // waited for, then read where it rests (Mover::read_chunk). Not a use of
+  // the context (heat, idle time and prefetchers are unchanged). The first
+  // failure, the mover's or the sink's, stops it and is returned; kNotFound
+  // for a bad id. Publishing a context into the token store is built on it.
+  Status read_context(ContextId ctx, const std::function<Status(std::span<const std::byte>)>& sink);
   std::vector<ContextInfo> contexts() const;
 
   // --- the hot path ---

@@ -79,6 +79,7 @@ class SimMover final : public Mover {
   size_t wait(std::span<MoveCompletion> out) override;
   size_t pending() const override { return jobs_.size(); }
   double estimate_ns(MoveKind kind, Tier from, Tier to, uint64_t len) const override;
+  Status read_chunk(const ChunkRef& ref, std::span<std::byte> out) override;
 
   // The bytes of a chunk resting in HBM: what a kernel would read and write.
   // Empty if the chunk is not in HBM.
