@@ -18,6 +18,7 @@
 #include "control/runtime_dir.h"
 #include "control/server.h"
 #include "kvpager/store/token_store.h"
+#include "publish/publisher.h"
 
 namespace kvpager::cuda {
 
@@ -47,7 +48,7 @@ int level_of(std::string_view name) {
 // The NVMe tier: the token store in store_dir. The pager's spills are this
 // process's private objects there, reclaimed when it ends (or by the next
 // open of the store if it dies).
-std::unique_ptr<Store> make_store(const Config& cfg) {
+std::unique_ptr<store::TokenStore> make_store(const Config& cfg) {
   return std::make_unique<store::TokenStore>(store::StoreOptions::from_config(cfg));
 }
 
@@ -271,8 +272,11 @@ bool Runtime::start_pager() {
   ctx_ = ctx;
   try {
     control::RuntimeDir dir = control::resolve_runtime_dir(cfg_, control::DirUse::kServe);
-    control_ = std::make_unique<control::ControlServer>(
-        control::ControlServer::Options{dir.path, fmt::format("CUDA device {}", mover_->device()), ""}, *pager_);
+    control::ControlServer::Options o;
+    o.runtime_dir = dir.path;
+    o.device = fmt::format("CUDA device {}", mover_->device());
+    if (store_) o.publish = publish::control_handler(*store_);  // `kvpager hint publish NAME`
+    control_ = std::make_unique<control::ControlServer>(std::move(o), *pager_);
   } catch (const std::exception& e) {  // the pager runs on; it is just not visible
     log(3, fmt::format("no control socket ({}): kvpager status/tune will not see this process", e.what()));
   }

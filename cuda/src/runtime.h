@@ -53,6 +53,9 @@ class Store;
 namespace kvpager::control {
 class ControlServer;
 }
+namespace kvpager::store {
+class TokenStore;
+}
 
 namespace kvpager::cuda {
 
@@ -190,7 +193,7 @@ class Runtime {
 
   std::mutex init_mu_;
   CUcontext ctx_ = nullptr;
-  std::unique_ptr<Store> store_;
+  std::unique_ptr<store::TokenStore> store_;  // the NVMe tier; also what `publish` writes into
   std::unique_ptr<CudaMover> mover_;
   std::unique_ptr<Pager> pager_;
   std::thread thread_;

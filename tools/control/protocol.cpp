@@ -92,7 +92,7 @@ nlohmann::json apply_hint(Pager& pager, std::string_view context, std::string_vi
   auto kind = std::find_if(kHints.begin(), kHints.end(), [&](HintKind h) { return to_string(h) == hint; });
   if (kind == kHints.end())
     return error_reply(Errc::kBadRequest,
-                       fmt::format("unknown hint '{}': allowed prefetch, park, drop, pin, unpin", hint));
+                       fmt::format("unknown hint '{}': allowed prefetch, park, drop, pin, unpin, publish", hint));
   ContextId id = pager.find_context(context);
   if (id == kNoContext) return error_reply(Errc::kNotFound, fmt::format("no context named '{}'", context));
   Status s = pager.hint(id, *kind);

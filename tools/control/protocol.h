@@ -10,6 +10,10 @@
 //   {"op":"set","set":["KEY=VALUE",...]}  -> applied all or none, validated as at start-up;
 //                                            "changes": [{"knob","old","new"}]      (owner)
 //   {"op":"hint","context":NAME,"hint":"prefetch|park|drop|pin|unpin"}             (owner)
+//   {"op":"hint","context":NAME,"hint":"publish"}  -> writes the context's current bytes into the
+//                                            token store under its name: "bytes", "chunks",
+//                                            "generation", "store"; refused where the process
+//                                            has no store                            (owner)
 // Replies: {"ok":true, ...} or {"ok":false,"code":CODE,"error":TEXT}. Every
 // reply carries "pid". Requests marked (owner) are carried out by the thread
 // that drives the pager, from its loop (ControlServer::service); if it does

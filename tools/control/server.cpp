@@ -223,7 +223,7 @@ struct ControlServer::Impl {
       lock.unlock();
       json reply;
       try {
-        reply = run_owner_request(pager, job->request);
+        reply = run_owner_request(pager, job->request, opt.publish);
       } catch (const std::exception& e) {  // never let a request take the owner down
         reply = error_reply(Errc::kIo, fmt::format("request failed: {}", e.what()));
       }
@@ -238,12 +238,17 @@ struct ControlServer::Impl {
     return ran;
   }
 
-  static json run_owner_request(Pager& pager, const json& req) {
+  static json run_owner_request(Pager& pager, const json& req,
+                                const std::function<json(Pager&, std::string_view)>& publisher) {
     const std::string& op = req.at("op").get_ref<const std::string&>();
     if (op == "set") return apply_settings(pager, req.at("set"));
-    if (op == "hint")
-      return apply_hint(pager, req.at("context").get_ref<const std::string&>(),
-                        req.at("hint").get_ref<const std::string&>());
+    if (op == "hint") {
+      const std::string& context = req.at("context").get_ref<const std::string&>();
+      const std::string& hint = req.at("hint").get_ref<const std::string&>();
+      if (hint != "publish") return apply_hint(pager, context, hint);
+      if (!publisher) return error_reply(Errc::kRefused, "publish: this pager has no token store to publish into");
+      return publisher(pager, context);
+    }
     return contexts_json(pager);
   }
 

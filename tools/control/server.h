@@ -25,9 +25,13 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
 
 #include "kvpager/pager.h"
 
@@ -48,6 +52,9 @@ class ControlServer {
     std::chrono::milliseconds owner_timeout{2000};     // how long set/hint/contexts wait for service()
     std::chrono::milliseconds publish_interval{100};   // how often service() refreshes the snapshot
     size_t max_clients = 64;  // connections served at once; more are answered "busy"
+    // Carries out the "publish" hint on the owner thread (publish/publisher.h:
+    // control_handler). Unset: the hint is refused (nothing to publish into).
+    std::function<nlohmann::json(Pager&, std::string_view context)> publish;
   };
 
   // Binds, publishes a first snapshot of `pager` and starts the socket

@@ -18,6 +18,7 @@
 #include "control/server.h"
 #include "demo/demo_workload.h"
 #include "kvpager/store/token_store.h"
+#include "publish/publisher.h"
 
 namespace kvpager::cli {
 
@@ -41,7 +42,8 @@ void on_stop_signal(int) { g_stop.store(true); }
 // budget cut, spilling idle contexts) goes on while the workload waits.
 class Serving {
  public:
-  Serving(const Config& cfg, Pager& pager, SimDevice& dev, uint32_t pace_ms) : pager_(pager), dev_(dev), pace_(pace_ms) {
+  Serving(const Config& cfg, Pager& pager, SimDevice& dev, store::TokenStore& store, uint32_t pace_ms)
+      : pager_(pager), dev_(dev), pace_(pace_ms) {
     control::RuntimeDir rd = control::resolve_runtime_dir(cfg, control::DirUse::kServe);
     if (!rd.note.empty()) fmt::print(stderr, "kvpager demo: runtime_dir: {}\n", rd.note);
     // Before the socket appears: whoever finds it may stop us at once, and
@@ -51,8 +53,11 @@ class Serving {
     sigaction(SIGINT, &sa, nullptr);
     sigaction(SIGTERM, &sa, nullptr);
     try {
-      server_ = std::make_unique<control::ControlServer>(
-          control::ControlServer::Options{rd.path, std::string(dev.mover().name()), ""}, pager_);
+      control::ControlServer::Options o;
+      o.runtime_dir = rd.path;
+      o.device = std::string(dev.mover().name());
+      o.publish = publish::control_handler(store);  // `kvpager hint publish NAME`: the session appears in the store
+      server_ = std::make_unique<control::ControlServer>(std::move(o), pager_);
     } catch (const control::ControlError& e) {
       throw RuntimeError(e.what());
     }
@@ -150,7 +155,7 @@ void run_demo(const Globals& g, const DemoArgs& a) {
   demo::DemoWorkload work(dev, opt);
   std::unique_ptr<Serving> serving;
   if (a.serve) {
-    serving = std::make_unique<Serving>(cfg, pager, dev, a.pace_ms);
+    serving = std::make_unique<Serving>(cfg, pager, dev, store, a.pace_ms);
     fmt::print(a.json ? stderr : stdout,
                "kvpager demo: serving live control at {} (pid {}): try `kvpager status`, `kvpager top`, "
                "`kvpager tune hbm_budget=...`; Ctrl-C stops\n",

@@ -1,7 +1,7 @@
 // kvpager tune [--pid N | --all] KEY=VALUE...: change live tunables of
 // running pagers (all or none per pager, validated as at start-up).
-// kvpager hint [--pid N] HINT CONTEXT: prefetch / park / drop / pin / unpin a
-// context of a running pager.
+// kvpager hint [--pid N] HINT CONTEXT: prefetch / park / drop / pin / unpin /
+// publish a context of a running pager.
 #include <fmt/format.h>
 
 #include "live.h"
@@ -55,6 +55,8 @@ void tune(Globals& g, const TuneArgs& a) {
   g.exit_code = worst;
 }
 
+constexpr std::chrono::milliseconds kPublishTimeout{10 * 60 * 1000};
+
 struct HintArgs {
   std::optional<pid_t> pid;
   std::string hint;
@@ -65,14 +67,22 @@ void hint(Globals& g, const HintArgs& a) {
   LivePagers live = find_live_pagers(g);
   print_notes(live);
   control::Endpoint e = choose_one(live, a.pid, "");
+  // Publishing writes the whole context to the store: give it the time a
+  // large one takes (the pager carries it out once it has taken it).
+  const bool publish = a.hint == "publish";
   control::Reply r = control::call(e.socket, {{"op", "hint"}, {"context", a.context}, {"hint", a.hint}},
-                                   control::kDefaultTimeout);
+                                   publish ? kPublishTimeout : control::kDefaultTimeout);
   if (!r.ok()) {
     fmt::print(stderr, "kvpager: pid {}: {}\n", e.pid, r.error);
     g.exit_code = exit_for(r.code);
     return;
   }
-  fmt::print("pid {}: {} {}\n", e.pid, a.hint, a.context);
+  if (publish)
+    fmt::print("pid {}: published {} ({} bytes in {} chunks, generation {}) into {}\n", e.pid, a.context,
+               r.body.value("bytes", uint64_t{0}), r.body.value("chunks", uint64_t{0}),
+               r.body.value("generation", std::string("?")), r.body.value("store", std::string("?")));
+  else
+    fmt::print("pid {}: {} {}\n", e.pid, a.hint, a.context);
 }
 
 }  // namespace
@@ -93,11 +103,13 @@ void add_tune_commands(CLI::App& app, Globals& g) {
   static HintArgs h;
   auto* hint_cmd = app.add_subcommand(
       "hint", "Tell a running pager about a context: prefetch (stage it into HBM), park (demote it, let it\n"
-              "spill), drop (discard its bytes), pin / unpin (never evict it).");
+              "spill), drop (discard its bytes), pin / unpin (never evict it), publish (write its current bytes\n"
+              "into the token store under its name: kvpager store ls and kvpager-fs show it; publish a context\n"
+              "the program is not writing, e.g. after park).");
   hint_cmd->add_option("--pid", h.pid, "The pager (default: the only one running)");
-  hint_cmd->add_option("hint", h.hint, "prefetch, park, drop, pin or unpin")
+  hint_cmd->add_option("hint", h.hint, "prefetch, park, drop, pin, unpin or publish")
       ->required()
-      ->check(CLI::IsMember({"prefetch", "park", "drop", "pin", "unpin"}));
+      ->check(CLI::IsMember({"prefetch", "park", "drop", "pin", "unpin", "publish"}));
   hint_cmd->add_option("context", h.context, "Context name (kvpager status --pid N lists them)")->required();
   hint_cmd->callback([&g] { hint(g, h); });
 }

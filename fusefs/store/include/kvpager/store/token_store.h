@@ -394,6 +394,8 @@ class ContextWriter {
   void abort();
   uint64_t chunks() const { return chunks_.size(); }
   uint64_t bytes() const { return bytes_; }
+  // What the manifest will say (generation, owner, created: set by begin_context).
+  const ContextMeta& meta() const { return meta_; }
 
  private:
   friend class TokenStore;
