@@ -406,6 +406,31 @@ TEST_F(ControlServerTest, HintsReachTheNamedContext) {
   EXPECT_EQ(drop.code, Errc::kBusy) << drop.error;
 }
 
+// The publish hint needs somewhere to publish: refused without a publisher;
+// with one, it runs on the owner thread (the publisher drives the pager).
+TEST_F(ControlServerTest, PublishIsRefusedWithoutAStoreAndRunsOnTheOwnerWithOne) {
+  Reply r = call({{"op", "hint"}, {"context", "session-1"}, {"hint", "publish"}});
+  EXPECT_EQ(r.code, Errc::kRefused);
+  EXPECT_NE(r.error.find("no token store"), std::string::npos) << r.error;
+
+  std::atomic<bool> on_owner_thread{false};
+  std::string asked;
+  ControlServer::Options opt;
+  opt.publish = [&](Pager& p, std::string_view name) -> json {
+    on_owner_thread = std::this_thread::get_id() == owner_.get_id();
+    asked = std::string(name);
+    EXPECT_EQ(&p, pager_.get());
+    return {{"ok", true}, {"bytes", 42}};
+  };
+  stop();
+  start(opt);
+  r = call({{"op", "hint"}, {"context", "session-1"}, {"hint", "publish"}});
+  ASSERT_TRUE(r.ok()) << r.error;
+  EXPECT_EQ(r.body["bytes"], 42);
+  EXPECT_EQ(asked, "session-1");
+  EXPECT_TRUE(on_owner_thread.load());
+}
+
 TEST_F(ControlServerTest, PipelinedRequestsAreAnsweredInOrder) {
   Exchange ex{server_->socket_path(), {{{"op", "stats"}}, {{"op", "config"}}, {{"op", "contexts"}}}, {}};
   exchange_all(std::span(&ex, 1), 5s);

@@ -287,12 +287,15 @@ class FsMount : public ::testing::Test {
   }
 
   // A `kvpager demo --serve` on a small simulated card, serving in runtime_.
-  pid_t start_demo() {
+  // Its NVMe tier (where it spills and publishes) is store_dir, by default a
+  // store of its own.
+  pid_t start_demo(std::string store_dir = {}) {
     const std::string log = tmp_.path() + "/demo-" + std::to_string(demos_.size()) + ".log";
+    if (store_dir.empty()) store_dir = tmp_.path() + "/demo-store";
     demos_.push_back(std::make_unique<Child>(
         std::vector<std::string>{KVPAGER_BIN, "demo", "--serve", "--sessions", "4", "--layers", "2",
                                  "--sim-hbm-capacity", "16M", "--hbm-budget", "8M", "--chunk-size", "256K",
-                                 "--store-dir", tmp_.path() + "/demo-store", "--pace", "20"},
+                                 "--store-dir", store_dir, "--pace", "20"},
         runtime_, log));
     const pid_t pid = demos_.back()->pid();
     const std::string sock = runtime_ + "/" + std::to_string(pid) + ".sock";
@@ -544,42 +547,60 @@ TEST_F(FsMount, AMalformedOrTruncatedImportIsRefusedAndLeavesNothing) {
 
 // ---------------------------------------------------------------- live pagers
 
-TEST_F(FsMount, RemovalIsRefusedWithEbusyWhileALivePagerHasItPinned) {
-  write_pattern(tmp_.path() + "/in", kMiB + 1, 5);
-  const pid_t demo = start_demo();
-  {
-    // A context the demo has, by name, published as the demo's own (owner
-    // pid): info then reports the live owner's tiers and hits.
-    kvpager::store::StoreOptions o;
-    o.dir = store_;
-    kvpager::store::TokenStore s(o);
-    kvpager::store::ContextMeta m;
-    m.name = "session-1";
-    m.owner_pid = static_cast<uint32_t>(demo);
-    const std::string bytes = slurp(tmp_.path() + "/in");
-    ASSERT_EQ(s.put_context(m, std::as_bytes(std::span<const char>(bytes.data(), bytes.size()))), kvpager::Status::kOk);
-  }
+// A context a live pager publishes (kvpager hint publish) is in the mount
+// within a second, its info comes from the live owner, `rm` is refused while
+// the owner has it pinned, and it outlives the pager.
+TEST_F(FsMount, AContextALivePagerPublishesAppearsAndRemovalIsRefusedWhilePinned) {
+  const pid_t demo = start_demo(store_);  // spills and publishes into the mounted store
+  const std::string pid = std::to_string(demo);
   mount();
-  ProcessResult r = kvpager({"hint", "--pid", std::to_string(demo), "pin", "session-1"});
+  struct stat st {};
+  EXPECT_NE(stat(path("/contexts/session-1").c_str(), &st), 0) << "a pager's private spills are not contexts";
+  ProcessResult r = kvpager({"hint", "--pid", pid, "park", "session-1"});
+  ASSERT_EQ(r.exit_code, 0) << show(r);
+  const auto t0 = Clock::now();
+  r = kvpager({"hint", "--pid", pid, "publish", "session-1"});
+  ASSERT_EQ(r.exit_code, 0) << show(r);
+  EXPECT_NE(r.out.find("published session-1"), std::string::npos) << show(r);
+  EXPECT_TRUE(eventually([&] { return list(path("/contexts")).count("session-1") == 1; }, 1000ms));
+  EXPECT_LT(Clock::now() - t0, 1000ms * kSlack) << "published contexts appear within a second";
+
+  ASSERT_EQ(stat(path("/contexts/session-1/kv").c_str(), &st), 0);
+  const uint64_t size = static_cast<uint64_t>(st.st_size);
+  EXPECT_EQ(size, 2u * 4 * kMiB) << "two layers of 4 MiB (32 MiB of KV over 4 sessions)";
+  r = kvpager({"hint", "--pid", pid, "pin", "session-1"});
   ASSERT_EQ(r.exit_code, 0) << show(r);
   json info = json::parse(slurp(path("/contexts/session-1/info")), nullptr, false);
   ASSERT_TRUE(info.is_object());
-  EXPECT_EQ(info["tier_source"], "pid " + std::to_string(demo)) << info.dump(2);
+  EXPECT_EQ(info["owner_pid"], demo) << info.dump(2);
+  EXPECT_EQ(info["tier_source"], "pid " + pid) << info.dump(2);
   EXPECT_TRUE(info["hits"].is_number()) << info.dump(2);
   EXPECT_EQ(info["live"]["pinned"], true) << info.dump(2);
   uint64_t tiers = 0;
   for (const auto& [tier, bytes] : info["tier_bytes"].items()) tiers += bytes.get<uint64_t>();
-  EXPECT_GT(tiers, 0u) << "the demo's own context has bytes somewhere: " << info.dump(2);
-  const auto before = store_files(store_);
+  EXPECT_EQ(tiers, size) << "the live owner accounts for every byte: " << info.dump(2);
+
+  // What the mount serves is the publication, byte for byte.
+  r = kvpager({"store", "get", "session-1", tmp_.path() + "/got", "--store", store_});
+  ASSERT_EQ(r.exit_code, 0) << show(r);
+  EXPECT_TRUE(same_bytes(tmp_.path() + "/got", path("/contexts/session-1/kv")));
+
+  const auto before = store_ls();
   EXPECT_EQ(errno_of(unlink(path("/contexts/session-1/kv").c_str())), EBUSY);
   EXPECT_EQ(errno_of(rmdir(path("/contexts/session-1").c_str())), EBUSY);
   r = run({"/bin/rm", "-r", path("/contexts/session-1")}, runtime_);
   EXPECT_NE(r.exit_code, 0);
   EXPECT_NE(r.err.find("busy"), std::string::npos) << show(r);
-  EXPECT_EQ(store_files(store_), before);
-  EXPECT_TRUE(same_bytes(tmp_.path() + "/in", path("/contexts/session-1/kv")));
-  r = kvpager({"hint", "--pid", std::to_string(demo), "unpin", "session-1"});
-  ASSERT_EQ(r.exit_code, 0) << show(r);
+  EXPECT_EQ(store_ls(), before) << "a refused rm changes nothing";
+  EXPECT_TRUE(same_bytes(tmp_.path() + "/got", path("/contexts/session-1/kv")));
+
+  // The publication outlives its pager: then the store is the only tier.
+  demos_.front()->kill_now();
+  EXPECT_TRUE(eventually([&] {
+    json i = json::parse(slurp(path("/contexts/session-1/info")), nullptr, false);
+    return i.is_object() && i["live"].is_null();
+  }, 2000ms));
+  EXPECT_TRUE(same_bytes(tmp_.path() + "/got", path("/contexts/session-1/kv")));
   r = run({"/bin/rm", "-r", path("/contexts/session-1")}, runtime_);
   EXPECT_EQ(r.exit_code, 0) << show(r);
   EXPECT_TRUE(store_ls().empty());
