@@ -374,7 +374,18 @@ TEST_F(ControlCli, HintsReachANamedContext) {
   EXPECT_TRUE(contains(none.err, "no context named 'session-99'")) << show(none);
   Result bad = kvpager({"hint", "explode", "session-1"});
   EXPECT_EQ(bad.exit_code, 2) << show(bad);
+  // A drop discards the session's bytes; the demo finds zeros on its next turn
+  // and recomputes them (as a server re-prefills) instead of calling it
+  // corruption: it ends with exit 0 and says so.
+  Result dropped = kvpager({"hint", "drop", "session-1"});
+  ASSERT_EQ(dropped.exit_code, 0) << show(dropped);
+  const auto deadline = Clock::now() + 20s * kSlack;
+  while (!contains(d.log(), "dropped by a hint: recomputed them") && Clock::now() < deadline)
+    std::this_thread::sleep_for(50ms);
+  EXPECT_TRUE(contains(d.log(), "dropped by a hint: recomputed them")) << "the demo came back to session-1: " << d.log();
   EXPECT_EQ(d.stop(SIGINT), 0) << d.log();
+  EXPECT_TRUE(contains(d.log(), "dropped by a hint and recomputed")) << d.log();
+  EXPECT_TRUE(contains(d.log(), " 0 corrupted chunk(s)")) << d.log();
 }
 
 TEST_F(ControlCli, ClientOfAnotherUidIsRefused) {

@@ -39,6 +39,7 @@ struct DemoResult {
   uint64_t total_kv_bytes = 0;
   uint64_t verified_bytes = 0;
   uint64_t corrupt_chunks = 0;
+  uint64_t recomputed_chunks = 0;  // dropped by a hint from outside, found as zeros and rewritten
   uint64_t failed_accesses = 0;
 };
 
@@ -52,6 +53,7 @@ class DemoWorkload {
   DemoResult result() const;
   const DemoOptions& options() const { return opt_; }
   uint64_t region_bytes() const { return region_bytes_; }
+  uint64_t recomputed_chunks() const { return recomputed_chunks_; }
 
  private:
   struct Session {
@@ -79,6 +81,7 @@ class DemoWorkload {
   uint64_t turns_ = 0;
   uint64_t verified_bytes_ = 0;
   uint64_t corrupt_chunks_ = 0;
+  uint64_t recomputed_chunks_ = 0;
   uint64_t failed_accesses_ = 0;
   uint64_t reads_ = 0;
   std::vector<std::byte> buf_, expect_;

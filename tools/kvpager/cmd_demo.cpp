@@ -117,8 +117,10 @@ void print_summary(const demo::DemoResult& r, double wall_s) {
   }
   fmt::print("\nStall time {} over {} turns ({} per turn); virtual time {}; wall time {:.2f} s\n", secs(s.stall_ns),
              r.turns, secs(r.turns ? s.stall_ns / r.turns : 0), secs(s.now_ns), wall_s);
-  fmt::print("Integrity: {} verified, {} corrupted chunk(s), {} failed access(es)\n",
-             human_bytes(static_cast<double>(r.verified_bytes)), r.corrupt_chunks, r.failed_accesses);
+  fmt::print("Integrity: {} verified, {} corrupted chunk(s), {} failed access(es)", human_bytes(static_cast<double>(r.verified_bytes)),
+             r.corrupt_chunks, r.failed_accesses);
+  if (r.recomputed_chunks) fmt::print(", {} chunk(s) dropped by a hint and recomputed", r.recomputed_chunks);
+  fmt::print("\n");
 }
 
 void run_demo(const Globals& g, const DemoArgs& a) {
@@ -178,9 +180,15 @@ void run_demo(const Globals& g, const DemoArgs& a) {
   const bool progress = isatty(STDERR_FILENO) && !a.json;
   auto t0 = std::chrono::steady_clock::now();
   work.prefill();
+  uint64_t recomputed = 0;
   for (;;) {
     auto turn_start = std::chrono::steady_clock::now();
     if (g_stop.load() || !work.run_turn()) break;
+    if (work.recomputed_chunks() != recomputed) {
+      fmt::print(stderr, "{}kvpager demo: turn {} found {} chunk(s) dropped by a hint: recomputed them\n",
+                 progress ? "\r" : "", work.result().turns, work.recomputed_chunks() - recomputed);
+      recomputed = work.recomputed_chunks();
+    }
     if (progress) {
       uint64_t done = work.result().turns;
       if (opt.turns) fmt::print(stderr, "\r  turn {}/{}", done, opt.turns);
@@ -206,6 +214,7 @@ void run_demo(const Globals& g, const DemoArgs& a) {
                           {"host_capacity", pager.config().host_capacity},
                           {"verified_bytes", r.verified_bytes},
                           {"corrupt_chunks", r.corrupt_chunks},
+                          {"recomputed_chunks", r.recomputed_chunks},
                           {"failed_accesses", r.failed_accesses},
                           {"wall_s", wall},
                           {"stats", to_json(r.stats)}};
