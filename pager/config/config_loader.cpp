@@ -1,10 +1,13 @@
 #include "kvpager/config_loader.h"
 
 #include <fmt/format.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <toml++/toml.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 
@@ -66,6 +69,12 @@ std::string value_text(const toml::node& node) {
 }  // namespace
 
 void ConfigLoader::load_file(const std::string& path) {
+  // A directory or a device parses as an empty file: say so instead of
+  // silently running on defaults (KVPAGER_CONFIG is not checked by the CLI).
+  struct stat st {};
+  if (stat(path.c_str(), &st) != 0)
+    throw ConfigError(fmt::format("{}: configuration file: {}", path, std::strerror(errno)));
+  if (!S_ISREG(st.st_mode)) throw ConfigError(fmt::format("{}: configuration file: not a regular file", path));
   toml::table root;
   try {
     root = toml::parse_file(path);
@@ -80,6 +89,11 @@ void ConfigLoader::load_file(const std::string& path) {
       std::string name = prefix.empty() ? std::string(key.str()) : prefix + "." + std::string(key.str());
       std::string where = fmt::format("{}:{}", path, node.source().begin.line);
       if (const auto* sub = node.as_table()) {
+        // A section no knob lives in is a typo even when it holds nothing.
+        if (sub->empty() && std::none_of(knobs().begin(), knobs().end(), [&](const Knob& k) {
+              return std::string_view(k.name).starts_with(name + ".");
+            }))
+          unknown(name, where, nullptr);
         self(self, *sub, name);
         continue;
       }

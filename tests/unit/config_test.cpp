@@ -168,6 +168,39 @@ TEST(Config, BadValuesInEnvAndFileNameTheirSource) {
   }
 }
 
+// A file that is not a configuration is an error, never silent defaults:
+// a directory (KVPAGER_CONFIG is not checked by the CLI), a missing file, and
+// a section (table) no knob lives in, even an empty one.
+TEST(Config, ADirectoryMissingFileOrUnknownEmptySectionIsRefused) {
+  ConfigLoader loader;
+  const std::string dir = std::filesystem::temp_directory_path().string();
+  EXPECT_THROW(loader.load_file(dir), ConfigError);
+  try {
+    loader.load_file(dir + "/no-such-kvpager-config.toml");
+    FAIL();
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("no-such-kvpager-config.toml"), std::string::npos) << e.what();
+  }
+  for (const char* text : {"[bogus]\n", "[sim]\n[t.t]\n"}) {
+    TempFile f(text);
+    try {
+      ConfigLoader l;
+      l.load_file(f.path());
+      ADD_FAILURE() << "accepted " << text;
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("unknown setting"), std::string::npos) << e.what();
+    }
+  }
+  for (const char* text : {"[sim]\npcie_gbps = 12\n", "[sim]\n"}) {  // an empty known section is fine
+    TempFile known(text);
+    ConfigLoader ok;
+    EXPECT_NO_THROW(ok.load_file(known.path())) << text;
+  }
+  std::string var = "KVPAGER_CONFIG=" + dir;
+  char* env[] = {var.data(), nullptr};
+  EXPECT_THROW(ConfigLoader::standard("", {}, env), ConfigError);
+}
+
 TEST(Config, UnknownNamesAreErrorsNotSilence) {
   ConfigLoader loader;
   EXPECT_THROW(loader.set("hbm_budgte", "1G", ConfigSource::kCli, "--set"), ConfigError);

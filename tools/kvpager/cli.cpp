@@ -6,7 +6,9 @@
 namespace kvpager::cli {
 
 ConfigLoader Globals::loader() const {
-  ConfigLoader l = ConfigLoader::standard(config_file, sets);
+  ConfigLoader l = ConfigLoader::standard(config_file, {});
+  for (size_t i = 0; i < sets.size(); ++i)
+    l.set_assignment(sets[i], ConfigSource::kCli, i < typed.size() ? typed[i] : "--set " + sets[i]);
   for (const auto& w : l.warnings()) fmt::print(stderr, "kvpager: warning: {}\n", w);
   return l;
 }
@@ -15,7 +17,10 @@ void add_global_options(CLI::App& app, Globals& g) {
   app.add_option("--config", g.config_file, "TOML configuration file (default: $KVPAGER_CONFIG)")
       ->check(CLI::ExistingFile);
   app.add_option_function<std::vector<std::string>>(
-         "--set", [&g](const std::vector<std::string>& v) { g.sets.insert(g.sets.end(), v.begin(), v.end()); },
+         "--set",
+         [&g](const std::vector<std::string>& v) {
+           for (const auto& s : v) g.add_set(s, "--set " + s);
+         },
          "Set any knob: --set KEY=VALUE (repeatable)")
       ->type_name("KEY=VALUE")
       ->allow_extra_args(false)
@@ -23,7 +28,8 @@ void add_global_options(CLI::App& app, Globals& g) {
   for (const Knob& k : knobs()) {
     std::string name(k.name);
     app.add_option_function<std::string>(
-           "--" + k.cli_name(), [&g, name](const std::string& v) { g.sets.push_back(name + "=" + v); },
+           "--" + k.cli_name(),
+           [&g, name, flag = "--" + k.cli_name()](const std::string& v) { g.add_set(name + "=" + v, flag + " " + v); },
            fmt::format("{} [{}] (env {})", k.help, k.range, k.env_name()))
         ->group("Configuration knobs")
         ->type_name("VALUE");

@@ -30,7 +30,13 @@ class RuntimeError : public std::runtime_error {
 struct Globals {
   std::string config_file;        // --config FILE
   std::vector<std::string> sets;  // KEY=VALUE from --set and the per-knob flags, in order
+  std::vector<std::string> typed; // for each, the flag as the user typed it (named in errors)
   int exit_code = kExitOk;        // set by a subcommand that wants a non-zero status
+
+  void add_set(std::string assignment, std::string as_typed) {
+    sets.push_back(std::move(assignment));
+    typed.push_back(std::move(as_typed));
+  }
 
   // defaults < file < environment < command line. Prints the loader's
   // warnings (unknown KVPAGER_* variables) to stderr.

@@ -104,7 +104,7 @@ void add_run_command(CLI::App& app, Globals& g) {
       "HBM budget. Settings (--budget, --config, --set, --<knob>) reach it as KVPAGER_* environment.\n"
       "The exit status is CMD's (126/127 if it cannot be started). Usage: kvpager run [OPTIONS] -- CMD ARGS...");
   cmd->add_option_function<std::string>(
-         "--budget", [&g](const std::string& v) { g.sets.push_back("hbm_budget=" + v); },
+         "--budget", [&g](const std::string& v) { g.add_set("hbm_budget=" + v, "--budget " + v); },
          "HBM budget (same as --hbm-budget)")
       ->type_name("BYTES");
   cmd->add_option("--lib", a.lib, "libkvpager.so to preload (default: next to kvpager, in ../lib, or the build tree's)")
