@@ -38,6 +38,25 @@ TEST(Cli, UnknownOptionIsBadUsage) {
   EXPECT_EQ(r.exit_code, 2);
 }
 
+// A mistyped first word is named (CLI11 alone says "A subcommand is required").
+TEST(Cli, UnknownCommandOrLeadingOptionIsNamed) {
+  for (const char* word : {"bogus", "--bogus", "--bogus=1"}) {
+    auto r = run_process({kBin, word});
+    EXPECT_EQ(r.exit_code, 2) << word;
+    EXPECT_NE(r.err.find(std::string("'") + word + "'"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("demo"), std::string::npos) << "lists the commands: " << r.err;
+  }
+  auto flag = run_process({kBin, "--hbm-budget", "12XB", "config", "show"});
+  EXPECT_EQ(flag.exit_code, 2);
+  EXPECT_NE(flag.err.find("--hbm-budget 12XB"), std::string::npos) << "names the flag as typed: " << flag.err;
+}
+
+TEST(Cli, VersionExitsZero) {
+  auto r = run_process({kBin, "--version"});
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_EQ(r.out.rfind("kvpager ", 0), 0u) << r.out;
+}
+
 TEST(Cli, ConfigShowTellsWhereEachValueCameFrom) {
   std::string file = std::filesystem::temp_directory_path() / ("kvpager-cli-" + std::to_string(getpid()) + ".toml");
   std::ofstream(file) << "hbm_budget = \"3G\"\nhost_capacity = \"5G\"\n";
