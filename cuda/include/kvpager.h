@@ -15,7 +15,9 @@
  *             kernels until it is prefetched again, unless a kernel argument
  *             points right into it (then it is restored before the launch);
  *   drop      its bytes are no longer needed anywhere;
- *   pin/unpin keep it where it is / release that.
+ *   pin/unpin keep it where it is / release that;
+ *   publish   write its current bytes into the token store under its name
+ *             (below).
  *
  * Tagging cuts at chunk boundaries (2 MiB by default, `chunk_size`): the
  * chunks entirely inside [addr, addr + size) join the context (the end of the
@@ -76,6 +78,25 @@ static inline int kvpager_park_context(const char* name) { return kvpager__hint(
 static inline int kvpager_drop_context(const char* name) { return kvpager__hint(3, 0, 0, name); }
 static inline int kvpager_pin_context(const char* name) { return kvpager__hint(4, 0, 0, name); }
 static inline int kvpager_unpin_context(const char* name) { return kvpager__hint(5, 0, 0, name); }
+
+/* Publishes context `name`: its current bytes -- read where they rest, in
+ * GPU memory, host RAM or the NVMe store, without moving anything -- become a
+ * context of the same name in the token store (store_dir, KVPAGER_STORE_DIR;
+ * the default namespace), a new generation that replaces an older
+ * publication of the name, visible only once complete. Its manifest names
+ * this process as owner; it outlives the process, and `kvpager store ls` and
+ * kvpager-fs show it. The same as `kvpager hint publish NAME`.
+ * Blocks until the publication is committed or has failed (a large context
+ * takes a while). Work the program queued on its streams before the call is
+ * waited for; the bytes are a snapshot, so publish a context the program is
+ * not writing meanwhile (e.g. after kvpager_park_context).
+ * Returns KVPAGER_OK (committed), KVPAGER_NOT_FOUND (no such context, or the
+ * pager has not started), KVPAGER_INVALID (no name), KVPAGER_BUSY (the
+ * program's streams did not go quiet within a second: try again),
+ * KVPAGER_ERROR (the store refused it -- full, an I/O error, a spilled chunk
+ * unreadable -- or there is no store; nothing became visible, an older
+ * publication stays; the reason is on stderr), KVPAGER_NOT_LOADED. */
+static inline int kvpager_publish_context(const char* name) { return kvpager__hint(6, 0, 0, name); }
 
 /* The pager's state as "key=value" lines (regions, bytes per tier, moves,
  * restores, contexts...) into buf, cut to len; returns the full length + 1.

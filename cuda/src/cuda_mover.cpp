@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstring>
 #include <thread>
 
 namespace kvpager::cuda {
@@ -29,6 +30,10 @@ constexpr double kNvmeReadBytesPerNs = 3.0;
 constexpr double kNvmeWriteBytesPerNs = 2.0;
 constexpr double kLaunchNs = 10'000;
 constexpr double kNvmeLatencyNs = 80'000;
+
+// Between two looks at something that has no event to block on (a fence
+// still waiting for launches to close, no staging slot).
+void nap() { std::this_thread::sleep_for(std::chrono::microseconds(20)); }
 
 }  // namespace
 
@@ -469,8 +474,63 @@ size_t CudaMover::wait(std::span<MoveCompletion> out) {
       if (ev) break;
     }
     if (ev) check(d_.eventSynchronize(ev));
-    else std::this_thread::sleep_for(std::chrono::microseconds(20));
+    else nap();
   }
+}
+
+// ---------------------------------------------------------------- reads
+
+Status CudaMover::read_fence() {
+  // A spill fence already recorded took the events of the streams destroyed
+  // before it: ours would not wait for them. Let such fences finish (or give
+  // up, which hands those events back to the registry for ours).
+  for (;;) {
+    bool waiting = false;
+    for (Job& j : jobs_)
+      if (!j.done && j.fence && j.fence->recorded && !fence_ready(*j.fence)) waiting = true;
+    if (!waiting) break;
+    nap();
+  }
+  Fence f;
+  f.started_ns = clock_.now_ns();
+  q_.take(f.ticket);
+  while (!fence_ready(f)) nap();
+  return f.failed ? Status::kBusy : Status::kOk;
+}
+
+int CudaMover::take_staging_waiting() {
+  const uint64_t start = clock_.now_ns();
+  while (staging_free_.empty()) {
+    if (clock_.now_ns() - start >= kFenceTimeoutNs) return -1;
+    progress();  // spills and restores in flight give their slots back as they finish
+    if (staging_free_.empty()) nap();
+  }
+  const int slot = staging_free_.back();
+  staging_free_.pop_back();
+  return slot;
+}
+
+Status CudaMover::read_chunk(const ChunkRef& ref, std::span<std::byte> out) {
+  if (out.size() != ref.len || ref.len > chunk_size_) return Status::kInvalid;
+  const RegionState* r = region(ref.region);
+  if (!r) return Status::kNotFound;
+  if (ref.chunk >= r->unsafe_chunk.size() || ref.addr < r->base || ref.addr + ref.len > r->base + r->size)
+    return Status::kInvalid;
+  if (ref.tier == Tier::kNvme) return store_ ? store_->get(ref.key, out) : Status::kUnsupported;
+  if (ref.tier != Tier::kHbm && ref.tier != Tier::kHost) return Status::kInvalid;
+  if (r->unsafe_chunk[ref.chunk]) return Status::kBusy;  // the range does not hold its bytes now
+  if (Status s = read_fence(); !ok(s)) return s;
+  const int slot = take_staging_waiting();
+  if (slot < 0) return Status::kBusy;
+  std::byte* buf = staging(slot);
+  const bool good =
+      check(d_.memcpyDtoHAsync(buf, ref.addr, ref.len, stream_)) && check(d_.streamSynchronize(stream_));
+  if (good) {
+    std::memcpy(out.data(), buf, ref.len);
+    ++stats_.reads;
+  }
+  staging_free_.push_back(slot);
+  return good ? Status::kOk : Status::kIoError;
 }
 
 }  // namespace kvpager::cuda

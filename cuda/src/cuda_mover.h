@@ -13,6 +13,8 @@
 //   restore  NVME -> HOST/HBM: read from the store into staging, copy into
 //            the range, prefetch to the GPU if that is the target.
 //   discard  drop the bytes (and the store copy if asked).
+//   read     (read_chunk: publishing a context) copy a chunk's bytes out and
+//            leave it where it is; below.
 //
 // Spill safety. A chunk is marked unsafe (its region's counter, read by the
 // launch path) before anything happens to it, and stays unsafe until it has
@@ -24,6 +26,28 @@
 // If that cannot be done (a stream capture is active, a record failed, the
 // streams are not done within kFenceTimeoutNs), the spill fails with kBusy
 // and the chunk stays in host RAM.
+//
+// Reading a chunk back (read_chunk). HBM and HOST chunks are copied out of
+// the managed range without moving it: no advice, no prefetch, no discard,
+// and the chunk is not marked unsafe (launches need not restore anything).
+// The copy must not race work the program queued before the read, so a read
+// fence comes first: the spill fence without the mark -- every launch-path
+// bracket open now closes, then an event on every noted stream and on the
+// legacy stream completes (spill fences already recorded are let finish
+// first: they hold the events of streams destroyed before them). If it
+// cannot be had (capture active, record failed, not done within
+// kFenceTimeoutNs) the read fails kBusy and nothing is copied. Then
+// cuMemcpyDtoHAsync on the side stream into a free staging slot (moves in
+// flight are progressed until one frees, bounded the same way, else kBusy),
+// a stream synchronize, and a memcpy into out; a driver failure is kIoError.
+// NVME chunks are read from the store (kUnsupported without one). kInvalid
+// if out.size() != ref.len, ref.len > chunk_size, the range is not the
+// region's or the tier is not one of those; kNotFound for an unknown region;
+// kBusy for a chunk marked unsafe (on its way to or from the store: the range
+// does not hold its bytes -- the pager never asks for one in flight). One
+// fence per chunk: work queued after it is concurrent with the read, and its
+// writes may or may not be in the bytes (publish a context the program is
+// not writing).
 //
 // Moves are batched: everything submitted before the next poll()/wait() is
 // issued together, contiguous chunks of a region as one range, and completes
@@ -63,6 +87,7 @@ struct CudaMoverStats {
   uint64_t fences = 0;           // fences completed
   uint64_t fence_refusals = 0;   // spills refused because no fence could be built
   uint64_t driver_errors = 0;
+  uint64_t reads = 0;            // HBM/host chunks copied out by read_chunk (publishing)
 };
 
 class CudaMover final : public Mover {
@@ -99,6 +124,8 @@ class CudaMover final : public Mover {
   size_t wait(std::span<MoveCompletion> out) override;
   size_t pending() const override { return jobs_.size() + ready_.size(); }
   double estimate_ns(MoveKind kind, Tier from, Tier to, uint64_t len) const override;
+  // See "Reading a chunk back" above. Synchronous; from the pager thread.
+  Status read_chunk(const ChunkRef& ref, std::span<std::byte> out) override;
 
   // Also counts every unsafe chunk here (the launch path's fast check).
   void set_total_unsafe(std::atomic<uint32_t>* total) { total_ = total; }
@@ -152,6 +179,8 @@ class CudaMover final : public Mover {
   void flush();
   bool advance(Job& j);
   bool fence_ready(Fence& f);
+  Status read_fence();
+  int take_staging_waiting();
   void finish(Job& j, Status s);
   CUevent take_event();
   void give_event(CUevent ev);

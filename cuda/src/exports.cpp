@@ -121,6 +121,10 @@ KVP_API int kvpager_hint_v1(int op, unsigned long long addr, unsigned long long 
     case 3: return hint(name, HintKind::kDrop);
     case 4: return hint(name, HintKind::kPin);
     case 5: return hint(name, HintKind::kUnpin);
+    case 6: {
+      Runtime* rt = Runtime::active();
+      return rt ? rt->publish(name) : kvpager::cuda::kHintNotFound;
+    }
     default: return kvpager::cuda::kHintInvalid;
   }
 }

@@ -60,7 +60,7 @@ __attribute__((tls_model("initial-exec"))) thread_local bool t_pager_thread = fa
 // ---------------------------------------------------------------- requests
 
 struct Runtime::Request {
-  enum Kind : uint8_t { kAdd, kFree, kRestore, kTag, kHint, kStats, kReap, kAsyncFree };
+  enum Kind : uint8_t { kAdd, kFree, kRestore, kTag, kHint, kPublish, kStats, kReap, kAsyncFree };
   explicit Request(Kind k) : kind(k) {}
   Kind kind;
   Request* next = nullptr;
@@ -546,6 +546,19 @@ void Runtime::serve(Request& r) {
       if (r.hint == HintKind::kPark && r.result == kHintOk) apply_parked(ctx, true);
       break;
     }
+    case Request::kPublish: {
+      if (pager_->find_context(r.name) == kNoContext) {
+        r.result = kHintNotFound;
+        break;
+      }
+      std::string why = "no token store";
+      Status s = store_ ? publish::publish_context(*pager_, *store_, r.name, publish::PublishOptions{}, nullptr, &why)
+                        : Status::kUnsupported;
+      if (!ok(s)) log(3, fmt::format("kvpager_publish_context: {}", why));
+      // Busy: the program's streams did not go quiet in time; worth another try.
+      r.result = ok(s) ? kHintOk : s == Status::kBusy ? kHintBusy : kHintError;
+      break;
+    }
     case Request::kTag: {
       // [base, base + size) inside one allocation, cut at chunk boundaries
       // (rounded inwards; the allocation's own end counts as a boundary).
@@ -613,8 +626,8 @@ void Runtime::serve(Request& r) {
                          st.hits, st.faults, st.move_failures);
       const CudaMoverStats& ms = mover_->stats();
       out += fmt::format("mover.batches={}\nmover.ranges={}\nmover.fences={}\nmover.fence_refusals={}\n"
-                         "mover.driver_errors={}\n",
-                         ms.batches, ms.ranges, ms.fences, ms.fence_refusals, ms.driver_errors);
+                         "mover.driver_errors={}\nmover.reads={}\n",
+                         ms.batches, ms.ranges, ms.fences, ms.fence_refusals, ms.driver_errors, ms.reads);
       for (const ContextInfo& ci : pager_->contexts())
         out += fmt::format("context.{}={} hbm={} host={} nvme={} parked={}\n", ci.name, ci.size_bytes,
                            ci.tier_bytes[index(Tier::kHbm)], ci.tier_bytes[index(Tier::kHost)],
@@ -748,14 +761,23 @@ int Runtime::tag(uint64_t addr, uint64_t size, const char* name) {
   return r.result;
 }
 
-int Runtime::hint(const char* name, HintKind kind) {
+int Runtime::call_named(Request& r, const char* name) {
   if (!name || !*name) return kHintInvalid;
   if (state_.load() != RuntimeState::kRunning) return kHintNotFound;
-  Request r(Request::kHint);
   r.name = name;
-  r.hint = kind;
   call(r);
   return r.result;
+}
+
+int Runtime::hint(const char* name, HintKind kind) {
+  Request r(Request::kHint);
+  r.hint = kind;
+  return call_named(r, name);
+}
+
+int Runtime::publish(const char* name) {
+  Request r(Request::kPublish);
+  return call_named(r, name);
 }
 
 std::string Runtime::stats_text() {

@@ -147,6 +147,10 @@ class Runtime {
   // ---- hints (kvpager.h) ----
   int tag(uint64_t addr, uint64_t size, const char* name);
   int hint(const char* name, HintKind kind);
+  // Writes the context's current bytes into the token store under its name
+  // (publish::publish_context, on the pager thread) and waits until that
+  // publication is committed or failed.
+  int publish(const char* name);
   std::string stats_text();
 
   // Where the control socket attaches (issue 4): called on the pager thread
@@ -170,6 +174,7 @@ class Runtime {
   void handle_events();
   void reap_async_frees(bool block);
   void call(Request& r);  // post and wait
+  int call_named(Request& r, const char* name);  // a hint's checks, then call
   void stop();            // atexit
   static void on_fork_child();
   void wake();

@@ -7,12 +7,17 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
+#include <random>
 #include <string>
+#include <vector>
 
+#include "kvpager/store/token_store.h"
 #include "mover_rig.h"
 #include "mover_workload.h"
 #include "preload.h"
+#include "publish/publisher.h"
 #include "run_process.h"
 
 namespace kvpager::testing {
@@ -78,6 +83,72 @@ TEST(GpuMover, EveryByteSurvivesTenThousandMovesOnTheCard) {
     EXPECT_GT(r.per_kind[static_cast<size_t>(k)], 0u) << to_string(k);
   EXPECT_EQ(rig.mover->stats().driver_errors, 0u);
   EXPECT_EQ(rig.pager->audit(), "");
+}
+
+// Publishing reads every chunk where it rests -- HBM, host RAM, the NVMe
+// tier -- after a fence on the program's streams, and moves nothing.
+TEST(GpuMover, APublishedContextSpreadOverEveryTierIsByteExact) {
+  constexpr uint64_t kRegion = 32 * MiB;  // two: 64 MiB managed
+  REQUIRE_GPU(2 * kRegion);
+  Config c;
+  c.chunk_size = 2 * MiB;
+  c.hbm_budget = 16 * MiB;
+  c.host_capacity = 32 * MiB;  // parked, 64 MiB spill down to 0.85 x 32 MiB
+  c.spill_idle_ns = 3'600'000'000'000;
+  MoverRig rig("libcuda.so.1", c);
+  ASSERT_TRUE(rig.ok()) << rig.why;
+  auto a = rig.alloc(kRegion, "pub"), b = rig.alloc(kRegion, "pub");
+  ASSERT_TRUE(a.id.valid() && b.id.valid());
+  std::vector<std::byte> ref(2 * kRegion);
+  std::mt19937_64 rng(31);
+  for (auto& x : ref) x = std::byte(rng());
+  std::memcpy(a.bytes(), ref.data(), kRegion);
+  std::memcpy(b.bytes(), ref.data() + kRegion, kRegion);
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("pub"), HintKind::kPark), Status::kOk);
+  rig.pager->drain();
+  for (uint32_t i : {10u, 11u, 12u}) ASSERT_EQ(rig.pager->access(b.id, i, false), Status::kOk);
+  rig.pager->drain();
+  StatsSnapshot before = rig.pager->stats();
+  for (Tier t : {Tier::kHbm, Tier::kHost, Tier::kNvme})
+    ASSERT_GT(before.tiers[index(t)].resident_bytes, 0u) << to_string(t) << ": the context must span every tier";
+  // The program's last writes, still queued on its stream when the publish
+  // starts: a chunk in HBM and one in host RAM. The fence must wait for them.
+  auto memset_async = reinterpret_cast<PFN_cuMemsetD8Async_v3020>(cuda::real_dlsym(rig.lib, "cuMemsetD8Async"));
+  ASSERT_NE(memset_async, nullptr);
+  CUstream prog = nullptr;
+  ASSERT_EQ(rig.drv.streamCreate(&prog, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  rig.streams.note(prog);
+  for (uint64_t chunk : {10u, 5u}) {  // B10 in HBM, B5 in host RAM
+    const uint64_t off = chunk * c.chunk_size;
+    ASSERT_EQ(memset_async(b.base + off, 0xA5, c.chunk_size, prog), CUDA_SUCCESS);
+    std::memset(ref.data() + kRegion + off, 0xA5, c.chunk_size);
+  }
+  const std::string dir = rig.dir + "-published";
+  store::StoreOptions o;
+  o.dir = dir;
+  o.max_io_bytes = c.chunk_size;
+  std::vector<std::byte> got;
+  Status st = Status::kIoError;
+  {
+    store::TokenStore ts(o);
+    publish::Published pub;
+    std::string why;
+    st = publish::publish_context(*rig.pager, ts, "pub", publish::PublishOptions{}, &pub, &why);
+    EXPECT_EQ(st, Status::kOk) << why;
+    EXPECT_EQ(pub.bytes, 2 * kRegion);
+    if (ok(st)) st = ts.get_context("", "pub", &got);
+  }
+  std::filesystem::remove_all(dir);
+  ASSERT_EQ(st, Status::kOk);
+  ASSERT_EQ(got.size(), ref.size());
+  for (uint64_t i = 0; i < ref.size(); i += c.chunk_size)
+    ASSERT_EQ(std::memcmp(got.data() + i, ref.data() + i, c.chunk_size), 0) << "chunk at " << i;
+  StatsSnapshot after = rig.pager->stats();
+  for (Tier t : {Tier::kHbm, Tier::kHost, Tier::kNvme})
+    EXPECT_EQ(after.tiers[index(t)].resident_bytes, before.tiers[index(t)].resident_bytes) << to_string(t);
+  EXPECT_EQ(after.moves, before.moves);
+  EXPECT_EQ(rig.mover->stats().driver_errors, 0u);
+  rig.drv.streamDestroy(prog);
 }
 
 // The environment of a program run under libkvpager.so on the card: a

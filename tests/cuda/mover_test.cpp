@@ -1,6 +1,8 @@
 // The CUDA mover on the stand-in driver (no GPU): bytes survive every tier
 // move, moves are batched, a spill waits for its fence and gives up (keeping
-// the bytes) when it cannot have one or the store refuses the write.
+// the bytes) when it cannot have one or the store refuses the write; a chunk
+// read back for publishing comes from whichever tier holds it, after a
+// fence, and stays there.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -165,6 +167,181 @@ TEST(CudaMoverOnStandIn, ACorruptStoreObjectIsNeverRestored) {
   EXPECT_EQ(rig.pager->restore(r.id), Status::kCorrupt);
   EXPECT_EQ(rig.total_unsafe.load(), 1u) << "the bad chunk stays unreadable; launches reading it fail";
   for (uint64_t i = 0; i < 64 * KiB; ++i) ASSERT_EQ(r.bytes()[i], std::byte{0x77}) << "chunk 0 came back";
+}
+
+// Context "pub": A (4 chunks) and B (2 chunks) with random bytes, parked with
+// host RAM for 3 chunks: A0..A2 spill, A3 and B0 stay in host RAM; then B1
+// is used and comes to HBM. Returns the bytes the context should hold.
+struct SpreadContext {
+  MoverRig::Region a, b;
+  std::vector<std::byte> model;
+};
+
+Config spread_config() {
+  Config c = standin_config();
+  c.host_capacity = 256 * KiB;  // spill down to 0.85 x 256K: three of six chunks stay
+  return c;
+}
+
+SpreadContext spread_context(MoverRig& rig) {
+  SpreadContext sc;
+  sc.a = rig.alloc(256 * KiB, "pub");
+  sc.b = rig.alloc(128 * KiB, "pub");
+  std::mt19937_64 rng(5);
+  sc.model.resize(sc.a.size + sc.b.size);
+  for (auto& x : sc.model) x = std::byte(rng());
+  std::memcpy(sc.a.bytes(), sc.model.data(), sc.a.size);
+  std::memcpy(sc.b.bytes(), sc.model.data() + sc.a.size, sc.b.size);
+  EXPECT_EQ(rig.pager->hint(rig.pager->find_context("pub"), HintKind::kPark), Status::kOk);
+  rig.pager->drain();
+  EXPECT_EQ(rig.pager->access(sc.b.id, 1, false), Status::kOk);
+  rig.pager->drain();
+  return sc;
+}
+
+// Where chunk i of a region rests, as Pager::read_context would ask for it.
+ChunkRef ref_of(const MoverRig& rig, RegionId id, uint32_t i) {
+  const Region* r = rig.pager->region(id);
+  ChunkRef ref{id, i, r->base + r->chunk_offset(i), r->chunk_len(i), r->chunks[i].tier, {}};
+  if (ref.tier == Tier::kNvme) ref.key = chunk_key("", "pub", r->key_base + i);
+  return ref;
+}
+
+std::vector<std::byte> read_all(MoverRig& rig, Status* st) {
+  std::vector<std::byte> got;
+  *st = rig.pager->read_context(rig.pager->find_context("pub"), [&](std::span<const std::byte> c) {
+    got.insert(got.end(), c.begin(), c.end());
+    return Status::kOk;
+  });
+  return got;
+}
+
+TEST(CudaMoverOnStandIn, ReadingAContextBackCopiesEveryTierExactlyAndMovesNothing) {
+  MoverRig rig(STANDIN_LIBCUDA, spread_config());
+  ASSERT_TRUE(rig.ok()) << rig.why;
+  SpreadContext sc = spread_context(rig);
+  StatsSnapshot before = rig.pager->stats();
+  ASSERT_EQ(before.tiers[index(Tier::kNvme)].resident_bytes, 192 * KiB) << "A0..A2 spilled";
+  ASSERT_EQ(before.tiers[index(Tier::kHost)].resident_bytes, 128 * KiB) << "A3, B0 in host RAM";
+  ASSERT_EQ(before.tiers[index(Tier::kHbm)].resident_bytes, 64 * KiB) << "B1 in HBM";
+  const uint32_t unsafe = rig.total_unsafe.load();
+  EXPECT_EQ(unsafe, 3u) << "the spilled chunks' ranges were discarded";
+  // A stream the program used: the fence records on it before any copy.
+  CUstream prog = nullptr;
+  ASSERT_EQ(rig.drv.streamCreate(&prog, 0), CUDA_SUCCESS);
+  rig.streams.note(prog);
+  rig.standin<void (*)()>("standin_log_clear")();
+  const uint64_t fences = rig.mover->stats().fences;
+
+  Status st = Status::kOk;
+  std::vector<std::byte> got = read_all(rig, &st);
+  ASSERT_EQ(st, Status::kOk);
+  ASSERT_EQ(got.size(), sc.model.size());
+  EXPECT_TRUE(got == sc.model) << "byte-exact, the spilled chunks from the store (their ranges hold garbage)";
+
+  auto log = standin_log(rig);
+  EXPECT_EQ(count_prefix(log, "cuMemcpyDtoHAsync_v2"), 3u) << "one copy per chunk in HBM or host RAM";
+  for (const char* move : {"cuMemPrefetchAsync", "cuMemAdvise", "cuMemDiscardBatchAsync", "cuMemcpyHtoDAsync"})
+    EXPECT_EQ(count_prefix(log, move), 0u) << move << ": reading must not move anything";
+  char rec[64];
+  std::snprintf(rec, sizeof rec, "cuEventRecord 0x%llx", reinterpret_cast<unsigned long long>(prog));
+  size_t first_rec = log.size(), first_copy = log.size();
+  for (size_t i = log.size(); i-- > 0;) {
+    if (log[i].rfind(rec, 0) == 0) first_rec = i;
+    if (log[i].rfind("cuMemcpyDtoHAsync_v2", 0) == 0) first_copy = i;
+  }
+  EXPECT_LT(first_rec, first_copy) << "the fence on the program's stream came before the copy";
+  EXPECT_EQ(rig.mover->stats().fences - fences, 3u) << "one fence per chunk copied";
+  EXPECT_EQ(rig.mover->stats().reads, 3u);
+  StatsSnapshot after = rig.pager->stats();
+  for (Tier t : {Tier::kHbm, Tier::kHost, Tier::kNvme})
+    EXPECT_EQ(after.tiers[index(t)].resident_bytes, before.tiers[index(t)].resident_bytes) << to_string(t);
+  EXPECT_EQ(after.moves, before.moves);
+  EXPECT_EQ(rig.total_unsafe.load(), unsafe) << "nothing marked or unmarked";
+  EXPECT_EQ(rig.pager->audit(), "");
+  rig.drv.streamDestroy(prog);
+}
+
+TEST(CudaMoverOnStandIn, ReadChunkRefusesBadReferences) {
+  MoverRig rig(STANDIN_LIBCUDA, spread_config());
+  ASSERT_TRUE(rig.ok()) << rig.why;
+  SpreadContext sc = spread_context(rig);
+  std::vector<std::byte> buf(64 * KiB);
+  ChunkRef host = ref_of(rig, sc.a.id, 3);
+  ASSERT_EQ(host.tier, Tier::kHost);
+  EXPECT_EQ(rig.mover->read_chunk(host, std::span(buf).first(100)), Status::kInvalid) << "out.size() != len";
+  ChunkRef big = host;
+  big.len = 128 * KiB;
+  std::vector<std::byte> big_buf(big.len);
+  EXPECT_EQ(rig.mover->read_chunk(big, big_buf), Status::kInvalid) << "longer than a chunk";
+  ChunkRef outside = host;
+  outside.addr = sc.a.base + sc.a.size;
+  EXPECT_EQ(rig.mover->read_chunk(outside, buf), Status::kInvalid) << "not the region's range";
+  ChunkRef unknown = host;
+  unknown.region = RegionId{77, 3};
+  EXPECT_EQ(rig.mover->read_chunk(unknown, buf), Status::kNotFound);
+  ChunkRef untouched = host;
+  untouched.tier = Tier::kUnpopulated;
+  EXPECT_EQ(rig.mover->read_chunk(untouched, buf), Status::kInvalid) << "the pager reads those as zeros itself";
+  ChunkRef gone = ref_of(rig, sc.a.id, 0);
+  ASSERT_EQ(gone.tier, Tier::kNvme);
+  gone.key = chunk_key("", "pub", 999);
+  EXPECT_EQ(rig.mover->read_chunk(gone, buf), Status::kNotFound) << "the store has no such object";
+  // A mover without a store cannot read the NVMe tier.
+  cuda::CudaMover bare(rig.drv, rig.cfg, rig.ctx, nullptr, rig.q, rig.streams, {});
+  bare.region_added(sc.a.id, sc.a.base, sc.a.size);
+  EXPECT_EQ(bare.read_chunk(ref_of(rig, sc.a.id, 0), buf), Status::kUnsupported);
+  EXPECT_EQ(bare.read_chunk(host, buf), Status::kOk) << "...but the range itself";
+  EXPECT_EQ(std::memcmp(buf.data(), sc.model.data() + 3 * 64 * KiB, buf.size()), 0);
+}
+
+TEST(CudaMoverOnStandIn, ReadChunkNeverRacesWorkUnderWayAndGivesUpWithoutCopying) {
+  MoverRig rig(STANDIN_LIBCUDA, spread_config());
+  ASSERT_TRUE(rig.ok()) << rig.why;
+  SpreadContext sc = spread_context(rig);
+  std::vector<std::byte> buf(64 * KiB, std::byte{0xEE});
+  const ChunkRef host = ref_of(rig, sc.a.id, 3), hbm = ref_of(rig, sc.b.id, 1);
+  ASSERT_EQ(hbm.tier, Tier::kHbm);
+  rig.standin<void (*)()>("standin_log_clear")();
+  // A stream capture is active: no event may be recorded, so no fence.
+  rig.streams.capture_begins();
+  EXPECT_EQ(rig.mover->read_chunk(hbm, buf), Status::kBusy);
+  rig.streams.capture_ends();
+  // A launch is between its scan and the driver call (it never returns here):
+  // the read waits for it, up to kFenceTimeoutNs, then gives up.
+  {
+    cuda::Quiescence::Bracket stuck(rig.q);
+    EXPECT_EQ(rig.mover->read_chunk(host, buf), Status::kBusy);
+  }
+  EXPECT_EQ(count_prefix(standin_log(rig), "cuMemcpyDtoHAsync_v2"), 0u) << "nothing was copied";
+  EXPECT_EQ(buf, std::vector<std::byte>(64 * KiB, std::byte{0xEE})) << "out untouched";
+  EXPECT_GE(rig.mover->stats().fence_refusals, 2u);
+  // A chunk whose spill has begun is marked unsafe: its range no longer
+  // holds its bytes. (A mover of its own, so the pager's chunks stay put.)
+  {
+    cuda::CudaMover other(rig.drv, rig.cfg, rig.ctx, rig.store.get(), rig.q, rig.streams, {});
+    CUdeviceptr p = 0;
+    ASSERT_EQ(rig.drv.memAllocManaged(&p, 64 * KiB, CU_MEM_ATTACH_GLOBAL), CUDA_SUCCESS);
+    const RegionId id{0, 1};
+    other.region_added(id, p, 64 * KiB);
+    MoveRequest spill;
+    spill.kind = MoveKind::kSpill;
+    spill.from = Tier::kHost;
+    spill.to = Tier::kNvme;
+    spill.region = id;
+    spill.addr = p;
+    spill.len = 64 * KiB;
+    spill.key = chunk_key("", "other", 0);
+    ASSERT_EQ(other.submit(spill), Status::kOk);
+    EXPECT_EQ(other.read_chunk(ChunkRef{id, 0, p, 64 * KiB, Tier::kHost, {}}, buf), Status::kBusy);
+    std::vector<MoveCompletion> done(1);
+    ASSERT_EQ(other.wait(done), 1u);
+    EXPECT_EQ(done[0].status, Status::kOk);
+    rig.drv.memFree(p);
+  }
+  // Nothing in the way any more: the same reads succeed.
+  EXPECT_EQ(rig.mover->read_chunk(hbm, buf), Status::kOk);
+  EXPECT_EQ(std::memcmp(buf.data(), sc.model.data() + sc.a.size + 64 * KiB, buf.size()), 0);
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <thread>
 
+#include "kvpager/store/token_store.h"
 #include "standin_program.h"
 
 extern "C" CUdeviceptr standin_early_allocation();  // libstandin_early
@@ -561,6 +562,110 @@ TEST(StandIn, TheSpillFenceWaitsForEveryStreamThatUsedTheRegion) {
   EXPECT_EQ(stats().num("fence_failures"), 0u);
 }
 
+// ---- publishing a context into the token store
+
+// What `len` bytes filled by the stand-in's "fill" kernel with `seed` hold.
+std::vector<std::byte> pattern(uint64_t len, uint32_t seed) {
+  std::vector<std::byte> b(len);
+  for (uint64_t i = 0; i < len; ++i) b[i] = std::byte{standin_pattern(i, seed)};
+  return b;
+}
+
+// Publication `name` as any other reader sees it: the store where the pager
+// writes (KVPAGER_STORE_DIR), opened read-only by a handle of our own.
+struct Published {
+  Status status = Status::kNotFound;
+  store::Manifest manifest;
+  std::vector<std::byte> bytes;
+};
+Published read_published(const char* name) {
+  store::StoreOptions o;
+  o.dir = std::getenv("KVPAGER_STORE_DIR");
+  o.read_only = true;
+  store::TokenStore ts(o);
+  Published p;
+  p.status = ts.read_manifest("", name, &p.manifest);
+  if (ok(p.status)) p.status = ts.get_context("", name, &p.bytes);
+  return p;
+}
+
+// Env: KVPAGER_HOST_CAPACITY=8M, KVPAGER_SPILL_IDLE=1h
+TEST(StandIn, PublishWritesAContextSpreadOverEveryTierIntoTheStoreByteExact) {
+  Program p;
+  CUstream s = nullptr;
+  ASSERT_EQ(p.stream_create(&s, 0), CUDA_SUCCESS);
+  // Context "pub": two allocations, A then B, filled by kernels on stream s.
+  CUdeviceptr a = p.must_alloc(8 * kMiB), b = p.must_alloc(8 * kMiB);
+  ASSERT_EQ(kvpager_tag_context(a, 8 * kMiB, "pub"), KVPAGER_OK);
+  ASSERT_EQ(kvpager_tag_context(b, 8 * kMiB, "pub"), KVPAGER_OK);
+  ASSERT_EQ(p.fill(a, 8 * kMiB, 21, s), CUDA_SUCCESS);
+  ASSERT_EQ(p.fill(b, 8 * kMiB, 22, s), CUDA_SUCCESS);
+  ASSERT_TRUE(eventually([] { return stats().context("pub", "hbm") == 4 * kMiB; })) << "both launches seen";
+  // Parked with host RAM for 8M: A and B's first chunk spill (down to 6.8M).
+  ASSERT_EQ(kvpager_park_context("pub"), KVPAGER_OK);
+  ASSERT_TRUE(eventually([] { return stats().context("pub", "nvme") >= 8 * kMiB; })) << stats().context("pub", "nvme");
+  // A kernel points into B's third chunk: B is restored, that chunk comes to HBM.
+  CUdeviceptr into_b = b + 4 * kMiB;
+  void* args[] = {&into_b};
+  ASSERT_EQ(p.launch(p.kernel("noop"), 1, 1, 1, 1, 1, 1, 0, s, args, nullptr), CUDA_SUCCESS);
+  ASSERT_TRUE(eventually([] {
+    Stats st = stats();
+    return st.context("pub", "hbm") > 0 && st.context("pub", "host") > 0 && st.context("pub", "nvme") > 0;
+  })) << stats().kv["context.pub"];
+  ASSERT_GT(stats().num("unsafe_chunks"), 0u) << "A's ranges hold garbage: its bytes are only in the store";
+  Stats before = stats();
+  p.clear_log();
+
+  ASSERT_EQ(kvpager_publish_context("pub"), KVPAGER_OK);
+
+  // The store holds the context, byte-exact, owned by this process.
+  Published pub = read_published("pub");
+  ASSERT_EQ(pub.status, Status::kOk) << to_string(pub.status);
+  EXPECT_EQ(pub.manifest.meta.name, "pub");
+  EXPECT_EQ(pub.manifest.meta.owner_pid, static_cast<uint32_t>(getpid()));
+  std::vector<std::byte> expect = pattern(8 * kMiB, 21), tail = pattern(8 * kMiB, 22);
+  expect.insert(expect.end(), tail.begin(), tail.end());
+  ASSERT_EQ(pub.bytes.size(), expect.size());
+  EXPECT_TRUE(pub.bytes == expect) << "A then B, every byte, from HBM, host RAM and the store";
+  // Read where it rests: copied out after a fence on the program's stream,
+  // nothing advised, prefetched, discarded or restored, nothing newly unsafe.
+  const uint64_t resident = before.context("pub", "hbm") + before.context("pub", "host");
+  EXPECT_EQ(p.count_log("cuMemcpyDtoHAsync_v2"), resident / (2 * kMiB)) << "one copy per chunk in HBM or host RAM";
+  for (const char* move : {"cuMemPrefetchAsync", "cuMemAdvise", "cuMemDiscardBatchAsync", "cuMemcpyHtoDAsync"})
+    EXPECT_EQ(p.count_log(move), 0u) << move;
+  char rec[64];
+  std::snprintf(rec, sizeof rec, "cuEventRecord 0x%llx", reinterpret_cast<unsigned long long>(s));
+  EXPECT_GE(p.find_log(rec), 0);
+  EXPECT_LT(p.find_log(rec), p.find_log("cuMemcpyDtoHAsync_v2")) << "the fence came before the first copy";
+  Stats after = stats();
+  for (const char* field : {"hbm", "host", "nvme", "parked"})
+    EXPECT_EQ(after.context("pub", field), before.context("pub", field)) << field;
+  for (const char* k : {"pager.moves.promote", "pager.moves.demote", "pager.moves.spill", "pager.moves.restore",
+                        "unsafe_chunks"})
+    EXPECT_EQ(after.num(k), before.num(k)) << k;
+  EXPECT_EQ(after.num("mover.reads"), before.num("mover.reads") + resident / (2 * kMiB));
+  // The program's own bytes are intact.
+  EXPECT_EQ(p.check(a, 8 * kMiB, 21, s), 0u);
+  EXPECT_EQ(p.check(b, 8 * kMiB, 22, s), 0u);
+}
+
+// Env: defaults.
+TEST(StandIn, PublishOfAnUnknownContextIsNotFound) {
+  Program p;
+  EXPECT_EQ(kvpager_publish_context("pub"), KVPAGER_NOT_FOUND) << "no pager yet: nothing to publish";
+  CUdeviceptr a = p.must_alloc(4 * kMiB);
+  ASSERT_EQ(kvpager_tag_context(a, 4 * kMiB, "pub"), KVPAGER_OK);
+  EXPECT_EQ(kvpager_publish_context("nope"), KVPAGER_NOT_FOUND);
+  EXPECT_EQ(kvpager_publish_context(""), KVPAGER_INVALID);
+  EXPECT_EQ(kvpager_publish_context(nullptr), KVPAGER_INVALID);
+  EXPECT_EQ(read_published("nope").status, Status::kNotFound) << "nothing was written";
+  // The known one publishes (a fresh managed allocation reads as zeros).
+  ASSERT_EQ(kvpager_publish_context("pub"), KVPAGER_OK);
+  Published pub = read_published("pub");
+  ASSERT_EQ(pub.status, Status::kOk);
+  EXPECT_TRUE(pub.bytes == std::vector<std::byte>(4 * kMiB));
+}
+
 }  // namespace
 }  // namespace kvpager::testing
 
@@ -595,6 +700,18 @@ std::string run_kvpager(const std::vector<std::string>& args, int* status) {
   return text;
 }
 
+// Waits until `kvpager status` sees this process's pager with `regions`
+// regions: the first snapshot is published when the pager starts, the regions
+// show up with the next one (every 100 ms). *json: the last answer.
+bool status_shows_regions(int regions, std::string* json) {
+  const std::string pid = std::to_string(getpid()), want = "\"regions\": " + std::to_string(regions);
+  int status = -1;
+  return eventually([&] {
+    *json = run_kvpager({"status", "--json", "--pid", pid}, &status);
+    return status == 0 && json->find(want) != std::string::npos;
+  });
+}
+
 // Env: STANDIN_KVPAGER_BIN (the kvpager CLI), KVPAGER_RUNTIME_DIR (private).
 // A preloaded program serves the control socket: `kvpager status` sees its
 // regions and `kvpager tune` changes its pager live.
@@ -606,12 +723,7 @@ TEST(StandIn, ThePreloadedProgramIsVisibleToStatusAndTunable) {
   const std::string pid = std::to_string(getpid());
   int status = -1;
   std::string json;
-  // The first snapshot is published when the pager starts; the regions show
-  // up with the next one (every 100 ms).
-  ASSERT_TRUE(eventually([&] {
-    json = run_kvpager({"status", "--json", "--pid", pid}, &status);
-    return status == 0 && json.find("\"regions\": 2") != std::string::npos;
-  })) << "status " << status << ":\n" << json;
+  ASSERT_TRUE(status_shows_regions(2, &json)) << json;
   EXPECT_NE(json.find("CUDA device"), std::string::npos) << json;
 
   std::string tuned = run_kvpager({"tune", "--pid", pid, "prefetch_depth=9"}, &status);
@@ -622,6 +734,30 @@ TEST(StandIn, ThePreloadedProgramIsVisibleToStatusAndTunable) {
     size_t at = json.find("\"prefetch_depth\"");
     return at != std::string::npos && json.substr(at, 80).find("\"value\": \"9\"") != std::string::npos;
   })) << json;
+}
+
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h, STANDIN_KVPAGER_BIN, KVPAGER_RUNTIME_DIR (private).
+// `kvpager hint publish` reaches the preloaded program's pager through its
+// control socket and publishes a parked, spilled context.
+TEST(StandIn, PublishThroughTheControlSocketReachesTheStore) {
+  Program p;
+  CUdeviceptr r = spilled_region(p, 13);  // context "ctx", all of it in the store
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  const std::string pid = std::to_string(getpid());
+  int status = -1;
+  std::string out;
+  ASSERT_TRUE(status_shows_regions(1, &out)) << out;
+  out = run_kvpager({"hint", "--pid", pid, "publish", "ctx"}, &status);
+  EXPECT_EQ(status, 0) << out;
+  EXPECT_NE(out.find("published ctx (8388608 bytes in 4 chunks"), std::string::npos) << out;
+  Published pub = read_published("ctx");
+  ASSERT_EQ(pub.status, Status::kOk) << to_string(pub.status);
+  EXPECT_EQ(pub.manifest.meta.owner_pid, static_cast<uint32_t>(getpid()));
+  EXPECT_TRUE(pub.bytes == pattern(8 * kMiB, 13)) << "every byte, read back from the store's spilled copies";
+  EXPECT_EQ(stats().context("ctx", "nvme"), 8 * kMiB) << "and nothing was restored to do it";
+  out = run_kvpager({"hint", "--pid", pid, "publish", "nope"}, &status);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 1) << "an unknown context is a runtime failure: " << out;
+  EXPECT_EQ(p.check(r, 8 * kMiB, 13), 0u);
 }
 
 }  // namespace

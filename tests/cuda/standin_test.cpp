@@ -56,6 +56,10 @@ const Scenario kScenarios[] = {
     {"AStreamCaptureHoldsSpillsBackUntilItEnds", kSpills},
     {"TheSpillFenceWaitsForEveryStreamThatUsedTheRegion", kSpills},
     {"ThePreloadedProgramIsVisibleToStatusAndTunable", {"STANDIN_KVPAGER_BIN=" KVPAGER_BIN}},
+    {"PublishWritesAContextSpreadOverEveryTierIntoTheStoreByteExact",
+     {"KVPAGER_HOST_CAPACITY=8M", "KVPAGER_SPILL_IDLE=1h"}},
+    {"PublishOfAnUnknownContextIsNotFound", {}},
+    {"PublishThroughTheControlSocketReachesTheStore", with(kSpills, {"STANDIN_KVPAGER_BIN=" KVPAGER_BIN})},
 };
 
 class Preloaded : public ::testing::TestWithParam<Scenario> {};
