@@ -136,6 +136,9 @@ TEST(Publish, UnknownContextsAndFailedWritesLeaveNothingBehind) {
   nlohmann::json r = handler(*rig.pager, "nobody");
   EXPECT_EQ(r["ok"], false);
   EXPECT_EQ(r["code"], "not_found") << r.dump();
+  auto readonly_handler = publish::control_handler(readonly);
+  r = readonly_handler(*rig.pager, "s");
+  EXPECT_EQ(r["code"], "failed") << "a store failure is not a bad request: " << r.dump();
   r = handler(*rig.pager, "s");
   EXPECT_EQ(r["ok"], true) << r.dump();
   EXPECT_EQ(r["bytes"], 256 * KiB);

@@ -22,6 +22,7 @@ constexpr std::array<std::pair<Errc, std::string_view>, 9> kCodes{{
     {Errc::kBadRequest, "bad_request"},
     {Errc::kBusy, "busy"},
     {Errc::kIo, "io"},
+    {Errc::kFailed, "failed"},
 }};
 
 constexpr std::array<HintKind, 5> kHints{HintKind::kPrefetch, HintKind::kPark, HintKind::kDrop, HintKind::kPin,

@@ -46,6 +46,7 @@ enum class Errc : uint8_t {
   kBadRequest,  // malformed request
   kBusy,        // too many clients, or the context is pinned
   kIo,          // the connection failed
+  kFailed,      // the pager tried and failed (a publish the store could not take)
 };
 std::string_view to_string(Errc e);
 Errc errc_from(std::string_view code);

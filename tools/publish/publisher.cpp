@@ -49,7 +49,10 @@ std::function<nlohmann::json(Pager&, std::string_view)> control_handler(store::T
     std::string why;
     Status s = publish_context(pager, store, name, PublishOptions{}, &p, &why);
     if (s == Status::kNotFound) return control::error_reply(control::Errc::kNotFound, why);
-    if (!ok(s)) return control::error_reply(control::Errc::kRefused, why);
+    // Not the request's fault (exit 1, not 2): the store is full or failed,
+    // or the program kept the bytes busy.
+    if (s == Status::kBusy) return control::error_reply(control::Errc::kBusy, why);
+    if (!ok(s)) return control::error_reply(control::Errc::kFailed, why);
     return {{"ok", true},
             {"context", std::string(name)},
             {"hint", "publish"},

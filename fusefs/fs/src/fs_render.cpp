@@ -50,7 +50,8 @@ int errno_of(const control::Reply& r) {
     case control::Errc::kBadRequest: return EINVAL;
     case control::Errc::kNotFound: return ENOENT;
     case control::Errc::kBusy: return EBUSY;
-    case control::Errc::kIo: return EIO;
+    case control::Errc::kIo:
+    case control::Errc::kFailed: return EIO;
   }
   return EIO;
 }
