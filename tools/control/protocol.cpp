@@ -12,7 +12,7 @@ namespace kvpager::control {
 
 namespace {
 
-constexpr std::array<std::pair<Errc, std::string_view>, 9> kCodes{{
+constexpr std::array<std::pair<Errc, std::string_view>, 10> kCodes{{
     {Errc::kOk, "ok"},
     {Errc::kGone, "gone"},
     {Errc::kDenied, "denied"},
