@@ -51,6 +51,15 @@ TEST(Cli, UnknownCommandOrLeadingOptionIsNamed) {
   EXPECT_NE(flag.err.find("--hbm-budget 12XB"), std::string::npos) << "names the flag as typed: " << flag.err;
 }
 
+// CLI11 alone converts "-1" for an unsigned option by wrapping it to 2^64-1.
+TEST(Cli, NegativeOrOverflowingNumbersAreRefusedNotWrapped) {
+  for (const char* v : {"-1", "99999999999999999999999", "12abc"}) {
+    auto r = run_process({kBin, "demo", "--seed", v, "--turns", "1"});
+    EXPECT_EQ(r.exit_code, 2) << v << ": " << r.out;
+    EXPECT_NE(r.err.find("--seed"), std::string::npos) << r.err;
+  }
+}
+
 TEST(Cli, VersionExitsZero) {
   auto r = run_process({kBin, "--version"});
   EXPECT_EQ(r.exit_code, 0);

@@ -1,6 +1,9 @@
 #include "cli.h"
 
 #include <dlfcn.h>
+
+#include <charconv>
+#include <cstdint>
 #include <fmt/format.h>
 
 namespace kvpager::cli {
@@ -34,6 +37,24 @@ void add_global_options(CLI::App& app, Globals& g) {
         ->group("Configuration knobs")
         ->type_name("VALUE");
   }
+}
+
+void check_unsigned_options(CLI::App& app) {
+  // CLI11 converts "-1" or an out-of-range number for an unsigned option with
+  // strtoull, which wraps: refuse anything but a decimal that fits.
+  static const CLI::Validator kUnsignedText(
+      [](std::string& v) -> std::string {
+        uint64_t out = 0;
+        auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+        if (v.empty() || ec == std::errc::result_out_of_range)
+          return fmt::format("'{}' is not a whole number from 0 to {}", v, UINT64_MAX);
+        if (ec != std::errc() || end != v.data() + v.size()) return fmt::format("'{}' is not a whole number", v);
+        return {};
+      },
+      "", "unsigned");
+  for (CLI::Option* opt : app.get_options())
+    if (opt->get_type_name().starts_with("UINT")) opt->check(kUnsignedText);
+  for (CLI::App* sub : app.get_subcommands({})) check_unsigned_options(*sub);
 }
 
 bool gpu_available(std::string* why) {

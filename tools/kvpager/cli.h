@@ -48,6 +48,9 @@ struct Globals {
 // --config, --set and one --<knob> flag per knob, on `app` (inherited by every
 // subcommand through fallthrough).
 void add_global_options(CLI::App& app, Globals& g);
+// Every unsigned option of app and its subcommands refuses "-1" and numbers
+// beyond 64 bits (CLI11 would wrap them). Call after all options exist.
+void check_unsigned_options(CLI::App& app);
 
 void add_config_command(CLI::App& app, Globals& g);
 void add_demo_command(CLI::App& app, Globals& g);
