@@ -60,6 +60,19 @@ TEST(Cli, NegativeOrOverflowingNumbersAreRefusedNotWrapped) {
   }
 }
 
+// ld.so only warns about a file it cannot preload and runs the command
+// unpaged: `run --lib` checks it is libkvpager.so first.
+TEST(Cli, RunRefusesALibThatIsNotLibkvpager) {
+  const std::string text = std::filesystem::temp_directory_path() / ("kvpager-not-a-lib-" + std::to_string(getpid()));
+  std::ofstream(text) << "not a library\n";
+  for (const std::string& lib : {text, kBin, std::filesystem::temp_directory_path().string()}) {
+    auto r = run_process({kBin, "run", "--lib", lib, "--", "/bin/true"});
+    EXPECT_EQ(r.exit_code, 2) << lib << ": " << r.err;
+    EXPECT_NE(r.err.find("--lib " + lib), std::string::npos) << r.err;
+  }
+  std::filesystem::remove(text);
+}
+
 TEST(Cli, VersionExitsZero) {
   auto r = run_process({kBin, "--version"});
   EXPECT_EQ(r.exit_code, 0);

@@ -7,6 +7,8 @@
 
 #include <cerrno>
 #include <cstdlib>
+#include <fstream>
+#include <iterator>
 #include <cstring>
 #include <filesystem>
 
@@ -35,11 +37,30 @@ std::vector<fs::path> preload_candidates() {
   return out;
 }
 
+// "" when path looks like libkvpager.so: an ELF shared object that exports
+// the hint entry point; else what it is instead.
+std::string not_libkvpager(const std::string& path) {
+  std::error_code ec;
+  if (!fs::is_regular_file(path, ec)) return "not a regular file";
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return std::strerror(errno);
+  std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+  if (bytes.size() < 64 || bytes.compare(0, 4, "\x7f" "ELF") != 0) return "not an ELF file";
+  const unsigned type = static_cast<unsigned char>(bytes[16]) | static_cast<unsigned>(static_cast<unsigned char>(bytes[17])) << 8;
+  if (type != 3) return "an ELF file but not a shared object";
+  if (bytes.find("kvpager_hint_v1") == std::string::npos) return "a shared object without kvpager's entry points";
+  return {};
+}
+
 std::string find_preload(const std::string& given) {
   if (!given.empty()) {
     // A path the user named: a wrong one is bad usage, not a missing install.
     if (access(given.c_str(), R_OK) != 0)
       throw ConfigError(fmt::format("--lib {}: {}", given, std::strerror(errno)));
+    // ld.so would only warn about a file it cannot preload and run CMD
+    // unpaged: check that it is a shared object first.
+    if (std::string why = not_libkvpager(given); !why.empty())
+      throw ConfigError(fmt::format("--lib {}: {} (expected libkvpager.so)", given, why));
     return fs::absolute(given).string();
   }
   auto candidates = preload_candidates();
