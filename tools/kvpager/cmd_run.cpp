@@ -8,7 +8,6 @@
 #include <cerrno>
 #include <cstdlib>
 #include <fstream>
-#include <iterator>
 #include <cstring>
 #include <filesystem>
 
@@ -37,18 +36,31 @@ std::vector<fs::path> preload_candidates() {
   return out;
 }
 
-// "" when path looks like libkvpager.so: an ELF shared object that exports
-// the hint entry point; else what it is instead.
-std::string not_libkvpager(const std::string& path) {
+// "" when path is a 64-bit little-endian ELF shared library (a shared
+// object without a program interpreter: not a PIE executable), else what it is.
+std::string not_a_library(const std::string& path) {
   std::error_code ec;
   if (!fs::is_regular_file(path, ec)) return "not a regular file";
   std::ifstream f(path, std::ios::binary);
   if (!f) return std::strerror(errno);
-  std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  if (bytes.size() < 64 || bytes.compare(0, 4, "\x7f" "ELF") != 0) return "not an ELF file";
-  const unsigned type = static_cast<unsigned char>(bytes[16]) | static_cast<unsigned>(static_cast<unsigned char>(bytes[17])) << 8;
-  if (type != 3) return "an ELF file but not a shared object";
-  if (bytes.find("kvpager_hint_v1") == std::string::npos) return "a shared object without kvpager's entry points";
+  unsigned char h[64] = {};
+  f.read(reinterpret_cast<char*>(h), sizeof h);
+  if (f.gcount() < 64 || h[0] != 0x7f || h[1] != 'E' || h[2] != 'L' || h[3] != 'F') return "not an ELF file";
+  if (h[4] != 2 || h[5] != 1) return "not a 64-bit little-endian ELF file";
+  auto le = [](const unsigned char* p, int n) {
+    uint64_t v = 0;
+    for (int i = n - 1; i >= 0; --i) v = (v << 8) | p[i];
+    return v;
+  };
+  if (le(h + 16, 2) != 3) return "an ELF file but not a shared object";
+  const uint64_t phoff = le(h + 32, 8), phentsize = le(h + 54, 2), phnum = le(h + 56, 2);
+  for (uint64_t i = 0; i < phnum && phentsize >= 4; ++i) {
+    unsigned char ph[4] = {};
+    f.seekg(static_cast<std::streamoff>(phoff + i * phentsize));
+    f.read(reinterpret_cast<char*>(ph), sizeof ph);
+    if (!f) return "a truncated ELF file";
+    if (le(ph, 4) == 3) return "an executable, not a library";  // PT_INTERP
+  }
   return {};
 }
 
@@ -59,7 +71,7 @@ std::string find_preload(const std::string& given) {
       throw ConfigError(fmt::format("--lib {}: {}", given, std::strerror(errno)));
     // ld.so would only warn about a file it cannot preload and run CMD
     // unpaged: check that it is a shared object first.
-    if (std::string why = not_libkvpager(given); !why.empty())
+    if (std::string why = not_a_library(given); !why.empty())
       throw ConfigError(fmt::format("--lib {}: {} (expected libkvpager.so)", given, why));
     return fs::absolute(given).string();
   }
