@@ -272,6 +272,12 @@ TEST_F(ControlCli, NoPagersIsNotAnError) {
   EXPECT_EQ(json::parse(j.out), json::array());
   Result t = kvpager({"tune", "hbm_budget=4M"});
   EXPECT_EQ(t.exit_code, 1) << show(t);
+  // A bad request is bad usage whether or not a pager runs: checked first.
+  for (const char* bad : {"bogus=1", "chunk_size=4M", "hbm_budget=12XB"}) {
+    Result u = kvpager({"tune", bad});
+    EXPECT_EQ(u.exit_code, 2) << show(u);
+    EXPECT_TRUE(contains(u.err, bad)) << show(u);
+  }
 }
 
 TEST_F(ControlCli, BudgetCutShowsHbmFallingBelowItWithinASecond) {
