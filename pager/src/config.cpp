@@ -374,7 +374,9 @@ constexpr Knob kKnobs[] = {
         "HBM the pager keeps resident. auto: the simulated card's size, or 90% of the GPU's free memory."),
     make<BytesKnob<&Config::host_capacity, 64 * KiB, kMaxBytes, true, false>>(
         "host_capacity", KnobType::kBytes, true, "0 (auto) or 64K..64P",
-        "Host RAM for demoted chunks; above it idle contexts spill to NVMe. auto: half of physical RAM."),
+        "Host RAM the pager aims to keep demoted chunks within: above it, contexts that may spill (parked, "
+        "or idle for spill_idle) go to NVMe; chunks of active contexts stay, so it is a target, not a cap. "
+        "auto: half of physical RAM."),
     make<BytesKnob<&Config::nvme_capacity, 64 * KiB, kMaxBytes, true, false>>(
         "nvme_capacity", KnobType::kBytes, true, "0 (unlimited) or 64K..64P",
         "Bytes the NVMe tier may hold; when full, chunks stay in host RAM."),

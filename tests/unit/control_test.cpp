@@ -163,6 +163,36 @@ TEST(RuntimeDir, MissingDirectoryListsNobody) {
   EXPECT_TRUE(l.live.empty());
 }
 
+// A peer that streams bytes without a line end is not a pager: the client
+// gives up at kMaxReplyBytes instead of buffering until memory runs out.
+TEST(Client, AnEndlessReplyIsRefusedNotBuffered) {
+  TempDir dir;
+  const std::string path = dir.path() + "/endless.sock";
+  int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+  ASSERT_EQ(bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << std::strerror(errno);
+  ASSERT_EQ(listen(lfd, 1), 0);
+  std::atomic<uint64_t> sent{0};
+  std::thread peer([&] {
+    int fd = accept(lfd, nullptr, nullptr);
+    std::string junk(1 << 16, 'x');
+    for (;;) {
+      ssize_t n = send(fd, junk.data(), junk.size(), MSG_NOSIGNAL);
+      if (n <= 0) break;
+      sent += static_cast<uint64_t>(n);
+    }
+    close(fd);
+  });
+  Reply r = call(path, {{"op", "stats"}}, 20s);
+  close(lfd);
+  peer.join();
+  EXPECT_EQ(r.code, Errc::kIo) << r.error;
+  EXPECT_NE(r.error.find("without a line end"), std::string::npos) << r.error;
+  EXPECT_LT(sent.load(), 2 * kMaxReplyBytes) << "the client stopped reading soon after the limit";
+}
+
 // ------------------------------------------------------------ server
 
 // A pager on the simulated device, driven by its own owner thread as in a

@@ -77,6 +77,11 @@ void on_readable(Conn& c) {
     ssize_t n = recv(c.fd, buf, sizeof buf, MSG_DONTWAIT);
     if (n > 0) {
       c.in.append(buf, static_cast<size_t>(n));
+      // A pager's reply is one line of JSON; a peer that streams without end
+      // is not one (and must not exhaust our memory).
+      if (c.in.size() > kMaxReplyBytes && c.in.find('\n') == std::string::npos)
+        return c.fail_rest(failure(Errc::kIo, fmt::format("{}: a reply over {} MiB without a line end: not a kvpager pager",
+                                                          c.ex->socket, kMaxReplyBytes >> 20)));
       continue;
     }
     if (n < 0 && (errno == EAGAIN || errno == EINTR)) break;

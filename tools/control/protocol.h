@@ -34,6 +34,7 @@ namespace kvpager::control {
 
 inline constexpr int kProtocolVersion = 1;
 inline constexpr size_t kMaxRequestBytes = 64 * 1024;
+inline constexpr size_t kMaxReplyBytes = 64 * 1024 * 1024;  // a client gives up on a longer line
 
 // Why a request failed, as the reply's "code" and for clients' own failures.
 enum class Errc : uint8_t {
