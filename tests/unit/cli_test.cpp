@@ -73,6 +73,14 @@ TEST(Cli, RunRefusesALibThatIsNotLibkvpager) {
   std::filesystem::remove(text);
 }
 
+// The simulated tiers live in the demo's own memory: a plan that cannot fit
+// is refused up front (it used to end in std::bad_alloc halfway).
+TEST(Cli, DemoRefusesAPlanLargerThanThisMachinesMemory) {
+  auto r = run_process({kBin, "--sim-hbm-capacity", "1T", "demo", "--sessions", "1", "--turns", "1"});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("lower hbm_budget"), std::string::npos) << r.err;
+}
+
 TEST(Cli, VersionExitsZero) {
   auto r = run_process({kBin, "--version"});
   EXPECT_EQ(r.exit_code, 0);

@@ -144,6 +144,20 @@ void run_demo(const Globals& g, const DemoArgs& a) {
     cfg.host_capacity = 2 * budget;
   }
   validate_or_throw(cfg);
+  {
+    // The simulated device keeps its HBM and host tiers in this process's
+    // memory, and host_capacity is a target, not a cap: in the worst case
+    // (nothing may spill) all of the demo's KV is in RAM. Refuse a plan that
+    // cannot fit instead of running out of memory halfway.
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    const double ram = pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0;
+    const double kv = a.opt.kv_factor * static_cast<double>(budget);
+    if (ram > 0 && kv > 0.75 * ram)
+      throw ConfigError(fmt::format(
+          "the demo's KV ({} = --kv-factor {} x HBM budget {}) could all sit in this process's memory (the simulated "
+          "HBM and host tiers), and this machine has {} of RAM: lower hbm_budget / sim.hbm_capacity or --kv-factor",
+          human_bytes(kv), a.opt.kv_factor, human_bytes(static_cast<double>(budget)), human_bytes(ram)));
+  }
 
   // The NVMe tier is the token store in store_dir; the pager's spills are
   // this process's private objects there, removed when it ends.
