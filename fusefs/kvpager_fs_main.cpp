@@ -6,8 +6,9 @@
 // (or `kvpager umount`) or SIGTERM/SIGINT/SIGHUP unmount it and end it.
 //
 // Exit status: 0 unmounted cleanly; 2 bad usage or configuration (options,
-// a store directory that cannot be used, a mount point that is not a
-// directory); 1 the mount failed (no /dev/fuse, not permitted).
+// a store directory that does not exist or cannot be used, a mount point
+// that is not a directory or is already a mount point); 1 the mount failed
+// (no /dev/fuse, not permitted).
 #include "token_fs.h"
 
 #include <fmt/format.h>
@@ -23,8 +24,10 @@
 #include <string>
 #include <vector>
 
+#include "common/user_paths.h"
 #include "control/runtime_dir.h"
 #include "kvpager/config_loader.h"
+#include "kvpager/fs/mount_options.h"
 
 namespace {
 
@@ -38,8 +41,17 @@ void log_line(std::string_view msg) {
   else fmt::print(stderr, "kvpager-fs: {}\n", msg);
 }
 
-const char* kUsage =
-    "usage: kvpager-fs STORE MOUNTPOINT [-f] [-d] [-o OPTION[,OPTION...]] [--config FILE] [--set KEY=VALUE]...\n"
+std::string indented(std::string_view text, std::string_view indent) {
+  std::string out;
+  for (char c : text) {
+    out += c;
+    if (c == '\n') out += indent;
+  }
+  return out;
+}
+
+const std::string kUsage =
+    std::string("usage: kvpager-fs STORE MOUNTPOINT [-f] [-d] [-o OPTION[,OPTION...]] [--config FILE] [--set KEY=VALUE]...\n"
     "\n"
     "Mounts the kvpager token store STORE at MOUNTPOINT:\n"
     "  /contexts/<name>/{kv,info,chunks/<i>}   contexts (rm -r removes one)\n"
@@ -49,15 +61,18 @@ const char* kUsage =
     "\n"
     "  -f            stay in the foreground (default: background once mounted)\n"
     "  -d            foreground, and log every FUSE request (libfuse debug)\n"
-    "  -o OPTIONS    comma-separated: namespace=NS (the store namespace shown; default \"\"),\n"
-    "                entry_timeout=S, attr_timeout=S (kernel caching of the contexts tree; default 10,\n"
-    "                changes are invalidated at once anyway), read_window=N (chunks read ahead of a\n"
-    "                reader; default 8), allow_other (other users may enter; modes still apply), ro,\n"
-    "                and any libfuse mount option\n"
+    "  -o OPTIONS    comma-separated:\n") +
+    "                " + indented(fs::kMountOptionsHelp, "                ") + "\n" +
     "  --config FILE, --set KEY=VALUE   configuration (runtime_dir, chunk_size, store.queue_depth,\n"
     "                nvme_capacity, ...), as for kvpager; KVPAGER_* environment applies too\n"
     "\n"
     "Unmount: fusermount3 -u MOUNTPOINT (or kvpager umount MOUNTPOINT), or SIGTERM.\n";
+
+// Bad usage that the usage text does not help with: the message, exit 2.
+[[noreturn]] void refuse(const std::string& msg) {
+  fmt::print(stderr, "kvpager-fs: {}\n", msg);
+  std::exit(kExitUsage);
+}
 
 [[noreturn]] void usage_error(const std::string& msg) {
   fmt::print(stderr, "kvpager-fs: {}\n{}", msg, kUsage);
@@ -167,12 +182,20 @@ int main(int argc, char** argv) {
     fmt::print(stderr, "kvpager-fs: {}\n", e.what());
     return kExitUsage;
   }
+  // A second mount on top would hide the first, and unmounting would
+  // remove only one of them.
+  if (tools::mounts_at(a.mountpoint) > 0)
+    refuse(fmt::format("{} is already a mount point (kvpager umount {} first, or choose another directory)",
+                       a.mountpoint, a.mountpoint));
   struct stat st {};
   if (stat(a.mountpoint.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
     usage_error(fmt::format("mount point {}: {}", a.mountpoint,
                             errno == 0 || S_ISDIR(st.st_mode) ? "not a directory" : std::strerror(errno)));
+  // A typo must not mount a new, empty store. An existing empty directory
+  // becomes one (imports write to it).
+  if (auto why = tools::missing_store(a.store, "STORE; for kvpager mount: store_dir / --store")) refuse(*why);
   if (stat(a.store.c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) usage_error(fmt::format("store {}: not a directory", a.store));
-  opt.store_dir = a.store;  // made absolute once the store exists (it may be new)
+  opt.store_dir = a.store;  // made absolute once the store is open (it may be new)
   opt.ns = a.ns;
   opt.read_only = a.read_only;
   opt.allow_other = a.allow_other;
@@ -185,7 +208,7 @@ int main(int argc, char** argv) {
 
   std::unique_ptr<fs::TokenFs> tokenfs;
   try {
-    tokenfs = std::make_unique<fs::TokenFs>(opt);  // creates a missing store, as kvpager store does
+    tokenfs = std::make_unique<fs::TokenFs>(opt);
   } catch (const ConfigError& e) {
     fmt::print(stderr, "kvpager-fs: {}\n", e.what());
     return kExitUsage;

@@ -143,17 +143,20 @@ std::set<std::string> list(const std::string& dir) {
   return out;
 }
 
-bool is_mounted(const std::string& dir) {
+// Mounts at dir now (2 or more: stacked).
+int mount_count(const std::string& dir) {
   std::ifstream in("/proc/self/mountinfo");
   std::string line;
+  int n = 0;
   while (std::getline(in, line)) {
     std::istringstream f(line);
     std::string x[5];
     for (auto& s : x) f >> s;
-    if (x[4] == dir) return true;
+    if (x[4] == dir) ++n;
   }
-  return false;
+  return n;
 }
+bool is_mounted(const std::string& dir) { return mount_count(dir) > 0; }
 
 // Waits for cond, up to `limit` (stretched under the sanitizers).
 template <typename F>
@@ -238,6 +241,9 @@ class FsMount : public ::testing::Test {
   void TearDown() override {
     unmount();
     demos_.clear();
+    // Whatever else a failed test left mounted there (background daemons end with their mount).
+    for (int i = 0; i < 4 && !mnt_.empty() && is_mounted(mnt_); ++i)
+      kvpager::testing::run_process({"/bin/fusermount3", "-u", "-z", mnt_}, {}, 20);
   }
 
   ProcessResult kvpager(std::vector<std::string> args, double timeout_s = 120) {
@@ -608,6 +614,7 @@ TEST_F(FsMount, AContextALivePagerPublishesAppearsAndRemovalIsRefusedWhilePinned
 
 TEST_F(FsMount, AWriteToControlReachesALiveDemoAndABadValueChangesNothing) {
   const pid_t one = start_demo(), two = start_demo();
+  fsys::create_directories(store_);  // no contexts: an empty directory becomes the store
   mount();
   const std::string p1 = std::to_string(one), p2 = std::to_string(two);
   EXPECT_TRUE(eventually([&] { return list(path("/processes")) == std::set<std::string>{p1, p2}; }, 5s));
@@ -982,6 +989,70 @@ TEST_F(FsMount, KvpagerMountAndUmountWrapTheDaemon) {
   r = run({KVPAGER_FS_BIN, store_, mnt_, "-o", "read_window=lots"}, runtime_);
   EXPECT_EQ(r.exit_code, 2) << show(r);
   EXPECT_FALSE(is_mounted(mnt_));
+}
+
+// A typo in the store directory must not mount a new, empty store.
+TEST_F(FsMount, AStoreDirectoryThatDoesNotExistIsRefusedNotCreated) {
+  const std::string typo = tmp_.path() + "/typo";
+  ProcessResult r = run({KVPAGER_FS_BIN, typo, mnt_}, runtime_);
+  EXPECT_EQ(r.exit_code, 2) << show(r);
+  EXPECT_NE(r.err.find("no store at " + typo + ": it does not exist"), std::string::npos) << show(r);
+  r = kvpager({"mount", "--store", typo, mnt_});
+  EXPECT_EQ(r.exit_code, 2) << show(r);
+  EXPECT_NE(r.err.find("no store at " + typo + ": it does not exist"), std::string::npos) << show(r);
+  EXPECT_NE(r.err.find("store_dir / --store"), std::string::npos) << show(r);
+  EXPECT_FALSE(is_mounted(mnt_));
+  EXPECT_FALSE(fsys::exists(typo));
+  // An existing empty directory becomes a store.
+  fsys::create_directories(store_);
+  mount();
+  EXPECT_TRUE(list(path("/contexts")).empty());
+  EXPECT_TRUE(fsys::exists(store_ + "/objects"));
+}
+
+// A second mount on top would hide the first; umount would then remove
+// one and report success with MNT still mounted.
+TEST_F(FsMount, MountingTwiceIsRefusedAndUmountNeverClaimsSuccessWhileMounted) {
+  write_pattern(tmp_.path() + "/in", 5000, 16);
+  put(tmp_.path() + "/in", "x");
+  mount();
+  ProcessResult r = kvpager({"mount", "--store", store_, mnt_});
+  EXPECT_EQ(r.exit_code, 2) << show(r);
+  EXPECT_NE(r.err.find(mnt_ + " is already a mount point"), std::string::npos) << show(r);
+  r = run({KVPAGER_FS_BIN, store_, mnt_}, runtime_);
+  EXPECT_EQ(r.exit_code, 2) << show(r);
+  EXPECT_NE(r.err.find(mnt_ + " is already a mount point"), std::string::npos) << show(r);
+  EXPECT_EQ(mount_count(mnt_), 1);
+  EXPECT_TRUE(same_bytes(tmp_.path() + "/in", path("/contexts/x/kv"))) << "the first mount still serves";
+
+  // Mounts stacked by something else (a bind mount on top; root only).
+  const std::string other = tmp_.path() + "/other";
+  fsys::create_directories(other);
+  r = kvpager::testing::run_process({"/bin/mount", "--bind", other, mnt_}, {}, 20);
+  if (r.exit_code != 0) GTEST_SKIP() << "cannot stack a bind mount here (not root?): " << show(r);
+  ASSERT_EQ(mount_count(mnt_), 2);
+  r = kvpager({"umount", mnt_});
+  EXPECT_EQ(r.exit_code, 1) << show(r);
+  EXPECT_NE(r.err.find(mnt_ + " is still mounted"), std::string::npos) << show(r);
+  EXPECT_EQ(mount_count(mnt_), 1);
+  r = kvpager({"umount", mnt_});
+  EXPECT_EQ(r.exit_code, 0) << show(r);
+  EXPECT_FALSE(is_mounted(mnt_));
+}
+
+// Every -o option kvpager-fs takes is in its usage and in `kvpager mount --help`.
+TEST(FsHelp, EveryMountOptionIsInBothHelps) {
+  TempDir tmp;
+  const ProcessResult fs = run({KVPAGER_FS_BIN, "--help"}, tmp.path());
+  const ProcessResult cli = run({KVPAGER_BIN, "mount", "--help"}, tmp.path());
+  ASSERT_EQ(fs.exit_code, 0) << show(fs);
+  ASSERT_EQ(cli.exit_code, 0) << show(cli);
+  // The keys kvpager_fs_main.cpp's take_mount_options() handles itself.
+  for (const char* o : {"namespace=NS", "entry_timeout=S", "attr_timeout=S", "read_window=N", "allow_other", " ro,",
+                        "any libfuse mount option"}) {
+    EXPECT_NE(fs.out.find(o), std::string::npos) << o << " missing from kvpager-fs --help:\n" << fs.out;
+    EXPECT_NE(cli.out.find(o), std::string::npos) << o << " missing from kvpager mount --help:\n" << cli.out;
+  }
 }
 
 // The export form through the CLI alone (no mount needed): what `store get

@@ -1,12 +1,18 @@
 // `kvpager store ...` end to end: the binary, its output and exit codes
 // (0 ok, 1 runtime failure, 2 bad usage).
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
 
 #include "kvpager/store/format.h"
 #include "store_test_util.h"
@@ -40,6 +46,19 @@ void write_file(const std::string& path, const std::vector<std::byte>& data) {
   ASSERT_TRUE(f) << path;
   EXPECT_EQ(std::fwrite(data.data(), 1, data.size(), f), data.size());
   std::fclose(f);
+}
+
+std::vector<std::byte> bytes_of(std::string_view t) {
+  auto b = std::as_bytes(std::span(t.data(), t.size()));
+  return {b.begin(), b.end()};
+}
+
+// Every name in dir (not recursive; links, FIFOs and devices too), sorted.
+std::vector<std::string> names_in(const std::string& dir) {
+  std::vector<std::string> out;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) out.push_back(e.path().filename().string());
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 std::vector<std::byte> read_file(const std::string& path) {
@@ -142,4 +161,166 @@ TEST(StoreCli, BenchReportsThroughput) {
   EXPECT_GT(j["rewrite_gbps"].get<double>(), 0.0);
   EXPECT_GT(j["read_gbps"].get<double>(), 0.0);
   EXPECT_TRUE(files_under(d.sub("s/objects")).empty()) << "the bench cleans up after itself";
+}
+
+// `store get NAME FILE` writes FILE and nothing else: not a file that
+// happens to carry the old temporary's name, not what a symlink there points
+// to; a FIFO or device given as FILE is written into, never replaced.
+TEST(StoreCli, GetNeverTouchesAFileThatIsNotOurs) {
+  TempDir d;
+  const std::string s = d.sub("store");
+  auto data = pattern(7, 3 * 1024 * 1024 + 5);
+  write_file(d.sub("in.bin"), data);
+  // Context "bad": its chunks corrupted, so that its get fails.
+  ASSERT_EQ(run_cli("store put " + d.sub("in.bin") + " --context bad --store " + s).code, 0);
+  auto objects = files_under(s + "/objects");
+  ASSERT_EQ(objects.size(), 2u);
+  for (const auto& f : objects) ASSERT_TRUE(flip_byte(s + "/objects/" + f, 5000));
+  ASSERT_EQ(run_cli("store put " + d.sub("in.bin") + " --context c --store " + s).code, 0);
+
+  // A user's file named like the old temporary survives a failed get, and
+  // so does FILE.
+  write_file(d.sub("o.kvpager-partial"), bytes_of("important"));
+  write_file(d.sub("o"), bytes_of("old"));
+  CliRun r = run_cli("store get bad " + d.sub("o") + " --store " + s);
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_EQ(read_file(d.sub("o.kvpager-partial")), bytes_of("important"));
+  EXPECT_EQ(read_file(d.sub("o")), bytes_of("old")) << "a failed get leaves FILE as it was";
+
+  // A symlink where the old temporary went: its target is not written.
+  write_file(d.sub("victim"), bytes_of("victim"));
+  ASSERT_EQ(symlink("victim", d.sub("o2.kvpager-partial").c_str()), 0);
+  r = run_cli("store get c " + d.sub("o2") + " --store " + s);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(read_file(d.sub("victim")), bytes_of("victim"));
+  EXPECT_EQ(read_file(d.sub("o2")), data);
+
+  // FILE a symlink: the target gets the bytes, the link stays.
+  write_file(d.sub("target"), bytes_of("old"));
+  ASSERT_EQ(symlink("target", d.sub("link").c_str()), 0);
+  r = run_cli("store get c " + d.sub("link") + " --store " + s);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(std::filesystem::is_symlink(d.sub("link")));
+  EXPECT_EQ(read_file(d.sub("target")), data);
+
+  // FILE a FIFO: written into (a reader gets the bytes), still a FIFO.
+  ASSERT_EQ(mkfifo(d.sub("fifo").c_str(), 0600), 0);
+  r = run_cli("store get c " + d.sub("fifo") + " --store " + s + " & timeout 60 cat " + d.sub("fifo") + " > " + d.sub("from-fifo") +
+              "; wait $!");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(read_file(d.sub("from-fifo")), data);
+  struct stat st{};
+  ASSERT_EQ(lstat(d.sub("fifo").c_str(), &st), 0);
+  EXPECT_TRUE(S_ISFIFO(st.st_mode));
+
+  // FILE a character device: a null device of our own where we may make
+  // one (root), else /dev/null itself (then we cannot replace it anyway).
+  std::string null_dev = d.sub("null");
+  if (mknod(null_dev.c_str(), S_IFCHR | 0666, makedev(1, 3)) != 0) null_dev = "/dev/null";
+  r = run_cli("store get c " + null_dev + " --store " + s);
+  EXPECT_EQ(r.code, 0) << r.out;
+  ASSERT_EQ(lstat(null_dev.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISCHR(st.st_mode)) << null_dev << " is still a device";
+
+  // Nothing else appeared: no temporaries left behind.
+  std::vector<std::string> want{"fifo",   "from-fifo", "in.bin", "link",   "o", "o.kvpager-partial", "o2",
+                                "o2.kvpager-partial", "store", "target", "victim"};
+  if (null_dev != "/dev/null") want.push_back("null");
+  std::sort(want.begin(), want.end());
+  EXPECT_EQ(names_in(d.path()), want);
+}
+
+TEST(StoreCli, GetToDevStdoutIsStandardOutput) {
+  TempDir d;
+  const std::string s = d.sub("store");
+  auto data = pattern(8, 1024 * 1024 + 3);
+  write_file(d.sub("in.bin"), data);
+  ASSERT_EQ(run_cli("store put " + d.sub("in.bin") + " --context c --store " + s).code, 0);
+  for (const char* out : {"-", "/dev/stdout"}) {
+    CliRun r = run_cli("store get c " + std::string(out) + " --store " + s + " > " + d.sub("via-stdout"));
+    EXPECT_EQ(r.code, 0) << out << ": " << r.out;
+    EXPECT_EQ(read_file(d.sub("via-stdout")), data) << out;
+  }
+}
+
+// A typo in --store must not pass for a new, empty store.
+TEST(StoreCli, CommandsThatReadRefuseAStoreThatDoesNotExist) {
+  TempDir d;
+  const std::string typo = d.sub("typo");
+  for (const std::string& cmd :
+       std::vector<std::string>{"ls", "ls --json", "get c " + d.sub("out"), "rm c", "fsck", "fsck --repair"}) {
+    CliRun r = run_cli("store --store " + typo + " " + cmd);
+    EXPECT_EQ(r.code, 2) << cmd << ": " << r.out;
+    EXPECT_NE(r.out.find("no store at " + typo + ": it does not exist (store_dir / --store)"), std::string::npos)
+        << cmd << ": " << r.out;
+    EXPECT_FALSE(std::filesystem::exists(typo)) << cmd << " created it";
+  }
+  EXPECT_FALSE(std::filesystem::exists(d.sub("out")));
+  // An existing empty directory is a store with nothing in it; put creates one.
+  std::filesystem::create_directory(d.sub("empty"));
+  CliRun r = run_cli("store --store " + d.sub("empty") + " ls");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("no contexts"), std::string::npos) << r.out;
+  write_file(d.sub("in.bin"), pattern(9, 100));
+  EXPECT_EQ(run_cli("store put " + d.sub("in.bin") + " --context c --store " + d.sub("new")).code, 0);
+  EXPECT_EQ(run_cli("store --store " + d.sub("new") + " get c " + d.sub("out")).code, 0);
+}
+
+TEST(StoreCli, PutOntoAnExistingNameSaysItReplacesIt) {
+  TempDir d;
+  const std::string s = d.sub("store");
+  write_file(d.sub("a"), pattern(10, 3000));
+  write_file(d.sub("b"), pattern(11, 5000));
+  CliRun r = run_cli("store put " + d.sub("a") + " --context c --store " + s);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("stored context 'c'"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("replaced"), std::string::npos) << r.out;
+  r = run_cli("store put " + d.sub("b") + " --context c --store " + s);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("replaced context 'c' (was 3000 bytes, generation "), std::string::npos) << r.out;
+  r = run_cli("store get c " + d.sub("out") + " --store " + s);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(read_file(d.sub("out")), pattern(11, 5000));
+  r = run_cli("store put --help");
+  EXPECT_NE(r.out.find("replaced"), std::string::npos) << r.out;
+}
+
+// Names are any bytes but NUL; a terminal must not act on them.
+TEST(StoreCli, HumanOutputEscapesControlCharactersAndJsonKeepsThem) {
+  TempDir d;
+  const std::string s = d.sub("store");
+  write_file(d.sub("in"), pattern(12, 100));
+  const std::string name = "a\x01" "b\nc\x1b[2J";
+  const std::string shown = "a\\x01b\\nc\\x1b[2J";
+  // printf in the shell makes the bytes (popen's /bin/sh has no $'...').
+  const std::string arg = "\"$(printf 'a\\001b\\nc\\033[2J')\"";
+  CliRun r = run_cli("store put " + d.sub("in") + " --context " + arg + " --store " + s);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("stored context '" + shown + "'"), std::string::npos) << r.out;
+  r = run_cli("store ls --store " + s);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find(shown), std::string::npos) << r.out;
+  for (const CliRun& out : {r, run_cli("store rm nothere" + arg + " --store " + s)}) {
+    EXPECT_EQ(out.out.find('\x01'), std::string::npos) << out.out;
+    EXPECT_EQ(out.out.find('\x1b'), std::string::npos) << out.out;
+  }
+  r = run_cli("store ls --json --store " + s);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(nlohmann::json::parse(r.out)[0]["name"], name);
+  r = run_cli("store rm " + arg + " --store " + s);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("removed context '" + shown + "'"), std::string::npos) << r.out;
+}
+
+TEST(StoreCli, BenchRefusesASizeThatIsNotWholeChunks) {
+  TempDir d;
+  CliRun r = run_cli("store bench --size 1 --store " + d.sub("s"));
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("at least one chunk (2M"), std::string::npos) << r.out;
+  r = run_cli("store bench --size 3M --store " + d.sub("s"));
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("not a whole number of chunks (2M"), std::string::npos) << r.out;
+  r = run_cli("store bench --size lots --store " + d.sub("s"));
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_FALSE(std::filesystem::exists(d.sub("s"))) << "refused before the store is touched";
 }

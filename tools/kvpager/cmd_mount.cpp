@@ -10,11 +10,11 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <thread>
 
 #include "cli.h"
+#include "common/user_paths.h"
+#include "kvpager/fs/mount_options.h"
 
 namespace kvpager::cli {
 
@@ -35,31 +35,6 @@ std::string find_kvpager_fs() {
     }
   }
   return "kvpager-fs";  // execvp searches PATH
-}
-
-// Whether `dir` is a mount point now (/proc/self/mountinfo, field 5).
-bool mounted(const std::string& dir) {
-  std::error_code ec;
-  const std::string want = fsys::weakly_canonical(dir, ec).string();
-  std::ifstream in("/proc/self/mountinfo");
-  std::string line;
-  while (std::getline(in, line)) {
-    std::istringstream fields(line);
-    std::string f[5];
-    for (auto& x : f) fields >> x;
-    // Mount points with spaces are escaped as \040.
-    std::string point;
-    for (size_t i = 0; i < f[4].size(); ++i) {
-      if (f[4][i] == '\\' && i + 3 < f[4].size()) {
-        point += static_cast<char>(std::stoi(f[4].substr(i + 1, 3), nullptr, 8));
-        i += 3;
-      } else {
-        point += f[4][i];
-      }
-    }
-    if (point == want) return true;
-  }
-  return false;
 }
 
 struct MountArgs {
@@ -100,7 +75,8 @@ struct MountArgs {
 }
 
 void umount(const MountArgs& a) {
-  if (!mounted(a.mountpoint)) throw RuntimeError(fmt::format("{} is not mounted", a.mountpoint));
+  const int before = tools::mounts_at(a.mountpoint);
+  if (before == 0) throw RuntimeError(fmt::format("{} is not mounted", a.mountpoint));
   pid_t pid = fork();
   if (pid < 0) throw RuntimeError(fmt::format("fork: {}", std::strerror(errno)));
   if (pid == 0) {
@@ -116,7 +92,14 @@ void umount(const MountArgs& a) {
     throw RuntimeError(fmt::format("fusermount3 -u {} failed (files still open? `kvpager umount --lazy` detaches it "
                                    "now and unmounts when they close)",
                                    a.mountpoint));
-  for (int i = 0; i < 100 && mounted(a.mountpoint); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  int left = before;
+  for (int i = 0; i < 100 && (left = tools::mounts_at(a.mountpoint)) >= before; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  // Stacked mounts: fusermount3 removed the top one only. Success would be a lie.
+  if (left > 0)
+    throw RuntimeError(fmt::format("{} is still mounted ({} mount(s) left there; fusermount3 -u removes the top one): "
+                                   "run kvpager umount {} again",
+                                   a.mountpoint, left, a.mountpoint));
 }
 
 }  // namespace
@@ -125,12 +108,12 @@ void add_mount_commands(CLI::App& app, Globals& g) {
   static MountArgs a;
   auto* m = app.add_subcommand("mount",
                                "Mount the token filesystem (kvpager-fs): contexts as files, live stats and controls.\n"
-                               "Runs in the background once mounted, unless -f. See docs/fs.md");
+                               "Runs in the background once mounted, unless -f. The store must exist; a mount point\n"
+                               "that is already mounted is refused. See docs/fs.md");
   m->add_option("MOUNTPOINT", a.mountpoint, "An existing directory")->required()->check(CLI::ExistingDirectory);
   m->add_option("--store", a.store, "Store directory (default: store_dir from the configuration)");
   m->add_flag("-f,--foreground", a.foreground, "Stay in the foreground");
-  m->add_option("-o,--options", a.options,
-                "Mount options: namespace=NS, allow_other, ro, entry_timeout=S, read_window=N, libfuse options")
+  m->add_option("-o,--options", a.options, std::string("Mount options, comma-separated:\n") + fs::kMountOptionsHelp)
       ->allow_extra_args(false);  // one value per -o, as for mount(8)
   m->callback([&g] { mount(g, a); });
 

@@ -14,6 +14,7 @@
 #include <map>
 #include <thread>
 
+#include "common/printable.h"
 #include "live.h"
 
 namespace kvpager::cli {
@@ -43,7 +44,7 @@ std::string header() {
   return fmt::format(kHeader, "PID", "COMMAND", "BUDGET", "HBM", "HOST", "NVME", "HIT%", "PF-ACC", "STALL");
 }
 std::string row_text(const PagerRow& r) {
-  return fmt::format(kHeader, r.pid, clip(short_command(r.command), 24), bytes(r.budget), bytes(r.hbm), bytes(r.host), bytes(r.nvme),
+  return fmt::format(kHeader, r.pid, clip(tools::printable(short_command(r.command)), 24), bytes(r.budget), bytes(r.hbm), bytes(r.host), bytes(r.nvme),
                      pct(r.hit_rate), pct(r.prefetch_accuracy), secs(r.stall_ns));
 }
 
@@ -118,7 +119,7 @@ void print_details(const json& stats_reply, const json& config, const json& cont
   for (const auto& c : contexts) {
     const json& tb = field(c, "tier_bytes");
     std::string flags = std::string(c.value("parked", false) ? "parked " : "") + (c.value("pinned", false) ? "pinned" : "");
-    fmt::print("  {:<24} {:>12} {:>12} {:>12} {:>12}  {}\n", clip(text(c, "name"), 24),
+    fmt::print("  {:<24} {:>12} {:>12} {:>12} {:>12}  {}\n", clip(tools::printable(text(c, "name")), 24),
                bytes(c.value("size_bytes", uint64_t{0})), bytes(tb.value("hbm", uint64_t{0})),
                bytes(tb.value("host", uint64_t{0})), bytes(tb.value("nvme", uint64_t{0})), flags);
   }

@@ -15,6 +15,9 @@
 #include <optional>
 
 #include "cli.h"
+#include "common/output_file.h"
+#include "common/printable.h"
+#include "common/user_paths.h"
 #include "kvpager/fs/export_format.h"
 #include "kvpager/store/token_store.h"
 
@@ -23,6 +26,7 @@ namespace kvpager::cli {
 namespace {
 
 using store::TokenStore;
+using tools::printable;
 
 struct StoreArgs {
   std::string dir;  // --store; "" = store_dir from the configuration
@@ -44,15 +48,23 @@ struct StoreArgs {
   bool bench_copy = false;
 };
 
-std::unique_ptr<TokenStore> open_store(const Globals& g, const StoreArgs& a, bool read_only_ok, bool durable = false) {
+// What a command does with the store: kRead and kChange need one that is
+// there (a typo in --store must not pass for a new, empty store); kRead
+// settles for reading someone else's; kCreate makes a missing one.
+enum class Use { kRead, kChange, kCreate };
+
+std::unique_ptr<TokenStore> open_store(const Globals& g, const StoreArgs& a, Use use, bool durable = false) {
   Config cfg = g.config();
   store::StoreOptions o = store::StoreOptions::from_config(cfg);
   if (!a.dir.empty()) o.dir = a.dir;
   o.durable = durable;
+  if (use != Use::kCreate) {
+    if (auto why = tools::missing_store(o.dir, "store_dir / --store")) throw ConfigError(*why);
+  }
   try {
     return std::make_unique<TokenStore>(o);
   } catch (const ConfigError&) {
-    if (!read_only_ok || access(o.dir.c_str(), F_OK) != 0) throw;
+    if (use != Use::kRead || access(o.dir.c_str(), F_OK) != 0) throw;
     o.read_only = true;  // e.g. someone else's store we may only read
     return std::make_unique<TokenStore>(o);
   }
@@ -143,7 +155,7 @@ void cmd_put(const Globals& g, const StoreArgs& a) {
   struct stat st{};
   const uint64_t total = fstat(fd, &st) == 0 && S_ISREG(st.st_mode) ? static_cast<uint64_t>(st.st_size) : 0;
 
-  auto s = open_store(g, a, false, /*durable=*/true);  // what a user puts by hand survives a power cut
+  auto s = open_store(g, a, Use::kCreate, /*durable=*/true);  // what a user puts by hand survives a power cut
   const uint64_t chunk = s->options().max_io_bytes;
   std::vector<std::byte> buf(chunk);
   ssize_t first = read_full(fd, buf.data(), buf.size());
@@ -157,6 +169,7 @@ void cmd_put(const Globals& g, const StoreArgs& a) {
   // flags given here win, and the name is --context's or the export's.
   std::unique_ptr<store::ContextWriter> w;
   std::string stored_name;
+  std::optional<store::Manifest> replaced;  // the context of that name before this put
   auto writer = [&](const fs::ExportHeader* h) -> store::ContextWriter& {
     if (!w) {
       store::ContextMeta m = meta;
@@ -170,6 +183,8 @@ void cmd_put(const Globals& g, const StoreArgs& a) {
       if (m.name.empty() || m.name.size() > store::kMaxNameBytes)
         throw RuntimeError(fmt::format("{}: the export names no context; give --context", a.file));
       stored_name = m.name;
+      store::Manifest old;
+      if (ok(s->read_manifest(m.ns, m.name, &old))) replaced = std::move(old);
       w = s->begin_context(std::move(m));
     }
     return *w;
@@ -211,39 +226,37 @@ void cmd_put(const Globals& g, const StoreArgs& a) {
     throw RuntimeError(fmt::format("{} is not a valid context export ({}); nothing was stored", a.file, bad));
   }
   if (ok(status)) status = w->commit();
-  if (!ok(status)) throw RuntimeError(fail_msg(*s, fmt::format("storing context '{}'", stored_name), status));
-  fmt::print("stored context '{}': {} in {} chunk(s){}\n", stored_name, human_bytes(static_cast<double>(w->bytes())),
-             w->chunks(), is_export ? " (an export: every chunk verified)" : "");
+  if (!ok(status))
+    throw RuntimeError(fail_msg(*s, fmt::format("storing context '{}'", printable(stored_name)), status));
+  // Replacing is how a context is updated; say so, so that it is never a surprise.
+  const std::string verb =
+      replaced ? fmt::format("replaced context '{}' (was {} bytes, generation {:016x})", printable(stored_name),
+                             replaced->total_bytes(), replaced->meta.generation)
+               : fmt::format("stored context '{}'", printable(stored_name));
+  fmt::print("{}: {} in {} chunk(s){}\n", verb, human_bytes(static_cast<double>(w->bytes())), w->chunks(),
+             is_export ? " (an export: every chunk verified)" : "");
 }
 
 void cmd_get(const Globals& g, const StoreArgs& a) {
-  auto s = open_store(g, a, true);
+  auto s = open_store(g, a, Use::kRead);
+  const std::string name = printable(a.name);
   store::Manifest m;
   Status st = s->read_manifest(a.ns, a.name, &m);
-  if (st == Status::kNotFound) throw RuntimeError(fmt::format("no context '{}' in {}", a.name, s->dir()));
-  if (!ok(st)) throw RuntimeError(fail_msg(*s, fmt::format("reading context '{}'", a.name), st));
+  if (st == Status::kNotFound) throw RuntimeError(fmt::format("no context '{}' in {}", name, s->dir()));
+  if (!ok(st)) throw RuntimeError(fail_msg(*s, fmt::format("reading context '{}'", name), st));
 
-  const bool to_stdout = a.out == "-";
-  // Written under a temporary name and renamed: a failed get leaves no
-  // partial FILE behind.
-  const std::string tmp = a.out + ".kvpager-partial";
-  int fd = to_stdout ? STDOUT_FILENO : open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw RuntimeError(fmt::format("cannot create {}: {}", tmp, std::strerror(errno)));
+  // A file is written beside FILE and renamed onto it: a failed get leaves
+  // FILE as it was. A device or FIFO is written into (common/output_file.h).
+  tools::OutputFile out;
+  std::string err;
+  if (!out.open(a.out, &err)) throw RuntimeError(err);
   Progress progress("get", m.total_bytes());
   uint64_t done = 0;
   int werr = 0;
   auto write_out = [&](std::span<const std::byte> p) {
-    size_t off = 0;
-    while (off < p.size()) {
-      ssize_t n = write(fd, p.data() + off, p.size() - off);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        werr = n < 0 ? errno : EIO;
-        return Status::kIoError;
-      }
-      off += static_cast<size_t>(n);
-    }
-    return Status::kOk;
+    if (out.write(p)) return Status::kOk;
+    werr = errno;
+    return Status::kIoError;
   };
   if (a.export_file) {
     // The self-describing form (fusefs/fs/include/kvpager/fs/export_format.h):
@@ -276,29 +289,21 @@ void cmd_get(const Globals& g, const StoreArgs& a) {
     st = Status::kBusy;
     werr = 0;
   }
-  if (!to_stdout) {
-    if (close(fd) != 0 && ok(st)) {
-      werr = errno;
-      st = Status::kIoError;
-    }
-    if (ok(st) && rename(tmp.c_str(), a.out.c_str()) != 0) {
-      werr = errno;
-      st = Status::kIoError;
-    }
-    if (!ok(st)) unlink(tmp.c_str());
-  }
-  if (werr) throw RuntimeError(fmt::format("writing {}: {}", a.out, std::strerror(werr)));
+  const bool to_descriptor = out.descriptor();  // stdout: no "wrote" line in the same stream
+  if (ok(st) && !out.commit(&err)) throw RuntimeError(err);
+  out.discard();  // after a failure: FILE stays as it was
+  if (werr) throw RuntimeError(fmt::format("writing {}: {}", out.target(), std::strerror(werr)));
   if (st == Status::kBusy)
-    throw RuntimeError(fmt::format("context '{}' was replaced while it was exported; try again", a.name));
+    throw RuntimeError(fmt::format("context '{}' was replaced while it was exported; try again", name));
   if (st == Status::kNotFound)
     throw RuntimeError(fmt::format("context '{}' in {} is incomplete (a chunk is missing); run `kvpager store fsck`",
-                                   a.name, s->dir()));
-  if (!ok(st)) throw RuntimeError(fail_msg(*s, fmt::format("reading context '{}'", a.name), st));
-  if (!to_stdout) fmt::print(stderr, "wrote {} to {}\n", human_bytes(static_cast<double>(done)), a.out);
+                                   name, s->dir()));
+  if (!ok(st)) throw RuntimeError(fail_msg(*s, fmt::format("reading context '{}'", name), st));
+  if (!to_descriptor) fmt::print(stderr, "wrote {} to {}\n", human_bytes(static_cast<double>(done)), out.target());
 }
 
 void cmd_ls(const Globals& g, const StoreArgs& a) {
-  auto s = open_store(g, a, true);
+  auto s = open_store(g, a, Use::kRead);
   auto list = s->list_contexts();
   const uint64_t now = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                                  std::chrono::system_clock::now().time_since_epoch())
@@ -332,10 +337,10 @@ void cmd_ls(const Globals& g, const StoreArgs& a) {
   uint64_t total = 0;
   for (const auto& e : list) {
     total += e.bytes;
-    std::string name = e.meta.name;
+    std::string name = printable(e.meta.name);
     if (e.missing_chunks) name += " (incomplete)";
     fmt::print("{:<28} {:<14} {:>11} {:>7} {:>9} {:<19} {:>9} {:<4} {:>8}  uid {} pid {}\n", name,
-               e.meta.ns.empty() ? "-" : e.meta.ns, human_bytes(static_cast<double>(e.bytes)), e.chunks,
+               e.meta.ns.empty() ? "-" : printable(e.meta.ns), human_bytes(static_cast<double>(e.bytes)), e.chunks,
                e.meta.token_count ? fmt::format("{}", e.meta.token_count) : "-", when(e.last_access_ns),
                short_duration(now > e.last_access_ns ? now - e.last_access_ns : 0),
                e.meta.pinned ? "yes" : "-", e.meta.ttl_ns ? short_duration(e.meta.ttl_ns) : "-", e.meta.owner_uid,
@@ -346,15 +351,16 @@ void cmd_ls(const Globals& g, const StoreArgs& a) {
 }
 
 void cmd_rm(const Globals& g, const StoreArgs& a) {
-  auto s = open_store(g, a, false);
+  auto s = open_store(g, a, Use::kChange);
+  const std::string name = printable(a.name);
   Status st = s->remove_context(a.ns, a.name);
-  if (st == Status::kNotFound) throw RuntimeError(fmt::format("no context '{}' in {}", a.name, s->dir()));
-  if (!ok(st)) throw RuntimeError(fail_msg(*s, fmt::format("removing context '{}'", a.name), st));
-  fmt::print("removed context '{}'\n", a.name);
+  if (st == Status::kNotFound) throw RuntimeError(fmt::format("no context '{}' in {}", name, s->dir()));
+  if (!ok(st)) throw RuntimeError(fail_msg(*s, fmt::format("removing context '{}'", name), st));
+  fmt::print("removed context '{}'\n", name);
 }
 
 void cmd_fsck(const Globals& g, Globals& gm, const StoreArgs& a) {
-  auto s = open_store(g, a, !a.repair);
+  auto s = open_store(g, a, a.repair ? Use::kChange : Use::kRead);
   std::optional<Progress> progress;
   auto report = s->fsck(a.repair, [&](uint64_t done, uint64_t total) {
     if (!progress) progress.emplace("checked objects", total);
@@ -379,7 +385,7 @@ void cmd_fsck(const Globals& g, Globals& gm, const StoreArgs& a) {
     fmt::print("{}\n", out.dump(2));
   } else {
     const size_t shown = std::min<size_t>(report.problems.size(), 50);
-    for (size_t i = 0; i < shown; ++i) fmt::print("{}\n", report.problems[i]);
+    for (size_t i = 0; i < shown; ++i) fmt::print("{}\n", printable(report.problems[i]));
     if (report.problems.size() > shown) fmt::print("... and {} more\n", report.problems.size() - shown);
     fmt::print("{}: {} object(s) ({}) and {} manifest(s) checked: {} bad object(s), {} bad manifest(s), {} missing, "
                "{} orphan(s), {} dead writer(s){}\n",
@@ -396,9 +402,20 @@ void cmd_fsck(const Globals& g, Globals& gm, const StoreArgs& a) {
 }
 
 void cmd_bench(const Globals& g, const StoreArgs& a) {
+  // Whole chunks, as the movers write them: a size the bench would round
+  // is refused, so that the report is about the bytes asked for.
+  const uint64_t block = store::StoreOptions::from_config(g.config()).max_io_bytes;
   auto size = parse_bytes(a.bench_size);
-  if (!size || *size == 0) throw CLI::ValidationError("--size", fmt::format("'{}' is not a byte size", a.bench_size));
-  auto s = open_store(g, a, false);
+  if (!size) throw CLI::ValidationError("--size", fmt::format("'{}' is not a byte size", a.bench_size));
+  if (*size < block)
+    throw CLI::ValidationError("--size", fmt::format("{}: at least one chunk ({}, chunk_size)", a.bench_size,
+                                                     format_bytes(block)));
+  if (*size % block != 0)
+    throw CLI::ValidationError("--size", fmt::format("{}: not a whole number of chunks ({}, chunk_size); try {} or {}",
+                                                     a.bench_size, format_bytes(block),
+                                                     format_bytes(*size / block * block),
+                                                     format_bytes((*size / block + 1) * block)));
+  auto s = open_store(g, a, Use::kCreate);
   store::BenchOptions o;
   o.total_bytes = *size;
   o.block_bytes = s->options().max_io_bytes;
@@ -444,10 +461,14 @@ void add_store_command(CLI::App& app, Globals& g) {
                                  "`store get` here and `store put` there moves a context between machines.");
   cmd->require_subcommand(1);
   cmd->fallthrough();
-  cmd->add_option("--store", a.dir, "Store directory (default: store_dir from the configuration)");
+  cmd->add_option("--store", a.dir,
+                  "Store directory (default: store_dir from the configuration). It must exist, except for put and "
+                  "bench, which create it");
   cmd->add_option("--namespace", a.ns, "Namespace of the context (model / tenant salt)");
 
-  auto* put = cmd->add_subcommand("put", "Store FILE (or - for stdin) as a context");
+  auto* put = cmd->add_subcommand("put",
+                                  "Store FILE (or - for stdin) as a context. A context of that name is replaced (the way "
+                                  "to update one); the output then says `replaced context NAME (was N bytes, generation G)`");
   put->add_option("FILE", a.file, "File to store")->required()->check(CLI::ExistingFile | CLI::IsMember({"-"}));
   put->add_option("--context", a.context, "Context name (default for an export: the name it carries)");
   put->add_flag("--pin", a.pin, "Never drop it for capacity or TTL");
@@ -457,7 +478,10 @@ void add_store_command(CLI::App& app, Globals& g) {
 
   auto* get = cmd->add_subcommand("get", "Write context NAME to FILE (or - for stdout)");
   get->add_option("NAME", a.name, "Context name")->required();
-  get->add_option("FILE", a.out, "Output file")->required();
+  get->add_option("FILE", a.out,
+                 "Output file: written beside it and renamed onto it (a failed get leaves it as it was); a symlink's "
+                 "target is the file; a device or FIFO (/dev/null) is written into; - or /dev/stdout: standard output")
+      ->required();
   get->add_flag("--export", a.export_file,
                 "Write a self-describing export (settings and checksums, then the bytes): `store put FILE` or a copy "
                 "into a kvpager-fs mount's import/ checks it end to end");
@@ -477,7 +501,8 @@ void add_store_command(CLI::App& app, Globals& g) {
   fsck->callback([&g] { cmd_fsck(g, g, a); });
 
   auto* bench = cmd->add_subcommand("bench", "Write, rewrite and read chunk_size objects at the queue depth (the movers' path)");
-  bench->add_option("--size", a.bench_size, "Bytes to write and read")->capture_default_str();
+  bench->add_option("--size", a.bench_size, "Bytes to write and read: a whole number of chunks (chunk_size)")
+      ->capture_default_str();
   bench->add_flag("--copy", a.bench_copy, "Through caller memory (a memcpy per object) instead of registered buffers");
   bench->add_flag("--json", a.json, "Print JSON");
   bench->callback([&g] { cmd_bench(g, a); });

@@ -5,10 +5,15 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <fstream>
+#include <iterator>
+
+#include "common/output_file.h"
 
 namespace kvpager::replay {
 
@@ -218,25 +223,16 @@ std::string render_svg(const PlotSpec& plot) {
   return s;
 }
 
-std::optional<std::string> write_plot(const std::string& path, const PlotSpec& plot) {
-  auto ends_with = [&](std::string_view suffix) {
-    return path.size() >= suffix.size() && path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0;
-  };
-  if (ends_with(".svg")) {
-    std::ofstream f(path, std::ios::binary);
-    f << render_svg(plot);
-    f.close();
-    if (!f) return fmt::format("{}: cannot write", path);
-    return std::nullopt;
-  }
-  if (!ends_with(".png")) return fmt::format("{}: the plot must be a .svg or .png file", path);
-  if (path.find_first_of("'\"\n") != std::string::npos)
-    return fmt::format("{}: a PNG path may not contain quotes or newlines (gnuplot script)", path);
-  // PNG: data and script for gnuplot in a private temporary directory.
+namespace {
+
+// The PNG, drawn by gnuplot in a private temporary directory (the data, the
+// script and the image), then read back. nullopt or why not.
+std::optional<std::string> render_png(const std::string& path, const PlotSpec& plot, std::string* png) {
   char dir_template[] = "/tmp/kvpager-plot-XXXXXX";
   const char* dir = mkdtemp(dir_template);
   if (!dir) return "cannot create a temporary directory for gnuplot";
-  const std::string data = std::string(dir) + "/curves.dat", script = std::string(dir) + "/plot.gp";
+  const std::string data = std::string(dir) + "/curves.dat", script = std::string(dir) + "/plot.gp",
+                    image = std::string(dir) + "/plot.png";
   {
     std::ofstream d(data);
     for (const Curve& c : plot.curves) {
@@ -245,7 +241,7 @@ std::optional<std::string> write_plot(const std::string& path, const PlotSpec& p
       d << "\n\n";
     }
     std::ofstream g(script);
-    g << "set terminal pngcairo size 1000,600 noenhanced\nset output '" << path << "'\n"
+    g << "set terminal pngcairo size 1000,600 noenhanced\nset output '" << image << "'\n"
       << "set title \"" << plot.title << "\"\nset logscale x\nset xlabel \"" << plot.x_label << "\"\n"
       << "set ylabel 'prefix hit rate (%)'\nset key outside right\nset grid\nset yrange [0:*]\nplot ";
     size_t color = 0;
@@ -260,14 +256,42 @@ std::optional<std::string> write_plot(const std::string& path, const PlotSpec& p
   }
   const std::string cmd = "gnuplot '" + script + "' 2>&1";
   const int rc = std::system(cmd.c_str());
-  std::remove(data.c_str());
-  std::remove(script.c_str());
+  {
+    std::ifstream in(image, std::ios::binary);
+    png->assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  }
+  for (const std::string& f : {data, script, image}) std::remove(f.c_str());
   rmdir(dir);
   if (rc == -1 || !WIFEXITED(rc) || WEXITSTATUS(rc) != 0) {
     if (WIFEXITED(rc) && WEXITSTATUS(rc) == 127)
       return fmt::format("{}: PNG plots need gnuplot (apt-get install gnuplot-nox); or write a .svg", path);
     return fmt::format("{}: gnuplot failed (exit {})", path, WIFEXITED(rc) ? WEXITSTATUS(rc) : -1);
   }
+  if (png->empty()) return fmt::format("{}: gnuplot wrote no image", path);
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<std::string> write_plot(const std::string& path, const PlotSpec& plot) {
+  auto ends_with = [&](std::string_view suffix) {
+    return path.size() >= suffix.size() && path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  std::string bytes;
+  if (ends_with(".svg")) {
+    bytes = render_svg(plot);
+  } else if (ends_with(".png")) {
+    if (auto e = render_png(path, plot, &bytes)) return e;
+  } else {
+    return fmt::format("{}: the plot must be a .svg or .png file", path);
+  }
+  // Never a half-written plot over an old one, never through a stray link
+  // (common/output_file.h).
+  tools::OutputFile out;
+  std::string err;
+  if (!out.open(path, &err)) return err;
+  if (!out.write(bytes)) return fmt::format("writing {}: {}", out.target(), std::strerror(errno));
+  if (!out.commit(&err)) return err;
   return std::nullopt;
 }
 
