@@ -1003,6 +1003,18 @@ TEST_F(FsMount, AStoreDirectoryThatDoesNotExistIsRefusedNotCreated) {
   EXPECT_NE(r.err.find("store_dir / --store"), std::string::npos) << show(r);
   EXPECT_FALSE(is_mounted(mnt_));
   EXPECT_FALSE(fsys::exists(typo));
+  // The built-in default store_dir is where pagers will put the warehouse:
+  // `kvpager mount MNT` before the first pager ran creates it.
+  auto env = child_env(runtime_);
+  env.push_back("XDG_CACHE_HOME=" + tmp_.path() + "/cache");
+  r = kvpager::testing::run_process({KVPAGER_BIN, "mount", mnt_}, env, 60 * kSlack);
+  if (r.exit_code == 1 && r.err.find("cannot mount") != std::string::npos)
+    GTEST_SKIP() << "mounting is not permitted here: " << r.err;
+  ASSERT_EQ(r.exit_code, 0) << show(r);
+  EXPECT_TRUE(is_mounted(mnt_));
+  EXPECT_TRUE(fsys::exists(tmp_.path() + "/cache/kvpager/objects"));
+  r = kvpager({"umount", mnt_});
+  EXPECT_EQ(r.exit_code, 0) << show(r);
   // An existing empty directory becomes a store.
   fsys::create_directories(store_);
   mount();

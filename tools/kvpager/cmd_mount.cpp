@@ -47,7 +47,17 @@ struct MountArgs {
 
 [[noreturn]] void mount(const Globals& g, const MountArgs& a) {
   std::string store = a.store;
-  if (store.empty()) store = g.config().effective_store_dir();
+  if (store.empty()) {
+    ConfigLoader loader = g.loader();
+    store = loader.finish().effective_store_dir();
+    // The built-in default is where pagers will put the warehouse: mounting
+    // it before the first one ran is normal, so it is made here. A store
+    // somebody named (flag, file, environment) must exist: a typo is refused.
+    if (loader.origin(*find_knob("store_dir")).source == ConfigSource::kDefault) {
+      std::error_code ec;
+      std::filesystem::create_directories(store, ec);
+    }
+  }
   std::vector<std::string> args{find_kvpager_fs(), store, a.mountpoint};
   if (a.foreground) args.push_back("-f");
   for (const auto& o : a.options) {
@@ -108,7 +118,8 @@ void add_mount_commands(CLI::App& app, Globals& g) {
   static MountArgs a;
   auto* m = app.add_subcommand("mount",
                                "Mount the token filesystem (kvpager-fs): contexts as files, live stats and controls.\n"
-                               "Runs in the background once mounted, unless -f. The store must exist; a mount point\n"
+                               "Runs in the background once mounted, unless -f. A store named by --store, the config file or\n"
+                               "KVPAGER_STORE_DIR must exist (a typo is refused); the default one is created. A mount point\n"
                                "that is already mounted is refused. See docs/fs.md");
   m->add_option("MOUNTPOINT", a.mountpoint, "An existing directory")->required()->check(CLI::ExistingDirectory);
   m->add_option("--store", a.store, "Store directory (default: store_dir from the configuration)");
