@@ -131,12 +131,28 @@ Status CudaMover::region_split(RegionId head, RegionId tail, uint32_t at) {
   RegionState& t = regions_[tail.slot];
   RegionState& hh = regions_[head.slot];
   t.unsafe_chunk = std::move(moved);
-  for (uint8_t u : t.unsafe_chunk) {
-    if (!u) continue;
-    if (hh.unsafe) hh.unsafe->fetch_sub(1);
-    if (t.unsafe) t.unsafe->fetch_add(1);
-  }
+  // No counter of its own yet: the head's, which still covers the tail for
+  // whoever reads it, goes on counting the tail's chunks (bind_counter).
+  if (!t.unsafe) t.unsafe = hh.unsafe;
+  if (t.unsafe != hh.unsafe) move_count(t, hh.unsafe, t.unsafe);
   return Status::kOk;
+}
+
+void CudaMover::bind_counter(RegionId id) {
+  RegionState* r = region(id);
+  if (!r || !counters_) return;
+  std::atomic<uint32_t>* c = counters_(r->base);
+  if (c && c != r->unsafe) move_count(*r, r->unsafe, c);
+}
+
+void CudaMover::move_count(RegionState& r, std::atomic<uint32_t>* from, std::atomic<uint32_t>* to) {
+  const auto n = static_cast<uint32_t>(std::count(r.unsafe_chunk.begin(), r.unsafe_chunk.end(), uint8_t{1}));
+  // `to` counts nothing else (it may start higher, never lower: see
+  // bind_counter); it is set before `from` drops, so whoever reads either
+  // never sees fewer than the chunks it covers.
+  to->store(n);
+  if (from) from->fetch_sub(n);
+  r.unsafe = to;
 }
 
 void CudaMover::mark_unsafe(const MoveRequest& req, bool unsafe) {

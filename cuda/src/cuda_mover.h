@@ -93,7 +93,8 @@ struct CudaMoverStats {
 class CudaMover final : public Mover {
  public:
   // The counter of chunks of the region at `base` that must not be read (the
-  // interposer's region map); nullptr if the region is unknown.
+  // interposer's region map); nullptr if the region is unknown (yet: the
+  // tail of a region_split then counts in its head's until bind_counter).
   using UnsafeCounter = std::function<std::atomic<uint32_t>*(uint64_t base)>;
 
   static constexpr uint32_t kStagingChunks = 8;
@@ -127,6 +128,13 @@ class CudaMover final : public Mover {
   // See "Reading a chunk back" above. Synchronous; from the pager thread.
   Status read_chunk(const ChunkRef& ref, std::span<std::byte> out) override;
 
+  // Region `id` (the tail of a region_split) has a counter of its own now
+  // (counters_(its base) answers one): the counter it shared with its head
+  // stops counting its chunks, and the new one is set to exactly them. The
+  // new counter may already hold more than that, never less: a caller that
+  // makes it while the tail still counts in the head's starts it at the
+  // head's value (RegionMap::split), so no reader sees too few in between.
+  void bind_counter(RegionId id);
   // Also counts every unsafe chunk here (the launch path's fast check).
   void set_total_unsafe(std::atomic<uint32_t>* total) { total_ = total; }
   CUdevice device() const { return device_; }
@@ -175,6 +183,7 @@ class CudaMover final : public Mover {
 
   RegionState* region(RegionId id);
   void mark_unsafe(const MoveRequest& req, bool unsafe);
+  void move_count(RegionState& r, std::atomic<uint32_t>* from, std::atomic<uint32_t>* to);
   void progress();
   void flush();
   bool advance(Job& j);

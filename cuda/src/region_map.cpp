@@ -130,7 +130,9 @@ uint32_t RegionMap::split(uint32_t slot, uint64_t offset) {
   tail.size = head.size - offset;
   tail.alloc_base = head.alloc_base;
   tail.pager_id = ~0ull;
-  tail.unsafe.store(0, std::memory_order_relaxed);
+  // The head's spilled chunks may lie on either side of the cut: until the
+  // owner of the counts says how many are the tail's, it counts them all.
+  tail.unsafe.store(head.unsafe.load(), std::memory_order_relaxed);
   tail.parked.store(head.parked.load(std::memory_order_relaxed), std::memory_order_relaxed);
   head.size = offset;
   auto pos = std::find(a.slots.begin(), a.slots.end(), slot);

@@ -108,7 +108,9 @@ class RegionMap {
   // launch path stops finding them); their slots stay valid until retire().
   std::vector<uint32_t> remove_alloc(uint64_t alloc_base);
   // Cuts region `slot` at `offset` bytes: the slot keeps the head, the
-  // returned slot is the tail.
+  // returned slot is the tail. The tail starts with the head's `unsafe`
+  // count (never too few for the launch path); whoever keeps the counts
+  // sets both exactly afterwards (CudaMover::bind_counter).
   uint32_t split(uint32_t slot, uint64_t offset);
   // The slot is free for reuse (its entry's gen changes).
   void retire(uint32_t slot);

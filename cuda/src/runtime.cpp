@@ -582,10 +582,14 @@ void Runtime::serve(Request& r) {
           const uint64_t off = e.base - abase;
           if (at <= off || at >= off + e.size) continue;
           if (e.pager_id == ~0ull) return Status::kBusy;
+          // The pager (and its mover) first, then the map: until the map has
+          // the tail's entry, the head's counts the tail's spilled chunks;
+          // once it has, the mover moves them over (never too few in either).
           RegionId tail;
           Status s = pager_->split_region(unpack(e.pager_id), at - off, &tail);
           if (!ok(s)) return s;
           uint32_t tail_slot = map_.split(slot, at - off);
+          mover_->bind_counter(tail);
           map_.entry(tail_slot).pager_id = tail.packed();
           if (entry_of_pager_slot_.size() <= tail.slot) entry_of_pager_slot_.resize(tail.slot + 1, UINT32_MAX);
           entry_of_pager_slot_[tail.slot] = tail_slot;

@@ -47,6 +47,20 @@ TEST(RegionMap, FindsTheRegionContainingAnAddressAndNothingElse) {
   EXPECT_EQ(RegionMap::locate(s, ~0ull), -1);
 }
 
+// The launch path must never see a piece count fewer spilled chunks than it
+// holds: a new piece counts all of its head's until the mover sets both
+// (CudaMover::bind_counter; the stand-in scenarios check the whole cut).
+TEST(RegionMap, APieceCutOffStartsWithItsHeadsSpilledCount) {
+  RegionMap m;
+  uint32_t a = m.add(0x10000000, 16 * kMiB);
+  m.entry(a).unsafe.store(3);
+  m.entry(a).parked.store(true);
+  uint32_t tail = m.split(a, 8 * kMiB);
+  EXPECT_EQ(m.entry(tail).unsafe.load(), 3u);
+  EXPECT_TRUE(m.entry(tail).parked.load());
+  EXPECT_EQ(m.entry(a).unsafe.load(), 3u) << "the head's is untouched";
+}
+
 TEST(RegionMap, SplitPiecesStayOneAllocationAndRetiredSlotsChangeGeneration) {
   RegionMap m;
   uint32_t a = m.add(0x10000000, 16 * kMiB);

@@ -354,7 +354,7 @@ TEST(StandIn, ALaunchThatCannotBeScannedRestoresEverything) {
   EXPECT_EQ(Program::host_mismatches(a, 4 * kMiB, 1) + Program::host_mismatches(b, 4 * kMiB, 2), 0u);
 }
 
-// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h, CUDA_STANDIN_COPY_DELAY_MS=100
 TEST(StandIn, ParkedContextsInAPoolStaySpilledWhileOnlyThePoolIsReferenced) {
   Program p;
   CUdeviceptr pool = p.must_alloc(16 * kMiB);
@@ -366,11 +366,62 @@ TEST(StandIn, ParkedContextsInAPoolStaySpilledWhileOnlyThePoolIsReferenced) {
   // promised unread until prefetched.
   EXPECT_EQ(p.check(pool, 8 * kMiB, 6), 0u);
   EXPECT_EQ(stats().context("b", "nvme"), 8 * kMiB) << "a reference to the pool does not pull a parked context back";
-  // Prefetching it un-parks it; a pool launch then needs it restored.
+  // Prefetching it un-parks it; a pool launch then needs it restored. The
+  // prefetch starts restoring it; with slow copy-ins those restores are
+  // still on their way when the launch comes, and the launch waits for them.
   ASSERT_EQ(kvpager_prefetch_context("b"), KVPAGER_OK);
   uint64_t bad = p.check(pool, 16 * kMiB, 6);
   EXPECT_EQ(bad, 0u);
   EXPECT_EQ(stats().num("unsafe_chunks"), 0u);
+}
+
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
+// Tagging cuts an allocation into regions; the piece after a cut (here "b")
+// gets a region-map entry of its own, whose spilled-chunk count the launch
+// path reads. A kernel pointing right into it must find it spilled.
+TEST(StandIn, ALaunchIntoTheSecondContextOfAPoolRestoresIt) {
+  Program p;
+  CUdeviceptr pool = p.must_alloc(16 * kMiB);
+  ASSERT_EQ(kvpager_tag_context(pool, 8 * kMiB, "a"), KVPAGER_OK);
+  ASSERT_EQ(kvpager_tag_context(pool + 8 * kMiB, 8 * kMiB, "b"), KVPAGER_OK);
+  ASSERT_EQ(p.fill(pool + 8 * kMiB, 8 * kMiB, 3), CUDA_SUCCESS);
+  park_until_spilled(p, "b", 8 * kMiB);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  EXPECT_EQ(stats().num("unsafe_chunks"), 4u);
+  p.clear_log();
+  EXPECT_EQ(p.check(pool + 8 * kMiB, 8 * kMiB, 3), 0u) << "every byte the kernel read was restored";
+  long launch = p.find_log("cuLaunchKernel check");
+  long first_copy = p.find_log("cuMemcpyHtoDAsync_v2");
+  ASSERT_GE(launch, 0);
+  ASSERT_GE(first_copy, 0) << "nothing was restored";
+  EXPECT_LT(first_copy, launch) << "restored before the launch was issued";
+  EXPECT_EQ(stats().num("unsafe_chunks"), 0u);
+}
+
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
+// Cutting a region whose chunks are in the store (tagging part of a spilled
+// context: refused as busy, but the cut is made) hands the spilled chunks
+// past the cut to the new piece: both pieces must still count theirs.
+TEST(StandIn, CuttingASpilledRegionKeepsBothPiecesRestoredBeforeLaunches) {
+  Program p;
+  CUdeviceptr r = p.must_alloc(16 * kMiB);
+  ASSERT_EQ(kvpager_tag_context(r, 16 * kMiB, "whole"), KVPAGER_OK);
+  ASSERT_EQ(p.fill(r, 8 * kMiB, 8), CUDA_SUCCESS);
+  ASSERT_EQ(p.fill(r + 8 * kMiB, 8 * kMiB, 9), CUDA_SUCCESS);
+  park_until_spilled(p, "whole", 16 * kMiB);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  EXPECT_EQ(kvpager_tag_context(r + 8 * kMiB, 8 * kMiB, "tail"), KVPAGER_BUSY) << "its chunks are in the store";
+  EXPECT_EQ(stats().num("unsafe_chunks"), 8u);
+  // The piece past the cut, read through a pointer right into it.
+  uint64_t tail_bad = p.check(r + 8 * kMiB, 8 * kMiB, 9);
+  EXPECT_EQ(stats().num("unsafe_chunks"), 4u) << "the tail was restored, the head not yet";
+  // The head: restored too, and its count is exact (an overcount would make
+  // every launch that reads it ask for a restore that never clears it).
+  uint64_t head_bad = p.check(r, 8 * kMiB, 8);
+  EXPECT_EQ(tail_bad, 0u);
+  EXPECT_EQ(head_bad, 0u);
+  EXPECT_EQ(stats().num("unsafe_chunks"), 0u);
+  EXPECT_EQ(Program::host_mismatches(r, 8 * kMiB, 8) + Program::host_mismatches(r + 8 * kMiB, 8 * kMiB, 9), 0u);
 }
 
 // Env: defaults.

@@ -44,7 +44,10 @@ const Scenario kScenarios[] = {
     {"AnIdleRegionSpillsAndTheNextLaunchRestoresIt", {"KVPAGER_HOST_CAPACITY=2M", "KVPAGER_SPILL_IDLE=50ms"}},
     {"AGraphLaunchRestoresWhatItsNodesRead", kSpills},
     {"ALaunchThatCannotBeScannedRestoresEverything", with(kSpills, {"CUDA_STANDIN_NO_PARAM_INFO=1"})},
-    {"ParkedContextsInAPoolStaySpilledWhileOnlyThePoolIsReferenced", kSpills},
+    // Slow copy-ins: the prefetch's restores are still in flight when the pool launch comes.
+    {"ParkedContextsInAPoolStaySpilledWhileOnlyThePoolIsReferenced", with(kSpills, {"CUDA_STANDIN_COPY_DELAY_MS=100"})},
+    {"ALaunchIntoTheSecondContextOfAPoolRestoresIt", kSpills},
+    {"CuttingASpilledRegionKeepsBothPiecesRestoredBeforeLaunches", kSpills},
     {"PerThreadStreamEntryPointsGetTheirOwnWrappers", {}},
     {"PlainDlsymOfDriverSymbolsGivesTheWrappers", {}},
     {"DlsymRtldNextStaysRelativeToItsCaller", {}},

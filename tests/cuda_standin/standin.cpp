@@ -18,7 +18,10 @@
 // CUDA_STANDIN_VERSION (default 13000), CUDA_STANDIN_NO_PARAM_INFO=1 (a driver
 // without cuFuncGetParamInfo), CUDA_STANDIN_REENTER=1 (cuMemAllocManaged calls
 // back into cuMemGetInfo_v2 and cuMemAlloc_v2 through dlsym, as a driver that
-// uses its own exported entry points would).
+// uses its own exported entry points would), CUDA_STANDIN_COPY_DELAY_MS (each
+// asynchronous host-to-device copy -- a restore's copy-in -- takes this long
+// before its bytes land, as over a slow link: a launch on another thread that
+// does not wait for the restore reads what was there before).
 #include "standin.h"
 
 #include <cuda.h>
@@ -26,6 +29,7 @@
 #include <sys/mman.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdarg>
 #include <atomic>
 #include <cstdio>
@@ -35,6 +39,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #undef cuGetProcAddress
@@ -500,6 +505,13 @@ CUresult cuMemDiscardBatchAsync_ptsz(CUdeviceptr* p, size_t* s, size_t n, unsign
 
 // ---- copies and memsets
 
+namespace {
+void slow_link() {
+  static const uint64_t ms = env_u64("CUDA_STANDIN_COPY_DELAY_MS", 0);
+  if (ms) std::this_thread::sleep_for(std::chrono::milliseconds(ms));
+}
+}  // namespace
+
 #define STANDIN_COPY(name, dst, src, n)                                                      \
   logf("%s 0x%llx 0x%llx %zu", name, reinterpret_cast<unsigned long long>(dst),             \
        reinterpret_cast<unsigned long long>(src), static_cast<size_t>(n));                  \
@@ -515,9 +527,11 @@ CUresult cuMemcpyHtoD_v2(CUdeviceptr d, const void* h, size_t n) { STANDIN_COPY(
 CUresult cuMemcpyDtoH_v2(void* h, CUdeviceptr s, size_t n) { STANDIN_COPY("cuMemcpyDtoH_v2", h, s, n) }
 CUresult cuMemcpyDtoD_v2(CUdeviceptr d, CUdeviceptr s, size_t n) { STANDIN_COPY("cuMemcpyDtoD_v2", d, s, n) }
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr d, const void* h, size_t n, CUstream) {
+  slow_link();
   STANDIN_COPY("cuMemcpyHtoDAsync_v2", d, h, n)
 }
 CUresult cuMemcpyHtoDAsync_v2_ptsz(CUdeviceptr d, const void* h, size_t n, CUstream) {
+  slow_link();
   STANDIN_COPY("cuMemcpyHtoDAsync_v2_ptsz", d, h, n)
 }
 CUresult cuMemcpyDtoHAsync_v2(void* h, CUdeviceptr s, size_t n, CUstream) {
