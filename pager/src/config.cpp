@@ -1,6 +1,7 @@
 #include "kvpager/config.h"
 
 #include <fmt/format.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <array>
@@ -10,6 +11,11 @@
 #include <cstdlib>
 
 namespace kvpager {
+
+uint64_t physical_ram() {
+  long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page) : 8 * GiB;
+}
 
 std::string_view to_string(PolicyKind p) {
   switch (p) {

@@ -149,10 +149,9 @@ void run_demo(const Globals& g, const DemoArgs& a) {
     // memory, and host_capacity is a target, not a cap: in the worst case
     // (nothing may spill) all of the demo's KV is in RAM. Refuse a plan that
     // cannot fit instead of running out of memory halfway.
-    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    const double ram = pages > 0 && page > 0 ? static_cast<double>(pages) * static_cast<double>(page) : 0;
+    const auto ram = static_cast<double>(physical_ram());
     const double kv = a.opt.kv_factor * static_cast<double>(budget);
-    if (ram > 0 && kv > 0.75 * ram)
+    if (kv > 0.75 * ram)
       throw ConfigError(fmt::format(
           "the demo's KV ({} = --kv-factor {} x HBM budget {}) could all sit in this process's memory (the simulated "
           "HBM and host tiers), and this machine has {} of RAM: lower hbm_budget / sim.hbm_capacity or --kv-factor",

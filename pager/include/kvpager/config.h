@@ -99,6 +99,10 @@ struct Config {
   std::string effective_store_dir() const;
 };
 
+// This machine's physical RAM (8 GiB if the system will not say): what
+// Config::resolved takes as host_ram_bytes.
+uint64_t physical_ram();
+
 // Thrown only at configuration edges (start-up, file/env/CLI parsing).
 class ConfigError : public std::runtime_error {
  public:
