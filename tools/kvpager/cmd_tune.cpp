@@ -27,17 +27,14 @@ void tune(Globals& g, const TuneArgs& a) {
   // What can be known without a pager is checked first: the knob exists, may
   // change live, and the value parses (a pager still checks it against its
   // own configuration, e.g. the watermarks together).
-  Config scratch;
+  ConfigLoader scratch;
   for (const auto& s : a.assignments) {
     const size_t eq = s.find('=');
     if (eq == std::string::npos || eq == 0)
       throw CLI::ValidationError("KEY=VALUE", fmt::format("'{}' is not KEY=VALUE", s));
-    const std::string name = s.substr(0, eq);
-    const Knob* k = find_knob(name);
-    if (!k || k->name != name)
-      throw ConfigError(fmt::format("{}: unknown knob '{}' (see kvpager config knobs)", s, name));
-    if (!k->live) throw ConfigError(fmt::format("{}: {} cannot change while a pager runs (set it at start-up)", s, name));
-    if (auto err = k->set(scratch, s.substr(eq + 1))) throw ConfigError(fmt::format("{}: {}", s, *err));
+    scratch.set_assignment(s, ConfigSource::kCli, s);  // unknown knob or bad value: ConfigError naming it
+    if (!find_knob(s.substr(0, eq))->live)
+      throw ConfigError(fmt::format("{}: {} cannot change while a pager runs (set it at start-up)", s, s.substr(0, eq)));
   }
   LivePagers live = find_live_pagers(g);
   print_notes(live);
