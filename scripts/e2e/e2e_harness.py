@@ -482,6 +482,15 @@ def check(report: dict) -> List[str]:
                            "recomputed")
             if r["device"] == "cuda" and m in PRELOAD_MODES and not r["preload"]["loaded"]:
                 bad.append(f"mode {m}: libkvpager.so was not loaded in the worker")
+    backends = {r["backend"].get("backend") for rs in report["modes"].values() for r in (rs or [])
+                if isinstance(r.get("backend"), dict)}
+    if len(backends) > 1:  # e.g. transformers failed in one worker and it fell back to the native decoder
+        bad.append(f"modes ran on different model backends ({', '.join(sorted(map(str, backends)))}): see the "
+                   "backend notes")
+    digests = {r["backend"].get("weights_digest") for rs in report["modes"].values() for r in (rs or [])
+               if isinstance(r.get("backend"), dict) and r["backend"].get("weights_digest") is not None}
+    if len(digests) > 1:  # same seed, same model: anything else makes the token comparison meaningless
+        bad.append(f"modes built different weights (digests {sorted(digests)})")
     for name, c in report["correctness"].items():
         if c.get("must_be_identical") and not c.get("identical"):
             bad.append(f"{name}: tokens differ from all-in-HBM ({c.get('why') or c.get('first_mismatch')})")

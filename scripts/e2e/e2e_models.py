@@ -65,8 +65,15 @@ class Backend:
     def is_oom(self, exc: BaseException) -> bool:
         return is_oom(exc)
 
+    def weights_digest(self) -> float:
+        """A fingerprint of the weights: the first 4096 values of every parameter, summed in float64 on the
+        host (deterministic). Every mode must build the same model for their tokens to be comparable."""
+        with torch.no_grad():
+            return sum(float(p.detach().reshape(-1)[:4096].cpu().double().sum()) for p in self.module().parameters())
+
     def describe(self) -> dict:
-        return {"backend": self.name, "note": self.note, "params": self.param_count()}
+        return {"backend": self.name, "note": self.note, "params": self.param_count(),
+                "weights_digest": self.weights_digest()}
 
 
 # --------------------------------------------------------------------------- native
@@ -274,8 +281,8 @@ def llama_config(cls, cfg: dict, theta: float):
     for extra in spellings:
         try:
             config = cls(**cfg, **extra)
-        except (TypeError, ValueError) as e:
-            errors.append(f"{list(extra)[0]}: {e}")
+        except Exception as e:  # noqa: BLE001 - TypeError, ValueError, strict-dataclass errors: try the other
+            errors.append(f"{list(extra)[0]}: {type(e).__name__}: {e}")
             continue
         rp = getattr(config, "rope_parameters", None)
         seen = [getattr(config, "rope_theta", None), rp.get("rope_theta") if isinstance(rp, dict) else None]
@@ -285,6 +292,150 @@ def llama_config(cls, cfg: dict, theta: float):
             continue
         return config
     raise RuntimeError("LlamaConfig refused the RoPE settings: " + "; ".join(errors))
+
+
+# How transformers' StaticCache has been built (all keyword arguments; checked
+# against the library's source of each line):
+#   <= 4.44        StaticCache(config, max_batch_size, max_cache_len, device, dtype=None): allocated at once
+#   4.45 - 4.48    StaticCache(config, batch_size=None, max_cache_len=None, device=None, dtype=float32,
+#                  max_batch_size=None, layer_device_map=None): allocated at once, on "meta" without device
+#   4.49 - 4.53    StaticCache(config, max_batch_size, max_cache_len=None, device=None, dtype=float32, ...)
+#   4.54 - 4.55    StaticCache(*args, **kwargs) -> Cache(layer_classes, config=None, cache_processor=None,
+#                  max_batch_size=None, max_cache_len=None, device=None, dtype=None, ...): allocated at once,
+#                  StaticLayer refuses a missing batch size (TypeError)
+#   4.56 - 5.x     StaticCache(config, max_cache_len, offloading=False, offload_only_non_sliding=True,
+#                  **kwargs): extra keywords silently ignored; layers allocate at their first update, or
+#                  at Cache.early_initialization(batch_size, num_heads, head_dim, dtype, device)
+STATIC_EAGER_MAX_BATCH = "config, max_batch_size=1, max_cache_len, device, dtype (allocated at once)"
+STATIC_EAGER_BATCH = "config, batch_size=1, max_cache_len, device, dtype (allocated at once)"
+STATIC_LAZY = "config, max_cache_len (layers allocate lazily)"
+
+
+def init_keywords(cls) -> set:
+    """Keyword names cls(...) takes, following *args/**kwargs up the MRO (4.54's
+    StaticCache(*args, **kwargs) hands everything to Cache.__init__)."""
+    names: set = set()
+    for klass in getattr(cls, "__mro__", (cls,)):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = list(inspect.signature(init).parameters.values())[1:]
+        except (TypeError, ValueError):
+            break
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params):
+            break
+    return names
+
+
+def static_cache_attempts(cls, config, max_len: int, device, dtype) -> List[Tuple[str, dict]]:
+    """Constructor spellings for this StaticCache, the one its signature names first.
+
+    The lazy form must come first where the signature has no batch size: 4.56+
+    swallows unknown keywords, so an eager spelling would "work" and be ignored."""
+    names = init_keywords(cls)
+    eager_mb = (STATIC_EAGER_MAX_BATCH, dict(config=config, max_batch_size=1, max_cache_len=max_len,
+                                             device=device, dtype=dtype))
+    eager_b = (STATIC_EAGER_BATCH, dict(config=config, batch_size=1, max_cache_len=max_len, device=device,
+                                        dtype=dtype))
+    lazy = (STATIC_LAZY, dict(config=config, max_cache_len=max_len))
+    if "max_batch_size" in names:
+        return [eager_mb, eager_b, lazy]
+    if "batch_size" in names:
+        return [eager_b, eager_mb, lazy]
+    return [lazy, eager_mb, eager_b]
+
+
+def cache_tensors(cache) -> Optional[List[Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]]]:
+    """Per layer (keys, values) of a transformers cache, None where unknown.
+
+    4.54+: cache.layers[i].keys/.values (None before a lazy layer allocates);
+    up to 4.53: cache.key_cache / cache.value_cache lists."""
+    layers = getattr(cache, "layers", None)
+    if isinstance(layers, (list, tuple)) and layers and all(hasattr(x, "keys") for x in layers):
+        return [(getattr(x, "keys", None), getattr(x, "values", None)) for x in layers]
+    kc, vc = getattr(cache, "key_cache", None), getattr(cache, "value_cache", None)
+    if isinstance(kc, (list, tuple)) and isinstance(vc, (list, tuple)) and len(kc) == len(vc):
+        return list(zip(kc, vc))
+    return None
+
+
+def check_cache_layout(cache, spec: ModelSpec, max_len: int, device: torch.device, dtype) -> Optional[str]:
+    """None when every allocated layer is (1, kv_heads, max_len, head_dim) in dtype on device
+    (or nothing is allocated yet); otherwise what is wrong."""
+    kv = cache_tensors(cache)
+    if kv is None:
+        return None
+    if len(kv) != spec.layers and len(kv) != 0:
+        return f"{len(kv)} cache layers for a {spec.layers}-layer model"
+    want = (1, spec.kv_heads, max_len, spec.head_dim)
+    for i, pair in enumerate(kv):
+        for what, t in zip(("keys", "values"), pair):
+            if not isinstance(t, torch.Tensor):
+                continue  # not allocated yet (lazy)
+            if tuple(t.shape) != want or t.dtype != dtype or t.device.type != device.type:
+                return (f"layer {i} {what} {tuple(t.shape)} {t.dtype} on {t.device}, wanted {want} {dtype} "
+                        f"on {device}")
+    return None
+
+
+def cache_allocated(cache) -> Optional[bool]:
+    kv = cache_tensors(cache)
+    if kv is None:
+        return None
+    return bool(kv) and all(isinstance(t, torch.Tensor) and t.numel() > 0 for pair in kv for t in pair)
+
+
+def build_static_cache(cls, config, spec: ModelSpec, max_len: int, device: torch.device, dtype) -> Tuple[object, str]:
+    """A StaticCache for one session, allocated now where this transformers allows it.
+
+    Returns the cache and how it was made. Every spelling is checked: the tensors
+    it allocated (at once, or by early_initialization) must have the session's
+    shape, dtype and device, else the next spelling is tried."""
+    errors = []
+    for how, kw in static_cache_attempts(cls, config, max_len, device, dtype):
+        try:
+            cache = cls(**kw)
+        except (TypeError, ValueError) as e:
+            errors.append(f"[{how}] {type(e).__name__}: {e}")
+            continue
+        early = ""
+        if getattr(cache, "early_initialization", None) is not None and not cache_allocated(cache):
+            # Allocate now, when the server admits the session, not at its first token.
+            try:
+                cache.early_initialization(batch_size=1, num_heads=spec.kv_heads, head_dim=spec.head_dim,
+                                           dtype=dtype, device=device)
+                early = ", early_initialization"
+            except (TypeError, ValueError) as e:
+                early = f", early_initialization refused ({type(e).__name__}: {e}): allocated at the first forward"
+        bad = check_cache_layout(cache, spec, max_len, device, dtype)
+        if bad is not None:
+            errors.append(f"[{how}{early}] {bad}")
+            continue
+        if cache_allocated(cache) is False and not early:
+            early = ", allocated at the first forward"
+        return cache, how + early
+    raise RuntimeError("transformers.StaticCache: no constructor spelling gave a usable cache: " + "; ".join(errors))
+
+
+def cache_seq_len(cache) -> Optional[int]:
+    """Tokens the cache holds by its own count (a tensor on 4.56+ static caches), None if it cannot say."""
+    f = getattr(cache, "get_seq_length", None)
+    if f is None:
+        return None
+    n = f()
+    return int(n) if n is not None else None
+
+
+def forward_options(forward) -> Tuple[bool, Optional[str]]:
+    """(pass cache_position?, name of the keep-only-the-last-logits argument or None).
+
+    cache_position: 4.38 - 5.x (later 5.x derive it from the cache and dropped it);
+    num_logits_to_keep: 4.45 - 4.47; logits_to_keep: 4.48+."""
+    params = inspect.signature(forward).parameters
+    keep = next((a for a in ("logits_to_keep", "num_logits_to_keep") if a in params), None)
+    return "cache_position" in params, keep
 
 
 class TransformersBackend(Backend):
@@ -314,12 +465,22 @@ class TransformersBackend(Backend):
                 self.note += f"sdpa not set ({e}); "
         self.model.eval()
         self.model.requires_grad_(False)
-        params = inspect.signature(self.model.forward).parameters
-        self._cache_position = "cache_position" in params
-        self._keep_arg = next((a for a in ("logits_to_keep", "num_logits_to_keep") if a in params), None)
+        # The plan's memory and the crosscheck assume exactly the spec's shape:
+        # a transformers that ignored head_dim or tied the embeddings would not be it.
+        if self.param_count() != spec.params():
+            raise RuntimeError(f"transformers built {self.param_count()} parameters, the {spec.name} shape has "
+                               f"{spec.params()} (a LlamaConfig setting was ignored)")
+        self._cache_position, self._keep_arg = forward_options(self.model.forward)
         self.cache_kind = cache_kind
+        self.cache_how = "DynamicCache()" if cache_kind == "dynamic" else ""
         self.note += (f"transformers {transformers.__version__}, {cache_kind} cache, "
                       f"attention {getattr(self.model.config, '_attn_implementation', '?')}")
+        if not self._cache_position:
+            self.note += ", positions from the cache (no cache_position argument)"
+        if self._keep_arg is None:
+            self.note += ", full logits per chunk (no logits_to_keep argument)"
+        self.self_test()  # also settles how this transformers builds a cache: said in the note
+        self.note += f", {self.cache_how}"
 
     def _build(self, cls) -> nn.Module:
         # Built directly on the device in the target dtype: an 8B model built in
@@ -330,9 +491,11 @@ class TransformersBackend(Backend):
             with torch.device(self.device):
                 model = cls(self.config)
         except (TypeError, RuntimeError, AttributeError) as e:
+            torch.set_default_dtype(prev)
+            if is_oom(e):
+                raise
             # Older torch: no half default dtype or no device context. Build in
             # float32 on the CPU and move (slower, and twice the host memory).
-            torch.set_default_dtype(prev)
             self.note += f"built on the CPU ({e}); "
             model = cls(self.config)
         finally:
@@ -349,29 +512,18 @@ class TransformersBackend(Backend):
     def new_cache(self, max_len: int):
         tf = self.transformers
         if self.cache_kind == "dynamic":
-            return tf.DynamicCache()
-        attempts = (dict(config=self.config, max_cache_len=max_len),
-                    dict(config=self.config, max_batch_size=1, max_cache_len=max_len, device=self.device,
-                         dtype=self.dtype),
-                    dict(config=self.config, batch_size=1, max_cache_len=max_len, device=self.device,
-                         dtype=self.dtype))
-        last: Optional[Exception] = None
-        for kw in attempts:
-            try:
-                cache = tf.StaticCache(**kw)
-                break
-            except TypeError as e:
-                last = e
-        else:
-            raise RuntimeError(f"transformers.StaticCache: no known constructor fits ({last})")
-        if hasattr(cache, "early_initialization"):
-            # Allocate now, when the server admits the session, not at its first token.
-            cache.early_initialization(batch_size=1, num_heads=self.spec.kv_heads, head_dim=self.spec.head_dim,
-                                       dtype=self.dtype, device=self.device)
+            return tf.DynamicCache()  # no arguments: accepted from 4.36 through 5.x
+        cache, how = build_static_cache(tf.StaticCache, self.config, self.spec, max_len, self.device, self.dtype)
+        self.cache_how = self.cache_how or f"StaticCache({how})"
         return cache
 
     @torch.no_grad()
     def logits(self, cache, tokens: List[int], start: int) -> torch.Tensor:
+        # Static caches of 5.x write at their own count, not at cache_position;
+        # the server always feeds a session's tokens in order, and this holds it to that.
+        held = cache_seq_len(cache)
+        if held is not None and held != start:
+            raise RuntimeError(f"transformers cache holds {held} tokens, but tokens are fed at position {start}")
         ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
         pos = torch.arange(start, start + len(tokens), device=self.device)
         kw = dict(input_ids=ids, position_ids=pos[None, :], past_key_values=cache, use_cache=True)
@@ -382,13 +534,32 @@ class TransformersBackend(Backend):
         out = self.model(**kw)
         return out.logits[0, -1].float()
 
+    def self_test(self) -> None:
+        """A short session through the whole adapter: cache, chunked prefill, decode, the cache's count."""
+        cache = self.new_cache(64)
+        toks = [i % self.spec.vocab for i in range(1, 22)]
+        a = self.logits(cache, toks[:16], 0)
+        b = self.logits(cache, toks[16:], 16)
+        c = self.logits(cache, [int(torch.argmax(b))], len(toks))
+        held = cache_seq_len(cache)
+        if held is not None and held != len(toks) + 1:
+            raise RuntimeError(f"transformers cache counts {held} tokens after {len(toks) + 1} were fed")
+        for x in (a, b, c):
+            if x.shape != (self.spec.vocab,) or not bool(torch.isfinite(x).all()):
+                raise RuntimeError(f"transformers gave logits of shape {tuple(x.shape)}, finite "
+                                   f"{bool(torch.isfinite(x).all())}")
+
 
 # --------------------------------------------------------------------------- choice
 
 
+def _transformers_backend(spec, device, dtype, seed, hf_cache, max_positions) -> Backend:
+    return TransformersBackend(spec, device, dtype, seed, hf_cache, max_positions)
+
+
 def make_backend(kind: str, spec: ModelSpec, device: str, dtype: str, seed: int, hf_cache: str = "static",
                  max_positions: int = 131072) -> Backend:
-    """kind: auto (transformers when importable, else native), transformers, native."""
+    """kind: auto (transformers when importable and working, else native), transformers, native."""
     torch.manual_seed(seed)
     if kind == "native":
         return NativeBackend(spec, device, dtype, seed)
@@ -399,7 +570,22 @@ def make_backend(kind: str, spec: ModelSpec, device: str, dtype: str, seed: int,
         b = NativeBackend(spec, device, dtype, seed)
         b.note = "transformers not importable: using the self-contained PyTorch Llama decoder"
         return b
-    return TransformersBackend(spec, device, dtype, seed, hf_cache, max_positions)
+    if kind == "transformers":
+        return _transformers_backend(spec, device, dtype, seed, hf_cache, max_positions)
+    try:
+        return _transformers_backend(spec, device, dtype, seed, hf_cache, max_positions)
+    except Exception as e:  # noqa: BLE001 - any incompatibility: the native decoder, said
+        if is_oom(e):
+            raise
+        why = f"{type(e).__name__}: {e}"
+    # Out of the except block: the failed model is garbage now, not held by a traceback.
+    import gc
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    b = NativeBackend(spec, device, dtype, seed)
+    b.note = f"transformers {version} failed ({why[:400]}): using the self-contained PyTorch Llama decoder"
+    return b
 
 
 def crosscheck(spec: ModelSpec, device: str, dtype: str, seed: int, hf_cache: str = "static") -> dict:
@@ -411,11 +597,20 @@ def crosscheck(spec: ModelSpec, device: str, dtype: str, seed: int, hf_cache: st
     """
     hf = TransformersBackend(spec, device, dtype, seed, hf_cache)
     native = NativeBackend(spec, device, dtype, seed)
-    missing, unexpected = native.model.load_state_dict(hf.model.state_dict(), strict=False)
+    theirs = hf.model.state_dict()
+    missing, unexpected = native.model.load_state_dict(theirs, strict=False)
+    # RoPE frequencies are buffers, not weights (non-persistent, so normally absent).
     missing = [m for m in missing if not m.endswith("inv_freq")]
     unexpected = [u for u in unexpected if not u.endswith("inv_freq")]
     if missing or unexpected:
         raise RuntimeError(f"parameter names differ: missing {missing}, unexpected {unexpected}")
+    # Both sides must compute RoPE with the same frequencies (theta and head_dim).
+    for name, buf in hf.model.named_buffers():
+        if name.endswith("inv_freq") and not name.endswith("original_inv_freq"):
+            if buf.shape != native.model.inv_freq.shape or not torch.allclose(
+                    buf.float().to(native.model.inv_freq.device), native.model.inv_freq, rtol=1e-6, atol=0):
+                raise RuntimeError(f"RoPE frequencies differ: transformers {name} is not the native inv_freq "
+                                   f"(theta {spec.rope_theta}, head_dim {spec.head_dim})")
     import random
     rng = random.Random(seed)
     prompt = [rng.randrange(spec.vocab) for _ in range(96)]
