@@ -33,6 +33,27 @@ TEST(Cli, HelpExitsZeroAndListsCommands) {
   EXPECT_NE(r.out.find("--hbm-budget"), std::string::npos);
 }
 
+// CLI11 lists only a subcommand's own options; the footer names the global
+// ones, and what it claims (accepted after a nested command word) holds.
+TEST(Cli, SubcommandHelpNamesTheGlobalOptionsItAccepts) {
+  for (std::vector<std::string> words : {std::vector<std::string>{"run"}, {"store", "get"}, {"config", "show"}}) {
+    std::vector<std::string> argv{kBin};
+    argv.insert(argv.end(), words.begin(), words.end());
+    argv.push_back("--help");
+    auto r = run_process(argv);
+    EXPECT_EQ(r.exit_code, 0) << words.front();
+    EXPECT_NE(r.out.find("--set KEY=VALUE"), std::string::npos) << words.front() << ": " << r.out;
+    EXPECT_NE(r.out.find("--<knob> VALUE"), std::string::npos) << words.front() << ": " << r.out;
+  }
+  auto after = run_process({kBin, "config", "show", "--json", "--hbm-budget", "3G", "--set", "log_level=debug"});
+  ASSERT_EQ(after.exit_code, 0) << after.err;
+  const auto j = nlohmann::json::parse(after.out);
+  EXPECT_EQ(j["hbm_budget"]["value"], "3G");
+  EXPECT_EQ(j["hbm_budget"]["source"], "cli");
+  EXPECT_EQ(j["log_level"]["value"], "debug");
+  EXPECT_EQ(j["log_level"]["source"], "cli");
+}
+
 TEST(Cli, UnknownOptionIsBadUsage) {
   auto r = run_process({kBin, "config", "show", "--no-such-flag"});
   EXPECT_EQ(r.exit_code, 2);

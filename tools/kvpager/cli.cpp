@@ -57,6 +57,16 @@ void check_unsigned_options(CLI::App& app) {
   for (CLI::App* sub : app.get_subcommands({})) check_unsigned_options(*sub);
 }
 
+void add_global_options_footer(CLI::App& app) {
+  static const std::string kFooter =
+      "\nAlso accepted, before or after the command word: --config FILE, --set KEY=VALUE and --<knob> VALUE for\n"
+      "every configuration knob (kvpager --help lists them; kvpager config show prints the values in effect).";
+  for (CLI::App* sub : app.get_subcommands({})) {
+    sub->footer(kFooter);
+    add_global_options_footer(*sub);
+  }
+}
+
 bool gpu_available(std::string* why) {
   auto say = [&](std::string s) {
     if (why) *why = std::move(s);

@@ -51,6 +51,9 @@ void add_global_options(CLI::App& app, Globals& g);
 // Every unsigned option of app and its subcommands refuses "-1" and numbers
 // beyond 64 bits (CLI11 would wrap them). Call after all options exist.
 void check_unsigned_options(CLI::App& app);
+// Every subcommand's --help ends by naming the global options it accepts
+// (CLI11 lists only a subcommand's own). Call after all subcommands exist.
+void add_global_options_footer(CLI::App& app);
 
 void add_config_command(CLI::App& app, Globals& g);
 void add_demo_command(CLI::App& app, Globals& g);

@@ -25,6 +25,7 @@ int main(int argc, char** argv) {
   cli::add_mount_commands(app, g);
   cli::add_control_commands(app, g);
   cli::check_unsigned_options(app);
+  cli::add_global_options_footer(app);
   app.set_version_flag("--version", std::string("kvpager ") + KVPAGER_VERSION);
   // CLI11 answers a mistyped first word with "A subcommand is required":
   // name it instead.
