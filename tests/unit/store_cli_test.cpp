@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -27,11 +28,12 @@ struct CliRun {
   std::string out;  // stdout and stderr
 };
 
-CliRun run_cli(const std::string& args) {
+// wrapper: a command line the binary runs under (setpriv ... --).
+CliRun run_cli(const std::string& args, const std::string& wrapper = "") {
   CliRun r;
   // ctest sets KVPAGER_SRC for the tests; kvpager rejects unknown KVPAGER_*
   // variables (a typo must not pass silently), so it is not handed on.
-  std::string cmd = "env -u KVPAGER_SRC " + std::string(KVPAGER_BIN) + " " + args + " 2>&1";
+  std::string cmd = wrapper + "env -u KVPAGER_SRC " + std::string(KVPAGER_BIN) + " " + args + " 2>&1";
   FILE* p = popen(cmd.c_str(), "r");
   if (!p) return r;
   char buf[4096];
@@ -264,6 +266,32 @@ TEST(StoreCli, CommandsThatReadRefuseAStoreThatDoesNotExist) {
   write_file(d.sub("in.bin"), pattern(9, 100));
   EXPECT_EQ(run_cli("store put " + d.sub("in.bin") + " --context c --store " + d.sub("new")).code, 0);
   EXPECT_EQ(run_cli("store --store " + d.sub("new") + " get c " + d.sub("out")).code, 0);
+}
+
+// A store's files are private to the user that made it (0600/0700); another
+// user is told whose it is and what to do, not "not a kvpager store".
+TEST(StoreCli, AnotherUsersStoreIsRefusedNamingItsOwner) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root, to run kvpager as another user (setpriv)";
+  if (std::system("command -v setpriv >/dev/null 2>&1") != 0) GTEST_SKIP() << "setpriv (util-linux) not installed";
+  const std::string nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups -- ";
+  TempDir d;
+  ASSERT_EQ(chmod(d.path().c_str(), 0755), 0);  // others may walk in; the store itself stays private
+  write_file(d.sub("in.bin"), pattern(3, 4096));
+  ASSERT_EQ(run_cli("store put " + d.sub("in.bin") + " --context c --store " + d.sub("s")).code, 0);
+  for (const std::string& cmd : std::vector<std::string>{"ls", "get c -", "rm c", "put --context x /dev/null"}) {
+    CliRun r = run_cli("store --store " + d.sub("s") + " " + cmd, nobody);
+    EXPECT_EQ(r.code, 2) << cmd << ": " << r.out;
+    EXPECT_NE(r.out.find("Permission denied: the store belongs to root (uid 0)"), std::string::npos) << cmd << ": " << r.out;
+    EXPECT_EQ(r.out.find("not a kvpager store"), std::string::npos) << cmd << ": " << r.out;
+  }
+  EXPECT_EQ(run_cli("store --store " + d.sub("s") + " get c -").out.size(), 4096u) << "the owner still reads it";
+
+  // A store below a directory the user cannot enter.
+  std::filesystem::create_directory(d.sub("closed"));
+  ASSERT_EQ(chmod(d.sub("closed").c_str(), 0700), 0);
+  CliRun r = run_cli("store --store " + d.sub("closed/s") + " ls", nobody);
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("a directory above it is closed to this user"), std::string::npos) << r.out;
 }
 
 TEST(StoreCli, PutOntoAnExistingNameSaysItReplacesIt) {

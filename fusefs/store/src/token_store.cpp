@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <pwd.h>
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -22,6 +23,29 @@
 namespace kvpager::store {
 
 namespace {
+
+// strerror(err), and for a permission error whose store it is: a store's
+// files are private to the user that made it (0600/0700), so "Permission
+// denied" alone leaves the user guessing what to do.
+std::string access_error(const std::string& dir, int err) {
+  std::string what = std::strerror(err);
+  if (err != EACCES && err != EPERM) return what;
+  struct stat st{};
+  if (stat(dir.c_str(), &st) != 0) {
+    return fmt::format("{} (a directory above it is closed to this user; choose a store of your own with --store or "
+                       "store_dir)", what);
+  }
+  if (st.st_uid == geteuid()) return what;
+  std::string owner = fmt::format("uid {}", st.st_uid);
+  struct passwd pw{};
+  struct passwd* found = nullptr;
+  char buf[1024];
+  if (getpwuid_r(st.st_uid, &pw, buf, sizeof buf, &found) == 0 && found) owner = fmt::format("{} (uid {})", pw.pw_name, st.st_uid);
+  return fmt::format("{}: the store belongs to {} and its files are private to that user; run as that user, or choose "
+                     "a store of your own with --store or store_dir",
+                     what, owner);
+}
+
 
 constexpr char kFormatFile[] = "FORMAT";
 constexpr std::string_view kFormatText = "kvpager-store 1\n";
@@ -214,10 +238,10 @@ void TokenStore::open_dirs() {
   if (!opt_.read_only) {
     std::error_code ec;
     std::filesystem::create_directories(dir, ec);
-    if (ec) throw ConfigError(fmt::format("store_dir = {}: cannot create it: {}", dir, ec.message()));
+    if (ec) throw ConfigError(fmt::format("store_dir = {}: cannot create it: {}", dir, access_error(dir, ec.value())));
   }
   root_fd_ = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (root_fd_ < 0) throw ConfigError(fmt::format("store_dir = {}: cannot open it: {}", dir, std::strerror(errno)));
+  if (root_fd_ < 0) throw ConfigError(fmt::format("store_dir = {}: cannot open it: {}", dir, access_error(dir, errno)));
 
   std::vector<std::byte> fmt_bytes;
   if (read_file_at(root_fd_, kFormatFile, &fmt_bytes)) {
@@ -225,6 +249,8 @@ void TokenStore::open_dirs() {
     if (text != kFormatText)
       throw ConfigError(fmt::format("store_dir = {}: {} says '{}', not a kvpager store of this version", dir,
                                     kFormatFile, text.substr(0, text.find('\n'))));
+  } else if (errno == EACCES || errno == EPERM) {
+    throw ConfigError(fmt::format("store_dir = {}: cannot read {}: {}", dir, kFormatFile, access_error(dir, errno)));
   } else if (errno != ENOENT || opt_.read_only) {
     throw ConfigError(fmt::format("store_dir = {}: not a kvpager store ({}: {})", dir, kFormatFile, std::strerror(errno)));
   } else {
@@ -241,13 +267,13 @@ void TokenStore::open_dirs() {
       if (!write_all(fd.get(), kFormatText.data(), kFormatText.size(), 0))
         throw ConfigError(fmt::format("store_dir = {}: cannot write {}: {}", dir, kFormatFile, std::strerror(errno)));
     } else if (errno != EEXIST) {  // EEXIST: another process made it first
-      throw ConfigError(fmt::format("store_dir = {}: cannot create {}: {}", dir, kFormatFile, std::strerror(errno)));
+      throw ConfigError(fmt::format("store_dir = {}: cannot create {}: {}", dir, kFormatFile, access_error(dir, errno)));
     }
   }
   auto sub = [&](const char* name) {
     if (!opt_.read_only) mkdirat(root_fd_, name, 0700);
     int fd = openat(root_fd_, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) throw ConfigError(fmt::format("store_dir = {}: cannot open {}/: {}", dir, name, std::strerror(errno)));
+    if (fd < 0) throw ConfigError(fmt::format("store_dir = {}: cannot open {}/: {}", dir, name, access_error(dir, errno)));
     return fd;
   };
   objects_fd_ = sub("objects");
