@@ -709,6 +709,18 @@ void Runtime::handle_events() {
 void Runtime::pager_main() {
   t_pager_thread = true;
   drv_.ctxSetCurrent(ctx_);
+  // This thread never captures, and what it calls (event queries and
+  // synchronizes, prefetches on its own stream) must not break the
+  // program's captures. In the default mode, CU_STREAM_CAPTURE_MODE_GLOBAL, a
+  // thread is "prohibited from potentially unsafe API calls" while any other
+  // thread captures in that mode (cuda.h, cuThreadExchangeStreamCaptureMode),
+  // and such a call invalidates the capture (PyTorch's graph capture uses
+  // that mode; its own event-querying threads switch away from it). The
+  // spill fence still refuses while any capture is active (streams.h).
+  if (drv_.threadExchangeStreamCaptureMode) {
+    CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+    drv_.threadExchangeStreamCaptureMode(&mode);
+  }
   const uint64_t tick = cfg_.cuda_tick_ns;
   while (!stop_.load(std::memory_order_acquire)) {
     const uint32_t seen = wake_word_.load(std::memory_order_acquire);
