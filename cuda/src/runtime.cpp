@@ -256,7 +256,11 @@ bool Runtime::start_pager() {
                                          [this](uint64_t base) { return unsafe_counter(base); });
     mover_->set_total_unsafe(&total_unsafe_);
     pager_ = std::make_unique<Pager>(cfg_, *mover_);
-  } catch (const ConfigError& e) {
+  } catch (const std::exception& e) {
+    // ConfigError mostly (a driver or device that cannot page, a bad store);
+    // anything else (no memory, a filesystem error) must not leave this hook
+    // either: it would unwind through the driver's caller (cudart is C) and
+    // terminate the program, where the pager being off is what is promised.
     log(4, fmt::format("{}\nkvpager: the pager is off, CUDA calls pass through", e.what()));
     pager_.reset();
     mover_.reset();
