@@ -83,6 +83,7 @@ bool Driver::load(void* libcuda, std::string* why) {
   get(streamDestroy, "cuStreamDestroy", 4000, true);
   get(streamSynchronize, "cuStreamSynchronize", 2000, true);
   get(streamIsCapturing, "cuStreamIsCapturing", 10000, true);
+  get(threadExchangeStreamCaptureMode, "cuThreadExchangeStreamCaptureMode", 10010, false);
   get(eventCreate, "cuEventCreate", 2000, true);
   get(eventRecord, "cuEventRecord", 2000, true);
   get(eventQuery, "cuEventQuery", 2000, true);

@@ -42,6 +42,7 @@ struct Driver {
   PFN_cuStreamDestroy_v4000 streamDestroy = nullptr;
   PFN_cuStreamSynchronize_v2000 streamSynchronize = nullptr;
   PFN_cuStreamIsCapturing_v10000 streamIsCapturing = nullptr;
+  PFN_cuThreadExchangeStreamCaptureMode_v10010 threadExchangeStreamCaptureMode = nullptr;
   PFN_cuEventCreate_v2000 eventCreate = nullptr;
   PFN_cuEventRecord_v2000 eventRecord = nullptr;
   PFN_cuEventQuery_v2000 eventQuery = nullptr;

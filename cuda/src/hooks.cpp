@@ -477,7 +477,7 @@ struct Body<Api::kLaunchKernel> {
     return guarded(
         [&](Scanner& sc) {
           sc.stream(s);
-          scan_kernel(*Runtime::active(), sc, f, params, extra);
+          scan_kernel(sc.runtime(), sc, f, params, extra);
         },
         [&] { return real(f, gx, gy, gz, bx, by, bz, shmem, s, params, extra); });
   }
@@ -490,7 +490,7 @@ struct Body<Api::kLaunchKernelEx> {
     return guarded(
         [&](Scanner& sc) {
           sc.stream(cfg ? cfg->hStream : nullptr);
-          scan_kernel(*Runtime::active(), sc, f, params, extra);
+          scan_kernel(sc.runtime(), sc, f, params, extra);
         },
         [&] { return real(cfg, f, params, extra); });
   }
@@ -504,7 +504,7 @@ struct Body<Api::kLaunchCooperativeKernel> {
     return guarded(
         [&](Scanner& sc) {
           sc.stream(s);
-          scan_kernel(*Runtime::active(), sc, f, params, nullptr);
+          scan_kernel(sc.runtime(), sc, f, params, nullptr);
         },
         [&] { return real(f, gx, gy, gz, bx, by, bz, shmem, s, params); });
   }
@@ -517,9 +517,9 @@ struct Body<Api::kGraphLaunch> {
     return guarded(
         [&](Scanner& sc) {
           sc.stream(s);
-          const GraphTable::Info* info = Runtime::active()->graphs().find(exec);
+          const GraphTable::Info* info = sc.runtime().graphs().find(exec);
           if (!info || info->unknown) {
-            if (sc.first_scan()) Runtime::active()->note_unscannable();
+            if (sc.first_scan()) sc.runtime().note_unscannable();
             sc.everything();
             return;
           }
@@ -793,7 +793,7 @@ CUresult bench_launch(CUfunction f, void** params, CUstream s, CUresult (*real)(
   return guarded(
       [&](Scanner& sc) {
         sc.stream(s);
-        scan_kernel(*Runtime::active(), sc, f, params, nullptr);
+        scan_kernel(sc.runtime(), sc, f, params, nullptr);
       },
       [&] { return real(); });
 }

@@ -27,6 +27,9 @@ class Scanner {
   void range(uint64_t lo, uint64_t hi);
   // Cannot tell what it touches: restore everything that is spilled.
   void everything();
+  // The instance the operation is guarded by. (Not Runtime::active() again:
+  // at exit it turns null while other threads may still be launching.)
+  Runtime& runtime() const { return rt_; }
   void stream(CUstream s) { stream_ = s; }
   void kernel(uint64_t k) { ev_.kernel = k; }
   // Set on rescans after a restore (counters count an operation once).

@@ -256,7 +256,11 @@ bool Runtime::start_pager() {
                                          [this](uint64_t base) { return unsafe_counter(base); });
     mover_->set_total_unsafe(&total_unsafe_);
     pager_ = std::make_unique<Pager>(cfg_, *mover_);
-  } catch (const ConfigError& e) {
+  } catch (const std::exception& e) {
+    // ConfigError mostly (a driver or device that cannot page, a bad store);
+    // anything else (no memory, a filesystem error) must not leave this hook
+    // either: it would unwind through the driver's caller (cudart is C) and
+    // terminate the program, where the pager being off is what is promised.
     log(4, fmt::format("{}\nkvpager: the pager is off, CUDA calls pass through", e.what()));
     pager_.reset();
     mover_.reset();
@@ -709,6 +713,18 @@ void Runtime::handle_events() {
 void Runtime::pager_main() {
   t_pager_thread = true;
   drv_.ctxSetCurrent(ctx_);
+  // This thread never captures, and what it calls (event queries and
+  // synchronizes, prefetches on its own stream) must not break the
+  // program's captures. In the default mode, CU_STREAM_CAPTURE_MODE_GLOBAL, a
+  // thread is "prohibited from potentially unsafe API calls" while any other
+  // thread captures in that mode (cuda.h, cuThreadExchangeStreamCaptureMode),
+  // and such a call invalidates the capture (PyTorch's graph capture uses
+  // that mode; its own event-querying threads switch away from it). The
+  // spill fence still refuses while any capture is active (streams.h).
+  if (drv_.threadExchangeStreamCaptureMode) {
+    CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_RELAXED;
+    drv_.threadExchangeStreamCaptureMode(&mode);
+  }
   const uint64_t tick = cfg_.cuda_tick_ns;
   while (!stop_.load(std::memory_order_acquire)) {
     const uint32_t seen = wake_word_.load(std::memory_order_acquire);

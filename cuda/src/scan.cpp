@@ -32,49 +32,63 @@ CUresult ParamLayouts::param_info(CUfunction f, size_t i, size_t* off, size_t* s
   return d_.funcGetParamInfo ? d_.funcGetParamInfo(f, i, off, size) : CUDA_ERROR_NOT_SUPPORTED;
 }
 
+CUresult ParamLayouts::first_param(CUfunction f, size_t* off, size_t* size, bool* kernel_handle) const {
+  // cuLaunchKernel takes a CUfunction or a CUkernel cast to one (what cudart
+  // uses since CUDA 12; cuda.h, cuLaunchKernel). cuFuncGetParamInfo is not
+  // documented to take a CUkernel and documents only CUDA_SUCCESS and
+  // CUDA_ERROR_INVALID_VALUE (cuda.h, cuFuncGetParamInfo): it may answer a
+  // CUkernel with INVALID_VALUE, which also means "there is no parameter 0".
+  // So INVALID_VALUE means "no parameters" only if cuKernelGetParamInfo does
+  // not describe the handle either; otherwise a kernel's arguments would go
+  // unscanned and it could run on spilled bytes.
+  *kernel_handle = false;
+  const CUresult rf = param_info(f, 0, off, size, false);
+  if (rf == CUDA_SUCCESS) return rf;
+  const CUresult rk = param_info(f, 0, off, size, true);
+  if (rk == CUDA_SUCCESS) {
+    *kernel_handle = true;
+    return rk;
+  }
+  return rf == CUDA_ERROR_INVALID_VALUE || rk == CUDA_ERROR_INVALID_VALUE ? CUDA_ERROR_INVALID_VALUE : rf;
+}
+
 bool ParamLayouts::describe(CUfunction f, std::vector<std::pair<size_t, size_t>>& params) const {
   params.clear();
-  // cuLaunchKernel takes a CUfunction or a CUkernel (what cudart uses since
-  // CUDA 12); ask as the first, then as the second.
-  for (bool kernel_handle : {false, true}) {
-    size_t off = 0, size = 0;
-    CUresult r = param_info(f, 0, &off, &size, kernel_handle);
-    if (r == CUDA_ERROR_INVALID_VALUE) return true;  // no parameters
-    if (r != CUDA_SUCCESS) continue;
+  size_t off = 0, size = 0;
+  bool kernel_handle = false;
+  CUresult r = first_param(f, &off, &size, &kernel_handle);
+  if (r == CUDA_ERROR_INVALID_VALUE) return true;  // no parameters
+  if (r != CUDA_SUCCESS) return false;
+  params.emplace_back(off, size);
+  for (size_t i = 1; i < kMaxParams; ++i) {
+    r = param_info(f, i, &off, &size, kernel_handle);
+    if (r != CUDA_SUCCESS) return r == CUDA_ERROR_INVALID_VALUE;
     params.emplace_back(off, size);
-    for (size_t i = 1; i < kMaxParams; ++i) {
-      r = param_info(f, i, &off, &size, kernel_handle);
-      if (r != CUDA_SUCCESS) return r == CUDA_ERROR_INVALID_VALUE;
-      params.emplace_back(off, size);
-    }
-    return false;
   }
   return false;
 }
 
 int64_t ParamLayouts::compute(CUfunction f, uint32_t* out, size_t cap) const {
   // Same walk as describe(), without allocating: the launch path may be here.
-  for (bool kernel_handle : {false, true}) {
-    size_t n = 0;
-    bool fits = true;
-    CUresult r = CUDA_SUCCESS;
-    size_t i = 0;
-    for (; i < kMaxParams; ++i) {
-      size_t off = 0, size = 0;
+  size_t off = 0, size = 0;
+  bool kernel_handle = false;
+  CUresult r = first_param(f, &off, &size, &kernel_handle);
+  if (r == CUDA_ERROR_INVALID_VALUE) return 0;  // no parameters
+  if (r != CUDA_SUCCESS) return -1;
+  size_t n = 0;
+  bool fits = true;
+  for (size_t i = 0; i < kMaxParams; ++i) {
+    if (i > 0) {
       r = param_info(f, i, &off, &size, kernel_handle);
-      if (r != CUDA_SUCCESS) break;
-      for (size_t o = (off + 7) & ~size_t{7}; o + 8 <= off + size; o += 8) {
-        if (o - off > 0xFFFF) return -1;  // cannot encode (no real parameter is this large)
-        if (n < cap) out[n] = static_cast<uint32_t>(i << 16 | (o - off));
-        else fits = false;
-        ++n;
-      }
+      if (r == CUDA_ERROR_INVALID_VALUE) return fits ? static_cast<int64_t>(n) : static_cast<int64_t>(cap) + 1;
+      if (r != CUDA_SUCCESS) return -1;
     }
-    if (r != CUDA_ERROR_INVALID_VALUE) {
-      if (i == 0) continue;  // not this kind of handle
-      return -1;
+    for (size_t o = (off + 7) & ~size_t{7}; o + 8 <= off + size; o += 8) {
+      if (o - off > 0xFFFF) return -1;  // cannot encode (no real parameter is this large)
+      if (n < cap) out[n] = static_cast<uint32_t>(i << 16 | (o - off));
+      else fits = false;
+      ++n;
     }
-    return fits ? static_cast<int64_t>(n) : static_cast<int64_t>(cap) + 1;
   }
   return -1;
 }

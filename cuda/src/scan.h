@@ -61,6 +61,10 @@ class ParamLayouts {
   // driver cannot describe f, or cap + 1 if it did not fit.
   int64_t compute(CUfunction f, uint32_t* out, size_t cap) const;
   CUresult param_info(CUfunction f, size_t i, size_t* off, size_t* size, bool kernel_handle) const;
+  // Parameter 0 of f, and which entry point describes f (kernel_handle: the
+  // CUkernel one). CUDA_ERROR_INVALID_VALUE: f has no parameters; another
+  // error: the driver cannot describe f.
+  CUresult first_param(CUfunction f, size_t* off, size_t* size, bool* kernel_handle) const;
 
   const Driver& d_;
   std::unique_ptr<Slot[]> table_;

@@ -62,7 +62,11 @@ struct MoverRig {
     }
     if (!drv.load(lib, &why)) return;
     if (auto clear = standin<void (*)()>("standin_log_clear")) clear();  // the stand-in's log, per test
-    dir = (std::filesystem::temp_directory_path() / ("kvpager-mover-" + std::to_string(getpid()))).string();
+    // The store: under cfg.store_dir if the caller named one (the benchmark
+    // measures the NVMe tier there), else in the temporary directory.
+    const std::filesystem::path parent =
+        cfg.store_dir.empty() ? std::filesystem::temp_directory_path() : std::filesystem::path(cfg.store_dir);
+    dir = (parent / ("kvpager-mover-" + std::to_string(getpid()))).string();
     cfg.store_dir = dir;
     store = std::make_unique<FileStore>(dir, cfg.chunk_size, store_capacity);
     mover = std::make_unique<cuda::CudaMover>(drv, cfg, ctx, store.get(), q, streams,

@@ -191,6 +191,51 @@ TEST(ParamLayouts, EveryAlignedWordIsACandidateAndLayoutsAreCached) {
   EXPECT_FALSE(layouts.get(reinterpret_cast<CUfunction>(0x1234), scratch).known) << "not a kernel the driver knows";
 }
 
+// A driver whose cuFuncGetParamInfo cannot tell a CUkernel (cudart's handle
+// since CUDA 12) from a function without parameters: it answers both with
+// CUDA_ERROR_INVALID_VALUE, the one error it documents. cuKernelGetParamInfo
+// describes the kernel; for anything else it too says INVALID_VALUE.
+FakeKernel g_cukernels[1] = {{{{0, 8}, {8, 8}, {16, 4}, {24, 8}}}};
+CUresult fake_param_info_blind(CUfunction f, size_t i, size_t* off, size_t* size) {
+  auto* k = reinterpret_cast<FakeKernel*>(f);
+  if (k == g_cukernels) return CUDA_ERROR_INVALID_VALUE;
+  return fake_param_info(f, i, off, size);
+}
+CUresult fake_kernel_param_info(CUkernel kern, size_t i, size_t* off, size_t* size) {
+  auto* k = reinterpret_cast<FakeKernel*>(kern);
+  if (k != g_cukernels || i >= k->params.size()) return CUDA_ERROR_INVALID_VALUE;
+  *off = k->params[i].first;
+  *size = k->params[i].second;
+  return CUDA_SUCCESS;
+}
+
+TEST(ParamLayouts, AKernelHandleIsDescribedEvenWhenTheFunctionQueryMistakesItForNoParameters) {
+  Driver d;
+  d.funcGetParamInfo = &fake_param_info_blind;
+  d.kernelGetParamInfo = &fake_kernel_param_info;
+  ParamLayouts layouts(d);
+  uint32_t scratch[ParamLayouts::kScratchWords];
+  // (ptr @0, u64 @8, u32 @16, ptr @24), launched with the CUkernel cast to a CUfunction.
+  const auto kern = reinterpret_cast<CUfunction>(&g_cukernels[0]);
+  uint64_t p = 0xAAAA, n = 5, out = 0xBBBB;
+  uint32_t seed = 3;
+  void* args[] = {&p, &n, &seed, &out};
+  std::vector<uint64_t> seen;
+  ParamLayouts::Layout l = layouts.get(kern, scratch);
+  ASSERT_TRUE(l.known);
+  ASSERT_TRUE(scan_launch(l, args, nullptr, [&](uint64_t v) { seen.push_back(v); }));
+  EXPECT_EQ(seen, (std::vector<uint64_t>{0xAAAA, 5, 0xBBBB})) << "its pointers are scanned, not skipped";
+  std::vector<std::pair<size_t, size_t>> params;
+  ASSERT_TRUE(layouts.describe(kern, params)) << "graph nodes too";
+  EXPECT_EQ(params.size(), 4u);
+  // A function handle still goes by cuFuncGetParamInfo, a parameterless one included.
+  EXPECT_EQ(layouts.get(fn(0), scratch).count, 2u);
+  EXPECT_TRUE(layouts.get(fn(2), scratch).known);
+  EXPECT_EQ(layouts.get(fn(2), scratch).count, 0u);
+  ASSERT_TRUE(layouts.describe(fn(2), params));
+  EXPECT_TRUE(params.empty());
+}
+
 TEST(ParamLayouts, ADriverWithoutParamInfoMakesLaunchesUnscannable) {
   Driver d;  // no cuFuncGetParamInfo (driver older than 12.4)
   ParamLayouts layouts(d);

@@ -22,6 +22,15 @@
 // asynchronous host-to-device copy -- a restore's copy-in -- takes this long
 // before its bytes land, as over a slow link: a launch on another thread that
 // does not wait for the restore reads what was there before).
+// Stream capture interaction modes (cuda.h, cuThreadExchangeStreamCaptureMode):
+// a thread in CU_STREAM_CAPTURE_MODE_GLOBAL (every thread's default) may not
+// make potentially unsafe calls while another thread captures in that mode,
+// nor may a thread in any mode but RELAXED while it captures itself; such a
+// call fails with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and invalidates the
+// conflicting captures (cuStreamEndCapture then fails). Unsafe here: the
+// allocations that are not stream ordered (the header's own example,
+// cudaMalloc) and the host waits on work (event/stream/context queries and
+// synchronizes: PyTorch leaves GLOBAL mode around its event queries for this).
 #include "standin.h"
 
 #include <cuda.h>
@@ -139,10 +148,36 @@ thread_local CUcontext t_current = nullptr;
 
 struct Stream {
   bool capturing = false;
+  bool invalidated = false;
+  CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
+  std::thread::id thread;
 };
 struct Event {};
 
 CUresult need_context() { return t_current ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT; }
+
+// Captures under way (g_mu), and this thread's capture interaction mode.
+std::vector<Stream*> g_capturing;
+thread_local CUstreamCaptureMode t_capture_mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
+
+// A potentially unsafe call: refused (and the captures it conflicts with
+// invalidated) as described at the top.
+CUresult unsafe_during_capture(const char* what) {
+  if (t_capture_mode == CU_STREAM_CAPTURE_MODE_RELAXED) return CUDA_SUCCESS;
+  std::lock_guard lock(g_mu);
+  bool conflict = false;
+  for (Stream* st : g_capturing) {
+    const bool mine = st->thread == std::this_thread::get_id();
+    if ((mine && st->mode != CU_STREAM_CAPTURE_MODE_RELAXED) ||
+        (!mine && st->mode == CU_STREAM_CAPTURE_MODE_GLOBAL && t_capture_mode == CU_STREAM_CAPTURE_MODE_GLOBAL)) {
+      st->invalidated = true;
+      conflict = true;
+    }
+  }
+  if (!conflict) return CUDA_SUCCESS;
+  g_log.emplace_back(std::string(what) + " refused: it would break a stream capture");
+  return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+}
 
 // ---------------------------------------------------------------- kernels
 
@@ -346,6 +381,7 @@ CUresult cuCtxGetDevice(CUdevice* d) {
   return CUDA_SUCCESS;
 }
 CUresult cuCtxSynchronize() {
+  if (CUresult r = unsafe_during_capture("cuCtxSynchronize")) return r;
   logf("cuCtxSynchronize");
   return CUDA_SUCCESS;
 }
@@ -369,6 +405,7 @@ CUresult cuMemGetInfo_v2(size_t* free, size_t* total) {
 
 CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t size) {
   if (CUresult r = need_context()) return r;
+  if (CUresult r = unsafe_during_capture("cuMemAlloc_v2")) return r;
   CUresult r = add_alloc(dptr, size, Kind::kDevice);
   logf("cuMemAlloc_v2 %zu", size);
   return r;
@@ -385,6 +422,7 @@ CUresult cuMemAllocPitch_v2(CUdeviceptr* dptr, size_t* pitch, size_t width, size
 CUresult cuMemAllocManaged(CUdeviceptr* dptr, size_t size, unsigned flags) {
   if (CUresult r = need_context()) return r;
   if (flags != CU_MEM_ATTACH_GLOBAL && flags != CU_MEM_ATTACH_HOST) return CUDA_ERROR_INVALID_VALUE;
+  if (CUresult r = unsafe_during_capture("cuMemAllocManaged")) return r;
   if (std::getenv("CUDA_STANDIN_REENTER")) {
     // A driver calling its own exported entry points from inside a call.
     using Info = CUresult (*)(size_t*, size_t*);
@@ -431,6 +469,7 @@ CUresult cuMemFreeAsync(CUdeviceptr p, CUstream) {
 CUresult cuMemFreeAsync_ptsz(CUdeviceptr p, CUstream s) { return cuMemFreeAsync(p, s); }
 
 CUresult cuMemHostAlloc(void** p, size_t size, unsigned) {
+  if (CUresult r = unsafe_during_capture("cuMemHostAlloc")) return r;
   CUdeviceptr d = 0;
   CUresult r = add_alloc(&d, size, Kind::kHost);
   *p = reinterpret_cast<void*>(d);
@@ -591,12 +630,22 @@ CUresult cuStreamCreate(CUstream* s, unsigned) {
 }
 CUresult cuStreamDestroy_v2(CUstream s) {
   logf("cuStreamDestroy_v2 0x%llx", reinterpret_cast<unsigned long long>(s));
+  {
+    std::lock_guard lock(g_mu);
+    std::erase(g_capturing, reinterpret_cast<Stream*>(s));
+  }
   delete reinterpret_cast<Stream*>(s);
   return CUDA_SUCCESS;
 }
-CUresult cuStreamSynchronize(CUstream) { return CUDA_SUCCESS; }
-CUresult cuStreamSynchronize_ptsz(CUstream) { return CUDA_SUCCESS; }
-CUresult cuStreamQuery(CUstream) { return CUDA_SUCCESS; }
+CUresult cuStreamSynchronize(CUstream) { return unsafe_during_capture("cuStreamSynchronize"); }
+CUresult cuStreamSynchronize_ptsz(CUstream) { return unsafe_during_capture("cuStreamSynchronize_ptsz"); }
+CUresult cuStreamQuery(CUstream) { return unsafe_during_capture("cuStreamQuery"); }
+CUresult cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode* mode) {
+  if (!mode) return CUDA_ERROR_INVALID_VALUE;
+  std::swap(*mode, t_capture_mode);
+  logf("cuThreadExchangeStreamCaptureMode %d", static_cast<int>(t_capture_mode));
+  return CUDA_SUCCESS;
+}
 namespace {
 bool is_default(CUstream s) { return !s || s == CU_STREAM_LEGACY || s == CU_STREAM_PER_THREAD; }
 }  // namespace
@@ -605,15 +654,35 @@ CUresult cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus* st) {
                                                                      : CU_STREAM_CAPTURE_STATUS_NONE;
   return CUDA_SUCCESS;
 }
-CUresult cuStreamBeginCapture_v2(CUstream s, CUstreamCaptureMode) {
+CUresult cuStreamBeginCapture_v2(CUstream s, CUstreamCaptureMode mode) {
   if (is_default(s)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
-  reinterpret_cast<Stream*>(s)->capturing = true;
+  auto* st = reinterpret_cast<Stream*>(s);
+  {
+    std::lock_guard lock(g_mu);
+    st->capturing = true;
+    st->invalidated = false;
+    st->mode = mode;
+    st->thread = std::this_thread::get_id();
+    g_capturing.push_back(st);
+  }
   logf("cuStreamBeginCapture_v2");
   return CUDA_SUCCESS;
 }
 CUresult cuStreamEndCapture(CUstream s, CUgraph* g) {
   if (is_default(s) || !reinterpret_cast<Stream*>(s)->capturing) return CUDA_ERROR_ILLEGAL_STATE;
-  reinterpret_cast<Stream*>(s)->capturing = false;
+  auto* st = reinterpret_cast<Stream*>(s);
+  bool invalidated = false;
+  {
+    std::lock_guard lock(g_mu);
+    st->capturing = false;
+    invalidated = st->invalidated;
+    std::erase(g_capturing, st);
+  }
+  if (invalidated) {
+    *g = nullptr;
+    logf("cuStreamEndCapture invalidated");
+    return CUDA_ERROR_STREAM_CAPTURE_INVALIDATED;
+  }
   *g = reinterpret_cast<CUgraph>(new Graph());
   logf("cuStreamEndCapture");
   return CUDA_SUCCESS;
@@ -628,8 +697,8 @@ CUresult cuEventRecord(CUevent, CUstream s) {
   return CUDA_SUCCESS;
 }
 CUresult cuEventRecord_ptsz(CUevent e, CUstream s) { return cuEventRecord(e, s); }
-CUresult cuEventQuery(CUevent) { return CUDA_SUCCESS; }
-CUresult cuEventSynchronize(CUevent) { return CUDA_SUCCESS; }
+CUresult cuEventQuery(CUevent) { return unsafe_during_capture("cuEventQuery"); }
+CUresult cuEventSynchronize(CUevent) { return unsafe_during_capture("cuEventSynchronize"); }
 CUresult cuEventDestroy_v2(CUevent e) {
   delete reinterpret_cast<Event*>(e);
   return CUDA_SUCCESS;
@@ -811,6 +880,7 @@ const Proc kProcs[] = {
     P("cuStreamIsCapturing", 10000, cuStreamIsCapturing),
     P("cuStreamBeginCapture", 10010, cuStreamBeginCapture_v2),
     P("cuStreamEndCapture", 10000, cuStreamEndCapture),
+    P("cuThreadExchangeStreamCaptureMode", 10010, cuThreadExchangeStreamCaptureMode),
     P("cuEventCreate", 2000, cuEventCreate),
     PS("cuEventRecord", 2000, cuEventRecord, cuEventRecord_ptsz),
     P("cuEventQuery", 2000, cuEventQuery),

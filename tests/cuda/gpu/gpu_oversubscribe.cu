@@ -103,7 +103,7 @@ int main(int argc, char** argv) {
       }
     }
     for (int i = 0; i < buffers; i += 2) kvpager_park_context(("buf" + std::to_string(i)).c_str());
-    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    auto until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     while (stat("pager.nvme_bytes") == 0 && std::chrono::steady_clock::now() < until)
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     const uint64_t spilled = stat("pager.nvme_bytes"), restores = stat("restores");
@@ -115,7 +115,7 @@ int main(int argc, char** argv) {
     if (!restored) return 1;
     // A copy to the host reads a spilled buffer too: restored first as well.
     for (int i = 0; i < buffers; i += 2) kvpager_park_context(("buf" + std::to_string(i)).c_str());
-    until = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+    until = std::chrono::steady_clock::now() + std::chrono::seconds(30);
     while (stat("unsafe_chunks") == 0 && std::chrono::steady_clock::now() < until)
       std::this_thread::sleep_for(std::chrono::milliseconds(20));
     std::vector<uint8_t> host(bytes);

@@ -60,7 +60,7 @@ def main():
             return 1
     for i in range(0, count, 2):
         lib.kvpager_hint_v1(2, 0, 0, f"t{i}".encode())
-    deadline = time.time() + 120
+    deadline = time.time() + 30
     while stat(lib, "pager.nvme_bytes") == 0 and time.time() < deadline:
         time.sleep(0.02)
     print(f"spilled: {stat(lib, 'pager.nvme_bytes') >> 20} MiB")
