@@ -362,6 +362,20 @@ CUresult Runtime::alloc_managed(CUdeviceptr* dptr, uint64_t size) {
     managed_bytes_.fetch_sub(size);
     return r;
   }
+  if (*dptr % page_align_ != 0) {
+    // Only 256-byte alignment is documented. Chunks are cut at chunk_size
+    // steps from the base, and a discard or prefetch works on whole pages: a
+    // chunk that does not start on a page would take part of its neighbour's
+    // page with it (a spill's discard would lose live bytes). Such memory is
+    // not paged; the program gets the driver's own allocation instead.
+    drv_.memFree(*dptr);
+    managed_bytes_.fetch_sub(size);
+    if (!misaligned_warned_.exchange(true))
+      log(3, fmt::format("cuMemAllocManaged returned 0x{:x}, not on a {}-byte page: allocations that do so are "
+                         "left to the driver, unpaged", static_cast<uint64_t>(*dptr), page_align_));
+    *dptr = 0;
+    return CUDA_ERROR_NOT_SUPPORTED;
+  }
   // Lives in host RAM until the pager promotes it; the GPU reads it remotely
   // meanwhile, so a first touch by a kernel cannot fill HBM behind the budget.
   CUmemLocation host{}, gpu{};

@@ -23,6 +23,8 @@
 // process), and exit() does not wait for anything.
 #pragma once
 
+#include <unistd.h>
+
 #include <cuda.h>
 
 #include <atomic>
@@ -221,6 +223,9 @@ class Runtime {
   std::mutex limits_mu_;
   std::atomic<uint32_t> total_unsafe_{0};
   std::atomic<uint32_t> async_frees_pending_{0};
+  // Managed allocations must start on a page of this size (alloc_managed).
+  const uint64_t page_align_ = static_cast<uint64_t>(sysconf(_SC_PAGESIZE));
+  std::atomic<bool> misaligned_warned_{false};
 
   // Counters.
   std::atomic<uint64_t> scanned_{0}, unscannable_{0}, restores_{0}, managed_allocs_{0}, passthrough_hits_{0};

@@ -47,6 +47,19 @@ TEST(StandIn, RoutesAllocationsByThreshold) {
   EXPECT_EQ(s.num("managed_bytes"), 0u);
 }
 
+// Env: CUDA_STANDIN_MANAGED_OFFSET=256 (managed memory 256 bytes past a page).
+TEST(StandIn, ManagedMemoryThatDoesNotStartOnAPageIsLeftToTheDriver) {
+  Program p;
+  CUdeviceptr big = p.must_alloc(8 * kMiB);
+  EXPECT_EQ(p.count_log("cuMemAllocManaged 8388608"), 1u) << "asked for managed memory";
+  EXPECT_EQ(p.count_log("cuMemAlloc_v2 8388608"), 1u) << "then, as it was not page aligned, the driver's own";
+  EXPECT_EQ(big % 4096, 0u) << "the program got the device allocation";
+  Stats s = stats();
+  EXPECT_EQ(s.num("regions"), 0u) << "nothing of it is paged: a discard would take part of a neighbour's page";
+  EXPECT_EQ(s.num("managed_bytes"), 0u);
+  EXPECT_EQ(p.free(big), CUDA_SUCCESS);
+}
+
 // Env: KVPAGER_CUDA_DENY_SIZES=4M-6M, KVPAGER_CUDA_ALLOW_SIZES=512K-1M
 TEST(StandIn, AllowAndDenySizeRanges) {
   Program p;

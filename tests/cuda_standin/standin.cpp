@@ -21,7 +21,9 @@
 // uses its own exported entry points would), CUDA_STANDIN_COPY_DELAY_MS (each
 // asynchronous host-to-device copy -- a restore's copy-in -- takes this long
 // before its bytes land, as over a slow link: a launch on another thread that
-// does not wait for the restore reads what was there before).
+// does not wait for the restore reads what was there before),
+// CUDA_STANDIN_MANAGED_OFFSET (managed allocations start this many bytes past
+// a page boundary: only 256-byte alignment is documented).
 // Stream capture interaction modes (cuda.h, cuThreadExchangeStreamCaptureMode):
 // a thread in CU_STREAM_CAPTURE_MODE_GLOBAL (every thread's default) may not
 // make potentially unsafe calls while another thread captures in that mode,
@@ -84,6 +86,7 @@ struct Alloc {
   uint64_t size;
   Kind kind;
   std::vector<uint8_t> resident;  // managed: per 64 KiB page, 1 = on the device
+  uint64_t offset = 0;            // bytes mapped below the base (CUDA_STANDIN_MANAGED_OFFSET)
 };
 std::map<uint64_t, Alloc> g_allocs;  // by base
 uint64_t g_vmm_bytes = 0;
@@ -97,10 +100,14 @@ void* map_bytes(uint64_t size) {
 
 CUresult add_alloc(CUdeviceptr* dptr, uint64_t size, Kind kind) {
   if (!dptr || size == 0) return CUDA_ERROR_INVALID_VALUE;
-  void* p = map_bytes(size);
-  if (!p) return CUDA_ERROR_OUT_OF_MEMORY;
+  // The documented guarantee is 256-byte alignment: a driver may hand out
+  // managed memory that does not start on a page.
+  const uint64_t offset = kind == Kind::kManaged ? env_u64("CUDA_STANDIN_MANAGED_OFFSET", 0) : 0;
+  void* mapped = map_bytes(size + offset);
+  if (!mapped) return CUDA_ERROR_OUT_OF_MEMORY;
+  void* p = static_cast<char*>(mapped) + offset;
   std::lock_guard lock(g_mu);
-  Alloc a{size, kind, {}};
+  Alloc a{size, kind, {}, offset};
   if (kind == Kind::kManaged) a.resident.assign((size + kPage - 1) / kPage, 0);
   g_allocs[reinterpret_cast<uint64_t>(p)] = std::move(a);
   *dptr = reinterpret_cast<CUdeviceptr>(p);
@@ -111,10 +118,10 @@ CUresult remove_alloc(uint64_t p) {
   std::unique_lock lock(g_mu);
   auto it = g_allocs.find(p);
   if (it == g_allocs.end()) return CUDA_ERROR_INVALID_VALUE;
-  uint64_t size = it->second.size;
+  const uint64_t size = it->second.size, offset = it->second.offset;
   g_allocs.erase(it);
   lock.unlock();
-  munmap(reinterpret_cast<void*>(p), size);
+  munmap(reinterpret_cast<void*>(p - offset), size + offset);
   return CUDA_SUCCESS;
 }
 
