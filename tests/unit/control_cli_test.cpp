@@ -332,6 +332,28 @@ TEST_F(ControlCli, TuneSeveralKnobsOnEveryPager) {
   EXPECT_EQ(status_of(a)["config"]["prefetchers"]["value"], "sequential,correlation,hint");
 }
 
+// A live knob's flag was silently ignored by tune (it configured the client,
+// which has no use for it); it now means what KEY=VALUE means.
+TEST_F(ControlCli, TuneTakesALiveKnobsFlagAsASetting) {
+  Demo d(tmp_.path(), runtime_);
+  ASSERT_TRUE(d.ready()) << d.log();
+  Result r = kvpager({"tune", "--pid", d.pid_text(), "--prefetch-depth", "6", "--set", "eviction_policy=clock"});
+  ASSERT_EQ(r.exit_code, 0) << show(r);
+  EXPECT_TRUE(contains(r.out, "prefetch_depth 4 \u2192 6")) << r.out;
+  EXPECT_TRUE(contains(r.out, "eviction_policy lru \u2192 clock")) << r.out;
+  json s = status_of(d);
+  EXPECT_EQ(s["config"]["prefetch_depth"]["value"], "6");
+  EXPECT_EQ(s["config"]["eviction_policy"]["value"], "clock");
+
+  Result none = kvpager({"tune", "--pid", d.pid_text()});
+  EXPECT_EQ(none.exit_code, 2) << show(none);
+  EXPECT_TRUE(contains(none.err, "nothing to change")) << show(none);
+  Result fixed = kvpager({"tune", "--pid", d.pid_text(), "--chunk-size", "4M"});
+  EXPECT_EQ(fixed.exit_code, 2) << show(fixed);
+  EXPECT_TRUE(contains(fixed.err, "chunk_size cannot change while a pager runs")) << show(fixed);
+  EXPECT_EQ(status_of(d)["config"]["prefetch_depth"]["value"], "6") << "refusals changed nothing";
+}
+
 TEST_F(ControlCli, InvalidValuesAreRefusedNamingTheKnobAndChangeNothing) {
   Demo d(tmp_.path(), runtime_);
   ASSERT_TRUE(d.ready()) << d.log();

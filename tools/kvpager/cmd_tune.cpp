@@ -23,7 +23,33 @@ int exit_for(control::Errc e) {
   return e == control::Errc::kRefused || e == control::Errc::kBadRequest ? kExitUsage : kExitRuntime;
 }
 
-void tune(Globals& g, const TuneArgs& a) {
+// `kvpager tune --prefetch-depth 4` and `--set prefetch_depth=4` mean what
+// `prefetch_depth=4` means: a knob given on tune's command line is meant for
+// the pagers (ignoring it would be silent; one that cannot change live is
+// refused below, naming it). Only runtime_dir, which says where the pagers
+// are, configures this client.
+std::vector<std::string> take_knob_flags(Globals& g) {
+  std::vector<std::string> settings, sets, typed;
+  for (size_t i = 0; i < g.sets.size(); ++i) {
+    const std::string& s = g.sets[i];
+    const Knob* k = find_knob(s.substr(0, s.find('=')));
+    if (k && k->name != "runtime_dir") {
+      settings.push_back(fmt::format("{}={}", k->name, s.substr(s.find('=') + 1)));
+    } else {
+      sets.push_back(s);
+      typed.push_back(i < g.typed.size() ? g.typed[i] : s);
+    }
+  }
+  g.sets = std::move(sets);
+  g.typed = std::move(typed);
+  return settings;
+}
+
+void tune(Globals& g, TuneArgs a) {
+  std::vector<std::string> flags = take_knob_flags(g);
+  a.assignments.insert(a.assignments.begin(), flags.begin(), flags.end());
+  if (a.assignments.empty())
+    throw CLI::ValidationError("settings", "nothing to change: give KEY=VALUE (or --<knob> VALUE) for a live knob (kvpager config knobs)");
   // What can be known without a pager is checked first: the knob exists, may
   // change live, and the value parses (a pager still checks it against its
   // own configuration, e.g. the watermarks together).
@@ -101,11 +127,13 @@ void add_tune_commands(CLI::App& app, Globals& g) {
       "tune",
       "Change tunables of running pagers without a restart: KEY=VALUE for any live knob (kvpager config knobs).\n"
       "Several in one call are applied together or not at all; a refused value leaves the old one and says why.\n"
-      "Prints old \u2192 new.");
+      "Prints old \u2192 new. Example: kvpager tune prefetchers=correlation prefetch_depth=4\n"
+      "(or: kvpager tune --prefetchers correlation --prefetch-depth 4).");
   auto* pid_opt = tune_cmd->add_option("--pid", t.pid, "The pager to change (default: the only one running)");
   auto* all_opt = tune_cmd->add_flag("--all", t.all, "Change every live pager");
   pid_opt->excludes(all_opt);
-  tune_cmd->add_option("settings", t.assignments, "KEY=VALUE ...")->required();
+  tune_cmd->add_option("settings", t.assignments,
+                       "KEY=VALUE ... (a live knob's --<knob> VALUE or --set KEY=VALUE means the same here)");
   tune_cmd->callback([&g] { tune(g, t); });
 
   static HintArgs h;
