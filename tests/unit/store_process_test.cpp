@@ -149,10 +149,17 @@ TEST(TokenStoreProcesses, SurvivesSigkillAtRandomPoints) {
   uint64_t leftovers_removed = 0;
   for (int iter = 0; iter < kills; ++iter) {
     const uint64_t delay_us = iter < 10 ? static_cast<uint64_t>(iter) * 100 : rng() % 15000;
+    // The delay counts from the child's first write, not from fork: under
+    // load (or ASan) start-up alone can take longer than the delay, and kills
+    // that land before anything is written test nothing.
+    int ready[2];
+    ASSERT_EQ(pipe(ready), 0);
     pid_t pid = fork();
     ASSERT_GE(pid, 0);
     if (pid == 0) {
+      close(ready[0]);
       TokenStore s(small_opts(d.path()));
+      if (::write(ready[1], "w", 1) != 1) _exit(22);
       std::mt19937_64 r(static_cast<uint64_t>(iter) + 7);
       for (uint64_t i = 0;; ++i) {
         const uint64_t seed = static_cast<uint64_t>(iter + 1) * 1'000'000 + i;
@@ -166,6 +173,10 @@ TEST(TokenStoreProcesses, SurvivesSigkillAtRandomPoints) {
         if (s.put(k, pattern(seed, 70000)) != Status::kOk) _exit(21);
       }
     }
+    close(ready[1]);
+    char byte = 0;
+    ASSERT_EQ(::read(ready[0], &byte, 1), 1) << "the writer died before it started";
+    close(ready[0]);
     std::this_thread::sleep_for(std::chrono::microseconds(delay_us));
     kill(pid, SIGKILL);
     int status = 0;
