@@ -450,6 +450,17 @@ TEST_F(ControlCli, StopSignalsRemoveTheSocketAndPrintTheSummary) {
   }
 }
 
+// A large demo's prefill takes seconds (here 4096 sessions); a stop signal
+// used to wait for all of it before the summary.
+TEST_F(ControlCli, AStopSignalEndsTheDemoDuringItsPrefill) {
+  Demo d(tmp_.path(), runtime_, DemoShape{4096, 1, "16M"});
+  ASSERT_TRUE(d.ready()) << d.log();  // the socket is there before the prefill starts
+  EXPECT_EQ(d.stop(SIGINT), 0) << d.log();
+  EXPECT_TRUE(contains(d.log(), "stopped during the prefill")) << d.log();
+  EXPECT_FALSE(contains(d.log(), "(4096 of 4096 sessions built)")) << d.log();
+  EXPECT_TRUE(contains(d.log(), "Integrity:")) << d.log();
+}
+
 TEST_F(ControlCli, TopDrawsAFrameOnATerminalAndQuitsOnQ) {
   Demo d(tmp_.path(), runtime_);
   ASSERT_TRUE(d.ready()) << d.log();
