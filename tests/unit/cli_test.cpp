@@ -102,6 +102,19 @@ TEST(Cli, DemoRefusesAPlanLargerThanThisMachinesMemory) {
   EXPECT_NE(r.err.find("lower hbm_budget"), std::string::npos) << r.err;
 }
 
+// Every region takes at least one chunk: 4096 sessions x 256 layers of 2M
+// is 2 TiB of KV however small kv_factor x budget (1 GiB here) is. The check
+// used to count only kv_factor x budget and started filling RAM and disk.
+TEST(Cli, DemoCountsTheKvItReallyAllocatesAgainstMemory) {
+  const std::string store = std::filesystem::temp_directory_path() / ("kvpager-cli-many-" + std::to_string(getpid()));
+  auto r = run_process({kBin, "demo", "--sessions", "4096", "--layers", "256", "--turns", "1", "--store-dir", store},
+                       {}, 20.0);
+  std::filesystem::remove_all(store);
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("2.00 TiB"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("--sessions / --layers"), std::string::npos) << r.err;
+}
+
 TEST(Cli, VersionExitsZero) {
   auto r = run_process({kBin, "--version"});
   EXPECT_EQ(r.exit_code, 0);

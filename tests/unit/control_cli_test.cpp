@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -471,6 +472,17 @@ TEST_F(ControlCli, StopSignalsRemoveTheSocketAndPrintTheSummary) {
   }
 }
 
+// A large demo's prefill takes seconds (here 4096 sessions); a stop signal
+// used to wait for all of it before the summary.
+TEST_F(ControlCli, AStopSignalEndsTheDemoDuringItsPrefill) {
+  Demo d(tmp_.path(), runtime_, DemoShape{4096, 1, "16M"});
+  ASSERT_TRUE(d.ready()) << d.log();  // the socket is there before the prefill starts
+  EXPECT_EQ(d.stop(SIGINT), 0) << d.log();
+  EXPECT_TRUE(contains(d.log(), "stopped during the prefill")) << d.log();
+  EXPECT_FALSE(contains(d.log(), "(4096 of 4096 sessions built)")) << d.log();
+  EXPECT_TRUE(contains(d.log(), "Integrity:")) << d.log();
+}
+
 TEST_F(ControlCli, TopDrawsAFrameOnATerminalAndQuitsOnQ) {
   Demo d(tmp_.path(), runtime_);
   ASSERT_TRUE(d.ready()) << d.log();
@@ -517,6 +529,65 @@ TEST_F(ControlCli, TopDrawsAFrameOnATerminalAndQuitsOnQ) {
   close(master);
   EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << "status " << st;
   EXPECT_TRUE(contains(screen, "\x1b[?1049l")) << "the terminal was not restored";
+}
+
+// `kvpager top > log &` in an interactive shell: top is a background job of
+// the terminal on its stdin. It used to put that terminal in raw mode, which
+// stops a background job (SIGTTOU), and never printed a line.
+TEST_F(ControlCli, TopAsABackgroundJobOfATerminalPrintsItsLines) {
+  Demo d(tmp_.path(), runtime_);
+  ASSERT_TRUE(d.ready()) << d.log();
+  const std::string out = tmp_.path() + "/top.log";
+  int master = -1;
+  pid_t shell = forkpty(&master, nullptr, nullptr, nullptr);
+  ASSERT_GE(shell, 0);
+  if (shell == 0) {
+    // This process plays the interactive shell (the terminal's foreground
+    // group); top runs in a process group of its own, as `&` makes it.
+    pid_t job = fork();
+    if (job == 0) {
+      setpgid(0, 0);
+      signal(SIGTTOU, SIG_DFL);
+      signal(SIGTTIN, SIG_DFL);
+      int fd = open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+      dup2(fd, STDOUT_FILENO);
+      execl(KVPAGER_BIN, KVPAGER_BIN, "top", "--iterations", "3", "--interval", "0.1", static_cast<char*>(nullptr));
+      _exit(126);
+    }
+    setpgid(job, job);
+    int st = 0;
+    while (waitpid(job, &st, WUNTRACED) < 0 && errno == EINTR) {
+    }
+    if (WIFSTOPPED(st)) {  // what a shell shows as "Stopped (tty output)"
+      kill(job, SIGKILL);
+      waitpid(job, &st, 0);
+      _exit(99);
+    }
+    _exit(WIFEXITED(st) ? WEXITSTATUS(st) : 98);
+  }
+  int st = -1;
+  const auto deadline = Clock::now() + 20s * kSlack;
+  while (Clock::now() < deadline && waitpid(shell, &st, WNOHANG) != shell) {
+    pollfd p{master, POLLIN, 0};
+    char buf[4096];
+    if (poll(&p, 1, 50) > 0 && read(master, buf, sizeof buf) <= 0) std::this_thread::sleep_for(50ms);
+  }
+  close(master);
+  if (Clock::now() >= deadline) {
+    kill(shell, SIGKILL);
+    waitpid(shell, &st, 0);
+    FAIL() << "top did not end";
+  }
+  ASSERT_TRUE(WIFEXITED(st)) << st;
+  EXPECT_NE(WEXITSTATUS(st), 99) << "top was stopped by its terminal (SIGTTOU/SIGTTIN)";
+  EXPECT_EQ(WEXITSTATUS(st), 0);
+  std::ifstream in(out);
+  size_t rows = 0;
+  for (std::string line; std::getline(in, line);) {
+    EXPECT_TRUE(contains(line, "pid=" + d.pid_text() + " ")) << line;
+    ++rows;
+  }
+  EXPECT_EQ(rows, 3u);
 }
 
 TEST_F(ControlCli, TopPrintsPlainLinesWhenNotATerminal) {

@@ -110,6 +110,11 @@ TEST(ReplayCli, BadUsageNamesTheFlag) {
       {"--hbm 1G --prestage soon", "--prestage 'soon'"},
       {"--hbm 1G --plot x.svg", "--plot draws a --sweep"},
       {"--hbm 100tok", "--hbm 100tok: holds 100 tokens, less than one 512-token block"},
+      // A few bytes are 0 tokens: the tier used to be left out without a word.
+      {"--hbm 1G --host 1", "--host 1: holds 0 tokens, less than one 512-token block"},
+      {"--hbm 64K", "--hbm 64K: holds 0 tokens, less than one 512-token block"},
+      // Found only after the whole sweep, with exit status 1, before.
+      {"--sweep hbm=512tok..4096tok:4 --plot curves.pdf", "--plot curves.pdf: the plot must be a .svg or .png file"},
       {"--sweep hbm=1G..2G", "--sweep 'hbm=1G..2G'"},
       {"", "give at least one tier capacity"},
   };
@@ -120,6 +125,19 @@ TEST(ReplayCli, BadUsageNamesTheFlag) {
   }
   EXPECT_EQ(run_cli("replay /nonexistent/trace.jsonl --hbm 1G").status, 2);
   EXPECT_EQ(run_cli("replay " + write_trace("empty.jsonl", "\n") + " --hbm 1G").status, 1);
+}
+
+// A plot that cannot be written fails before the trace is read or any run
+// (a large sweep takes minutes), and leaves nothing behind.
+TEST(ReplayCli, AnUnwritablePlotFailsBeforeTheWork) {
+  const std::string t = write_trace("good.jsonl", kGood);
+  const std::string dir = temp("no-such-dir");
+  std::filesystem::remove_all(dir);
+  const Result r = run_cli("replay " + t + " --sweep hbm=512tok..4096tok:4 --plot " + dir + "/curves.svg");
+  EXPECT_EQ(r.status, 1) << r.err;
+  EXPECT_NE(r.err.find("--plot: "), std::string::npos) << r.err;
+  EXPECT_EQ(r.out, "") << "the replay ran before the plot was found unwritable";
+  EXPECT_FALSE(std::filesystem::exists(dir));
 }
 
 TEST(ReplayCli, SweepDrawsTheCurves) {

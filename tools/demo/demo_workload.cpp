@@ -16,16 +16,19 @@ uint64_t splitmix(uint64_t x) {
 constexpr uint64_t kHeadBytes = 4096;
 }  // namespace
 
+uint64_t region_bytes_for(const DemoOptions& opt, uint64_t hbm_budget, uint64_t chunk_size) {
+  const auto total = static_cast<uint64_t>(static_cast<double>(hbm_budget) * opt.kv_factor);
+  const uint64_t per_region = total / (uint64_t{std::max(opt.sessions, 1u)} * std::max(opt.layers, 1u));
+  return std::max<uint64_t>(1, per_region / chunk_size) * chunk_size;
+}
+
 DemoWorkload::DemoWorkload(SimDevice& dev, const DemoOptions& opt)
     : dev_(dev), opt_(opt), chunk_size_(dev.pager().config().chunk_size), rng_(opt.seed) {
   opt_.sessions = std::max(opt_.sessions, 1u);
   opt_.layers = std::max(opt_.layers, 1u);
   if (opt_.park_horizon == 0) opt_.park_horizon = std::max(1u, opt_.sessions / 2);
-  const uint64_t budget = dev.pager().config().hbm_budget;
-  const auto total = static_cast<uint64_t>(static_cast<double>(budget) * opt_.kv_factor);
-  const uint64_t per_region = total / (uint64_t{opt_.sessions} * opt_.layers);
-  chunks_per_region_ = static_cast<uint32_t>(std::max<uint64_t>(1, per_region / chunk_size_));
-  region_bytes_ = chunks_per_region_ * chunk_size_;
+  region_bytes_ = region_bytes_for(opt_, dev.pager().config().hbm_budget, chunk_size_);
+  chunks_per_region_ = static_cast<uint32_t>(region_bytes_ / chunk_size_);
   sessions_.resize(opt_.sessions);
   versions_.assign(size_t{opt_.sessions} * opt_.layers * chunks_per_region_, 0);
   buf_.resize(chunk_size_);
@@ -72,7 +75,7 @@ void DemoWorkload::verify_chunk(uint32_t s, uint32_t layer, uint32_t chunk, bool
   ++corrupt_chunks_;
 }
 
-void DemoWorkload::prefill() {
+bool DemoWorkload::prefill(const std::function<bool(uint32_t)>& between) {
   for (uint32_t s = 0; s < opt_.sessions; ++s) {
     std::string name = "session-" + std::to_string(s);
     for (uint32_t l = 0; l < opt_.layers; ++l) sessions_[s].layers.push_back(dev_.alloc(region_bytes_, name));
@@ -80,7 +83,9 @@ void DemoWorkload::prefill() {
     for (uint32_t l = 0; l < opt_.layers; ++l)
       for (uint32_t c = 0; c < chunks_per_region_; ++c) write_chunk(s, l, c);
     dev_.compute(opt_.turn_ns);
+    if (between && !between(s + 1)) return false;
   }
+  return true;
 }
 
 uint32_t DemoWorkload::next_scheduled() {

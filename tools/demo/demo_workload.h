@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <random>
 #include <vector>
 
@@ -43,11 +44,20 @@ struct DemoResult {
   uint64_t failed_accesses = 0;
 };
 
+// Bytes of one KV region (one layer of one session): kv_factor x budget
+// split over sessions x layers, in whole chunks, at least one chunk. With
+// many sessions and layers the total (region x sessions x layers) is more
+// than kv_factor x budget: one chunk each is the least a region takes.
+uint64_t region_bytes_for(const DemoOptions& opt, uint64_t hbm_budget, uint64_t chunk_size);
+
 class DemoWorkload {
  public:
   DemoWorkload(SimDevice& dev, const DemoOptions& opt);
-  // Builds every session's context (the first prefill).
-  void prefill();
+  // Builds every session's context (the first prefill). `between`, if given,
+  // runs after each session with the number built so far; false stops the
+  // prefill there (a stop request: run_turn() must not be called then).
+  // Returns whether every session was built.
+  bool prefill(const std::function<bool(uint32_t sessions_done)>& between = {});
   // Runs one turn. False once opt.turns have run (never with turns == 0).
   bool run_turn();
   DemoResult result() const;

@@ -149,13 +149,18 @@ void run_demo(const Globals& g, const DemoArgs& a) {
     // memory, and host_capacity is a target, not a cap: in the worst case
     // (nothing may spill) all of the demo's KV is in RAM. Refuse a plan that
     // cannot fit instead of running out of memory halfway.
+    // What the workload will allocate: every region takes at least one
+    // chunk, so many sessions x layers can be far more than kv_factor x budget.
     const auto ram = static_cast<double>(physical_ram());
-    const double kv = a.opt.kv_factor * static_cast<double>(budget);
+    const double kv = static_cast<double>(demo::region_bytes_for(a.opt, budget, cfg.chunk_size)) *
+                      static_cast<double>(a.opt.sessions) * static_cast<double>(a.opt.layers);
     if (kv > 0.75 * ram)
       throw ConfigError(fmt::format(
-          "the demo's KV ({} = --kv-factor {} x HBM budget {}) could all sit in this process's memory (the simulated "
-          "HBM and host tiers), and this machine has {} of RAM: lower hbm_budget / sim.hbm_capacity or --kv-factor",
-          human_bytes(kv), a.opt.kv_factor, human_bytes(static_cast<double>(budget)), human_bytes(ram)));
+          "the demo's KV ({}: --kv-factor {} x HBM budget {}, over {} sessions x {} layers of at least one {} chunk "
+          "each) could all sit in this process's memory (the simulated HBM and host tiers), and this machine has {} "
+          "of RAM: lower hbm_budget / sim.hbm_capacity or --kv-factor, or --sessions / --layers / chunk_size",
+          human_bytes(kv), a.opt.kv_factor, human_bytes(static_cast<double>(budget)), a.opt.sessions, a.opt.layers,
+          human_bytes(static_cast<double>(cfg.chunk_size)), human_bytes(ram)));
   }
 
   // The NVMe tier is the token store in store_dir; the pager's spills are
@@ -192,7 +197,18 @@ void run_demo(const Globals& g, const DemoArgs& a) {
   std::fflush(stdout);
   const bool progress = isatty(STDERR_FILENO) && !a.json;
   auto t0 = std::chrono::steady_clock::now();
-  work.prefill();
+  // The prefill of a large demo takes a while: it shows progress, and a stop
+  // signal (--serve) ends it there. The control socket is served from the
+  // first turn on, once every session exists (hints name them).
+  uint32_t built = 0;
+  const bool prefilled = work.prefill([&](uint32_t done) {
+    built = done;
+    if (progress) fmt::print(stderr, "\r  prefill {}/{} sessions", done, opt.sessions);
+    return !g_stop.load();
+  });
+  if (progress) fmt::print(stderr, "\r{:40}\r", "");
+  if (!prefilled)
+    fmt::print(stderr, "kvpager demo: stopped during the prefill ({} of {} sessions built)\n", built, opt.sessions);
   uint64_t recomputed = 0;
   for (;;) {
     auto turn_start = std::chrono::steady_clock::now();

@@ -14,6 +14,7 @@
 #include <thread>
 
 #include "cli.h"
+#include "common/output_file.h"
 #include "replay/replay.h"
 #include "replay/report.h"
 
@@ -153,7 +154,9 @@ Plan make_plan(const Globals& g, const ReplayArgs& a) {
   if (!plan.model) {
     std::string names;
     for (const auto& m : model_presets()) names += (names.empty() ? "" : ", ") + std::string(m.name);
-    throw ConfigError(fmt::format("--model '{}': unknown model: allowed {} (or give --kv-bytes-per-token)", a.model, names));
+    throw ConfigError(fmt::format("--model '{}': unknown model: allowed {} (--kv-bytes-per-token and --prefill-tps "
+                                  "override a preset's shape and speed)",
+                                  a.model, names));
   }
   CostModel& c = plan.cost;
   c.kv_bytes_per_token = a.kv_bytes_per_token ? a.kv_bytes_per_token : plan.model->kv_bytes_per_token();
@@ -170,7 +173,10 @@ Plan make_plan(const Globals& g, const ReplayArgs& a) {
     std::string why;
     auto tokens = parse_capacity_tokens(a.capacity[t], c.kv_bytes_per_token, &why);
     if (!tokens) throw ConfigError(fmt::format("--{}: {}", kTierNames[t], why));
-    if (*tokens > 0 && *tokens < a.block_tokens)
+    // 0 (in any unit) leaves the tier out; anything else must hold a block
+    // (a few bytes are 0 tokens, and used to drop the tier without a word).
+    const bool zero = parse_capacity_tokens(a.capacity[t], 1, nullptr) == uint64_t{0};
+    if (!zero && *tokens < a.block_tokens)
       throw ConfigError(fmt::format("--{} {}: holds {} tokens, less than one {}-token block", kTierNames[t],
                                     a.capacity[t], *tokens, a.block_tokens));
     plan.cap_tokens[t] = *tokens;
@@ -309,6 +315,10 @@ void print_runs(const std::vector<RunResult>& runs, bool details) {
 
 void run_replay(const Globals& g, const ReplayArgs& a) {
   const Plan plan = make_plan(g, a);
+  // The plot file is opened before the trace is read: a path that cannot be
+  // written fails at once, not after the whole sweep.
+  tools::OutputFile plot_out;
+  if (std::string err; !a.plot.empty() && !plot_out.open(a.plot, &err)) throw RuntimeError("--plot: " + err);
   TraceOptions topt;
   topt.block_tokens = a.block_tokens;
   topt.skip_bad = a.skip_bad;
@@ -398,7 +408,7 @@ void run_replay(const Globals& g, const ReplayArgs& a) {
     plot.curves.push_back(std::move(c));
   }
   if (!a.plot.empty()) {
-    if (auto e = write_plot(a.plot, plot)) throw RuntimeError(*e);
+    if (auto e = write_plot(plot_out, a.plot, plot)) throw RuntimeError(*e);
   }
   if (a.json) {
     nlohmann::json pts = nlohmann::json::array();
@@ -477,6 +487,9 @@ void add_replay_command(CLI::App& app, Globals& g) {
   cmd->add_flag("--no-progress", a.no_progress, "No progress bar (it is drawn only on a terminal anyway)");
   cmd->callback([&g] {
     if (!a.plot.empty() && a.sweep.empty()) throw ConfigError("--plot draws a --sweep: give --sweep TIER=LO..HI:STEPS");
+    if (!a.plot.empty()) {
+      if (auto e = plot_path_problem(a.plot)) throw ConfigError(*e);
+    }
     run_replay(g, a);
   });
 }

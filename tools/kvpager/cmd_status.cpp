@@ -154,12 +154,17 @@ void status_one(const Globals& g, pid_t pid, bool as_json) {
 std::atomic<bool> g_stop{false};
 void on_stop_signal(int) { g_stop.store(true); }
 
-// Raw keys from a terminal on stdin, and the alternate screen on stdout,
-// both restored however top ends.
+// Whether we are the foreground job of the terminal on fd. A background job
+// (`kvpager top > log &`) that changes or reads its terminal is stopped by
+// SIGTTOU / SIGTTIN and never prints a line.
+bool in_foreground(int fd) { return tcgetpgrp(fd) == getpgrp(); }
+
+// Raw keys from a terminal on stdin (when top is its foreground job), and the
+// alternate screen on stdout, both restored however top ends.
 class Terminal {
  public:
   explicit Terminal(bool screen) : screen_(screen) {
-    if (isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &saved_) == 0) {
+    if (isatty(STDIN_FILENO) && in_foreground(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &saved_) == 0) {
       termios raw = saved_;
       raw.c_lflag &= ~static_cast<tcflag_t>(ICANON | ECHO);
       raw.c_cc[VMIN] = 0;
@@ -173,7 +178,16 @@ class Terminal {
       fmt::print("\x1b[?25h\x1b[?1049l");
       std::fflush(stdout);
     }
-    if (raw_) tcsetattr(STDIN_FILENO, TCSANOW, &saved_);
+    if (raw_) {
+      // Restored even if top was sent to the background meanwhile (Ctrl-Z,
+      // bg): without SIGTTOU stopping it there.
+      sigset_t ttou, old;
+      sigemptyset(&ttou);
+      sigaddset(&ttou, SIGTTOU);
+      pthread_sigmask(SIG_BLOCK, &ttou, &old);
+      tcsetattr(STDIN_FILENO, TCSANOW, &saved_);
+      pthread_sigmask(SIG_SETMASK, &old, nullptr);
+    }
   }
   Terminal(const Terminal&) = delete;
   Terminal& operator=(const Terminal&) = delete;
@@ -184,7 +198,7 @@ class Terminal {
     while (!g_stop.load()) {
       auto left = std::chrono::duration_cast<milliseconds>(until - std::chrono::steady_clock::now()).count();
       if (left <= 0) return false;
-      if (!keys_) {
+      if (!keys_ || !in_foreground(STDIN_FILENO)) {  // in the background now: reading would stop us
         std::this_thread::sleep_for(milliseconds(std::min<int64_t>(left, 50)));
         continue;
       }

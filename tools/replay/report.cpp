@@ -273,23 +273,22 @@ std::optional<std::string> render_png(const std::string& path, const PlotSpec& p
 
 }  // namespace
 
-std::optional<std::string> write_plot(const std::string& path, const PlotSpec& plot) {
-  auto ends_with = [&](std::string_view suffix) {
-    return path.size() >= suffix.size() && path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0;
-  };
+std::optional<std::string> plot_path_problem(const std::string& path) {
+  if (path.ends_with(".svg") || path.ends_with(".png")) return std::nullopt;
+  return fmt::format("--plot {}: the plot must be a .svg or .png file", path);
+}
+
+std::optional<std::string> write_plot(tools::OutputFile& out, const std::string& path, const PlotSpec& plot) {
+  if (auto e = plot_path_problem(path)) return e;
   std::string bytes;
-  if (ends_with(".svg")) {
+  if (path.ends_with(".svg")) {
     bytes = render_svg(plot);
-  } else if (ends_with(".png")) {
-    if (auto e = render_png(path, plot, &bytes)) return e;
-  } else {
-    return fmt::format("{}: the plot must be a .svg or .png file", path);
+  } else if (auto e = render_png(path, plot, &bytes)) {
+    return e;
   }
   // Never a half-written plot over an old one, never through a stray link
   // (common/output_file.h).
-  tools::OutputFile out;
   std::string err;
-  if (!out.open(path, &err)) return err;
   if (!out.write(bytes)) return fmt::format("writing {}: {}", out.target(), std::strerror(errno));
   if (!out.commit(&err)) return err;
   return std::nullopt;

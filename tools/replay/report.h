@@ -12,6 +12,10 @@
 
 #include "replay.h"
 
+namespace kvpager::tools {
+class OutputFile;  // common/output_file.h
+}
+
 namespace kvpager::replay {
 
 nlohmann::json to_json(const RunResult& r, uint32_t block_tokens);
@@ -40,8 +44,11 @@ struct PlotSpec {
 
 // The curves as an SVG document (log-scale x axis).
 std::string render_svg(const PlotSpec& plot);
-// Writes FILE.svg directly or FILE.png through gnuplot. Returns the problem,
-// or nullopt.
-std::optional<std::string> write_plot(const std::string& path, const PlotSpec& plot);
+// Why `path` cannot name a plot (it must end in .svg or .png), or nullopt.
+std::optional<std::string> plot_path_problem(const std::string& path);
+// Writes FILE.svg directly or FILE.png through gnuplot into `out`, opened on
+// `path` (before the work, so a path that cannot be written fails at once),
+// and commits it. Returns the problem, or nullopt.
+std::optional<std::string> write_plot(tools::OutputFile& out, const std::string& path, const PlotSpec& plot);
 
 }  // namespace kvpager::replay
