@@ -158,3 +158,23 @@ TEST(ReplayCli, SweepDrawsTheCurves) {
   EXPECT_EQ(doc["sweep"]["points"][0]["tokens"], 512);
   EXPECT_EQ(doc["sweep"]["points"][3]["runs"].size(), 2u);  // lru, belady
 }
+
+// The PNG's title holds the trace's file name; gnuplot would run a system()
+// call smuggled into it through a quote if the name were pasted in as is.
+TEST(ReplayCli, APngPlotOfATraceNamedWithQuotesRunsNoGnuplotCommands) {
+  if (std::system("command -v gnuplot >/dev/null 2>&1") != 0) GTEST_SKIP() << "gnuplot is not installed";
+  // Relative (a file name holds no '/'): gnuplot runs in this test's directory.
+  const std::string canary = "replay_cli_gnuplot_canary";
+  std::filesystem::remove(canary);
+  const std::string evil = "a\"; system(\"touch " + canary + "\"); x='; system('touch " + canary + "'); '.jsonl";
+  const std::string t = write_trace(evil, kGood);
+  const std::string png = temp("curves.png");
+  std::filesystem::remove(png);
+  std::string shell_quoted = "'";
+  for (char c : t) shell_quoted += c == '\'' ? std::string("'\\''") : std::string(1, c);
+  shell_quoted += "'";
+  const Result r = run_cli("replay " + shell_quoted + " --sweep hbm=512tok..4096tok:2 --policy lru --plot " + png);
+  ASSERT_EQ(r.status, 0) << r.err;
+  EXPECT_FALSE(std::filesystem::exists(canary)) << "gnuplot ran a command from the file name";
+  EXPECT_EQ(slurp(png).substr(1, 3), "PNG") << "the plot was still drawn";
+}

@@ -225,6 +225,20 @@ std::string render_svg(const PlotSpec& plot) {
 
 namespace {
 
+// A gnuplot string literal holding `text` as it is: single quotes (no escape
+// processing; a quote is doubled), control characters shown as '?' (a newline
+// would end the command). The title holds the trace's file name: a name with a
+// quote must neither break the plot nor run gnuplot commands (system()).
+std::string gnuplot_quote(std::string_view text) {
+  std::string out = "'";
+  for (char ch : text) {
+    if (ch == '\'') out += "''";
+    else if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) out += '?';
+    else out += ch;
+  }
+  return out + "'";
+}
+
 // The PNG, drawn by gnuplot in a private temporary directory (the data, the
 // script and the image), then read back. nullopt or why not.
 std::optional<std::string> render_png(const std::string& path, const PlotSpec& plot, std::string* png) {
@@ -242,13 +256,14 @@ std::optional<std::string> render_png(const std::string& path, const PlotSpec& p
     }
     std::ofstream g(script);
     g << "set terminal pngcairo size 1000,600 noenhanced\nset output '" << image << "'\n"
-      << "set title \"" << plot.title << "\"\nset logscale x\nset xlabel \"" << plot.x_label << "\"\n"
+      << "set title " << gnuplot_quote(plot.title) << "\nset logscale x\nset xlabel " << gnuplot_quote(plot.x_label)
+      << "\n"
       << "set ylabel 'prefix hit rate (%)'\nset key outside right\nset grid\nset yrange [0:*]\nplot ";
     size_t color = 0;
     for (size_t i = 0; i < plot.curves.size(); ++i) {
       const bool ceiling = plot.curves[i].label == "belady";
-      g << (i ? ", " : "") << "'" << data << "' index " << i << " with linespoints title '" << plot.curves[i].label
-        << "' lw " << (ceiling ? 3 : 2) << " lc rgb '"
+      g << (i ? ", " : "") << "'" << data << "' index " << i << " with linespoints title " << gnuplot_quote(plot.curves[i].label)
+        << " lw " << (ceiling ? 3 : 2) << " lc rgb '"
         << (ceiling ? "#000000" : kColors[color++ % std::size(kColors)]) << "'";
     }
     if (plot.infinite_rate >= 0) g << ", " << plot.infinite_rate * 100 << " title 'infinite' dt 2 lc rgb 'gray'";
