@@ -117,6 +117,9 @@ TEST(ReplayCli, BadUsageNamesTheFlag) {
       {"--sweep hbm=512tok..4096tok:4 --plot curves.pdf", "--plot curves.pdf: the plot must be a .svg or .png file"},
       {"--sweep hbm=1G..2G", "--sweep 'hbm=1G..2G'"},
       {"", "give at least one tier capacity"},
+      // Both were silently ignored: the fixed capacity, the empty list (only Belady ran).
+      {"--sweep hbm=512tok..4096tok:4 --hbm 5G", "--hbm 5G and --sweep 'hbm=512tok..4096tok:4': the sweep sets"},
+      {"--hbm 1G --policy ,", "--policy ',': an empty name"},
   };
   for (const auto& c : cases) {
     const Result r = run_cli("replay " + t + " " + c.args);

@@ -189,6 +189,12 @@ Plan make_plan(const Globals& g, const ReplayArgs& a) {
     if (plan.sweep->lo_tokens < a.block_tokens)
       throw ConfigError(fmt::format("--sweep '{}': LO holds {} tokens, less than one {}-token block", a.sweep,
                                     plan.sweep->lo_tokens, a.block_tokens));
+    // The sweep sets its tier's capacity at every point: a fixed one given
+    // too would be silently ignored.
+    const size_t swept = plan.sweep->tier;
+    if (!a.capacity[swept].empty())
+      throw ConfigError(fmt::format("--{} {} and --sweep '{}': the sweep sets {}'s capacity at each point; drop one",
+                                    kTierNames[swept], a.capacity[swept], a.sweep, kTierNames[swept]));
     any = true;
   }
   if (!any) throw ConfigError("give at least one tier capacity: --hbm, --host, --nvme (bytes like 60G or tokens like 5Mtok), or --sweep");
@@ -201,7 +207,8 @@ Plan make_plan(const Globals& g, const ReplayArgs& a) {
       size_t comma = list.find(',', start);
       std::string item = list.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
       start = comma == std::string::npos ? list.size() + 1 : comma + 1;
-      if (item.empty()) continue;
+      if (item.empty())
+        throw ConfigError(fmt::format("--policy '{}': an empty name (a comma list of policies, or 'all')", list));
       std::string why;
       auto spec = parse_policy_spec(item, &why);
       if (!spec) throw ConfigError("--policy: " + why);
