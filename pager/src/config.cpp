@@ -520,6 +520,7 @@ std::vector<std::string> validate(const Config& cfg) {
   };
   at_least_a_chunk("hbm_budget", cfg.hbm_budget, true);
   at_least_a_chunk("host_capacity", cfg.host_capacity, true);
+  at_least_a_chunk("nvme_capacity", cfg.nvme_capacity, true);  // below: no chunk could ever spill
   at_least_a_chunk("sim.hbm_capacity", cfg.sim_hbm_capacity, false);
   return errors;
 }

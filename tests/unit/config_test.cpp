@@ -248,6 +248,16 @@ TEST(Config, CrossKnobRulesAreChecked) {
   ASSERT_EQ(errors.size(), 1u);
   EXPECT_NE(errors[0].find("hbm_budget"), std::string::npos);
   EXPECT_THROW(validate_or_throw(d), ConfigError);
+
+  // 0 is unlimited; a capacity below one chunk would silently disable spilling.
+  Config n;
+  n.nvme_capacity = 64 * 1024;
+  errors = validate(n);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_NE(errors[0].find("nvme_capacity = 64K: out of range: must hold at least one chunk"), std::string::npos)
+      << errors[0];
+  n.nvme_capacity = 0;
+  EXPECT_TRUE(validate(n).empty());
 }
 
 TEST(Config, ValidateCatchesValuesSetInCode) {
