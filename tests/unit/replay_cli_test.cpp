@@ -120,6 +120,8 @@ TEST(ReplayCli, BadUsageNamesTheFlag) {
       // Both were silently ignored: the fixed capacity, the empty list (only Belady ran).
       {"--sweep hbm=512tok..4096tok:4 --hbm 5G", "--hbm 5G and --sweep 'hbm=512tok..4096tok:4': the sweep sets"},
       {"--hbm 1G --policy ,", "--policy ',': an empty name"},
+      // Its bytes overflowed 64 bits and printed as a few PiB.
+      {"--hbm 1e19tok", "--hbm: '1e19tok' is more KV than 16 EiB"},
   };
   for (const auto& c : cases) {
     const Result r = run_cli("replay " + t + " " + c.args);

@@ -64,7 +64,7 @@ std::string pct(double x) { return fmt::format("{:.1f}%", 100.0 * x); }
 std::string hbytes(uint64_t b) { return human_bytes(static_cast<double>(b)); }
 std::string tokens_str(uint64_t t) {
   if (t == kUnlimited) return "unlimited";
-  if (t >= 10'000'000) return fmt::format("{:.1f}M", static_cast<double>(t) / 1e6);
+  if (t >= 1'000'000) return fmt::format("{:.1f}M", static_cast<double>(t) / 1e6);
   if (t >= 10'000) return fmt::format("{:.1f}k", static_cast<double>(t) / 1e3);
   return fmt::format("{}", t);
 }

@@ -86,7 +86,11 @@ std::optional<uint64_t> parse_capacity_tokens(std::string_view s, uint64_t kv_by
     if (num.empty() || ec != std::errc{} || p != num.data() + num.size() || !std::isfinite(x) || x < 0 ||
         x * mult >= 1.8e19)
       return fail(fmt::format("'{}' is not a token count: allowed forms 5Mtok, 500ktok, 2e6tok", s));
-    return static_cast<uint64_t>(x * mult);
+    const auto tokens = static_cast<uint64_t>(x * mult);
+    // Its bytes must be countable too (reports show both): no more than 16 EiB.
+    if (kv_bytes_per_token > 0 && tokens > UINT64_MAX / kv_bytes_per_token)
+      return fail(fmt::format("'{}' is more KV than 16 EiB at {} bytes per token", s, kv_bytes_per_token));
+    return tokens;
   }
   auto bytes = parse_bytes(v);
   if (!bytes) return fail(fmt::format("'{}' is not a capacity: give bytes (60G, 1.5T, 4096) or tokens (5Mtok)", s));
