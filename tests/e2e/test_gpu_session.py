@@ -40,7 +40,7 @@ class GpuSessionTest(unittest.TestCase):
         self.assertEqual(r.returncode, 0, r.stderr)
         rows = [l.split()[:3] for l in r.stdout.splitlines()[1:] if not l.startswith("E2E_8B")]
         names = [row[0] for row in rows]
-        self.assertEqual(names, ["env", "build", "gpu-tests", "bench", "crosscheck", "e2e-8b"])
+        self.assertEqual(names, ["env", "build", "gpu-tests", "bench", "crosscheck", "e2e-8b", "e2e-overhead"])
         default = int(re.search(r"DEADLINE=(\d+)", open(SESSION).read()).group(1))
         needs = sum(int(row[2]) for row in rows)
         self.assertLessEqual(needs, default, "the stages' minimum times must fit the default deadline")
@@ -70,7 +70,7 @@ class GpuSessionTest(unittest.TestCase):
             summary = open(os.path.join(out, "summary.txt")).read()
             self.assertEqual(r.returncode, 1, summary)
             self.assertRegex(summary, r"env\s+PASSED")
-            for stage in ("build", "gpu-tests", "bench", "crosscheck", "e2e-8b"):
+            for stage in ("build", "gpu-tests", "bench", "crosscheck", "e2e-8b", "e2e-overhead"):
                 self.assertRegex(summary, stage + r"\s+SKIPPED: \d+s left of the deadline, it needs \d+s")
             self.assertIn("stand-in H200", open(os.path.join(out, "env.log")).read())
 
