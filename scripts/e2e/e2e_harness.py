@@ -451,6 +451,29 @@ def analyze(results: Dict[str, List[dict]], device: str = "cuda") -> Tuple[dict,
     return ratios, correctness
 
 
+PAGED_MODES = ("kvpager", "kvpager-nvme")
+
+
+def not_paged(pager: Optional[dict], plan: dict) -> Optional[str]:
+    """Why a kvpager mode's numbers would not show paging, or None.
+
+    Tokens equal to all-in-HBM prove nothing by themselves: if the pager held
+    none of the KV (PyTorch with expandable_segments maps memory with
+    cuMemCreate, which kvpager passes through) the mode is all-in-HBM under
+    another name."""
+    if not pager or not pager.get("available"):
+        return f"cannot tell whether the pager paged anything ({(pager or {}).get('why', 'no pager statistics')})"
+    end = pager.get("end", {})
+    held = sum(int(end.get(k, 0)) for k in ("hbm_resident_bytes", "host_resident_bytes", "nvme_resident_bytes"))
+    if held <= plan["budget_bytes"]:
+        return (f"the pager held {held} bytes, not more than the budget {plan['budget_bytes']}: nothing was "
+                "oversubscribed (is PyTorch's expandable_segments on? see the worker's warnings)")
+    moved = pager.get("delta", {}).get("move_bytes", {})
+    if not any(int(v) > 0 for v in moved.values()):
+        return "the pager moved no bytes while serving: the parked sessions never left HBM"
+    return None
+
+
 def check(report: dict) -> List[str]:
     """What --check asserts; returns the failures."""
     bad: List[str] = []
@@ -482,6 +505,10 @@ def check(report: dict) -> List[str]:
                            "recomputed")
             if r["device"] == "cuda" and m in PRELOAD_MODES and not r["preload"]["loaded"]:
                 bad.append(f"mode {m}: libkvpager.so was not loaded in the worker")
+            if r["device"] == "cuda" and m in PAGED_MODES:
+                why = not_paged(r.get("pager"), plan)
+                if why:
+                    bad.append(f"mode {m}: {why}")
     backends = {r["backend"].get("backend") for rs in report["modes"].values() for r in (rs or [])
                 if isinstance(r.get("backend"), dict)}
     if len(backends) > 1:  # e.g. transformers failed in one worker and it fell back to the native decoder

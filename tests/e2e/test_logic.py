@@ -253,6 +253,24 @@ class CheckTest(unittest.TestCase):
         r["plan"]["device"] = "cuda"
         self.assertTrue(any("kvpager skipped: libkvpager.so not found" in f for f in H.check(r)))
 
+    def test_a_gpu_kvpager_mode_must_show_that_it_paged(self):
+        # Equal tokens alone prove nothing: a run whose KV never left HBM (PyTorch mapping memory with
+        # cuMemCreate, which kvpager passes through) is all-in-HBM under another name.
+        r = fake_report({"hbm": self.ref, "kvpager": copy.deepcopy(self.ref)}, sessions=2, resident=2)
+        r["plan"].update(device="cuda", budget_bytes=100)
+        run = r["modes"]["kvpager"][0]
+        run.update(device="cuda", preload={"loaded": True})
+
+        run["pager"] = {"available": False, "why": "kvpager status exit 1"}
+        self.assertTrue(any("cannot tell whether the pager paged" in f for f in H.check(r)), H.check(r))
+        run["pager"] = {"available": True, "end": {"hbm_resident_bytes": 60, "host_resident_bytes": 30},
+                        "delta": {"move_bytes": {"demote": 0}}}
+        self.assertTrue(any("nothing was oversubscribed" in f for f in H.check(r)), H.check(r))
+        run["pager"]["end"]["host_resident_bytes"] = 300
+        self.assertTrue(any("moved no bytes" in f for f in H.check(r)), H.check(r))
+        run["pager"]["delta"]["move_bytes"] = {"demote": 4096, "promote": 4096}
+        self.assertEqual([f for f in H.check(r) if "mode kvpager" in f], [])
+
     def test_different_schedules_are_not_comparable(self):
         a = [{"index": 0, "session": 0, "tokens": [1]}]
         b = [{"index": 0, "session": 1, "tokens": [1]}]
