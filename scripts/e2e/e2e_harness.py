@@ -276,14 +276,29 @@ class Launch:
     skipped: Optional[str] = None
 
 
+def allocator_env(env: Dict[str, str]) -> Dict[str, str]:
+    """PyTorch's allocator settings for every GPU worker: the classic caching
+    allocator (cudaMalloc segments). With expandable_segments its memory comes
+    from cuMemCreate/cuMemMap, which kvpager passes through unpaged, and the
+    modes would no longer run the same allocator. Other settings are kept.
+    Both names: PYTORCH_ALLOC_CONF since 2.9, PYTORCH_CUDA_ALLOC_CONF before."""
+    out = {}
+    for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
+        items = [i.strip() for i in env.get(name, "").split(",")
+                 if i.strip() and not i.strip().lower().startswith("expandable_segments")]
+        out[name] = ",".join(items + ["expandable_segments:False"])
+    return out
+
+
 def plan_launch(mode: str, plan: P.Plan, safe: dict, args, spec_path: str, result_path: str,
                 lib: Optional[str], kvbin: Optional[str], use_run: bool) -> Launch:
     python = args.python or sys.executable
     worker = [python, AGENTS, "--worker-spec", spec_path, "--worker-mode", mode, "--worker-result", result_path]
     if kvbin:
         worker += ["--worker-kvpager-bin", kvbin]
+    alloc = allocator_env(os.environ) if plan.device == "cuda" else {}
     if mode not in PRELOAD_MODES:
-        return Launch(mode, worker, {}, None)
+        return Launch(mode, worker, alloc, None)
     if plan.device != "cuda":
         if mode in GPU_ONLY_MODES:
             return Launch(mode, worker, {}, None, skipped="GPU only: the preload has nothing to page on a CPU")
@@ -293,7 +308,7 @@ def plan_launch(mode: str, plan: P.Plan, safe: dict, args, spec_path: str, resul
         return Launch(mode, worker, {}, None, skipped=(
             "libkvpager.so not found (build it: cmake --build build/default --target kvpager_preload, "
             "or pass --libkvpager PATH)"))
-    env_set = pager_settings(mode, plan, safe, args)
+    env_set = dict(alloc, **pager_settings(mode, plan, safe, args))
     if use_run:
         return Launch(mode, [kvbin, "run", "--"] + worker, env_set, lib)
     env_set = dict(env_set, LD_PRELOAD=lib)

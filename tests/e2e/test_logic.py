@@ -271,6 +271,12 @@ class CheckTest(unittest.TestCase):
         run["pager"]["delta"]["move_bytes"] = {"demote": 4096, "promote": 4096}
         self.assertEqual([f for f in H.check(r) if "mode kvpager" in f], [])
 
+    def test_gpu_workers_run_the_caching_allocator_without_expandable_segments(self):
+        env = H.allocator_env({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True, max_split_size_mb:512"})
+        self.assertEqual(env["PYTORCH_CUDA_ALLOC_CONF"], "max_split_size_mb:512,expandable_segments:False")
+        self.assertEqual(env["PYTORCH_ALLOC_CONF"], "expandable_segments:False")
+        self.assertEqual(H.allocator_env({})["PYTORCH_CUDA_ALLOC_CONF"], "expandable_segments:False")
+
     def test_different_schedules_are_not_comparable(self):
         a = [{"index": 0, "session": 0, "tokens": [1]}]
         b = [{"index": 0, "session": 1, "tokens": [1]}]
@@ -341,11 +347,13 @@ class GpuLaunchTest(unittest.TestCase):
         self.assertEqual(env["KVPAGER_STORE_DIR"], "/var/tmp/s")
         self.assertEqual(env["KVPAGER_PREFETCH_DEPTH"], "8")
 
-    def test_unpaged_modes_get_nothing_and_a_missing_library_skips(self):
+    def test_unpaged_modes_get_only_the_allocator_setting_and_a_missing_library_skips(self):
         for m in ("hbm", "recompute"):
             la = self.launch(m)
-            self.assertEqual(la.env_set, {})
+            self.assertEqual(set(la.env_set), {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"})  # no KVPAGER_*
             self.assertIsNone(la.skipped)
+        self.assertEqual(self.launch("kvpager").env_set["PYTORCH_ALLOC_CONF"], "expandable_segments:False",
+                         "the paged modes run the same allocator as the others")
         self.assertIn("libkvpager.so not found", self.launch("kvpager", lib=None).skipped)
 
     def test_bad_set_is_a_usage_error(self):
