@@ -187,7 +187,11 @@ std::vector<std::string> preload_env(const std::string& store) {
           "KVPAGER_HOST_CAPACITY=512M",
           "KVPAGER_SPILL_IDLE=1h",
           "KVPAGER_CUDA_MANAGED_LIMIT=2G",
-          "KVPAGER_STORE_DIR=" + store};
+          "KVPAGER_STORE_DIR=" + store,
+          // PyTorch's caching allocator as it comes: with expandable segments
+          // its memory is cuMemCreate'd, which kvpager passes through unpaged.
+          "PYTORCH_ALLOC_CONF=expandable_segments:False",
+          "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:False"};
 }
 
 TEST(GpuPreloaded, AnUnmodifiedNvccBinaryWithStaticCudartOversubscribesIntact) {

@@ -63,9 +63,17 @@ def main():
     deadline = time.time() + 30
     while stat(lib, "pager.nvme_bytes") == 0 and time.time() < deadline:
         time.sleep(0.02)
-    print(f"spilled: {stat(lib, 'pager.nvme_bytes') >> 20} MiB")
+    spilled = stat(lib, "pager.nvme_bytes")
+    print(f"spilled: {spilled >> 20} MiB")
+    if spilled == 0:
+        print("nothing spilled within 30 s of parking: the sums after park would not test a restore")
+        return 1
     check("after park")
-    print(f"restores: {stat(lib, 'restores')}")
+    restores = stat(lib, "restores")
+    print(f"restores: {restores}")
+    if restores == 0:
+        print("the kernels after park read spilled tensors, yet nothing was restored")
+        return 1
     print("OK")
     return 0
 
