@@ -482,7 +482,7 @@ def not_paged(pager: Optional[dict], plan: dict) -> Optional[str]:
     held = sum(int(end.get(k, 0)) for k in ("hbm_resident_bytes", "host_resident_bytes", "nvme_resident_bytes"))
     if held <= plan["budget_bytes"]:
         return (f"the pager held {held} bytes, not more than the budget {plan['budget_bytes']}: nothing was "
-                "oversubscribed (is PyTorch's expandable_segments on? see the worker's warnings)")
+                "oversubscribed (did PyTorch allocate outside cuMemAlloc? each run records its allocator_conf)")
     moved = pager.get("delta", {}).get("move_bytes", {})
     if not any(int(v) > 0 for v in moved.values()):
         return "the pager moved no bytes while serving: the parked sessions never left HBM"

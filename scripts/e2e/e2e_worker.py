@@ -132,13 +132,10 @@ def run_worker(spec_path: str, mode: str, result_path: str, kvpager_bin: Optiona
     preload = {"loaded": bool(lib), "path": lib, "what": what,
                "settings": {k: v for k, v in os.environ.items() if k.startswith("KVPAGER_")}}
 
-    # PYTORCH_ALLOC_CONF is the name since 2.9; PYTORCH_CUDA_ALLOC_CONF still works.
-    conf = ",".join(v for v in (os.environ.get("PYTORCH_ALLOC_CONF", ""), os.environ.get("PYTORCH_CUDA_ALLOC_CONF", ""))
-                    if v)
-    memory: dict = {"allocator_conf": conf}
-    if lib and "expandable_segments:true" in conf.replace(" ", "").lower():
-        print("warning: the PyTorch allocator configuration enables expandable_segments: PyTorch then maps memory "
-              "with cuMemCreate/cuMemMap, which kvpager passes through unpaged")
+    # What the allocator ran with (the harness sets expandable_segments:False on a
+    # GPU: e2e_harness.allocator_env). PYTORCH_ALLOC_CONF is the name since 2.9.
+    memory: dict = {"allocator_conf": ",".join(
+        v for v in (os.environ.get("PYTORCH_ALLOC_CONF", ""), os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")) if v)}
     if device == "cuda":
         torch.cuda.init()
         free, total = torch.cuda.mem_get_info()
