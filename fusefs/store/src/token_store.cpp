@@ -40,12 +40,12 @@ std::string access_error(const std::string& dir, int err) {
   struct passwd pw{};
   struct passwd* found = nullptr;
   char buf[1024];
-  if (getpwuid_r(st.st_uid, &pw, buf, sizeof buf, &found) == 0 && found) owner = fmt::format("{} (uid {})", pw.pw_name, st.st_uid);
+  if (getpwuid_r(st.st_uid, &pw, buf, sizeof buf, &found) == 0 && found)
+    owner = fmt::format("{} (uid {})", pw.pw_name, st.st_uid);
   return fmt::format("{}: the store belongs to {} and its files are private to that user; run as that user, or choose "
                      "a store of your own with --store or store_dir",
                      what, owner);
 }
-
 
 constexpr char kFormatFile[] = "FORMAT";
 constexpr std::string_view kFormatText = "kvpager-store 1\n";
@@ -267,13 +267,15 @@ void TokenStore::open_dirs() {
       if (!write_all(fd.get(), kFormatText.data(), kFormatText.size(), 0))
         throw ConfigError(fmt::format("store_dir = {}: cannot write {}: {}", dir, kFormatFile, std::strerror(errno)));
     } else if (errno != EEXIST) {  // EEXIST: another process made it first
-      throw ConfigError(fmt::format("store_dir = {}: cannot create {}: {}", dir, kFormatFile, access_error(dir, errno)));
+      throw ConfigError(
+          fmt::format("store_dir = {}: cannot create {}: {}", dir, kFormatFile, access_error(dir, errno)));
     }
   }
   auto sub = [&](const char* name) {
     if (!opt_.read_only) mkdirat(root_fd_, name, 0700);
     int fd = openat(root_fd_, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) throw ConfigError(fmt::format("store_dir = {}: cannot open {}/: {}", dir, name, access_error(dir, errno)));
+    if (fd < 0)
+      throw ConfigError(fmt::format("store_dir = {}: cannot open {}/: {}", dir, name, access_error(dir, errno)));
     return fd;
   };
   objects_fd_ = sub("objects");
