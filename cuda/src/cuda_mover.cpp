@@ -268,7 +268,10 @@ void CudaMover::flush() {
         j.fence = fence;
         j.stage = Stage::kFence;
         break;
-      case MoveKind::kRestore: j.stage = Stage::kStaging; break;
+      case MoveKind::kRestore:
+        j.stage = Stage::kStaging;
+        ++restores_waiting_;
+        break;
     }
   }
   for (int k = 0; k < 3; ++k) {
@@ -385,11 +388,13 @@ bool CudaMover::advance(Job& j) {
       return true;
     }
     case Stage::kStaging: {
-      if (staging_free_.empty()) return false;
+      // A waiting restore has the next free slot (see "Restores first").
+      if (staging_free_.empty() || (req.kind != MoveKind::kRestore && restores_waiting_ > 0)) return false;
       j.staging = staging_free_.back();
       staging_free_.pop_back();
       std::byte* buf = staging(j.staging);
       if (req.kind == MoveKind::kRestore) {
+        --restores_waiting_;
         Status s = store_->get(req.key, std::span<std::byte>(buf, req.len));
         if (!ok(s)) {
           finish(j, s);  // still only in the store: stays unsafe
@@ -456,10 +461,18 @@ bool CudaMover::advance(Job& j) {
 
 void CudaMover::progress() {
   flush();
-  for (Job& j : jobs_) {
-    while (!j.done && advance(j)) {
+  // Restores first, and again after the others have given back the staging
+  // slots they were done with (spills do not take one while a restore waits).
+  auto step = [this](bool restores_only) {
+    for (Job& j : jobs_) {
+      if (restores_only && j.req.kind != MoveKind::kRestore) continue;
+      while (!j.done && advance(j)) {
+      }
     }
-  }
+  };
+  step(true);
+  step(false);
+  if (restores_waiting_ > 0 && !staging_free_.empty()) step(true);
   while (!jobs_.empty() && jobs_.front().done) jobs_.pop_front();
   // Jobs finish out of order; compact when done ones pile up behind a slow one.
   if (jobs_.size() > 64) std::erase_if(jobs_, [](const Job& j) { return j.done; });

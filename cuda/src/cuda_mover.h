@@ -49,6 +49,16 @@
 // writes may or may not be in the bytes (publish a context the program is
 // not writing).
 //
+// Restores first. Spills and restores share the staging slots, and a restore
+// is usually awaited (a launch that reads the range is held until it is back,
+// or a fault or a prefetch of a resumed context wants it) while a spill is
+// background work that may come by the thousand (a parked context). So a
+// restore waiting for a slot gets the next one free: no spill takes a slot
+// while a restore waits, and restores advance before other moves. A restore
+// then waits for at most the copies already in flight, never for the spills
+// queued ahead of it (on the simulated device reads and writes of the store
+// run on separate links, which this matches).
+//
 // Moves are batched: everything submitted before the next poll()/wait() is
 // issued together, contiguous chunks of a region as one range, and completes
 // on one event. All calls come from the pager thread.
@@ -213,6 +223,7 @@ class CudaMover final : public Mover {
   CUstream stream_ = nullptr;
   std::byte* staging_ = nullptr;
   std::vector<int> staging_free_;
+  uint32_t restores_waiting_ = 0;  // restores queued for a staging slot
   std::vector<CUevent> events_;
   std::deque<Job> jobs_;
   std::deque<MoveCompletion> ready_;

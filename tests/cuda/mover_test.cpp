@@ -155,18 +155,78 @@ TEST(CudaMoverOnStandIn, AStoreThatRefusesTheWriteLeavesTheBytesInHostRam) {
   for (uint64_t i = 0; i < r.size; ++i) ASSERT_EQ(r.bytes()[i], std::byte(i * 7)) << i;
 }
 
+// A region of two chunks of context `name`, every byte `fill`, parked until
+// it has spilled (the caller checks that it did).
+MoverRig::Region parked_region(MoverRig& rig, const std::string& name, uint8_t fill) {
+  auto r = rig.alloc(128 * KiB, name);
+  std::memset(r.bytes(), fill, r.size);
+  EXPECT_EQ(rig.pager->hint(rig.pager->find_context(name), HintKind::kPark), Status::kOk);
+  rig.pager->drain();
+  return r;
+}
+
 TEST(CudaMoverOnStandIn, ACorruptStoreObjectIsNeverRestored) {
   MoverRig rig(STANDIN_LIBCUDA, spilling_config());
   ASSERT_TRUE(rig.ok()) << rig.why;
-  auto r = rig.alloc(128 * KiB, "ctx");
-  std::memset(r.bytes(), 0x77, r.size);
-  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("ctx"), HintKind::kPark), Status::kOk);
-  rig.pager->drain();
+  auto r = parked_region(rig, "ctx", 0x77);
   ASSERT_EQ(rig.pager->stats().tiers[index(Tier::kNvme)].resident_bytes, 128 * KiB);
   ASSERT_TRUE(rig.store->corrupt(chunk_key("", "ctx", 1), 5));
   EXPECT_EQ(rig.pager->restore(r.id), Status::kCorrupt);
   EXPECT_EQ(rig.total_unsafe.load(), 1u) << "the bad chunk stays unreadable; launches reading it fail";
   for (uint64_t i = 0; i < 64 * KiB; ++i) ASSERT_EQ(r.bytes()[i], std::byte{0x77}) << "chunk 0 came back";
+}
+
+// A parked context spills by the thousand in real use; a launch that reads a
+// spilled range waits for its restore. With copies that take time (events
+// answer "not ready" a few times), the restore must get the next staging slot
+// free, not wait for every spill queued before it: at most the copies already
+// under way when it came go out before it.
+TEST(CudaMoverOnStandIn, ARestoreIsNotQueuedBehindTheSpillsOfAParkedContext) {
+  MoverRig rig(STANDIN_LIBCUDA, spilling_config());
+  ASSERT_TRUE(rig.ok()) << rig.why;
+  auto small = parked_region(rig, "small", 0x11);
+  ASSERT_EQ(rig.pager->stats().tiers[index(Tier::kNvme)].resident_bytes, small.size);
+
+  constexpr uint32_t kChunks = 64;
+  auto big = rig.alloc(kChunks * 64 * KiB, "big");
+  for (uint64_t i = 0; i < big.size; ++i) big.bytes()[i] = std::byte(i * 13 + (i >> 16));
+  auto set_lag = rig.standin<void (*)(uint32_t)>("standin_set_event_lag");
+  set_lag(3);
+  struct LagOff {  // also when an assertion ends the test early
+    void (*set)(uint32_t);
+    ~LagOff() { set(0); }
+  } lag_off{set_lag};
+  rig.standin<void (*)()>("standin_log_clear")();
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("big"), HintKind::kPark), Status::kOk);
+  // Until every staging slot carries a spill's copy.
+  for (int i = 0; i < 10'000 && count_prefix(standin_log(rig), "cuMemcpyDtoHAsync") < cuda::CudaMover::kStagingChunks; ++i)
+    rig.pager->tick();
+  const size_t under_way = count_prefix(standin_log(rig), "cuMemcpyDtoHAsync");
+  ASSERT_GE(under_way, cuda::CudaMover::kStagingChunks);
+  ASSERT_LT(under_way, kChunks / 2) << "the spills must still be going when the restore comes";
+
+  ASSERT_EQ(rig.pager->restore(small.id), Status::kOk);
+  auto log = standin_log(rig);
+  size_t copies_out_before = 0;
+  bool restored = false;
+  for (const auto& l : log) {
+    if (l.rfind("cuMemcpyHtoDAsync", 0) == 0) {
+      restored = true;
+      break;
+    }
+    copies_out_before += l.rfind("cuMemcpyDtoHAsync", 0) == 0;
+  }
+  ASSERT_TRUE(restored);
+  EXPECT_LE(copies_out_before, under_way) << "the restore waited for spills queued after the copies under way";
+  for (uint64_t i = 0; i < small.size; ++i) ASSERT_EQ(small.bytes()[i], std::byte{0x11}) << i;
+
+  set_lag(0);
+  rig.pager->drain();
+  EXPECT_EQ(count_prefix(standin_log(rig), "cuMemcpyDtoHAsync"), kChunks) << "every spill still happened";
+  ASSERT_EQ(rig.pager->restore(big.id), Status::kOk);
+  for (uint64_t i = 0; i < big.size; ++i) ASSERT_EQ(big.bytes()[i], std::byte(i * 13 + (i >> 16))) << i;
+  EXPECT_EQ(rig.total_unsafe.load(), 0u);
+  EXPECT_EQ(rig.pager->audit(), "");
 }
 
 // Context "pub": A (4 chunks) and B (2 chunks) with random bytes, parked with

@@ -159,7 +159,13 @@ struct Stream {
   CUstreamCaptureMode mode = CU_STREAM_CAPTURE_MODE_GLOBAL;
   std::thread::id thread;
 };
-struct Event {};
+// An event recorded while an event lag is set (standin_set_event_lag) answers
+// CUDA_ERROR_NOT_READY to that many queries before it completes, as work on a
+// real stream takes time; cuEventSynchronize completes it at once.
+struct Event {
+  std::atomic<uint32_t> not_ready{0};
+};
+std::atomic<uint32_t> g_event_lag{0};
 
 CUresult need_context() { return t_current ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT; }
 
@@ -332,6 +338,8 @@ void standin_log_clear() {
   std::lock_guard lock(g_mu);
   g_log.clear();
 }
+
+void standin_set_event_lag(uint32_t queries) { g_event_lag = queries; }
 
 uint64_t standin_device_resident() {
   std::lock_guard lock(g_mu);
@@ -698,14 +706,25 @@ CUresult cuEventCreate(CUevent* e, unsigned) {
   *e = reinterpret_cast<CUevent>(new Event());
   return CUDA_SUCCESS;
 }
-CUresult cuEventRecord(CUevent, CUstream s) {
+CUresult cuEventRecord(CUevent e, CUstream s) {
   if (!is_default(s) && reinterpret_cast<Stream*>(s)->capturing) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
   logf("cuEventRecord 0x%llx", reinterpret_cast<unsigned long long>(s));
+  reinterpret_cast<Event*>(e)->not_ready = g_event_lag.load();
   return CUDA_SUCCESS;
 }
 CUresult cuEventRecord_ptsz(CUevent e, CUstream s) { return cuEventRecord(e, s); }
-CUresult cuEventQuery(CUevent) { return unsafe_during_capture("cuEventQuery"); }
-CUresult cuEventSynchronize(CUevent) { return unsafe_during_capture("cuEventSynchronize"); }
+CUresult cuEventQuery(CUevent e) {
+  if (CUresult r = unsafe_during_capture("cuEventQuery")) return r;
+  auto& left = reinterpret_cast<Event*>(e)->not_ready;
+  for (uint32_t n = left.load(); n > 0;)
+    if (left.compare_exchange_weak(n, n - 1)) return CUDA_ERROR_NOT_READY;
+  return CUDA_SUCCESS;
+}
+CUresult cuEventSynchronize(CUevent e) {
+  if (CUresult r = unsafe_during_capture("cuEventSynchronize")) return r;
+  reinterpret_cast<Event*>(e)->not_ready = 0;
+  return CUDA_SUCCESS;
+}
 CUresult cuEventDestroy_v2(CUevent e) {
   delete reinterpret_cast<Event*>(e);
   return CUDA_SUCCESS;

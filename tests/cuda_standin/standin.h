@@ -13,6 +13,9 @@ size_t standin_log_count();
 // Line i into buf (NUL-terminated, cut to len); returns its full length.
 size_t standin_log_line(size_t i, char* buf, size_t len);
 void standin_log_clear();
+// Events recorded from now on answer CUDA_ERROR_NOT_READY to `queries`
+// cuEventQuery calls before they complete (0, the default: done at once).
+void standin_set_event_lag(uint32_t queries);
 // Bytes of managed memory the stand-in counts as resident on the device.
 uint64_t standin_device_resident();
 }
