@@ -255,7 +255,9 @@ bool Runtime::start_pager() {
     mover_ = std::make_unique<CudaMover>(drv_, cfg_, ctx, store_.get(), q_, streams_,
                                          [this](uint64_t base) { return unsafe_counter(base); });
     mover_->set_total_unsafe(&total_unsafe_);
-    pager_ = std::make_unique<Pager>(cfg_, *mover_);
+    // A kernel writes wherever its pointers lead: the pager cannot know which
+    // chunks a launch wrote, so no restored chunk is trusted to be clean.
+    pager_ = std::make_unique<Pager>(cfg_, *mover_, WriteTracking::kUnobserved);
   } catch (const std::exception& e) {
     // ConfigError mostly (a driver or device that cannot page, a bad store);
     // anything else (no memory, a filesystem error) must not leave this hook

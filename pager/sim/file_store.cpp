@@ -68,6 +68,7 @@ Status FileStore::put(const ObjectKey& key, std::span<const std::byte> bytes) {
   Entry e{slot, bytes.size(), XXH3_64bits(bytes.data(), bytes.size())};
   used_ = used_ - old_len + bytes.size();
   index_[key] = e;
+  ++puts_;
   return Status::kOk;
 }
 

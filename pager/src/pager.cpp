@@ -33,7 +33,7 @@ uint64_t fraction_of(uint64_t bytes, double f) { return static_cast<uint64_t>(st
 
 }  // namespace
 
-Pager::Pager(const Config& cfg, Mover& mover) : mover_(mover) {
+Pager::Pager(const Config& cfg, Mover& mover, WriteTracking writes) : mover_(mover), writes_(writes) {
   validate_or_throw(cfg);
   cfg_ = cfg.resolved(mover.device_hbm_bytes(), physical_ram());
   if (cfg_.hbm_budget > mover.device_hbm_bytes()) {
@@ -564,6 +564,9 @@ void Pager::on_complete(const MoveCompletion& done) {
     ++chunks_in_[index(to)];
     if (c.prefetcher != 0 && from == Tier::kHbm) prefetch_wasted(c, len);
     complete_move(c, kind);
+    // Nothing will say whether the program writes it: its store copy may go
+    // stale from now on, so the next spill writes it back.
+    if (kind == MoveKind::kRestore && writes_ == WriteTracking::kUnobserved) c.dirty = true;
     if (to == Tier::kHost) next_spill_check_ns_ = 0;  // it may be spillable: look again
     ++counters_.moves[static_cast<size_t>(kind)];
     counters_.move_bytes[static_cast<size_t>(kind)] += len;

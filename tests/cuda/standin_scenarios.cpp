@@ -259,6 +259,30 @@ TEST(StandIn, RestoresASpilledRegionBeforeALaunchReadsIt) {
   EXPECT_GE(stats().num("restores"), 1u);
 }
 
+// A restored chunk keeps its store copy (a later spill of it is only a
+// discard while it is unchanged). A kernel or a copy writes wherever it
+// likes in the allocation its argument points into, not only the chunk the
+// pointer falls in: every chunk of it must count as written, or the next
+// spill keeps the stale store copy and the write is lost.
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
+TEST(StandIn, WritesAfterARestoreSurviveTheNextSpill) {
+  Program p;
+  CUdeviceptr r = spilled_region(p, 5);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  ASSERT_EQ(p.fill(r, 8 * kMiB, 6), CUDA_SUCCESS);  // restored first, then every byte rewritten
+  park_until_spilled(p, "ctx", 8 * kMiB);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  EXPECT_EQ(p.check(r, 8 * kMiB, 6), 0u) << "the second spill kept the first one's bytes";
+  // The same through a copy: 8 MiB from the host, one call, its destination
+  // the allocation's first byte.
+  std::vector<uint8_t> host(8 * kMiB);
+  for (size_t i = 0; i < host.size(); ++i) host[i] = standin_pattern(i, 7);
+  ASSERT_EQ(p.htod(r, host.data(), host.size()), CUDA_SUCCESS);
+  park_until_spilled(p, "ctx", 8 * kMiB);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  EXPECT_EQ(p.check(r, 8 * kMiB, 7), 0u) << "the spill after the copy kept older bytes";
+}
+
 // Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
 TEST(StandIn, RestoresBeforeCopiesAndMemsetsTouchASpilledRegion) {
   Program p;

@@ -42,6 +42,7 @@ const Scenario kScenarios[] = {
     {"TheManagedCeilingFailsAllocationsWithOutOfMemory", {"KVPAGER_CUDA_MANAGED_LIMIT=64M"}},
     {"ScansParameterLayoutsTheDriverDescribes", {}},
     {"RestoresASpilledRegionBeforeALaunchReadsIt", kSpills},
+    {"WritesAfterARestoreSurviveTheNextSpill", kSpills},
     {"RestoresBeforeCopiesAndMemsetsTouchASpilledRegion", kSpills},
     {"AnIdleRegionSpillsAndTheNextLaunchRestoresIt", {"KVPAGER_HOST_CAPACITY=2M", "KVPAGER_SPILL_IDLE=50ms"}},
     {"AGraphLaunchRestoresWhatItsNodesRead", kSpills},

@@ -27,11 +27,11 @@ inline Config small_config() {
 }
 
 struct SimRig {
-  explicit SimRig(const Config& cfg, uint64_t store_capacity = 0)
+  explicit SimRig(const Config& cfg, uint64_t store_capacity = 0, WriteTracking writes = WriteTracking::kEveryChunk)
       : dir(cfg.effective_store_dir()),
         store(std::make_unique<FileStore>(cfg.effective_store_dir(), cfg.chunk_size, store_capacity)),
         mover(std::make_unique<SimMover>(cfg, store.get())),
-        pager(std::make_unique<Pager>(cfg, *mover)),
+        pager(std::make_unique<Pager>(cfg, *mover, writes)),
         dev(*pager, *mover) {}
   ~SimRig() {
     pager.reset();

@@ -17,7 +17,9 @@
 // one move per chunk is in flight.
 //
 // Flags:
-//   dirty       written since its NVMe copy was made (or never copied). A clean
+//   dirty       written since its NVMe copy was made (or never copied), or may
+//               have been (a pager whose owner cannot see writes marks every
+//               restored chunk dirty: WriteTracking::kUnobserved). A clean
 //               chunk whose store copy is valid spills without writing.
 //   store_copy  the NVMe tier holds a copy of this chunk's bytes.
 //   pinned      never chosen as a victim; demote, spill and discard refused.

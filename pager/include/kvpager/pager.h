@@ -51,11 +51,25 @@ struct ContextInfo {
   uint64_t hits = 0;  // accesses that found a chunk of it in HBM (kvpager-fs info)
 };
 
+// How the pager's owner reports writes, which decides whether a chunk brought
+// back from the store may later spill again by only dropping its bytes (its
+// store copy still being right).
+enum class WriteTracking : uint8_t {
+  // Every write to a chunk comes through access(..., write = true): the
+  // simulated device and replay. A restored chunk stays clean until written.
+  kEveryChunk,
+  // The program may write any chunk it can reach without the pager hearing
+  // which (a CUDA kernel writes wherever its pointers lead; launch events are
+  // lossy and name one chunk per pointer). A restored chunk counts as written
+  // at once: every spill writes its bytes back.
+  kUnobserved,
+};
+
 class Pager final : private PrefetchSink, private RestoreCost {
  public:
   // cfg must validate (throws ConfigError otherwise); its auto values are
   // resolved against the mover's device. The mover must outlive the pager.
-  Pager(const Config& cfg, Mover& mover);
+  Pager(const Config& cfg, Mover& mover, WriteTracking writes = WriteTracking::kEveryChunk);
   ~Pager() override;
   Pager(const Pager&) = delete;
   Pager& operator=(const Pager&) = delete;
@@ -191,6 +205,7 @@ class Pager final : private PrefetchSink, private RestoreCost {
 
   Config cfg_;
   Mover& mover_;
+  WriteTracking writes_;
   uint64_t hbm_limit_ = 0;   // = cfg_.hbm_budget (resolved)
   uint64_t host_limit_ = 0;  // = cfg_.host_capacity (resolved)
   uint64_t epoch_ = 0;

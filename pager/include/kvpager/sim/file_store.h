@@ -27,6 +27,7 @@ class FileStore final : public Store {
   Status erase(const ObjectKey& key) override;
   uint64_t used_bytes() const override { return used_; }
   size_t objects() const { return index_.size(); }
+  uint64_t puts() const { return puts_; }  // objects written (successful put calls)
   // For tests: flips one byte of an object on disk.
   bool corrupt(const ObjectKey& key, uint64_t offset);
 
@@ -40,6 +41,7 @@ class FileStore final : public Store {
   uint64_t slot_bytes_;
   uint64_t capacity_;
   uint64_t used_ = 0;
+  uint64_t puts_ = 0;
   uint64_t next_slot_ = 0;
   std::vector<uint64_t> free_;
   std::unordered_map<ObjectKey, Entry, ObjectKeyHash> index_;
