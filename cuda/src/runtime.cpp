@@ -710,7 +710,7 @@ void Runtime::handle_events() {
       if (!r) continue;
       if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
       const auto chunk = static_cast<uint32_t>(std::min<uint64_t>(ev.refs[k].offset / r->chunk_size, r->nchunks - 1));
-      pager_->access(id, chunk, true);
+      pager_->reference(id, chunk);
       // The rest of the allocation may be read too (through this pointer):
       // its pieces are in use, not idle (parked ones excepted).
       uint64_t& last = alloc_touch_ns_[e->alloc_base];

@@ -13,6 +13,9 @@ namespace {
 constexpr size_t kCompletionBatch = 64;
 constexpr size_t kPendingPrefetches = 4096;
 constexpr uint32_t kThrottleMuteEvents = 256;  // events a throttled prefetcher sits out
+// Referenced chunks waiting for room: at most this many chunks' worth is
+// evicted ahead at a time (bounds what an over-estimate of the wait costs).
+constexpr uint64_t kStageWindowChunks = 64;
 constexpr uint64_t kThrottleMinChunks = 16;    // judged chunks before a verdict
 constexpr uint64_t kSpillRetryNs = 100'000'000;  // after a spill the mover refused as busy
 
@@ -413,6 +416,74 @@ Status Pager::access_slow(Region& r, Chunk& c, bool write) {
   return Status::kOk;
 }
 
+Status Pager::reference(RegionId id, uint32_t i) {
+  Region* r = lookup(id);
+  if (!r || i >= r->nchunks) [[unlikely]]
+    return Status::kInvalid;
+  now_ = mover_.clock().now_ns();
+  r->last_access_ns = now_;
+  ++counters_.accesses;
+  Chunk& c = r->chunks[i];
+  const bool hit = c.tier == Tier::kHbm && c.resting();
+  if (hit) {
+    ++counters_.hits;
+    ++r->hits;
+  } else {
+    ++counters_.faults;
+    ++counters_.faults_from[index(c.tier)];
+  }
+  const bool whole = uint64_t{r->nchunks} * cfg_.chunk_size <= fraction_of(hbm_limit_, cfg_.high_watermark) / 2;
+  const uint32_t first = whole ? 0 : i, end = whole ? r->nchunks : i + 1;
+  bool missing = false;
+  for (uint32_t k = first; k < end; ++k) {
+    Chunk& ck = r->chunks[k];
+    if (ck.tier == Tier::kHbm && ck.resting()) note_use(*r, ck, false);
+    else missing = missing || ck.in_flight() || ck.tier == Tier::kHost || ck.tier == Tier::kNvme;
+  }
+  if (!hit) {
+    FaultEvent ev{r, i, false};
+    dispatch([&](Prefetcher& p) { p.on_fault(ev, *this); });
+  }
+  if (missing && !r->reference_queued) {
+    r->reference_queued = true;
+    wanted_.push_back(Wanted{id, first, end});
+  }
+  issue_wanted();
+  return Status::kOk;
+}
+
+void Pager::issue_wanted() {
+  const uint64_t cap = fraction_of(hbm_limit_, cfg_.high_watermark);
+  uint64_t waiting = 0;  // chunks of ranges still to stage (an upper bound: some may be in HBM by now)
+  for (auto it = wanted_.begin(); it != wanted_.end();) {
+    Region* r = lookup(it->id);
+    if (r) it->end = std::min(it->end, r->nchunks);  // a split may have cut it short
+    for (; r && it->next < it->end; ++it->next) {
+      Chunk& c = r->chunks[it->next];
+      // In HBM already, or on its way somewhere: the next reference looks again.
+      if (!c.resting() || (c.tier != Tier::kHost && c.tier != Tier::kNvme)) continue;
+      if (committed_bytes(Tier::kHbm) + cfg_.chunk_size > cap) break;  // no room yet
+      start_move(*r, c, c.tier == Tier::kNvme ? MoveKind::kRestore : MoveKind::kPromote, Tier::kHbm, false);
+    }
+    if (!r || it->next >= it->end) {
+      if (r) r->reference_queued = false;
+      it = wanted_.erase(it);
+      continue;
+    }
+    waiting += it->end - it->next;
+    ++it;
+  }
+  // Make room ahead, a window at a time: demote the least recently used
+  // chunks (the referenced ones were just used) so that what waits fits.
+  const uint64_t want = std::min<uint64_t>(waiting, kStageWindowChunks) * cfg_.chunk_size;
+  EvictionPolicy& hbm = *policies_[0];
+  while (want > 0 && committed_bytes(Tier::kHbm) - outbound_[index(Tier::kHbm)] + want > cap) {
+    Chunk* v = hbm.victim();
+    if (!v || !ok(start_move(*regions_[v->region], *v, MoveKind::kDemote, Tier::kHost, false))) break;
+    ++counters_.evictions;
+  }
+}
+
 void Pager::launch(uint64_t kernel, std::span<const RegionId> regions) {
   uint64_t sig = mix(0x6B7670616765ull, kernel);
   for (RegionId id : regions) {
@@ -619,6 +690,7 @@ void Pager::tick() {
   while (collect(false) > 0) {
   }
   balance();
+  issue_wanted();
   issue_pending();
 }
 

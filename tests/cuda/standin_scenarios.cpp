@@ -173,7 +173,7 @@ TEST(StandIn, TheManagedCeilingFailsAllocationsWithOutOfMemory) {
   EXPECT_EQ(p.alloc(&c, 16 * kMiB), CUDA_SUCCESS) << "room again";
 }
 
-// Env: defaults.
+// Env: KVPAGER_HBM_BUDGET=12M (references stage only the chunk they point into).
 TEST(StandIn, ScansParameterLayoutsTheDriverDescribes) {
   Program p;
   CUdeviceptr r1 = p.must_alloc(8 * kMiB), r2 = p.must_alloc(8 * kMiB);
@@ -283,6 +283,41 @@ TEST(StandIn, WritesAfterARestoreSurviveTheNextSpill) {
   EXPECT_EQ(p.check(r, 8 * kMiB, 7), 0u) << "the spill after the copy kept older bytes";
 }
 
+
+// A serving loop that knows nothing of kvpager: weights read on every step,
+// four sessions served in turn, HBM for the weights and about two sessions.
+// Each launch names a region by its first byte only; the whole region must
+// count as used (or the weights' other chunks look coldest and go first) and
+// the session being served must come into HBM whole (before, HBM kept
+// whatever got there first and the served session stayed in host RAM).
+// Env: KVPAGER_HBM_BUDGET=32M
+TEST(StandIn, AServingLoopKeepsTheWeightsAndTheServedSessionInHbm) {
+  Program p;
+  constexpr uint64_t kSize = 8 * kMiB;
+  CUdeviceptr w = p.must_alloc(kSize);
+  ASSERT_EQ(kvpager_tag_context(w, kSize, "w"), KVPAGER_OK);
+  ASSERT_EQ(p.fill(w, kSize, 1), CUDA_SUCCESS);
+  std::vector<CUdeviceptr> sess;
+  for (uint32_t i = 0; i < 4; ++i) {
+    sess.push_back(p.must_alloc(kSize));
+    ASSERT_EQ(kvpager_tag_context(sess.back(), kSize, ("s" + std::to_string(i)).c_str()), KVPAGER_OK);
+    ASSERT_EQ(p.fill(sess.back(), kSize, 10 + i), CUDA_SUCCESS);
+  }
+  for (uint32_t turn = 0; turn < 8; ++turn) {
+    const uint32_t s = turn % 4;
+    const std::string name = "s" + std::to_string(s);
+    for (int step = 0; step < 5; ++step) {
+      ASSERT_EQ(p.check(w, kSize, 1), 0u);
+      ASSERT_EQ(p.check(sess[s], kSize, 10 + s), 0u);
+    }
+    EXPECT_TRUE(eventually([&] {
+      const Stats st = stats();
+      return st.context("w", "hbm") == kSize && st.context(name, "hbm") == kSize;
+    })) << "turn " << turn << ": weights " << (stats().context("w", "hbm") >> 20) << " MiB, " << name << " "
+        << (stats().context(name, "hbm") >> 20) << " MiB in HBM";
+  }
+}
+
 // Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
 TEST(StandIn, RestoresBeforeCopiesAndMemsetsTouchASpilledRegion) {
   Program p;
@@ -306,7 +341,7 @@ TEST(StandIn, RestoresBeforeCopiesAndMemsetsTouchASpilledRegion) {
   for (uint64_t i = 6 * kMiB + 4096; i < 8 * kMiB; ++i) ASSERT_EQ(b[i], standin_pattern(i, 9)) << i;
 }
 
-// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=50ms
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=50ms, KVPAGER_HBM_BUDGET=12M
 TEST(StandIn, AnIdleRegionSpillsAndTheNextLaunchRestoresIt) {
   Program p;
   CUdeviceptr r = p.must_alloc(8 * kMiB);
@@ -677,7 +712,8 @@ Published read_published(const char* name) {
   return p;
 }
 
-// Env: KVPAGER_HOST_CAPACITY=8M, KVPAGER_SPILL_IDLE=1h
+// Env: KVPAGER_HOST_CAPACITY=8M, KVPAGER_SPILL_IDLE=1h, KVPAGER_HBM_BUDGET=12M
+// (a reference stages only the chunk it points into: the context stays spread)
 TEST(StandIn, PublishWritesAContextSpreadOverEveryTierIntoTheStoreByteExact) {
   Program p;
   CUstream s = nullptr;

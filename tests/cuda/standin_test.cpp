@@ -40,11 +40,15 @@ const Scenario kScenarios[] = {
     {"MemGetInfoReportsTheVirtualCapacityAndFallsAsTheProgramAllocates",
      {"KVPAGER_CUDA_VIRTUAL_CAPACITY=64G", "CUDA_STANDIN_TOTAL_MEM=8589934592"}},
     {"TheManagedCeilingFailsAllocationsWithOutOfMemory", {"KVPAGER_CUDA_MANAGED_LIMIT=64M"}},
-    {"ScansParameterLayoutsTheDriverDescribes", {}},
+    // HBM for 12M: an 8M region is more than half of what references stage,
+    // so a reference brings in only the chunk it points into (offsets show).
+    {"ScansParameterLayoutsTheDriverDescribes", {"KVPAGER_HBM_BUDGET=12M"}},
     {"RestoresASpilledRegionBeforeALaunchReadsIt", kSpills},
     {"WritesAfterARestoreSurviveTheNextSpill", kSpills},
+    {"AServingLoopKeepsTheWeightsAndTheServedSessionInHbm", {"KVPAGER_HBM_BUDGET=32M"}},
     {"RestoresBeforeCopiesAndMemsetsTouchASpilledRegion", kSpills},
-    {"AnIdleRegionSpillsAndTheNextLaunchRestoresIt", {"KVPAGER_HOST_CAPACITY=2M", "KVPAGER_SPILL_IDLE=50ms"}},
+    {"AnIdleRegionSpillsAndTheNextLaunchRestoresIt",
+     {"KVPAGER_HOST_CAPACITY=2M", "KVPAGER_SPILL_IDLE=50ms", "KVPAGER_HBM_BUDGET=12M"}},
     {"AGraphLaunchRestoresWhatItsNodesRead", kSpills},
     {"ALaunchThatCannotBeScannedRestoresEverything", with(kSpills, {"CUDA_STANDIN_NO_PARAM_INFO=1"})},
     // Slow copy-ins: the prefetch's restores are still in flight when the pool launch comes.
@@ -63,7 +67,7 @@ const Scenario kScenarios[] = {
     {"TheSpillFenceWaitsForEveryStreamThatUsedTheRegion", kSpills},
     {"ThePreloadedProgramIsVisibleToStatusAndTunable", {"STANDIN_KVPAGER_BIN=" KVPAGER_BIN}},
     {"PublishWritesAContextSpreadOverEveryTierIntoTheStoreByteExact",
-     {"KVPAGER_HOST_CAPACITY=8M", "KVPAGER_SPILL_IDLE=1h"}},
+     {"KVPAGER_HOST_CAPACITY=8M", "KVPAGER_SPILL_IDLE=1h", "KVPAGER_HBM_BUDGET=12M"}},
     {"PublishOfAnUnknownContextIsNotFound", {}},
     {"PublishThroughTheControlSocketReachesTheStore", with(kSpills, {"STANDIN_KVPAGER_BIN=" KVPAGER_BIN})},
 };

@@ -681,6 +681,67 @@ TEST(Pager, RegionsCanStartInHostRam) {
   EXPECT_EQ(rig.pager->audit(), "");
 }
 
+// ---------------------------------------------------------------- references (a live program's launches)
+
+// Budget 1 MiB = 16 chunks, high watermark 0.95: references stage up to 15.
+Config reference_config() {
+  Config cfg = spill_config(16 * MiB);
+  cfg.host_capacity = 16 * MiB;
+  return cfg;
+}
+
+TEST(Pager, AReferenceUsesTheWholeRegionAndStagesItWithoutWaiting) {
+  SimRig rig(reference_config());
+  RegionId r = rig.pager->add_region(0x10000000, 256 * KiB, "kv", Tier::kHost);  // 4 chunks
+  const uint64_t before = rig.mover->virtual_clock().now_ns();
+  ASSERT_EQ(rig.pager->reference(r, 1), Status::kOk);
+  EXPECT_EQ(rig.mover->virtual_clock().now_ns(), before) << "nothing waited: the kernel reads it where it is";
+  EXPECT_EQ(rig.pager->stats().faults, 1u);
+  EXPECT_EQ(rig.pager->stats().stall_ns, 0u);
+  settle(*rig.pager);
+  EXPECT_EQ(chunks_in(*rig.pager, r, Tier::kHbm), 4u) << "every chunk, not only the one the pointer fell in";
+  ASSERT_EQ(rig.pager->reference(r, 0), Status::kOk);
+  EXPECT_EQ(rig.pager->stats().hits, 1u);
+  EXPECT_EQ(rig.pager->reference(r, 4), Status::kInvalid);
+  EXPECT_EQ(rig.pager->reference(RegionId{99, 1}, 0), Status::kInvalid);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+// A serving loop: weights referenced every step, four sessions taking turns,
+// HBM for the weights and two sessions. The referenced chunks beyond the
+// first of each region must count as used, or the weights' look coldest of
+// all and go first; the session being served must come in whole.
+TEST(Pager, ReferencesKeepTheWeightsAndBringTheServedSessionIn) {
+  SimRig rig(reference_config());
+  RegionId w = rig.pager->add_region(0x10000000, 320 * KiB, "w", Tier::kHost);  // 5 chunks
+  std::vector<RegionId> sess;
+  for (uint64_t i = 0; i < 4; ++i)
+    sess.push_back(rig.pager->add_region(0x20000000 + i * 0x1000000, 320 * KiB, "s" + std::to_string(i), Tier::kHost));
+  for (int turn = 0; turn < 12; ++turn) {
+    const RegionId s = sess[static_cast<size_t>(turn % 4)];
+    for (int step = 0; step < 3; ++step) {
+      ASSERT_EQ(rig.pager->reference(w, 0), Status::kOk);
+      ASSERT_EQ(rig.pager->reference(s, 0), Status::kOk);
+      ASSERT_LE(rig.pager->committed_bytes(Tier::kHbm), 1 * MiB);
+      settle(*rig.pager);
+    }
+    EXPECT_EQ(chunks_in(*rig.pager, w, Tier::kHbm), 5u) << "turn " << turn << ": the weights were evicted";
+    EXPECT_EQ(chunks_in(*rig.pager, s, Tier::kHbm), 5u) << "turn " << turn << ": the served session is not all in";
+  }
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+// A region bigger than half of what references may stage (an engine's whole
+// KV pool) counts chunk by chunk, or it would evict itself in turn.
+TEST(Pager, AReferenceIntoARegionBiggerThanHalfTheBudgetStagesOnlyItsChunk) {
+  SimRig rig(reference_config());
+  RegionId pool = rig.pager->add_region(0x10000000, 2 * MiB, "pool", Tier::kHost);  // 32 chunks
+  ASSERT_EQ(rig.pager->reference(pool, 7), Status::kOk);
+  settle(*rig.pager);
+  EXPECT_EQ(chunks_in(*rig.pager, pool, Tier::kHbm), 1u);
+  EXPECT_EQ(rig.pager->region(pool)->chunks[7].tier, Tier::kHbm);
+}
+
 TEST(Pager, TouchKeepsARegionFromLookingIdle) {
   Config cfg = spill_config(128 * KiB);
   cfg.spill_idle_ns = 1'000'000'000;

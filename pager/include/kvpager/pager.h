@@ -21,6 +21,7 @@
 
 #include <array>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <span>
@@ -117,6 +118,18 @@ class Pager final : private PrefetchSink, private RestoreCost {
   // kIoError/kCorrupt if the chunk could not be brought back.
   Status access(RegionId id, uint32_t index, bool write);
 
+  // A running program referenced chunk `index` of a region (a kernel launch
+  // or a copy carried a pointer into it; the CUDA runtime's events) and may
+  // read or write all of it, where it lies now: nothing waits. Every chunk of
+  // the region in HBM counts as used; the others are queued to come to HBM,
+  // evicting the least recently used chunks of other regions to make room
+  // (up to the high watermark). A region larger than half of that counts
+  // chunk by chunk: only the referenced chunk is used and queued (a pool
+  // bigger than the budget would otherwise evict itself in turn). Counted as
+  // an access: a hit if the referenced chunk was resting in HBM, else a fault
+  // (the kernel read it remotely) that prefetchers see. kInvalid for a bad
+  // region or index.
+  Status reference(RegionId id, uint32_t index);
   // A kernel launch referencing these regions (feeds launch correlation).
   void launch(uint64_t kernel, std::span<const RegionId> regions);
   // The program used the region without saying which chunks (a launch read
@@ -152,6 +165,11 @@ class Pager final : private PrefetchSink, private RestoreCost {
     uint32_t region_gen;
     uint32_t index;
     uint8_t prefetcher;  // 1-based
+  };
+  struct Wanted {  // chunks [next, end) of a referenced region, still to stage
+    RegionId id;
+    uint32_t next;
+    uint32_t end;
   };
   struct Throttle {
     uint64_t used = 0, wasted = 0;  // this window
@@ -189,6 +207,7 @@ class Pager final : private PrefetchSink, private RestoreCost {
   uint32_t prefetch_context(ContextId ctx) override;
   bool stage(Region& r, Chunk& c, uint8_t prefetcher);
   void issue_pending();
+  void issue_wanted();
   void prefetch_used(Chunk& c, uint64_t len);
   void prefetch_wasted(Chunk& c, uint64_t len);
   template <typename Fn>
@@ -231,6 +250,7 @@ class Pager final : private PrefetchSink, private RestoreCost {
   std::vector<Pending> pending_;    // prefetches waiting for room (ring)
   size_t pending_head_ = 0;
   size_t pending_count_ = 0;
+  std::deque<Wanted> wanted_;  // referenced regions waiting for room in HBM (each once)
 
   StatsSnapshot counters_;  // the counting part of the snapshot
   bool spill_disabled_ = false;

@@ -26,6 +26,7 @@ struct Region {
   // region joins the context and never renumbered, so a spilled chunk keeps
   // its name when other regions of the context come and go.
   uint64_t key_base = 0;
+  bool reference_queued = false;  // the pager has it queued to stage after a reference
   std::unique_ptr<Chunk[]> chunks;
 
   uint64_t chunk_offset(uint32_t i) const { return uint64_t{i} * chunk_size; }
