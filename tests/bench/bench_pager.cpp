@@ -74,6 +74,23 @@ void BM_FaultWithEviction(benchmark::State& state) {
 }
 BENCHMARK(BM_FaultWithEviction)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kNanosecond);
 
+// Pager::reference (a live program's launch named a region) on a region whose
+// chunks all rest in HBM: every chunk counts as used. Regions of 1024 chunks,
+// picked at random among the 1024; the cost grows with the region, so the
+// counter gives it per chunk too.
+void BM_ReferenceResidentRegion(benchmark::State& state) {
+  const auto policy = static_cast<PolicyKind>(state.range(0));
+  Rig rig(policy, kChunks);
+  rig.populate(kChunks);
+  std::mt19937 rng(4);
+  for (auto _ : state) benchmark::DoNotOptimize(rig.pager->reference(rig.regions[rng() % rig.regions.size()], 0));
+  if (rig.pager->stats().evictions != 0) state.SkipWithError("something was evicted: not all resident");
+  state.counters["per_chunk_ns"] =
+      benchmark::Counter(1024.0, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+  state.SetLabel(std::string(to_string(policy)) + ", 1024-chunk regions");
+}
+BENCHMARK(BM_ReferenceResidentRegion)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kMicrosecond);
+
 // The policy alone: victim + erase + insert on 10^6 listed chunks.
 void BM_PolicyVictim(benchmark::State& state) {
   const auto policy = static_cast<PolicyKind>(state.range(0));
