@@ -200,6 +200,7 @@ Status Pager::split_region(RegionId id, uint64_t offset, RegionId* tail) {
     to = from;  // an intrusive hook is never copied: `to` starts unlinked
     to.region = i < at ? r->id.slot : slot;
     to.index = i < at ? i : i - at;
+    if (i >= at) to.wanted = false;  // its queue entry names the head: dropped there
     if (listed) make_evictable(to);
   }
   if (last_error_chunk_ >= &r->chunks[0] && last_error_chunk_ < &r->chunks[0] + r->nchunks) last_error_chunk_ = nullptr;
@@ -429,8 +430,9 @@ Status Pager::reference(RegionId id, uint32_t i) {
     ++counters_.hits;
     ++r->hits;
   } else {
+    // Read where it rests or is going (on its way in: a late prefetch).
     ++counters_.faults;
-    ++counters_.faults_from[index(c.tier)];
+    ++counters_.faults_from[index(c.target)];
   }
   const bool whole = uint64_t{r->nchunks} * cfg_.chunk_size <= fraction_of(hbm_limit_, cfg_.high_watermark) / 2;
   const uint32_t first = whole ? 0 : i, end = whole ? r->nchunks : i + 1;
@@ -444,9 +446,12 @@ Status Pager::reference(RegionId id, uint32_t i) {
     FaultEvent ev{r, i, false};
     dispatch([&](Prefetcher& p) { p.on_fault(ev, *this); });
   }
-  if (missing && !r->reference_queued) {
+  if (missing && whole && !r->reference_queued) {
     r->reference_queued = true;
-    wanted_.push_back(Wanted{id, first, end});
+    wanted_.push_back(Wanted{id, first, first, end, true});
+  } else if (missing && !whole && !c.wanted) {
+    c.wanted = true;  // chunk by chunk: each referenced chunk waits on its own
+    wanted_.push_back(Wanted{id, first, first, end, false});
   }
   issue_wanted();
   return Status::kOk;
@@ -466,7 +471,8 @@ void Pager::issue_wanted() {
       start_move(*r, c, c.tier == Tier::kNvme ? MoveKind::kRestore : MoveKind::kPromote, Tier::kHbm, false);
     }
     if (!r || it->next >= it->end) {
-      if (r) r->reference_queued = false;
+      if (r && it->whole) r->reference_queued = false;
+      if (r && !it->whole && it->first < r->nchunks) r->chunks[it->first].wanted = false;
       it = wanted_.erase(it);
       continue;
     }
@@ -479,7 +485,18 @@ void Pager::issue_wanted() {
   EvictionPolicy& hbm = *policies_[0];
   while (want > 0 && committed_bytes(Tier::kHbm) - outbound_[index(Tier::kHbm)] + want > cap) {
     Chunk* v = hbm.victim();
-    if (!v || !ok(start_move(*regions_[v->region], *v, MoveKind::kDemote, Tier::kHost, false))) break;
+    if (!v) break;
+    if (regions_[v->region]->reference_queued) {
+      // Everything colder is gone: what waits does not fit beside what cannot
+      // leave (pinned, in flight, or the waiting regions themselves), and
+      // evicting them would churn them through each other. The waiting
+      // regions stop waiting; their next reference asks again.
+      for (const Wanted& w : wanted_)
+        if (Region* r = w.whole ? lookup(w.id) : nullptr) r->reference_queued = false;
+      std::erase_if(wanted_, [](const Wanted& w) { return w.whole; });
+      break;
+    }
+    if (!ok(start_move(*regions_[v->region], *v, MoveKind::kDemote, Tier::kHost, false))) break;
     ++counters_.evictions;
   }
 }

@@ -742,6 +742,61 @@ TEST(Pager, AReferenceIntoARegionBiggerThanHalfTheBudgetStagesOnlyItsChunk) {
   EXPECT_EQ(rig.pager->region(pool)->chunks[7].tier, Tier::kHbm);
 }
 
+// HBM full to the high watermark with regions referenced earlier; three
+// chunks of a pool (counted chunk by chunk) referenced in one pass: each one
+// waits for room on its own, none is dropped because another waits.
+TEST(Pager, ReferencesIntoAPoolEachWaitForRoom) {
+  SimRig rig(reference_config());
+  for (uint64_t k = 0; k < 3; ++k) {  // 15 chunks: up to the high watermark
+    RegionId f = rig.pager->add_region(0x10000000 + k * 0x1000000, 320 * KiB, "f" + std::to_string(k), Tier::kHost);
+    ASSERT_EQ(rig.pager->reference(f, 0), Status::kOk);
+    settle(*rig.pager);
+  }
+  RegionId pool = rig.pager->add_region(0x50000000, 2 * MiB, "pool", Tier::kHost);  // 32 chunks
+  for (uint32_t i : {7u, 8u, 9u}) ASSERT_EQ(rig.pager->reference(pool, i), Status::kOk);
+  for (int k = 0; k < 4; ++k) settle(*rig.pager);
+  for (uint32_t i : {7u, 8u, 9u}) EXPECT_EQ(rig.pager->region(pool)->chunks[i].tier, Tier::kHbm) << "chunk " << i;
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+// HBM mostly pinned: a region that fits by size alone but not beside the
+// pinned chunks must not evict itself to bring in its other chunks, step
+// after step.
+TEST(Pager, ARegionThatCannotFitBesidePinnedChunksDoesNotChurnThroughItself) {
+  SimRig rig(reference_config());
+  RegionId p = rig.pager->add_region(0x10000000, 640 * KiB, "p", Tier::kHost);  // 10 chunks
+  for (uint32_t i = 0; i < 10; ++i) ASSERT_EQ(rig.pager->access(p, i, false), Status::kOk);
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("p"), HintKind::kPin), Status::kOk);
+  RegionId r = rig.pager->add_region(0x20000000, 448 * KiB, "r", Tier::kHost);  // 7 chunks: staged whole
+  for (int s = 0; s < 3; ++s) {
+    ASSERT_EQ(rig.pager->reference(r, 0), Status::kOk);
+    settle(*rig.pager);
+  }
+  const auto demotes = [&] { return rig.pager->stats().moves[static_cast<size_t>(MoveKind::kDemote)]; };
+  const uint64_t before = demotes();
+  for (int s = 0; s < 10; ++s) {
+    ASSERT_EQ(rig.pager->reference(r, 0), Status::kOk);
+    settle(*rig.pager);
+  }
+  EXPECT_EQ(demotes(), before) << "the region evicted its own chunks to stage its others";
+  EXPECT_EQ(chunks_in(*rig.pager, r, Tier::kHbm), 5u) << "what fits beside the pinned 10, up to 15";
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+// A chunk on its way out of HBM when a reference names it is read from where
+// it is going, not counted as a late prefetch (which is a chunk on its way in).
+TEST(Pager, AReferenceToAChunkLeavingHbmIsNotALatePrefetch) {
+  SimRig rig(reference_config());
+  RegionId r = rig.pager->add_region(0x10000000, 256 * KiB, "kv", Tier::kHost);
+  ASSERT_EQ(rig.pager->reference(r, 0), Status::kOk);
+  settle(*rig.pager);
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("kv"), HintKind::kPark), Status::kOk);
+  ASSERT_TRUE(rig.pager->region(r)->chunks[1].in_flight());
+  ASSERT_EQ(rig.pager->reference(r, 1), Status::kOk);
+  EXPECT_EQ(rig.pager->stats().faults_from[index(Tier::kHbm)], 0u);
+  EXPECT_EQ(rig.pager->stats().faults_from[index(Tier::kHost)], 2u) << "the first reference's, and this one";
+}
+
 TEST(Pager, TouchKeepsARegionFromLookingIdle) {
   Config cfg = spill_config(128 * KiB);
   cfg.spill_idle_ns = 1'000'000'000;

@@ -74,6 +74,7 @@ struct Chunk {
   bool in_policy : 1 = false;
   bool referenced : 1 = false;  // CLOCK's second-chance bit
   bool hot : 1 = false;         // segmented policies: in S3-FIFO's main / prefix's protected segment
+  bool wanted : 1 = false;      // queued alone by a reference to come to HBM (Pager::reference)
 
   bool in_flight() const { return target != tier; }
   bool resting() const { return target == tier; }

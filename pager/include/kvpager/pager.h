@@ -168,8 +168,10 @@ class Pager final : private PrefetchSink, private RestoreCost {
   };
   struct Wanted {  // chunks [next, end) of a referenced region, still to stage
     RegionId id;
+    uint32_t first;  // where the range began
     uint32_t next;
     uint32_t end;
+    bool whole;  // the whole region (its reference_queued), else chunk `first` alone (its wanted bit)
   };
   struct Throttle {
     uint64_t used = 0, wasted = 0;  // this window

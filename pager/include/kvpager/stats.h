@@ -37,7 +37,10 @@ struct StatsSnapshot {
   std::array<TierStats, 3> tiers{};  // indexed by index(Tier): hbm, host, nvme
   uint64_t accesses = 0;
   uint64_t hits = 0;    // access found the chunk resting in HBM
-  uint64_t faults = 0;  // access had to wait for the chunk
+  // An access had to wait for the chunk; or a live program's reference
+  // (Pager::reference) found it outside HBM: the kernel read it remotely, and
+  // nothing waited (stall_ns does not grow).
+  uint64_t faults = 0;
   // Where faults were served from: host, nvme, unpopulated (first touch), or
   // hbm (the chunk was on its way: a late prefetch).
   std::array<uint64_t, kNumTiers> faults_from{};
