@@ -253,20 +253,32 @@ void CudaMover::flush() {
   };
   std::vector<Job*> moves[3];  // promote, demote, discard
   std::shared_ptr<Fence> fence;
+  auto fenced = [&](Job& j) {
+    if (!fence) {
+      fence = std::make_shared<Fence>();
+      fence->started_ns = clock_.now_ns();
+      q_.take(fence->ticket);
+    }
+    j.fence = fence;
+    j.stage = Stage::kFence;
+  };
   for (Job& j : jobs_) {
     if (j.done || j.stage != Stage::kQueued) continue;
     switch (j.req.kind) {
       case MoveKind::kPromote: moves[0].push_back(&j); break;
       case MoveKind::kDemote: moves[1].push_back(&j); break;
-      case MoveKind::kDiscard: moves[2].push_back(&j); break;
+      case MoveKind::kDiscard:
+        // Releasing bytes in HBM or host RAM (a drop) waits for the work
+        // queued before it, like a spill; a freed region's memory goes back
+        // whole (the free waits for that work), and a spilled range holds
+        // nothing: only the store copy goes.
+        if (!j.req.freeing && (j.req.from == Tier::kHbm || j.req.from == Tier::kHost) && d_.memDiscardBatchAsync)
+          fenced(j);
+        else
+          moves[2].push_back(&j);
+        break;
       case MoveKind::kSpill:
-        if (!fence) {
-          fence = std::make_shared<Fence>();
-          fence->started_ns = clock_.now_ns();
-          q_.take(fence->ticket);
-        }
-        j.fence = fence;
-        j.stage = Stage::kFence;
+        fenced(j);
         break;
       case MoveKind::kRestore:
         j.stage = Stage::kStaging;
@@ -280,25 +292,12 @@ void CudaMover::flush() {
     std::sort(list.begin(), list.end(), [](const Job* a, const Job* b) { return a->req.addr < b->req.addr; });
     std::vector<Range> ranges;
     for (Job* j : list) {
-      if (k == 2) {  // discard
-        if (j->req.drop_store_copy && store_) store_->erase(j->req.key);
-        if (j->req.from == Tier::kUnpopulated || !d_.memDiscardBatchAsync) continue;
-      }
+      if (k == 2) continue;  // discards here release nothing in the range (see above)
       if (!ranges.empty() && ranges.back().addr + ranges.back().len == j->req.addr) ranges.back().len += j->req.len;
       else ranges.push_back(Range{j->req.addr, j->req.len});
     }
     bool ok = true;
-    if (k == 2) {
-      if (!ranges.empty()) {
-        std::vector<CUdeviceptr> ptrs;
-        std::vector<size_t> sizes;
-        for (const Range& r : ranges) {
-          ptrs.push_back(r.addr);
-          sizes.push_back(r.len);
-        }
-        ok = check(d_.memDiscardBatchAsync(ptrs.data(), sizes.data(), ptrs.size(), 0, stream_));
-      }
-    } else {
+    if (k != 2) {
       const CUmemLocation where = k == 0 ? device_location(device_) : host_location();
       for (const Range& r : ranges) {
         ok = check(d_.memAdvise(r.addr, r.len, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, where)) && ok;
@@ -370,21 +369,22 @@ bool CudaMover::advance(Job& j) {
       if (!fence_ready(*j.fence)) return false;
       if (j.fence->failed) {
         mark_unsafe(req, false);
-        finish(j, Status::kBusy);  // stays in host RAM; the pager tries again later
+        finish(j, Status::kBusy);  // stays where it is; the pager tries again later
         return false;
       }
       j.fence.reset();
-      if (req.write_back) {
-        j.stage = Stage::kStaging;
+      if (req.kind == MoveKind::kDiscard || !req.write_back) {
+        // A drop, or a spill whose bytes the store already holds: only
+        // release the range.
+        CUdeviceptr p = req.addr;
+        size_t n = req.len;
+        check(d_.memDiscardBatchAsync(&p, &n, 1, 0, stream_));
+        j.batch = record_batch();
+        j.batch->users = 1;
+        j.stage = Stage::kIssued;
         return true;
       }
-      // The store already holds these bytes: only release the range.
-      CUdeviceptr p = req.addr;
-      size_t n = req.len;
-      check(d_.memDiscardBatchAsync(&p, &n, 1, 0, stream_));
-      j.batch = record_batch();
-      j.batch->users = 1;
-      j.stage = Stage::kIssued;
+      j.stage = Stage::kStaging;
       return true;
     }
     case Stage::kStaging: {
@@ -451,7 +451,10 @@ bool CudaMover::advance(Job& j) {
     }
     case Stage::kIssued: {
       if (!batch_done(*j.batch)) return false;
-      if (req.kind == MoveKind::kDiscard) mark_unsafe(req, false);
+      if (req.kind == MoveKind::kDiscard) {
+        if (req.drop_store_copy && store_) store_->erase(req.key);
+        mark_unsafe(req, false);
+      }
       finish(j, Status::kOk);
       return false;
     }

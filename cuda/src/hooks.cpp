@@ -156,18 +156,28 @@ void record_graph(CUgraphExec exec, CUgraph graph) {
     info->unknown = true;
   } else {
     // Keep what points into managed memory now (a graph's arguments are fixed
-    // when it is instantiated), one reference per allocation and chunk.
+    // when it is instantiated): one pointer per region and chunk (regions are
+    // cut at chunk boundaries, which may be closer than 2 MiB, so two
+    // pointers into different regions are never one), every range as it is.
     Quiescence::Bracket b(rt->quiescence());
     const RegionMap::Snapshot& snap = rt->map().snapshot();
+    const uint64_t cs = rt->config().chunk_size;
+    std::vector<std::pair<ptrdiff_t, uint64_t>> seen;  // (region item, chunk) of the pointers kept
     for (const GraphRef& r : all) {
       ptrdiff_t i = RegionMap::locate(snap, r.lo);
       bool hits = i >= 0;
       for (size_t k = 0; !hits && !r.point && k < snap.n; ++k)
         hits = snap.items[k].base < r.hi && snap.items[k].end > r.lo;
       if (!hits) continue;
-      bool dup = std::any_of(info->refs.begin(), info->refs.end(), [&](const GraphRef& o) {
-        return o.point == r.point && o.lo >> 21 == r.lo >> 21 && o.hi >> 21 == r.hi >> 21;
-      });
+      bool dup;
+      if (r.point) {
+        const std::pair<ptrdiff_t, uint64_t> key{i, (r.lo - snap.items[i].base) / cs};
+        dup = std::find(seen.begin(), seen.end(), key) != seen.end();
+        if (!dup) seen.push_back(key);
+      } else {
+        dup = std::any_of(info->refs.begin(), info->refs.end(),
+                          [&](const GraphRef& o) { return !o.point && o.lo == r.lo && o.hi == r.hi; });
+      }
       if (!dup) info->refs.push_back(r);
     }
   }

@@ -117,6 +117,7 @@ RegionId Pager::add_region(uint64_t base, uint64_t size, std::string_view contex
   r->nchunks = static_cast<uint32_t>((size + cfg_.chunk_size - 1) / cfg_.chunk_size);
   r->chunks = std::make_unique<Chunk[]>(r->nchunks);
   r->last_access_ns = now_;
+  r->initial = initial;
   for (uint32_t i = 0; i < r->nchunks; ++i) {
     r->chunks[i].region = slot;
     r->chunks[i].index = i;
@@ -160,7 +161,8 @@ Status Pager::remove_region(RegionId id) {
   for (uint32_t i = 0; i < r->nchunks; ++i) {
     Chunk& c = r->chunks[i];
     c.pinned = false;
-    if (c.tier != Tier::kUnpopulated) start_move(*r, c, MoveKind::kDiscard, Tier::kUnpopulated, false);
+    if (c.tier != Tier::kUnpopulated)
+      start_move(*r, c, MoveKind::kDiscard, Tier::kUnpopulated, false, 0, /*freeing=*/true);
   }
   wait_region_idle(*r);
   release_region(*r);
@@ -190,6 +192,7 @@ Status Pager::split_region(RegionId id, uint64_t offset, RegionId* tail) {
   t->ctx = r->ctx;
   t->last_access_ns = r->last_access_ns;
   t->key_base = r->key_base + at;
+  t->initial = r->initial;
   t->chunks = std::make_unique<Chunk[]>(t->nchunks);
   auto head = std::make_unique<Chunk[]>(at);
   for (uint32_t i = 0; i < r->nchunks; ++i) {
@@ -554,6 +557,21 @@ Status Pager::hint(ContextId id, HintKind kind) {
         if (c.tier != Tier::kUnpopulated) start_move(r, c, MoveKind::kDiscard, Tier::kUnpopulated, false);
       });
       while (moving()) collect(true);
+      // Memory that exists from the start (managed memory) is still the
+      // program's, which may write it again: back in host RAM, its bytes
+      // whatever they are now, with no copy in the store. Not parked: what
+      // the program writes there next is a new use (spilled only when idle).
+      ctx.parked = false;
+      each_chunk([&](Region& r, Chunk& c) {
+        if (r.initial != Tier::kHost || c.tier != Tier::kUnpopulated || !c.resting()) return;
+        resident_[index(Tier::kUnpopulated)] -= cfg_.chunk_size;
+        --chunks_in_[index(Tier::kUnpopulated)];
+        resident_[index(Tier::kHost)] += cfg_.chunk_size;
+        ++chunks_in_[index(Tier::kHost)];
+        c.tier = c.target = Tier::kHost;
+        c.dirty = true;
+        make_evictable(c);
+      });
       break;
     }
     case HintKind::kPin:
@@ -600,7 +618,8 @@ ObjectKey Pager::key_for(const Region& r, uint32_t i) const {
   return chunk_key("", contexts_[r.ctx]->name, r.key_base + i);
 }
 
-Status Pager::start_move(Region& r, Chunk& c, MoveKind kind, Tier to, bool demand, uint8_t prefetcher) {
+Status Pager::start_move(Region& r, Chunk& c, MoveKind kind, Tier to, bool demand, uint8_t prefetcher,
+                         bool freeing) {
   Status s = check_transition(c, kind, to);
   if (!ok(s)) return s;
   const uint64_t len = r.chunk_len(c.index);
@@ -619,6 +638,7 @@ Status Pager::start_move(Region& r, Chunk& c, MoveKind kind, Tier to, bool deman
   }
   req.write_back = c.dirty || !c.store_copy;
   req.drop_store_copy = kind == MoveKind::kDiscard && c.store_copy;
+  req.freeing = kind == MoveKind::kDiscard && freeing;
 
   const bool was_evictable = c.in_policy;
   make_unevictable(c);

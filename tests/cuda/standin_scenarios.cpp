@@ -356,20 +356,28 @@ TEST(StandIn, AnIdleRegionSpillsAndTheNextLaunchRestoresIt) {
   EXPECT_GE(stats().num("restores"), 1u);  // (it may well have spilled again since: 50 ms idle)
 }
 
+// The graph entry points the graph scenarios use, through cuGetProcAddress.
+struct GraphApi {
+  PFN_cuGraphCreate_v10000 create = nullptr;
+  PFN_cuGraphAddKernelNode_v12000 add_kernel = nullptr;
+  PFN_cuGraphInstantiateWithFlags_v11040 instantiate = nullptr;
+  PFN_cuGraphLaunch_v10000 launch = nullptr;
+  explicit GraphApi(Program& p) {
+    p.get(create, "cuGraphCreate", 10000);
+    p.get(add_kernel, "cuGraphAddKernelNode", 12000);
+    p.get(instantiate, "cuGraphInstantiateWithFlags", 11040);
+    p.get(launch, "cuGraphLaunch", 10000);
+  }
+};
+
 // Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
 TEST(StandIn, AGraphLaunchRestoresWhatItsNodesRead) {
   Program p;
   CUdeviceptr r = p.must_alloc(8 * kMiB);
   ASSERT_EQ(kvpager_tag_context(r, 8 * kMiB, "ctx"), KVPAGER_OK);
   ASSERT_EQ(p.fill(r, 8 * kMiB, 4), CUDA_SUCCESS);
-  PFN_cuGraphCreate_v10000 create;
-  PFN_cuGraphAddKernelNode_v12000 add_kernel;
-  PFN_cuGraphInstantiateWithFlags_v11040 instantiate;
-  PFN_cuGraphLaunch_v10000 launch;
-  p.get(create, "cuGraphCreate", 10000);
-  p.get(add_kernel, "cuGraphAddKernelNode", 12000);
-  p.get(instantiate, "cuGraphInstantiateWithFlags", 11040);
-  p.get(launch, "cuGraphLaunch", 10000);
+  GraphApi api(p);
+  auto [create, add_kernel, instantiate, launch] = api;
   CUgraph g = nullptr;
   ASSERT_EQ(create(&g, 0), CUDA_SUCCESS);
   uint64_t bad = UINT64_MAX;
@@ -405,6 +413,45 @@ TEST(StandIn, AGraphLaunchRestoresWhatItsNodesRead) {
   EXPECT_EQ(stats().num("unsafe_chunks"), 0u);
   EXPECT_EQ(Program::host_mismatches(r, 8 * kMiB, 4), 0u);
   EXPECT_EQ(stats().num("launches_unscannable"), 1u);
+}
+
+// Chunks of 64K: two contexts of one pool lie within 2 MiB of each other. A
+// graph whose nodes point right into both must restore both, also the parked
+// one (its references were once merged by 2 MiB window: the second was lost).
+// Env: KVPAGER_CHUNK_SIZE=64K, KVPAGER_HOST_CAPACITY=64K, KVPAGER_SPILL_IDLE=1h
+TEST(StandIn, AGraphPointingIntoTwoNeighbouringContextsRestoresBoth) {
+  Program p;
+  CUdeviceptr r = p.must_alloc(2 * kMiB);
+  constexpr uint64_t k64 = 64 * 1024;
+  ASSERT_EQ(kvpager_tag_context(r, k64, "a"), KVPAGER_OK);
+  ASSERT_EQ(kvpager_tag_context(r + k64, k64, "b"), KVPAGER_OK);
+  ASSERT_EQ(p.fill(r, k64, 4), CUDA_SUCCESS);
+  ASSERT_EQ(p.fill(r + k64, k64, 5), CUDA_SUCCESS);
+  GraphApi api(p);
+  auto [create, add_kernel, instantiate, launch] = api;
+  CUgraph g = nullptr;
+  ASSERT_EQ(create(&g, 0), CUDA_SUCCESS);
+  uint64_t bad_a = UINT64_MAX, bad_b = UINT64_MAX;
+  uint64_t *out_a = &bad_a, *out_b = &bad_b;
+  uint64_t len = k64;
+  uint32_t seed_a = 4, seed_b = 5;
+  CUdeviceptr ptr_b = r + k64;
+  void* args_a[] = {&r, &len, &seed_a, &out_a};
+  void* args_b[] = {&ptr_b, &len, &seed_b, &out_b};
+  CUDA_KERNEL_NODE_PARAMS kp{};
+  kp.func = p.kernel("check");
+  CUgraphNode node = nullptr;
+  kp.kernelParams = args_a;
+  ASSERT_EQ(add_kernel(&node, g, nullptr, 0, &kp), CUDA_SUCCESS);
+  kp.kernelParams = args_b;
+  ASSERT_EQ(add_kernel(&node, g, nullptr, 0, &kp), CUDA_SUCCESS);
+  CUgraphExec exec = nullptr;
+  ASSERT_EQ(instantiate(&exec, g, 0), CUDA_SUCCESS);
+  park_until_spilled(p, "b", k64);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  ASSERT_EQ(launch(exec, nullptr), CUDA_SUCCESS);
+  EXPECT_EQ(bad_a, 0u);
+  EXPECT_EQ(bad_b, 0u) << "the parked context the second node points into was not restored";
 }
 
 // Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h, CUDA_STANDIN_NO_PARAM_INFO=1
@@ -710,6 +757,56 @@ Published read_published(const char* name) {
   p.status = ts.read_manifest("", name, &p.manifest);
   if (ok(p.status)) p.status = ts.get_context("", name, &p.bytes);
   return p;
+}
+
+// cudaFree waits for the work queued before it: a program may free what a
+// kernel still reads. The memory goes back to the driver whole, so the pager
+// must not discard it on its own stream first (that stream is not ordered
+// after the program's): only its store objects go.
+// Env: defaults.
+TEST(StandIn, FreeingARegionNeverDiscardsItAheadOfQueuedWork) {
+  Program p;
+  CUstream a = nullptr;
+  ASSERT_EQ(p.stream_create(&a, 0), CUDA_SUCCESS);
+  CUdeviceptr r = p.must_alloc(8 * kMiB);
+  ASSERT_EQ(p.fill(r, 8 * kMiB, 1, a), CUDA_SUCCESS);
+  ASSERT_TRUE(eventually([] { return stats().num("pager.accesses") > 0; })) << "the launch was seen";
+  p.clear_log();
+  ASSERT_EQ(p.free(r), CUDA_SUCCESS);
+  EXPECT_EQ(p.count_log("cuMemDiscardBatchAsync"), 0u) << "discarded on the pager's stream, racing stream a";
+  EXPECT_EQ(p.count_log("cuMemFree"), 1u);
+}
+
+// A dropped context's bytes are not needed, but work queued before the drop
+// may still read them: the discard waits for it like a spill (a fence on
+// every stream that used managed memory). And the range stays the
+// program's: an engine reuses it for another session, which must be paged
+// (and published) like any other bytes, not stay "never touched".
+// Env: KVPAGER_HBM_BUDGET=12M (chunk by chunk: the reference stages the chunk it names)
+TEST(StandIn, ADroppedRangeIsDiscardedAfterQueuedWorkAndPagedAgainWhenReused) {
+  Program p;
+  CUstream a = nullptr;
+  ASSERT_EQ(p.stream_create(&a, 0), CUDA_SUCCESS);
+  CUdeviceptr r = p.must_alloc(8 * kMiB);
+  ASSERT_EQ(kvpager_tag_context(r, 8 * kMiB, "s1"), KVPAGER_OK);
+  ASSERT_EQ(p.fill(r, 8 * kMiB, 1, a), CUDA_SUCCESS);
+  ASSERT_TRUE(eventually([] { return stats().context("s1", "hbm") > 0; })) << "the launch was seen";
+  p.clear_log();
+  ASSERT_EQ(kvpager_drop_context("s1"), KVPAGER_OK);
+  char sa[32];
+  std::snprintf(sa, sizeof sa, "cuEventRecord 0x%llx", reinterpret_cast<unsigned long long>(a));
+  const long rec = p.find_log(sa), discard = p.find_log("cuMemDiscardBatchAsync");
+  ASSERT_GE(discard, 0) << "the dropped range is released";
+  ASSERT_GE(rec, 0) << "a fence on stream a";
+  EXPECT_LT(rec, discard) << "discarded before the work queued on stream a was done";
+  // Reused: written again (seed 2) and published under its name.
+  ASSERT_EQ(p.fill(r, 8 * kMiB, 2, a), CUDA_SUCCESS);
+  ASSERT_TRUE(eventually([] { return stats().context("s1", "hbm") > 0; }))
+      << "the reused range is paged again: " << stats().kv["context.s1"];
+  ASSERT_EQ(kvpager_publish_context("s1"), KVPAGER_OK);
+  Published pub = read_published("s1");
+  ASSERT_EQ(pub.status, Status::kOk);
+  EXPECT_TRUE(pub.bytes == pattern(8 * kMiB, 2)) << "the publication holds what the program wrote after the drop";
 }
 
 // Env: KVPAGER_HOST_CAPACITY=8M, KVPAGER_SPILL_IDLE=1h, KVPAGER_HBM_BUDGET=12M

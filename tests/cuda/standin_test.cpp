@@ -50,6 +50,8 @@ const Scenario kScenarios[] = {
     {"AnIdleRegionSpillsAndTheNextLaunchRestoresIt",
      {"KVPAGER_HOST_CAPACITY=2M", "KVPAGER_SPILL_IDLE=50ms", "KVPAGER_HBM_BUDGET=12M"}},
     {"AGraphLaunchRestoresWhatItsNodesRead", kSpills},
+    {"AGraphPointingIntoTwoNeighbouringContextsRestoresBoth",
+     {"KVPAGER_CHUNK_SIZE=64K", "KVPAGER_HOST_CAPACITY=64K", "KVPAGER_SPILL_IDLE=1h"}},
     {"ALaunchThatCannotBeScannedRestoresEverything", with(kSpills, {"CUDA_STANDIN_NO_PARAM_INFO=1"})},
     // Slow copy-ins: the prefetch's restores are still in flight when the pool launch comes.
     {"ParkedContextsInAPoolStaySpilledWhileOnlyThePoolIsReferenced", with(kSpills, {"CUDA_STANDIN_COPY_DELAY_MS=100"})},
@@ -69,6 +71,8 @@ const Scenario kScenarios[] = {
     {"PublishWritesAContextSpreadOverEveryTierIntoTheStoreByteExact",
      {"KVPAGER_HOST_CAPACITY=8M", "KVPAGER_SPILL_IDLE=1h", "KVPAGER_HBM_BUDGET=12M"}},
     {"PublishOfAnUnknownContextIsNotFound", {}},
+    {"FreeingARegionNeverDiscardsItAheadOfQueuedWork", {}},
+    {"ADroppedRangeIsDiscardedAfterQueuedWorkAndPagedAgainWhenReused", {"KVPAGER_HBM_BUDGET=12M"}},
     {"PublishThroughTheControlSocketReachesTheStore", with(kSpills, {"STANDIN_KVPAGER_BIN=" KVPAGER_BIN})},
 };
 

@@ -797,6 +797,33 @@ TEST(Pager, AReferenceToAChunkLeavingHbmIsNotALatePrefetch) {
   EXPECT_EQ(rig.pager->stats().faults_from[index(Tier::kHost)], 2u) << "the first reference's, and this one";
 }
 
+// Managed memory stays the program's after a drop (an engine reuses the
+// range for its next session): its chunks go back to host RAM, dirty, with
+// no store copy, and are paged like any others; never-touched memory
+// (the simulated device's) is unpopulated again.
+TEST(Pager, ADroppedRangeOfMemoryThatExistsFromTheStartIsBackInHostRam) {
+  SimRig rig(spill_config(128 * KiB));
+  RegionId r = rig.pager->add_region(0x10000000, 256 * KiB, "kv", Tier::kHost);  // 4 chunks
+  ASSERT_EQ(rig.pager->access(r, 0, true), Status::kOk);
+  park_and_spill(rig, "kv");
+  ASSERT_GT(chunks_in(*rig.pager, r, Tier::kNvme), 0u);
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("kv"), HintKind::kDrop), Status::kOk);
+  EXPECT_EQ(chunks_in(*rig.pager, r, Tier::kHost), 4u);
+  for (uint32_t i = 0; i < 4; ++i) {
+    EXPECT_TRUE(rig.pager->region(r)->chunks[i].dirty) << i;
+    EXPECT_FALSE(rig.pager->region(r)->chunks[i].store_copy) << i;
+  }
+  EXPECT_EQ(rig.store->used_bytes(), 0u) << "its store copies went";
+  ASSERT_EQ(rig.pager->access(r, 2, true), Status::kOk);
+  EXPECT_EQ(rig.pager->region(r)->chunks[2].tier, Tier::kHbm) << "paged again";
+  EXPECT_EQ(rig.pager->audit(), "");
+  RegionId fresh = rig.dev.alloc(128 * KiB, "fresh");
+  ASSERT_EQ(rig.pager->access(fresh, 0, true), Status::kOk);
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("fresh"), HintKind::kDrop), Status::kOk);
+  EXPECT_EQ(chunks_in(*rig.pager, fresh, Tier::kUnpopulated), 2u);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
 TEST(Pager, TouchKeepsARegionFromLookingIdle) {
   Config cfg = spill_config(128 * KiB);
   cfg.spill_idle_ns = 1'000'000'000;

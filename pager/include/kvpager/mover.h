@@ -37,6 +37,10 @@ struct MoveRequest {
   bool write_back = true;
   // Discard: the store copy (if any) must be erased too.
   bool drop_store_copy = false;
+  // Discard: the region is being freed, its memory goes back to its owner
+  // whole; a mover need not release the bytes (work queued before the free
+  // may still read them), only drop what it keeps of them.
+  bool freeing = false;
   ObjectKey key;  // the chunk's name in the store (spill, restore, discard)
 };
 

@@ -186,7 +186,8 @@ class Pager final : private PrefetchSink, private RestoreCost {
   void note_use(Region& r, Chunk& c, bool write);
 
   // Moves
-  Status start_move(Region& r, Chunk& c, MoveKind kind, Tier to, bool demand, uint8_t prefetcher = 0);
+  Status start_move(Region& r, Chunk& c, MoveKind kind, Tier to, bool demand, uint8_t prefetcher = 0,
+                    bool freeing = false);
   void on_complete(const MoveCompletion& done);
   size_t collect(bool block);  // poll (or wait for) completions and apply them
   Status wait_for(const Chunk& c);

@@ -27,6 +27,9 @@ struct Region {
   // its name when other regions of the context come and go.
   uint64_t key_base = 0;
   bool reference_queued = false;  // the pager has it queued to stage after a reference
+  // Where its chunks started: kHost for memory that exists from the start
+  // (CUDA managed memory), where a dropped chunk goes back to as well.
+  Tier initial = Tier::kUnpopulated;
   std::unique_ptr<Chunk[]> chunks;
 
   uint64_t chunk_offset(uint32_t i) const { return uint64_t{i} * chunk_size; }
