@@ -588,7 +588,18 @@ template <> struct Body<Api::kGraphExecMemcpyNodeSetParams> : ExecChanged {};
 template <> struct Body<Api::kGraphExecMemsetNodeSetParams> : ExecChanged {};
 template <> struct Body<Api::kGraphExecChildGraphNodeSetParams> : ExecChanged {};
 template <> struct Body<Api::kGraphExecNodeSetParams> : ExecChanged {};
-template <> struct Body<Api::kGraphExecUpdate> : ExecChanged {};
+// The executable now runs hGraph's parameters (llama.cpp updates its graphs
+// this way every step): scan those, as at instantiation, instead of treating
+// every later launch as one that reads everything and names nothing.
+template <>
+struct Body<Api::kGraphExecUpdate> {
+  template <int V, typename R, typename... A>
+  static CUresult call(R real, CUgraphExec exec, CUgraph graph, A... args) {
+    CUresult r = real(exec, graph, args...);
+    if (r == CUDA_SUCCESS) record_graph(exec, graph);
+    return r;
+  }
+};
 
 // Unloading code: function handles may be reused for other kernels.
 struct CodeUnloaded {

@@ -356,6 +356,15 @@ TEST(StandIn, AnIdleRegionSpillsAndTheNextLaunchRestoresIt) {
   EXPECT_GE(stats().num("restores"), 1u);  // (it may well have spilled again since: 50 ms idle)
 }
 
+// A managed allocation of `size` bytes tagged as context `name`, filled by a
+// kernel with pattern `seed`.
+CUdeviceptr filled_context(Program& p, uint64_t size, const char* name, uint32_t seed) {
+  CUdeviceptr r = p.must_alloc(size);
+  EXPECT_EQ(kvpager_tag_context(r, size, name), KVPAGER_OK);
+  EXPECT_EQ(p.fill(r, size, seed), CUDA_SUCCESS);
+  return r;
+}
+
 // The graph entry points the graph scenarios use, through cuGetProcAddress.
 struct GraphApi {
   PFN_cuGraphCreate_v10000 create = nullptr;
@@ -454,14 +463,50 @@ TEST(StandIn, AGraphPointingIntoTwoNeighbouringContextsRestoresBoth) {
   EXPECT_EQ(bad_b, 0u) << "the parked context the second node points into was not restored";
 }
 
+// cuGraphExecUpdate gives an executable another graph's parameters: its
+// launches must be scanned for those (a restore of what they read, and
+// references the pager sees), not counted as unscannable from then on.
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
+TEST(StandIn, AnUpdatedGraphIsScannedForItsNewParameters) {
+  Program p;
+  CUdeviceptr r1 = filled_context(p, 8 * kMiB, "one", 6), r2 = filled_context(p, 8 * kMiB, "two", 7);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  GraphApi api(p);
+  PFN_cuGraphExecUpdate_v12000 update;
+  p.get(update, "cuGraphExecUpdate", 12000);
+  uint64_t bad = UINT64_MAX;
+  uint64_t* out = &bad;
+  uint64_t len = 8 * kMiB;
+  uint32_t seed1 = 6, seed2 = 7;
+  auto graph_checking = [&](CUdeviceptr& ptr, uint32_t& seed) {
+    CUgraph g = nullptr;
+    EXPECT_EQ(api.create(&g, 0), CUDA_SUCCESS);
+    void* args[] = {&ptr, &len, &seed, &out};
+    CUDA_KERNEL_NODE_PARAMS kp{};
+    kp.func = p.kernel("check");
+    kp.kernelParams = args;
+    CUgraphNode node = nullptr;
+    EXPECT_EQ(api.add_kernel(&node, g, nullptr, 0, &kp), CUDA_SUCCESS);  // copies the arguments
+    return g;
+  };
+  CUgraph g1 = graph_checking(r1, seed1), g2 = graph_checking(r2, seed2);
+  CUgraphExec exec = nullptr;
+  ASSERT_EQ(api.instantiate(&exec, g1, 0), CUDA_SUCCESS);
+  CUgraphExecUpdateResultInfo info{};
+  ASSERT_EQ(update(exec, g2, &info), CUDA_SUCCESS);  // now it checks r2
+  park_until_spilled(p, "two", 8 * kMiB);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  ASSERT_EQ(api.launch(exec, nullptr), CUDA_SUCCESS);
+  EXPECT_EQ(bad, 0u) << "r2 was read spilled";
+  EXPECT_EQ(stats().num("launches_unscannable"), 0u) << "the update's parameters were scanned";
+  EXPECT_EQ(stats().context("one", "nvme"), 0u);
+}
+
 // Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h, CUDA_STANDIN_NO_PARAM_INFO=1
 TEST(StandIn, ALaunchThatCannotBeScannedRestoresEverything) {
   Program p;
-  CUdeviceptr a = p.must_alloc(4 * kMiB), b = p.must_alloc(4 * kMiB);
-  ASSERT_EQ(kvpager_tag_context(a, 4 * kMiB, "a"), KVPAGER_OK);
-  ASSERT_EQ(kvpager_tag_context(b, 4 * kMiB, "b"), KVPAGER_OK);
-  ASSERT_EQ(p.fill(a, 4 * kMiB, 1), CUDA_SUCCESS);
-  ASSERT_EQ(p.fill(b, 4 * kMiB, 2), CUDA_SUCCESS);
+  CUdeviceptr a = filled_context(p, 4 * kMiB, "a", 1), b = filled_context(p, 4 * kMiB, "b", 2);
+  ASSERT_FALSE(::testing::Test::HasFailure());
   ASSERT_EQ(kvpager_park_context("a"), KVPAGER_OK);
   ASSERT_EQ(kvpager_park_context("b"), KVPAGER_OK);
   ASSERT_TRUE(eventually([] { return stats().num("unsafe_chunks") == 4; }));

@@ -812,6 +812,11 @@ CUresult cuGraphExecKernelNodeSetParams_v2(CUgraphExec, CUgraphNode node, const 
   set_kernel_params(*reinterpret_cast<Node*>(node), *p);
   return CUDA_SUCCESS;
 }
+CUresult cuGraphExecUpdate_v2(CUgraphExec e, CUgraph g, CUgraphExecUpdateResultInfo*) {
+  logf("cuGraphExecUpdate");
+  reinterpret_cast<Exec*>(e)->graph = reinterpret_cast<Graph*>(g);
+  return CUDA_SUCCESS;
+}
 CUresult cuGraphLaunch(CUgraphExec e, CUstream) {
   logf("cuGraphLaunch");
   for (auto& n : reinterpret_cast<Exec*>(e)->graph->nodes) {
@@ -925,6 +930,7 @@ const Proc kProcs[] = {
     P("cuGraphMemcpyNodeGetParams", 10000, cuGraphMemcpyNodeGetParams),
     P("cuGraphChildGraphNodeGetGraph", 10000, cuGraphChildGraphNodeGetGraph),
     P("cuGraphInstantiateWithFlags", 11040, cuGraphInstantiateWithFlags),
+    P("cuGraphExecUpdate", 12000, cuGraphExecUpdate_v2),
     P("cuGraphExecDestroy", 10000, cuGraphExecDestroy),
     P("cuGraphExecKernelNodeSetParams", 12000, cuGraphExecKernelNodeSetParams_v2),
     PS("cuGraphLaunch", 10000, cuGraphLaunch, cuGraphLaunch_ptsz),
