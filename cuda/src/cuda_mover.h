@@ -12,7 +12,12 @@
 //            become indeterminate).
 //   restore  NVME -> HOST/HBM: read from the store into staging, copy into
 //            the range, prefetch to the GPU if that is the target.
-//   discard  drop the bytes (and the store copy if asked).
+//   discard  drop the bytes (and the store copy if asked). Bytes in HBM or
+//            host RAM (a drop hint) are released after the spill's fence:
+//            work queued before may still read them; if no fence can be had
+//            the discard fails as busy and the bytes stay. A region being
+//            freed (MoveRequest::freeing) is not released at all: the
+//            driver's free does that, in order with the program's work.
 //   read     (read_chunk: publishing a context) copy a chunk's bytes out and
 //            leave it where it is; below.
 //
