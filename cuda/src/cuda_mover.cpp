@@ -245,13 +245,19 @@ void CudaMover::finish(Job& j, Status s) {
   ready_.push_back(MoveCompletion{j.req.tag, s});
 }
 
+void CudaMover::released(Job& j) {
+  if (j.req.drop_store_copy && store_) store_->erase(j.req.key);
+  mark_unsafe(j.req, false);
+  finish(j, Status::kOk);
+}
+
 void CudaMover::flush() {
-  // Queued promotes, demotes and discards go out as coalesced ranges; spills
-  // share one fence taken now (after their chunks were marked).
+  // Queued promotes and demotes go out as coalesced ranges; spills and drops
+  // share one fence taken now (after the spills' chunks were marked).
   struct Range {
     uint64_t addr, len;
   };
-  std::vector<Job*> moves[3];  // promote, demote, discard
+  std::vector<Job*> moves[2];  // promote, demote
   std::shared_ptr<Fence> fence;
   auto fenced = [&](Job& j) {
     if (!fence) {
@@ -275,7 +281,7 @@ void CudaMover::flush() {
         if (!j.req.freeing && (j.req.from == Tier::kHbm || j.req.from == Tier::kHost) && d_.memDiscardBatchAsync)
           fenced(j);
         else
-          moves[2].push_back(&j);
+          released(j);
         break;
       case MoveKind::kSpill:
         fenced(j);
@@ -286,28 +292,25 @@ void CudaMover::flush() {
         break;
     }
   }
-  for (int k = 0; k < 3; ++k) {
+  for (int k = 0; k < 2; ++k) {
     auto& list = moves[k];
     if (list.empty()) continue;
     std::sort(list.begin(), list.end(), [](const Job* a, const Job* b) { return a->req.addr < b->req.addr; });
     std::vector<Range> ranges;
     for (Job* j : list) {
-      if (k == 2) continue;  // discards here release nothing in the range (see above)
       if (!ranges.empty() && ranges.back().addr + ranges.back().len == j->req.addr) ranges.back().len += j->req.len;
       else ranges.push_back(Range{j->req.addr, j->req.len});
     }
     bool ok = true;
-    if (k != 2) {
-      const CUmemLocation where = k == 0 ? device_location(device_) : host_location();
-      for (const Range& r : ranges) {
-        ok = check(d_.memAdvise(r.addr, r.len, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, where)) && ok;
-        ok = check(d_.memPrefetchAsync(r.addr, r.len, where, 0, stream_)) && ok;
-      }
+    const CUmemLocation where = k == 0 ? device_location(device_) : host_location();
+    for (const Range& r : ranges) {
+      ok = check(d_.memAdvise(r.addr, r.len, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, where)) && ok;
+      ok = check(d_.memPrefetchAsync(r.addr, r.len, where, 0, stream_)) && ok;
     }
     stats_.ranges += ranges.size();
     auto batch = record_batch();
     for (Job* j : list) {
-      if (!ok && k != 2) {  // a failed prefetch leaves the chunk where it was
+      if (!ok) {  // a failed prefetch leaves the chunk where it was
         finish(*j, Status::kIoError);
         continue;
       }
@@ -451,11 +454,8 @@ bool CudaMover::advance(Job& j) {
     }
     case Stage::kIssued: {
       if (!batch_done(*j.batch)) return false;
-      if (req.kind == MoveKind::kDiscard) {
-        if (req.drop_store_copy && store_) store_->erase(req.key);
-        mark_unsafe(req, false);
-      }
-      finish(j, Status::kOk);
+      if (req.kind == MoveKind::kDiscard) released(j);
+      else finish(j, Status::kOk);
       return false;
     }
   }

@@ -206,6 +206,8 @@ class CudaMover final : public Mover {
   Status read_fence();
   int take_staging_waiting();
   void finish(Job& j, Status s);
+  // A discard is done: its store copy (if asked) and its unsafe mark go.
+  void released(Job& j);
   CUevent take_event();
   void give_event(CUevent ev);
   std::shared_ptr<Batch> record_batch();

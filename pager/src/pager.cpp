@@ -564,10 +564,7 @@ Status Pager::hint(ContextId id, HintKind kind) {
       ctx.parked = false;
       each_chunk([&](Region& r, Chunk& c) {
         if (r.initial != Tier::kHost || c.tier != Tier::kUnpopulated || !c.resting()) return;
-        resident_[index(Tier::kUnpopulated)] -= cfg_.chunk_size;
-        --chunks_in_[index(Tier::kUnpopulated)];
-        resident_[index(Tier::kHost)] += cfg_.chunk_size;
-        ++chunks_in_[index(Tier::kHost)];
+        count_moved(Tier::kUnpopulated, Tier::kHost);
         c.tier = c.target = Tier::kHost;
         c.dirty = true;
         make_evictable(c);
@@ -656,6 +653,13 @@ Status Pager::start_move(Region& r, Chunk& c, MoveKind kind, Tier to, bool deman
   return Status::kOk;
 }
 
+void Pager::count_moved(Tier from, Tier to) {
+  resident_[index(from)] -= cfg_.chunk_size;
+  resident_[index(to)] += cfg_.chunk_size;
+  --chunks_in_[index(from)];
+  ++chunks_in_[index(to)];
+}
+
 void Pager::on_complete(const MoveCompletion& done) {
   Chunk& c = *reinterpret_cast<Chunk*>(done.tag);
   Region& r = *regions_[c.region];
@@ -666,10 +670,7 @@ void Pager::on_complete(const MoveCompletion& done) {
   outbound_[index(from)] -= footprint;
   inbound_[index(to)] -= footprint;
   if (ok(done.status)) {
-    resident_[index(from)] -= footprint;
-    resident_[index(to)] += footprint;
-    --chunks_in_[index(from)];
-    ++chunks_in_[index(to)];
+    count_moved(from, to);
     if (c.prefetcher != 0 && from == Tier::kHbm) prefetch_wasted(c, len);
     complete_move(c, kind);
     // Nothing will say whether the program writes it: its store copy may go

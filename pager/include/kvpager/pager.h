@@ -189,6 +189,8 @@ class Pager final : private PrefetchSink, private RestoreCost {
   Status start_move(Region& r, Chunk& c, MoveKind kind, Tier to, bool demand, uint8_t prefetcher = 0,
                     bool freeing = false);
   void on_complete(const MoveCompletion& done);
+  // One chunk's footprint (a whole chunk) now rests in `to`, not `from`.
+  void count_moved(Tier from, Tier to);
   size_t collect(bool block);  // poll (or wait for) completions and apply them
   Status wait_for(const Chunk& c);
   EvictionPolicy* policy_for(Tier t) const;
