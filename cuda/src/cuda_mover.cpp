@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <thread>
 
@@ -38,9 +39,13 @@ void nap() { std::this_thread::sleep_for(std::chrono::microseconds(20)); }
 }  // namespace
 
 CudaMover::CudaMover(const Driver& d, const Config& cfg, CUcontext ctx, Store* store, Quiescence& q,
-                     StreamRegistry& streams, UnsafeCounter counters)
-    : d_(d), ctx_(ctx), store_(store), q_(q), streams_(streams), counters_(std::move(counters)),
+                     StreamRegistry& streams, UnsafeCounter counters, StoreQueue* io)
+    : d_(d), ctx_(ctx), store_(store), io_(io), q_(q), streams_(streams), counters_(std::move(counters)),
       chunk_size_(cfg.chunk_size) {
+  if (store_ && !io_) {
+    own_io_ = std::make_unique<BlockingStoreQueue>(*store_);
+    io_ = own_io_.get();
+  }
   if (!d_.can_page())
     throw ConfigError(fmt::format("the CUDA driver ({}) cannot prefetch managed memory to a location (needs 12.2+)",
                                   d_.version));
@@ -64,7 +69,9 @@ CudaMover::CudaMover(const Driver& d, const Config& cfg, CUcontext ctx, Store* s
 }
 
 CudaMover::~CudaMover() {
-  // The pager drained before: nothing is in flight.
+  // The pager drained before: nothing is in flight. Should a store I/O still
+  // be, it reads or writes the staging buffer: wait for it first.
+  while (io_inflight_ > 0 && io_->pending() > 0) collect_io(true);
   for (CUevent ev : events_) d_.eventDestroy(ev);
   if (staging_) d_.memFreeHost(staging_);
   if (stream_) d_.streamDestroy(stream_);
@@ -391,40 +398,34 @@ bool CudaMover::advance(Job& j) {
       return true;
     }
     case Stage::kStaging: {
-      // A waiting restore has the next free slot (see "Restores first").
-      if (staging_free_.empty() || (req.kind != MoveKind::kRestore && restores_waiting_ > 0)) return false;
+      // A waiting restore has the next free slot, and a spill never takes
+      // the last one (see "Restores first").
+      if (staging_free_.empty() ||
+          (req.kind != MoveKind::kRestore && (restores_waiting_ > 0 || staging_free_.size() == 1)))
+        return false;
       j.staging = staging_free_.back();
       staging_free_.pop_back();
-      std::byte* buf = staging(j.staging);
       if (req.kind == MoveKind::kRestore) {
+        Status s = submit_io(j);
+        if (s == Status::kAgain) {  // the store's queue is full: the slot goes back, the restore keeps its turn
+          staging_free_.push_back(j.staging);
+          j.staging = -1;
+          return false;
+        }
         --restores_waiting_;
-        Status s = store_->get(req.key, std::span<std::byte>(buf, req.len));
         if (!ok(s)) {
           finish(j, s);  // still only in the store: stays unsafe
           return false;
         }
-        bool good = check(d_.memcpyHtoDAsync(req.addr, buf, req.len, stream_));
-        if (good && req.to == Tier::kHbm) {
-          const CUmemLocation dev = device_location(device_);
-          good = check(d_.memAdvise(req.addr, req.len, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, dev)) &&
-                 check(d_.memPrefetchAsync(req.addr, req.len, dev, 0, stream_));
-        }
-        if (!good) {
-          finish(j, Status::kIoError);
-          return false;
-        }
-      } else if (!check(d_.memcpyDtoHAsync(buf, req.addr, req.len, stream_))) {
+        j.stage = Stage::kStore;
+        return true;
+      }
+      if (!check(d_.memcpyDtoHAsync(staging(j.staging), req.addr, req.len, stream_))) {
         mark_unsafe(req, false);
         finish(j, Status::kIoError);
         return false;
       }
-      j.copy_ev = take_event();
-      if (!j.copy_ev || !check(d_.eventRecord(j.copy_ev, stream_))) {
-        give_event(j.copy_ev);
-        j.copy_ev = nullptr;
-        check(d_.streamSynchronize(stream_));
-      }
-      j.stage = Stage::kCopy;
+      record_copy(j);
       return true;
     }
     case Stage::kCopy: {
@@ -434,7 +435,41 @@ bool CudaMover::advance(Job& j) {
         finish(j, Status::kOk);
         return false;
       }
-      Status s = store_->put(req.key, std::span<const std::byte>(staging(j.staging), req.len));
+      Status s = submit_io(j);
+      if (s == Status::kAgain) return false;  // the store's queue is full: again on a later pass
+      if (!ok(s)) {
+        mark_unsafe(req, false);  // nothing was discarded: the bytes are still in host RAM
+        finish(j, s);
+        return false;
+      }
+      give_event(j.copy_ev);
+      j.copy_ev = nullptr;
+      j.stage = Stage::kStore;
+      return true;
+    }
+    case Stage::kStore: {
+      auto it = io_done_.find(j.seq);
+      if (it == io_done_.end()) return false;
+      const Status s = it->second;
+      io_done_.erase(it);
+      if (req.kind == MoveKind::kRestore) {
+        if (!ok(s)) {
+          finish(j, s);  // still only in the store: stays unsafe
+          return false;
+        }
+        bool good = check(d_.memcpyHtoDAsync(req.addr, staging(j.staging), req.len, stream_));
+        if (good && req.to == Tier::kHbm) {
+          const CUmemLocation dev = device_location(device_);
+          good = check(d_.memAdvise(req.addr, req.len, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, dev)) &&
+                 check(d_.memPrefetchAsync(req.addr, req.len, dev, 0, stream_));
+        }
+        if (!good) {
+          finish(j, Status::kIoError);
+          return false;
+        }
+        record_copy(j);
+        return true;
+      }
       staging_free_.push_back(j.staging);
       j.staging = -1;
       if (!ok(s)) {
@@ -445,8 +480,6 @@ bool CudaMover::advance(Job& j) {
       CUdeviceptr p = req.addr;
       size_t n = req.len;
       check(d_.memDiscardBatchAsync(&p, &n, 1, 0, stream_));
-      give_event(j.copy_ev);
-      j.copy_ev = nullptr;
       j.batch = record_batch();
       j.batch->users = 1;
       j.stage = Stage::kIssued;
@@ -462,7 +495,42 @@ bool CudaMover::advance(Job& j) {
   return false;
 }
 
+void CudaMover::record_copy(Job& j) {
+  j.copy_ev = take_event();
+  if (!j.copy_ev || !check(d_.eventRecord(j.copy_ev, stream_))) {
+    give_event(j.copy_ev);
+    j.copy_ev = nullptr;
+    check(d_.streamSynchronize(stream_));
+  }
+  j.stage = Stage::kCopy;
+}
+
+Status CudaMover::submit_io(Job& j) {
+  j.seq = ++next_seq_;
+  const std::span<std::byte> buf(staging(j.staging), j.req.len);
+  const Status s = j.req.kind == MoveKind::kRestore ? io_->submit_get(j.seq, j.req.key, buf)
+                                                    : io_->submit_put(j.seq, j.req.key, buf);
+  if (s == Status::kAgain) ++stats_.store_full;
+  if (ok(s)) stats_.store_peak = std::max(stats_.store_peak, ++io_inflight_);
+  return s;
+}
+
+void CudaMover::collect_io(bool block) {
+  if (!io_ || io_inflight_ == 0) return;
+  std::array<StoreCompletion, 32> got;
+  size_t n = block ? io_->wait(got) : io_->poll(got);
+  while (n > 0) {
+    for (size_t i = 0; i < n; ++i) io_done_[got[i].tag] = got[i].status;
+    io_inflight_ -= std::min<uint64_t>(io_inflight_, n);
+    n = io_->poll(got);
+  }
+  // Reaping moved other I/O on to its next step (a write's file opened, its
+  // bytes written): hand that to the device before the copies that follow.
+  io_->flush();
+}
+
 void CudaMover::progress() {
+  collect_io(false);
   flush();
   // Restores first, and again after the others have given back the staging
   // slots they were done with (spills do not take one while a restore waits).
@@ -476,6 +544,17 @@ void CudaMover::progress() {
   step(true);
   step(false);
   if (restores_waiting_ > 0 && !staging_free_.empty()) step(true);
+  if (io_) {
+    io_->flush();
+    // What finished meanwhile (or at once, for a blocking store) moves on now.
+    const size_t before = io_done_.size();
+    collect_io(false);
+    if (io_done_.size() > before) {
+      step(true);
+      step(false);
+      io_->flush();
+    }
+  }
   while (!jobs_.empty() && jobs_.front().done) jobs_.pop_front();
   // Jobs finish out of order; compact when done ones pile up behind a slow one.
   if (jobs_.size() > 64) std::erase_if(jobs_, [](const Job& j) { return j.done; });
@@ -496,16 +575,20 @@ size_t CudaMover::wait(std::span<MoveCompletion> out) {
   for (;;) {
     size_t n = poll(out);
     if (n > 0 || jobs_.empty()) return n;
-    // Block on the first event something waits for; otherwise (a fence still
-    // waiting for launches to close, no staging slot) yield briefly.
+    // Block on the first event something waits for that is not done yet;
+    // else on the store (a copy done whose write the full queue refused
+    // waits for the store too); otherwise (a fence still waiting for
+    // launches to close, no staging slot) yield briefly.
     CUevent ev = nullptr;
     for (const Job& j : jobs_) {
       if (j.done) continue;
       if (j.stage == Stage::kCopy && j.copy_ev) ev = j.copy_ev;
       else if (j.stage == Stage::kIssued && j.batch && j.batch->ev) ev = j.batch->ev;
-      if (ev) break;
+      if (ev && !event_done(ev)) break;
+      ev = nullptr;
     }
     if (ev) check(d_.eventSynchronize(ev));
+    else if (io_inflight_ > 0) collect_io(true);
     else nap();
   }
 }

@@ -64,6 +64,12 @@
 // queued ahead of it (on the simulated device reads and writes of the store
 // run on separate links, which this matches).
 //
+// The store is driven through its queue (StoreQueue): a spill's write and a
+// restore's read run while the pager thread goes on, up to one per staging
+// slot at once, and a move waits in Stage::kStore for its completion. A spill
+// never takes the last free staging slot, so a restore never waits for the
+// store writes of a parked context: only for its own read.
+//
 // Moves are batched: everything submitted before the next poll()/wait() is
 // issued together, contiguous chunks of a region as one range, and completes
 // on one event. All calls come from the pager thread.
@@ -76,6 +82,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <unordered_map>
 #include <vector>
 
 #include "driver.h"
@@ -103,6 +110,8 @@ struct CudaMoverStats {
   uint64_t fence_refusals = 0;   // spills refused because no fence could be built
   uint64_t driver_errors = 0;
   uint64_t reads = 0;            // HBM/host chunks copied out by read_chunk (publishing)
+  uint64_t store_peak = 0;       // most store reads and writes in flight at once
+  uint64_t store_full = 0;       // submits the store's queue refused as full (retried)
 };
 
 class CudaMover final : public Mover {
@@ -120,9 +129,11 @@ class CudaMover final : public Mover {
 
   // ctx: the context whose device the mover serves (current on the calling
   // thread while it runs). store may be null: spills then fail kUnsupported.
-  // Throws ConfigError if the driver cannot page managed memory.
+  // io: the store's queue (spills and restores; see above); null: the
+  // store's blocking calls, one at a time (BlockingStoreQueue). Both outlive
+  // the mover. Throws ConfigError if the driver cannot page managed memory.
   CudaMover(const Driver& d, const Config& cfg, CUcontext ctx, Store* store, Quiescence& q, StreamRegistry& streams,
-            UnsafeCounter counters);
+            UnsafeCounter counters, StoreQueue* io = nullptr);
   ~CudaMover() override;
   CudaMover(const CudaMover&) = delete;
   CudaMover& operator=(const CudaMover&) = delete;
@@ -162,6 +173,7 @@ class CudaMover final : public Mover {
     kFence,     // spill: waiting for its fence
     kStaging,   // spill/restore: waiting for a staging slot
     kCopy,      // spill: copying out; restore: copying in (event)
+    kStore,     // spill: writing into the store; restore: reading from it
     kIssued,    // promote/demote/discard/restore tail: waiting for the batch event
   };
   struct Fence {
@@ -183,6 +195,7 @@ class CudaMover final : public Mover {
     std::shared_ptr<Fence> fence;
     std::shared_ptr<Batch> batch;
     CUevent copy_ev = nullptr;
+    uint64_t seq = 0;  // its tag in the store's queue
     int staging = -1;
     bool done = false;
     Status status = Status::kOk;
@@ -205,6 +218,13 @@ class CudaMover final : public Mover {
   bool fence_ready(Fence& f);
   Status read_fence();
   int take_staging_waiting();
+  // Store completions into io_done_; block: wait for one if none is there.
+  void collect_io(bool block);
+  // The job's store read or write, from/into its staging slot; kAgain: the
+  // queue is full (nothing happened).
+  Status submit_io(Job& j);
+  // Stage::kCopy: an event after the copy just issued on the side stream.
+  void record_copy(Job& j);
   void finish(Job& j, Status s);
   // A discard is done: its store copy (if asked) and its unsafe mark go.
   void released(Job& j);
@@ -220,6 +240,11 @@ class CudaMover final : public Mover {
   CUcontext ctx_;
   CUdevice device_ = 0;
   Store* store_;
+  std::unique_ptr<StoreQueue> own_io_;  // io_ when the owner gave none
+  StoreQueue* io_ = nullptr;
+  std::unordered_map<uint64_t, Status> io_done_;  // completed store I/O by job seq, not yet seen by its job
+  uint64_t io_inflight_ = 0;
+  uint64_t next_seq_ = 0;
   Quiescence& q_;
   StreamRegistry& streams_;
   UnsafeCounter counters_;

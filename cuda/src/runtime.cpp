@@ -18,6 +18,7 @@
 #include "control/runtime_dir.h"
 #include "control/server.h"
 #include "kvpager/store/token_store.h"
+#include "kvpager/store/token_store_queue.h"
 #include "publish/publisher.h"
 
 namespace kvpager::cuda {
@@ -252,8 +253,10 @@ bool Runtime::start_pager() {
   state_.store(RuntimeState::kStarting, std::memory_order_release);
   try {
     store_ = make_store(cfg_);
-    mover_ = std::make_unique<CudaMover>(drv_, cfg_, ctx, store_.get(), q_, streams_,
-                                         [this](uint64_t base) { return unsafe_counter(base); });
+    store_io_ = std::make_unique<store::TokenStoreQueue>(*store_);
+    mover_ = std::make_unique<CudaMover>(
+        drv_, cfg_, ctx, store_.get(), q_, streams_, [this](uint64_t base) { return unsafe_counter(base); },
+        store_io_.get());
     mover_->set_total_unsafe(&total_unsafe_);
     // A kernel writes wherever its pointers lead: the pager cannot know which
     // chunks a launch wrote, so no restored chunk is trusted to be clean.
@@ -266,6 +269,7 @@ bool Runtime::start_pager() {
     log(4, fmt::format("{}\nkvpager: the pager is off, CUDA calls pass through", e.what()));
     pager_.reset();
     mover_.reset();
+    store_io_.reset();
     store_.reset();
     state_.store(RuntimeState::kDisabled, std::memory_order_release);
     return false;

@@ -57,6 +57,7 @@ class ControlServer;
 }
 namespace kvpager::store {
 class TokenStore;
+class TokenStoreQueue;
 }
 
 namespace kvpager::cuda {
@@ -201,6 +202,7 @@ class Runtime {
   std::mutex init_mu_;
   CUcontext ctx_ = nullptr;
   std::unique_ptr<store::TokenStore> store_;  // the NVMe tier; also what `publish` writes into
+  std::unique_ptr<store::TokenStoreQueue> store_io_;  // its io_uring path: the mover's spills and restores
   std::unique_ptr<CudaMover> mover_;
   std::unique_ptr<Pager> pager_;
   std::thread thread_;

@@ -74,7 +74,7 @@ TEST(GpuMover, EveryByteSurvivesTenThousandMovesOnTheCard) {
   c.hbm_budget = 16 * MiB;    // emulated oversubscription: 8x the budget
   c.host_capacity = 48 * MiB;  // ...and 2.7x host RAM: idle contexts spill
   c.spill_idle_ns = 3'600'000'000'000;
-  MoverRig rig("libcuda.so.1", c);
+  MoverRig rig("libcuda.so.1", c, RigStore{0, true, {}});  // the token store's io_uring queue, as in production
   ASSERT_TRUE(rig.ok()) << rig.why;
   WorkloadResult r = run_integrity_workload(rig, 10'000, static_cast<int>(kRegions), kRegion, 29);
   EXPECT_EQ(r.mismatches, 0u) << r.detail;

@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <random>
@@ -20,10 +21,24 @@
 #include "driver.h"
 #include "kvpager/pager.h"
 #include "kvpager/sim/file_store.h"
+#include "kvpager/store/token_store.h"
+#include "kvpager/store/token_store_queue.h"
 #include "quiescence.h"
 #include "streams.h"
 
 namespace kvpager::testing {
+
+// The NVMe tier a rig's mover drives.
+struct RigStore {
+  using QueueMaker = std::function<std::unique_ptr<StoreQueue>(Store&)>;
+  uint64_t capacity = 0;  // file store: the bytes it takes (0: unlimited)
+  // The token store (by default through its io_uring queue, what
+  // libkvpager.so runs) instead of the file store.
+  bool token = false;
+  // The queue the mover drives over the store; none: the file store's
+  // blocking calls, the token store's own queue.
+  QueueMaker queue;
+};
 
 struct MoverRig {
   void* lib = nullptr;
@@ -31,7 +46,9 @@ struct MoverRig {
   CUcontext ctx = nullptr;
   Config cfg;
   std::string dir;
-  std::unique_ptr<FileStore> store;
+  std::unique_ptr<FileStore> store;                 // the file store, or
+  std::unique_ptr<store::TokenStore> token;         // the token store (RigStore::token)
+  std::unique_ptr<StoreQueue> io;                   // the queue the mover drives, if not blocking calls
   cuda::Quiescence q;
   cuda::StreamRegistry streams;
   std::map<uint64_t, std::unique_ptr<std::atomic<uint32_t>>> counters;  // per region base
@@ -41,7 +58,9 @@ struct MoverRig {
   std::string why;  // set when the driver cannot be used
 
   // path: a libcuda to dlopen ("libcuda.so.1" for the real one).
-  MoverRig(const std::string& path, Config c, uint64_t store_capacity = 0) : cfg(std::move(c)) {
+  MoverRig(const std::string& path, Config c, uint64_t store_capacity = 0)
+      : MoverRig(path, std::move(c), RigStore{store_capacity, false, {}}) {}
+  MoverRig(const std::string& path, Config c, RigStore rs) : cfg(std::move(c)) {
     lib = dlopen(path.c_str(), RTLD_NOW | RTLD_GLOBAL);
     if (!lib) {
       why = std::string("cannot load ") + path + ": " + dlerror();
@@ -68,15 +87,26 @@ struct MoverRig {
         cfg.store_dir.empty() ? std::filesystem::temp_directory_path() : std::filesystem::path(cfg.store_dir);
     dir = (parent / ("kvpager-mover-" + std::to_string(getpid()))).string();
     cfg.store_dir = dir;
-    store = std::make_unique<FileStore>(dir, cfg.chunk_size, store_capacity);
-    mover = std::make_unique<cuda::CudaMover>(drv, cfg, ctx, store.get(), q, streams,
-                                              [this](uint64_t base) { return counter(base); });
+    Store* s = nullptr;
+    if (rs.token) {
+      token = std::make_unique<store::TokenStore>(store::StoreOptions::from_config(cfg));
+      io = rs.queue ? rs.queue(*token) : std::make_unique<store::TokenStoreQueue>(*token);
+      s = token.get();
+    } else {
+      store = std::make_unique<FileStore>(dir, cfg.chunk_size, rs.capacity);
+      if (rs.queue) io = rs.queue(*store);
+      s = store.get();
+    }
+    mover = std::make_unique<cuda::CudaMover>(
+        drv, cfg, ctx, s, q, streams, [this](uint64_t base) { return counter(base); }, io.get());
     mover->set_total_unsafe(&total_unsafe);
     pager = std::make_unique<Pager>(cfg, *mover);
   }
   ~MoverRig() {
     pager.reset();
     mover.reset();
+    io.reset();
+    token.reset();
     std::error_code ec;
     if (!dir.empty()) std::filesystem::remove_all(dir, ec);
   }

@@ -429,3 +429,200 @@ TEST(CudaMoverOnStandIn, ReadChunkNeverRacesWorkUnderWayAndGivesUpWithoutCopying
 
 }  // namespace
 }  // namespace kvpager::testing
+
+namespace kvpager::testing {
+namespace {
+
+// A store queue whose reads and writes finish only when the test says so
+// (or, when the mover blocks in wait(), the oldest one): a test sees what is
+// in flight at once. Over `depth` in flight it answers kAgain.
+class HeldQueue final : public StoreQueue {
+ public:
+  struct Io {
+    uint64_t tag;
+    bool put;
+    ObjectKey key;
+    std::span<std::byte> bytes;
+  };
+  HeldQueue(Store& store, size_t depth) : store_(store), depth_(depth) {}
+
+  Status submit_put(uint64_t tag, const ObjectKey& key, std::span<const std::byte> bytes) override {
+    return hold(Io{tag, true, key, {const_cast<std::byte*>(bytes.data()), bytes.size()}});
+  }
+  Status submit_get(uint64_t tag, const ObjectKey& key, std::span<std::byte> out) override {
+    return hold(Io{tag, false, key, out});
+  }
+  void flush() override {}
+  size_t poll(std::span<StoreCompletion> out) override { return hand_back(done_, out); }
+  size_t wait(std::span<StoreCompletion> out) override {
+    if (done_.empty() && !held_.empty()) finish(0);
+    return poll(out);
+  }
+  size_t pending() const override { return held_.size() + done_.size(); }
+
+  size_t held(bool puts) const {
+    return static_cast<size_t>(std::count_if(held_.begin(), held_.end(), [&](const Io& io) { return io.put == puts; }));
+  }
+  // Runs every held read (puts = false) or write against the store.
+  void release(bool puts) {
+    for (size_t i = held_.size(); i-- > 0;)
+      if (held_[i].put == puts) finish(i);
+  }
+  size_t peak() const { return peak_; }
+  size_t refused() const { return refused_; }
+
+ private:
+  Status hold(Io io) {
+    if (held_.size() >= depth_) {
+      ++refused_;
+      return Status::kAgain;
+    }
+    held_.push_back(io);
+    peak_ = std::max(peak_, held_.size());
+    return Status::kOk;
+  }
+  void finish(size_t i) {
+    const Io io = held_[i];
+    held_.erase(held_.begin() + static_cast<ptrdiff_t>(i));
+    done_.push_back(StoreCompletion{io.tag, io.put ? store_.put(io.key, io.bytes) : store_.get(io.key, io.bytes)});
+  }
+
+  Store& store_;
+  size_t depth_;
+  std::vector<Io> held_;
+  std::deque<StoreCompletion> done_;
+  size_t peak_ = 0, refused_ = 0;
+};
+
+struct HeldRig {
+  HeldQueue* queue = nullptr;
+  MoverRig rig;
+  explicit HeldRig(Config c, size_t depth = SIZE_MAX)
+      : rig(STANDIN_LIBCUDA, std::move(c), RigStore{0, false, [this, depth](Store& s) {
+                                                      auto q = std::make_unique<HeldQueue>(s, depth);
+                                                      queue = q.get();
+                                                      return q;
+                                                    }}) {}
+};
+
+void fill(const MoverRig::Region& r, uint8_t seed) {
+  for (uint64_t i = 0; i < r.size; ++i) r.bytes()[i] = std::byte(i * 31 + seed + (i >> 16));
+}
+void expect_filled(const MoverRig::Region& r, uint8_t seed) {
+  for (uint64_t i = 0; i < r.size; ++i) ASSERT_EQ(r.bytes()[i], std::byte(i * 31 + seed + (i >> 16))) << i;
+}
+
+// The NVMe tier reaches its bandwidth only with several I/Os in flight: the
+// spills of a parked context go into the store together (one per staging
+// slot but the one kept for restores), and the pager thread goes on while
+// they are under way instead of waiting for each write.
+TEST(CudaMoverOnStandIn, AParkedContextKeepsSeveralStoreWritesInFlightWhileThePagerGoesOn) {
+  HeldRig h(spilling_config());
+  MoverRig& rig = h.rig;
+  ASSERT_TRUE(rig.ok()) << rig.why;
+  auto big = rig.alloc(16 * 64 * KiB, "big");
+  fill(big, 3);
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("big"), HintKind::kPark), Status::kOk);
+  for (int i = 0; i < 200; ++i) rig.pager->tick();
+  EXPECT_EQ(h.queue->held(true), cuda::CudaMover::kStagingChunks - 1) << "every staging slot but one writes at once";
+  EXPECT_EQ(rig.pager->stats().tiers[index(Tier::kNvme)].resident_bytes, 0u) << "...and none has finished";
+  // Meanwhile the pager serves other work: a promote completes.
+  auto other = rig.alloc(64 * KiB, "other");
+  ASSERT_EQ(rig.pager->access(other.id, 0, false), Status::kOk);
+  for (int i = 0; i < 50 && rig.pager->stats().tiers[index(Tier::kHbm)].resident_bytes == 0; ++i) rig.pager->tick();
+  EXPECT_EQ(rig.pager->stats().tiers[index(Tier::kHbm)].resident_bytes, 64 * KiB);
+  EXPECT_EQ(rig.mover->stats().store_peak, cuda::CudaMover::kStagingChunks - 1);
+
+  h.queue->release(true);
+  rig.pager->drain();  // the rest, each held until wait() gives up on the test
+  EXPECT_EQ(rig.pager->stats().tiers[index(Tier::kNvme)].resident_bytes, big.size);
+  ASSERT_EQ(rig.pager->restore(big.id), Status::kOk);
+  expect_filled(big, 3);
+  EXPECT_EQ(rig.total_unsafe.load(), 0u);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+// A launch that reads a spilled range waits for its restore; the restore
+// must not wait behind the store writes of a parked context: a spill never
+// takes the last free staging slot, so the restore's read goes to the store
+// at once, while every write is still under way.
+TEST(CudaMoverOnStandIn, ARestoreReadsFromTheStoreWhileAParkedContextsWritesAreUnderWay) {
+  HeldRig h(spilling_config());
+  MoverRig& rig = h.rig;
+  ASSERT_TRUE(rig.ok()) << rig.why;
+  auto small = rig.alloc(128 * KiB, "small");
+  fill(small, 9);
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("small"), HintKind::kPark), Status::kOk);
+  rig.pager->drain();
+  ASSERT_EQ(rig.pager->stats().tiers[index(Tier::kNvme)].resident_bytes, small.size);
+
+  auto big = rig.alloc(32 * 64 * KiB, "big");
+  fill(big, 4);
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("big"), HintKind::kPark), Status::kOk);
+  for (int i = 0; i < 200; ++i) rig.pager->tick();
+  const size_t writing = h.queue->held(true);
+  ASSERT_GE(writing, cuda::CudaMover::kStagingChunks - 1);
+
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("small"), HintKind::kPrefetch), Status::kOk);
+  for (int i = 0; i < 50 && h.queue->held(false) == 0; ++i) rig.pager->tick();
+  EXPECT_EQ(h.queue->held(false), 1u) << "a restore's read is under way beside the held writes";
+  EXPECT_EQ(h.queue->held(true), writing);
+  auto in_hbm = [&] {
+    const Region* r = rig.pager->region(small.id);
+    return r->chunks[0].tier == Tier::kHbm && r->chunks[1].tier == Tier::kHbm;
+  };
+  for (int i = 0; i < 50 && !in_hbm(); ++i) {
+    h.queue->release(false);  // reads only
+    rig.pager->tick();
+  }
+  EXPECT_TRUE(in_hbm());
+  EXPECT_EQ(h.queue->held(true), writing) << "restored while the writes were still held";
+  expect_filled(small, 9);
+
+  h.queue->release(true);
+  rig.pager->drain();
+  ASSERT_EQ(rig.pager->restore(big.id), Status::kOk);
+  expect_filled(big, 4);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+// A store whose queue is full answers kAgain: the move waits for a later
+// pass (its bytes and its staging slot stay), and nothing is lost.
+TEST(CudaMoverOnStandIn, AFullStoreQueueIsRetriedAndNothingIsLost) {
+  HeldRig h(spilling_config(), /*depth=*/2);
+  MoverRig& rig = h.rig;
+  ASSERT_TRUE(rig.ok()) << rig.why;
+  auto big = rig.alloc(16 * 64 * KiB, "big");
+  fill(big, 5);
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("big"), HintKind::kPark), Status::kOk);
+  rig.pager->drain();
+  EXPECT_EQ(rig.pager->stats().tiers[index(Tier::kNvme)].resident_bytes, big.size);
+  EXPECT_LE(h.queue->peak(), 2u);
+  EXPECT_GT(h.queue->refused(), 0u);
+  EXPECT_EQ(rig.mover->stats().store_full, h.queue->refused());
+  ASSERT_EQ(rig.pager->restore(big.id), Status::kOk);
+  expect_filled(big, 5);
+  EXPECT_EQ(rig.total_unsafe.load(), 0u);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+// What libkvpager.so runs: the token store through its io_uring queue (the
+// read/write fallback where io_uring is not allowed), with moves that stay in
+// flight across polls. Every byte survives.
+TEST(CudaMoverOnStandIn, EveryByteSurvivesThroughTheTokenStoresQueue) {
+  MoverRig rig(STANDIN_LIBCUDA, standin_config(), RigStore{0, true, {}});
+  ASSERT_TRUE(rig.ok()) << rig.why;
+  EventLag lag(rig, 2);
+  WorkloadResult r = run_integrity_workload(rig, 2'000, 8, 512 * KiB, 13);
+  EXPECT_EQ(r.mismatches, 0u) << r.detail;
+  for (MoveKind k : {MoveKind::kSpill, MoveKind::kRestore})
+    EXPECT_GT(r.per_kind[static_cast<size_t>(k)], 0u) << to_string(k);
+  EXPECT_EQ(rig.pager->audit(), "");
+  EXPECT_EQ(rig.mover->stats().driver_errors, 0u);
+  const store::StoreStats st = rig.token->stats();
+  EXPECT_GT(st.puts, 0u) << st.engine;
+  EXPECT_EQ(st.corruption_events + st.io_errors, 0u);
+}
+
+}  // namespace
+}  // namespace kvpager::testing
