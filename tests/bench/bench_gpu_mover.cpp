@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
   c.prefetchers = kPrefetchHint;
   c.spill_idle_ns = 3'600'000'000'000;
   c.store_dir = store;
-  testing::MoverRig rig("libcuda.so.1", c);
+  testing::MoverRig rig("libcuda.so.1", c, testing::RigStore{0, true, {}});  // the token store, as in production
   if (!rig.ok()) {
     std::fprintf(stderr, "bench_gpu_mover: no usable GPU: %s\n", rig.why.c_str());
     return 2;
@@ -138,7 +138,9 @@ int main(int argc, char** argv) {
   std::printf("| demote (HBM -> host) | %.1f | %.1f (DtoH) | %.2f |\n", d, dh, d / dh);
   std::printf("| spill (host -> store, %s) | %.2f | | |\n", store.c_str(), gbs(spill, spilled ? spilled : 1));
   std::printf("| restore (store -> host) | %.2f | | |\n", gbs(restore, spilled ? spilled : 1));
-  std::printf("\nmover: %llu batches, %llu ranges, %llu fences, %llu driver errors\n",
+  std::printf("\nstore: %s, at most %llu reads/writes in flight\n", rig.token->stats().engine.c_str(),
+              static_cast<unsigned long long>(rig.mover->stats().store_peak));
+  std::printf("mover: %llu batches, %llu ranges, %llu fences, %llu driver errors\n",
               static_cast<unsigned long long>(rig.mover->stats().batches),
               static_cast<unsigned long long>(rig.mover->stats().ranges),
               static_cast<unsigned long long>(rig.mover->stats().fences),
