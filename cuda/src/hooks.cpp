@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cstring>
 #include <mutex>
 #include <utility>
@@ -226,13 +227,26 @@ bool warned_ipc = false;
 // ---------------------------------------------------------------- scanner
 
 Scanner::Scanner(Runtime& rt, const RegionMap::Snapshot& snap)
-    : rt_(rt), map_(rt.map()), snap_(snap), any_unsafe_(rt.unsafe_chunks() != 0) {}
+    : rt_(rt),
+      map_(rt.map()),
+      snap_(snap),
+      any_unsafe_(rt.unsafe_chunks() != 0),
+      whole_bytes_(rt.whole_reference_bytes()),
+      chunk_shift_(static_cast<unsigned>(std::countr_zero(rt.config().chunk_size))) {}
 
 void Scanner::hit(const MapItem& it, uint64_t offset) {
   touched_ = true;
+  // The pager counts a region up to whole_bytes_ as used all at once: one
+  // entry stands for every pointer into it (q, k and v slices of one tensor
+  // take one). A bigger one is used chunk by chunk: an entry per chunk.
+  // (A threshold a tick old only costs slots or chunk detail, never safety:
+  // restores are decided by check(), not by what is recorded here.)
+  const bool whole = it.end - it.base <= whole_bytes_;
+  const auto chunk = static_cast<uint32_t>(std::min<uint64_t>(offset >> chunk_shift_, UINT32_MAX));
   for (uint32_t k = 0; k < ev_.n; ++k)
-    if (ev_.refs[k].slot == it.slot && ev_.refs[k].offset >> 21 == offset >> 21) return;
-  if (ev_.n < LaunchEvent::kRefs) ev_.refs[ev_.n++] = LaunchRef{it.slot, it.gen, offset};
+    if (ev_.refs[k].slot == it.slot && (whole || ev_.refs[k].chunk == chunk)) return;
+  if (ev_.n < LaunchEvent::kRefs) ev_.refs[ev_.n++] = LaunchRef{it.slot, it.gen, chunk};
+  else ++refs_dropped_;
 }
 
 void Scanner::check(const MapItem& it, bool direct) {
@@ -296,6 +310,7 @@ void Scanner::publish() {
   if (!touched_) return;
   rt_.streams().note(stream_);
   if (ev_.n) rt_.post(ev_);
+  if (refs_dropped_) rt_.note_refs_dropped(refs_dropped_);
 }
 
 // ---------------------------------------------------------------- what each entry point does

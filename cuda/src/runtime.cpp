@@ -271,6 +271,7 @@ bool Runtime::start_pager() {
     return false;
   }
   ctx_ = ctx;
+  whole_ref_bytes_.store(pager_->whole_reference_bytes(), std::memory_order_relaxed);  // for the first launches
   try {
     control::RuntimeDir dir = control::resolve_runtime_dir(cfg_, control::DirUse::kServe);
     control::ControlServer::Options o;
@@ -709,7 +710,7 @@ void Runtime::handle_events() {
       const Region* r = pager_->region(id);
       if (!r) continue;
       if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
-      const auto chunk = static_cast<uint32_t>(std::min<uint64_t>(ev.refs[k].offset / r->chunk_size, r->nchunks - 1));
+      const auto chunk = std::min(ev.refs[k].chunk, r->nchunks - 1);
       pager_->reference(id, chunk);
       // The rest of the allocation may be read too (through this pointer):
       // its pieces are in use, not idle (parked ones excepted).
@@ -753,6 +754,7 @@ void Runtime::pager_main() {
     pager_->tick();
     reap_async_frees(false);
     hbm_committed_.store(pager_->committed_bytes(Tier::kHbm), std::memory_order_relaxed);
+    whole_ref_bytes_.store(pager_->whole_reference_bytes(), std::memory_order_relaxed);
     map_.reclaim();
     {
       std::lock_guard lock(hook_mu_);
@@ -820,9 +822,10 @@ std::string Runtime::stats_text() {
                      map_.regions(), managed_bytes_.load(), managed_limit_, virtual_capacity_, hbm_committed_.load());
   out += fmt::format("managed_allocs={}\nlimit_refusals={}\nlaunches_scanned={}\nlaunches_unscannable={}\n",
                      managed_allocs_.load(), limit_refusals_.load(), scanned_.load(), unscannable_.load());
-  out += fmt::format("restores={}\nunsafe_chunks={}\nevents_dropped={}\nfence_failures={}\nlayouts_cached={}\n",
-                     restores_.load(), total_unsafe_.load(), ring_.dropped(), streams_.fence_failures(),
-                     layouts_ ? layouts_->cached() : 0);
+  out += fmt::format("restores={}\nunsafe_chunks={}\nevents_dropped={}\nrefs_dropped={}\nfence_failures={}\n"
+                     "layouts_cached={}\n",
+                     restores_.load(), total_unsafe_.load(), ring_.dropped(), refs_dropped_.load(),
+                     streams_.fence_failures(), layouts_ ? layouts_->cached() : 0);
   if (state_.load() == RuntimeState::kRunning) {
     Request r(Request::kStats);
     r.text = &out;

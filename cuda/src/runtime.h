@@ -145,6 +145,11 @@ class Runtime {
   bool restore(const uint32_t* slots, const uint32_t* gens, size_t n, bool all);
   void note_unscannable() { unscannable_.fetch_add(1, std::memory_order_relaxed); }
   void note_scanned() { scanned_.fetch_add(1, std::memory_order_relaxed); }
+  // References an operation made that did not fit in its launch event.
+  void note_refs_dropped(uint32_t n) { refs_dropped_.fetch_add(n, std::memory_order_relaxed); }
+  // Regions up to this size count whole when referenced (the pager's
+  // threshold, published by the pager thread; 0 until it runs).
+  uint64_t whole_reference_bytes() const { return whole_ref_bytes_.load(std::memory_order_relaxed); }
 
   // ---- hints (kvpager.h) ----
   int tag(uint64_t addr, uint64_t size, const char* name);
@@ -216,8 +221,9 @@ class Runtime {
 
   // Accounting (bytes).
   std::atomic<uint64_t> managed_bytes_{0};
-  std::atomic<uint64_t> hbm_committed_{0};  // published by the pager thread
-  uint64_t virtual_capacity_ = 0;           // resolved on first use
+  std::atomic<uint64_t> hbm_committed_{0};    // published by the pager thread
+  std::atomic<uint64_t> whole_ref_bytes_{0};  // ... and so is this
+  uint64_t virtual_capacity_ = 0;             // resolved on first use
   uint64_t managed_limit_ = 0;
   std::atomic<bool> limits_resolved_{false};
   std::mutex limits_mu_;
@@ -229,7 +235,7 @@ class Runtime {
 
   // Counters.
   std::atomic<uint64_t> scanned_{0}, unscannable_{0}, restores_{0}, managed_allocs_{0}, passthrough_hits_{0};
-  std::atomic<uint64_t> limit_refusals_{0};
+  std::atomic<uint64_t> limit_refusals_{0}, refs_dropped_{0};
 
   // Pager-thread state.
   struct AsyncFree {

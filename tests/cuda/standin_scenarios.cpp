@@ -215,6 +215,74 @@ TEST(StandIn, ScansParameterLayoutsTheDriverDescribes) {
   EXPECT_TRUE(eventually([] { return stats().context("r1", "hbm") == 2 * kMiB; }));
 }
 
+// Launches the stand-in's "wide" kernel with these pointer arguments (up to
+// 20; the rest are 0, pointing nowhere).
+CUresult launch_wide(Program& p, const std::vector<CUdeviceptr>& ptrs) {
+  std::vector<CUdeviceptr> words(20, 0);
+  std::copy(ptrs.begin(), ptrs.end(), words.begin());
+  void* args[20];
+  for (size_t i = 0; i < 20; ++i) args[i] = &words[i];
+  return p.launch(p.kernel("wide"), 1, 1, 1, 1, 1, 1, 0, nullptr, args, nullptr);
+}
+
+// A wide kernel (q, k and v slices of one tensor, two chunks of a pool,
+// thirteen small regions: scales, tables) in one launch. Every region it
+// points into is in use: the pager must bring each into HBM (whole, or the
+// chunks named for the pool, which counts chunk by chunk), demoting the
+// region nothing references to make room. The event holds 16 entries: the
+// 18 pointers fit only if the slices of the tensor share one (they once took
+// one each, and the small regions past the last entry looked idle).
+// Env: KVPAGER_HBM_BUDGET=48M (references stage up to 45.6M; regions up to 22M count whole)
+TEST(StandIn, EveryRegionAWideKernelPointsIntoIsUsed) {
+  Program p;
+  CUdeviceptr cold = p.must_alloc(12 * kMiB);
+  ASSERT_EQ(kvpager_tag_context(cold, 12 * kMiB, "cold"), KVPAGER_OK);
+  ASSERT_EQ(p.fill(cold, 12 * kMiB, 1), CUDA_SUCCESS);
+  ASSERT_TRUE(eventually([] { return stats().context("cold", "hbm") == 12 * kMiB; })) << "the fill was seen";
+  CUdeviceptr qkv = p.must_alloc(6 * kMiB), pool = p.must_alloc(24 * kMiB);
+  ASSERT_EQ(kvpager_tag_context(qkv, 6 * kMiB, "qkv"), KVPAGER_OK);
+  ASSERT_EQ(kvpager_tag_context(pool, 24 * kMiB, "pool"), KVPAGER_OK);
+  std::vector<CUdeviceptr> args = {qkv, qkv + 2 * kMiB, qkv + 4 * kMiB, pool + 2 * kMiB + 4096, pool + 10 * kMiB};
+  constexpr int kSmall = 13;
+  for (int i = 0; i < kSmall; ++i) {
+    CUdeviceptr r = p.must_alloc(2 * kMiB);
+    ASSERT_EQ(kvpager_tag_context(r, 2 * kMiB, ("r" + std::to_string(i)).c_str()), KVPAGER_OK);
+    args.push_back(r + 512);
+  }
+  ASSERT_EQ(launch_wide(p, args), CUDA_SUCCESS);
+  auto all_in = [] {
+    const Stats st = stats();
+    bool in = st.context("qkv", "hbm") == 6 * kMiB && st.context("pool", "hbm") == 4 * kMiB;
+    for (int i = 0; i < kSmall; ++i) in = in && st.context("r" + std::to_string(i), "hbm") == 2 * kMiB;
+    return in;
+  };
+  EXPECT_TRUE(eventually(all_in)) << [] {
+    std::string out;
+    for (const auto& [k, v] : stats().kv)
+      if (k.rfind("context.", 0) == 0) out += k + " " + v + "\n";
+    return out;
+  }();
+  EXPECT_LT(stats().context("cold", "hbm"), 12 * kMiB) << "HBM had no room for all: the unreferenced region gave way";
+  EXPECT_EQ(stats().num("refs_dropped"), 0u);
+}
+
+// More regions than a launch event holds (16): the ones that do not fit are
+// counted, not lost silently. Slices of a region that counts whole do not
+// take entries of their own, so they are not dropped either.
+// Env: defaults.
+TEST(StandIn, ALaunchNamingMoreRegionsThanItsEventHoldsCountsTheRest) {
+  Program p;
+  std::vector<CUdeviceptr> regions;
+  for (int i = 0; i < 18; ++i) regions.push_back(p.must_alloc(4 * kMiB));
+  std::vector<CUdeviceptr> args = {regions[0], regions[0] + 3 * kMiB};  // two slices (chunks) of one
+  args.insert(args.end(), regions.begin() + 1, regions.end());
+  ASSERT_EQ(args.size(), 19u);
+  ASSERT_EQ(launch_wide(p, args), CUDA_SUCCESS);
+  EXPECT_EQ(stats().num("refs_dropped"), 2u) << "18 regions, 16 entries";
+  ASSERT_EQ(launch_wide(p, {regions[0], regions[1]}), CUDA_SUCCESS);
+  EXPECT_EQ(stats().num("refs_dropped"), 2u) << "a launch that fits drops nothing";
+}
+
 // Spills context `name` (parked) and waits until it is all in the store.
 // Launch events reach the pager thread a little later: one that arrives after
 // the park counts as a use of the context (it is no longer idle, and its

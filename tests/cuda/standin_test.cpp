@@ -43,6 +43,9 @@ const Scenario kScenarios[] = {
     // HBM for 12M: an 8M region is more than half of what references stage,
     // so a reference brings in only the chunk it points into (offsets show).
     {"ScansParameterLayoutsTheDriverDescribes", {"KVPAGER_HBM_BUDGET=12M"}},
+    // HBM for 48M: references stage up to 45.6M, regions up to 22M count whole.
+    {"EveryRegionAWideKernelPointsIntoIsUsed", {"KVPAGER_HBM_BUDGET=48M"}},
+    {"ALaunchNamingMoreRegionsThanItsEventHoldsCountsTheRest", {}},
     {"RestoresASpilledRegionBeforeALaunchReadsIt", kSpills},
     {"WritesAfterARestoreSurviveTheNextSpill", kSpills},
     {"AServingLoopKeepsTheWeightsAndTheServedSessionInHbm", {"KVPAGER_HBM_BUDGET=32M"}},
