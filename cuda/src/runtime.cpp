@@ -410,6 +410,7 @@ bool Runtime::free_managed(CUdeviceptr p, CUresult* result) {
   // Out of the map first (launches stop finding it), then out of the pager
   // (its moves finish, its store objects go), then back to the driver.
   Request r(Request::kFree);
+  r.base = base;
   r.slot_list = map_.remove_alloc(base);
   if (r.slot_list.empty()) return false;  // freed concurrently
   call(r);
@@ -522,6 +523,7 @@ void Runtime::serve(Request& r) {
       break;
     }
     case Request::kFree:
+      alloc_touch_ns_.erase(r.base);  // every region of the allocation goes
       for (uint32_t slot : r.slot_list) {
         RegionEntry& e = map_.entry(slot);
         if (e.pager_id == ~0ull) continue;
@@ -644,6 +646,9 @@ void Runtime::serve(Request& r) {
         out += fmt::format("pager.moves.{}={}\n", to_string(static_cast<MoveKind>(k)), st.moves[static_cast<size_t>(k)]);
       out += fmt::format("pager.accesses={}\npager.hits={}\npager.faults={}\npager.move_failures={}\n", st.accesses,
                          st.hits, st.faults, st.move_failures);
+      // Live allocations launches touched (the pager thread's table of when
+      // it last marked their pieces used; it must not outgrow them).
+      out += fmt::format("touched_allocs={}\n", alloc_touch_ns_.size());
       const CudaMoverStats& ms = mover_->stats();
       out += fmt::format("mover.batches={}\nmover.ranges={}\nmover.fences={}\nmover.fence_refusals={}\n"
                          "mover.driver_errors={}\nmover.reads={}\n",
@@ -676,6 +681,7 @@ void Runtime::reap_async_frees(bool block) {
     drv_.eventDestroy(f.ev);
     uint64_t base = 0, size = 0;
     if (map_.find_alloc(f.base, &base, &size)) {
+      alloc_touch_ns_.erase(base);
       std::vector<uint32_t> slots = map_.remove_alloc(base);
       for (uint32_t slot : slots) {
         RegionEntry& e = map_.entry(slot);

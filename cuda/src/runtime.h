@@ -243,8 +243,9 @@ class Runtime {
     CUevent ev;
   };
   std::vector<AsyncFree> async_frees_;
-  std::unordered_map<uint64_t, uint64_t> alloc_touch_ns_;  // allocation base -> last sibling touch
-  std::vector<uint32_t> entry_of_pager_slot_;               // pager RegionId.slot -> map slot
+  // Allocation base -> last sibling touch; an entry goes with its allocation.
+  std::unordered_map<uint64_t, uint64_t> alloc_touch_ns_;
+  std::vector<uint32_t> entry_of_pager_slot_;  // pager RegionId.slot -> map slot
 };
 
 }  // namespace kvpager::cuda

@@ -121,6 +121,33 @@ TEST(StandIn, AsyncAllocationsBecomeManagedAndAreFreedInStreamOrder) {
   ASSERT_EQ(p.end_capture(s, &g), CUDA_SUCCESS);
 }
 
+// Allocation churn (cuda.async_alloc = managed: every cudaMallocAsync of a
+// big tensor): the pager thread remembers when a launch last touched each
+// allocation, and forgets it when the allocation is freed, in stream order or
+// at once; it once kept every base it ever saw.
+// Env: defaults.
+TEST(StandIn, FreedAllocationsLeaveNoTouchRecordBehind) {
+  Program p;
+  CUstream s = nullptr;
+  ASSERT_EQ(p.stream_create(&s, 0), CUDA_SUCCESS);
+  for (uint32_t i = 0; i < 8; ++i) {
+    CUdeviceptr d = 0;
+    ASSERT_EQ(p.alloc_async(&d, 4 * kMiB, s), CUDA_SUCCESS);
+    ASSERT_TRUE(eventually([] { return stats().num("pager.regions") == 1; }));
+    ASSERT_EQ(p.fill(d, 4096, i, s), CUDA_SUCCESS);
+    ASSERT_TRUE(eventually([] { return stats().num("touched_allocs") == 1; })) << "the launch was seen, round " << i;
+    ASSERT_EQ(p.free_async(d, s), CUDA_SUCCESS);
+    ASSERT_TRUE(eventually([] { return stats().num("managed_bytes") == 0; })) << "freed in stream order";
+    EXPECT_EQ(stats().num("touched_allocs"), 0u) << "round " << i;
+  }
+  CUdeviceptr d = p.must_alloc(4 * kMiB);
+  ASSERT_TRUE(eventually([] { return stats().num("pager.regions") == 1; }));
+  ASSERT_EQ(p.fill(d, 4096, 9), CUDA_SUCCESS);
+  ASSERT_TRUE(eventually([] { return stats().num("touched_allocs") == 1; }));
+  ASSERT_EQ(p.free(d), CUDA_SUCCESS);
+  EXPECT_EQ(stats().num("touched_allocs"), 0u) << "a plain free forgets it too";
+}
+
 // Env: KVPAGER_CUDA_ASYNC_ALLOC=passthrough
 TEST(StandIn, AsyncAllocationsPassThroughWhenConfigured) {
   Program p;

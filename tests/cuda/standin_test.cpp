@@ -36,6 +36,7 @@ const Scenario kScenarios[] = {
     {"AllowAndDenySizeRanges", {"KVPAGER_CUDA_DENY_SIZES=4M-6M", "KVPAGER_CUDA_ALLOW_SIZES=512K-1M"}},
     {"PassesVmmHostAndIpcThroughUntouched", {}, "cuIpcGetMemHandle on"},
     {"AsyncAllocationsBecomeManagedAndAreFreedInStreamOrder", {}},
+    {"FreedAllocationsLeaveNoTouchRecordBehind", {}},
     {"AsyncAllocationsPassThroughWhenConfigured", {"KVPAGER_CUDA_ASYNC_ALLOC=passthrough"}},
     {"MemGetInfoReportsTheVirtualCapacityAndFallsAsTheProgramAllocates",
      {"KVPAGER_CUDA_VIRTUAL_CAPACITY=64G", "CUDA_STANDIN_TOTAL_MEM=8589934592"}},
