@@ -702,12 +702,27 @@ void Runtime::reap_async_frees(bool block) {
 
 // ---------------------------------------------------------------- pager thread
 
+void Runtime::serve_requests() {
+  for (Request* r = requests_->take(); r;) {
+    Request* next = r->next;
+    serve(*r);
+    r = next;
+  }
+}
+
 void Runtime::handle_events() {
   LaunchEvent ev;
   std::vector<RegionId> ids;
   const uint64_t now = pager_->now_ns();
   const uint64_t touch_period = std::max<uint64_t>(cfg_.spill_idle_ns / 4, 1'000'000);
   for (int budget = 4096; budget > 0 && ring_.pop(ev); --budget) {
+    // A region not registered yet: its allocation's request was posted
+    // before this launch but after this tick took the requests (a tensor used
+    // right after cuMemAlloc). Serve them first, or the reference is lost.
+    for (uint32_t k = 0; k < ev.n && !requests_->empty(); ++k) {
+      const RegionEntry* e = entry_of(ev.refs[k].slot, ev.refs[k].gen);
+      if (e && e->pager_id == ~0ull) serve_requests();
+    }
     ids.clear();
     for (uint32_t k = 0; k < ev.n; ++k) {
       RegionEntry* e = entry_of(ev.refs[k].slot, ev.refs[k].gen);
@@ -751,11 +766,7 @@ void Runtime::pager_main() {
   const uint64_t tick = cfg_.cuda_tick_ns;
   while (!stop_.load(std::memory_order_acquire)) {
     const uint32_t seen = wake_word_.load(std::memory_order_acquire);
-    for (Request* r = requests_->take(); r;) {
-      Request* next = r->next;
-      serve(*r);
-      r = next;
-    }
+    serve_requests();
     handle_events();
     pager_->tick();
     reap_async_frees(false);

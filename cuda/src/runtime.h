@@ -178,6 +178,7 @@ class Runtime {
   bool start_pager();  // under init_mu_, with a current context
   void pager_main();
   void serve(Request& r);
+  void serve_requests();  // everything posted so far, oldest first
   void handle_events();
   void reap_async_frees(bool block);
   void call(Request& r);  // post and wait

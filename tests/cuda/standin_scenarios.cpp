@@ -634,6 +634,30 @@ TEST(StandIn, ParkedContextsInAPoolStaySpilledWhileOnlyThePoolIsReferenced) {
   EXPECT_EQ(stats().num("unsafe_chunks"), 0u);
 }
 
+// A tensor allocated and used at once: its registration (a request the
+// allocation posts to the pager thread) and its launch's event (through the
+// ring) race. Here the pager thread took its requests and is busy restoring
+// for another thread's launch (slow copy-ins) when both come: the event must
+// not be dropped because the region it names is not registered yet.
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h, CUDA_STANDIN_COPY_DELAY_MS=100
+TEST(StandIn, ALaunchRightAfterItsAllocationIsSeen) {
+  Program p;
+  CUdeviceptr r = spilled_region(p, 3);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  const uint64_t before = stats().num("pager.accesses");
+  std::thread reader([&] {
+    p.make_current();
+    EXPECT_EQ(p.check(r, 8 * kMiB, 3), 0u);  // waits for a restore of four chunks, 100 ms each
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the pager thread is restoring
+  CUdeviceptr d = p.must_alloc(2 * kMiB);
+  ASSERT_EQ(p.fill(d, 4096, 1), CUDA_SUCCESS);
+  reader.join();
+  EXPECT_TRUE(eventually([&] { return stats().num("pager.accesses") == before + 2; }))
+      << "the reader's launch and the fill: " << stats().num("pager.accesses") - before;
+  EXPECT_TRUE(eventually([] { return stats().num("touched_allocs") == 2; })) << "r and d";
+}
+
 // Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
 // Tagging cuts an allocation into regions; the piece after a cut (here "b")
 // gets a region-map entry of its own, whose spilled-chunk count the launch

@@ -60,6 +60,7 @@ const Scenario kScenarios[] = {
     {"ALaunchThatCannotBeScannedRestoresEverything", with(kSpills, {"CUDA_STANDIN_NO_PARAM_INFO=1"})},
     // Slow copy-ins: the prefetch's restores are still in flight when the pool launch comes.
     {"ParkedContextsInAPoolStaySpilledWhileOnlyThePoolIsReferenced", with(kSpills, {"CUDA_STANDIN_COPY_DELAY_MS=100"})},
+    {"ALaunchRightAfterItsAllocationIsSeen", with(kSpills, {"CUDA_STANDIN_COPY_DELAY_MS=100"})},
     {"ALaunchIntoTheSecondContextOfAPoolRestoresIt", kSpills},
     {"CuttingASpilledRegionKeepsBothPiecesRestoredBeforeLaunches", kSpills},
     {"PerThreadStreamEntryPointsGetTheirOwnWrappers", {}},
