@@ -80,8 +80,12 @@ enum HintResult : int {
 class GraphTable {
  public:
   struct Info {
-    std::vector<GraphRef> refs;
-    bool unknown = false;  // something we cannot list: the launch reads everything
+    std::vector<GraphRef> refs;  // what a launch reads: one pointer per region and chunk, every range
+    bool unknown = false;        // something we cannot list: the launch reads everything
+    // Every reference into managed memory, node by node, and the graph's own
+    // kernel nodes: what a change to one kernel node is applied to.
+    std::vector<GraphRef> by_node;
+    std::vector<CUgraphNode> kernel_nodes;
   };
   static constexpr size_t kSlots = 8192;
   GraphTable();

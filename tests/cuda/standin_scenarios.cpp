@@ -597,6 +597,52 @@ TEST(StandIn, AnUpdatedGraphIsScannedForItsNewParameters) {
   EXPECT_EQ(stats().context("one", "nvme"), 0u);
 }
 
+// cuGraphExecKernelNodeSetParams gives one kernel node of an executable new
+// parameters: its launches must be scanned for those (the new context
+// restored before it is read, the one the node no longer reads left in the
+// store), not counted as unscannable and restoring everything from then on.
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
+TEST(StandIn, AKernelNodeGivenNewParametersIsScannedForThem) {
+  Program p;
+  CUdeviceptr r1 = filled_context(p, 8 * kMiB, "one", 6), r2 = filled_context(p, 8 * kMiB, "two", 7);
+  CUdeviceptr r3 = filled_context(p, 4 * kMiB, "three", 8);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  GraphApi api(p);
+  PFN_cuGraphExecKernelNodeSetParams_v12000 set_params;
+  p.get(set_params, "cuGraphExecKernelNodeSetParams", 12000);
+  uint64_t bad = UINT64_MAX, bad3 = UINT64_MAX;
+  uint64_t *out = &bad, *out3 = &bad3;
+  uint64_t len = 8 * kMiB, len3 = 4 * kMiB;
+  uint32_t seed1 = 6, seed2 = 7, seed3 = 8;
+  CUgraph g = nullptr;
+  ASSERT_EQ(api.create(&g, 0), CUDA_SUCCESS);
+  CUDA_KERNEL_NODE_PARAMS kp{};
+  kp.func = p.kernel("check");
+  void* args1[] = {&r1, &len, &seed1, &out};
+  kp.kernelParams = args1;
+  CUgraphNode node = nullptr, other = nullptr;
+  ASSERT_EQ(api.add_kernel(&node, g, nullptr, 0, &kp), CUDA_SUCCESS);
+  void* args3[] = {&r3, &len3, &seed3, &out3};  // a second node, unchanged
+  kp.kernelParams = args3;
+  ASSERT_EQ(api.add_kernel(&other, g, nullptr, 0, &kp), CUDA_SUCCESS);
+  CUgraphExec exec = nullptr;
+  ASSERT_EQ(api.instantiate(&exec, g, 0), CUDA_SUCCESS);
+  void* args2[] = {&r2, &len, &seed2, &out};
+  kp.kernelParams = args2;
+  ASSERT_EQ(set_params(exec, node, &kp), CUDA_SUCCESS);  // the node now checks r2
+  for (const char* name : {"one", "two", "three"}) ASSERT_EQ(kvpager_park_context(name), KVPAGER_OK);
+  ASSERT_TRUE(eventually([] {
+    const Stats st = stats();
+    return st.context("one", "nvme") == 8 * kMiB && st.context("two", "nvme") == 8 * kMiB &&
+           st.context("three", "nvme") == 4 * kMiB;
+  })) << "all three spilled";
+  ASSERT_EQ(api.launch(exec, nullptr), CUDA_SUCCESS);
+  EXPECT_EQ(bad, 0u) << "r2 was read spilled";
+  EXPECT_EQ(bad3, 0u) << "the unchanged node's r3 was read spilled";
+  EXPECT_EQ(stats().num("launches_unscannable"), 0u) << "the new parameters were scanned";
+  EXPECT_EQ(stats().context("one", "nvme"), 8 * kMiB) << "what the node no longer reads stays in the store";
+}
+
 // Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h, CUDA_STANDIN_NO_PARAM_INFO=1
 TEST(StandIn, ALaunchThatCannotBeScannedRestoresEverything) {
   Program p;

@@ -57,6 +57,7 @@ const Scenario kScenarios[] = {
     {"AGraphPointingIntoTwoNeighbouringContextsRestoresBoth",
      {"KVPAGER_CHUNK_SIZE=64K", "KVPAGER_HOST_CAPACITY=64K", "KVPAGER_SPILL_IDLE=1h"}},
     {"AnUpdatedGraphIsScannedForItsNewParameters", kSpills},
+    {"AKernelNodeGivenNewParametersIsScannedForThem", kSpills},
     {"ALaunchThatCannotBeScannedRestoresEverything", with(kSpills, {"CUDA_STANDIN_NO_PARAM_INFO=1"})},
     // Slow copy-ins: the prefetch's restores are still in flight when the pool launch comes.
     {"ParkedContextsInAPoolStaySpilledWhileOnlyThePoolIsReferenced", with(kSpills, {"CUDA_STANDIN_COPY_DELAY_MS=100"})},

@@ -935,6 +935,7 @@ const Proc kProcs[] = {
     P("cuGraphChildGraphNodeGetGraph", 10000, cuGraphChildGraphNodeGetGraph),
     P("cuGraphInstantiateWithFlags", 11040, cuGraphInstantiateWithFlags),
     P("cuGraphExecUpdate", 12000, cuGraphExecUpdate_v2),
+    P("cuGraphExecKernelNodeSetParams", 12000, cuGraphExecKernelNodeSetParams_v2),
     P("cuGraphExecDestroy", 10000, cuGraphExecDestroy),
     P("cuGraphExecKernelNodeSetParams", 12000, cuGraphExecKernelNodeSetParams_v2),
     PS("cuGraphLaunch", 10000, cuGraphLaunch, cuGraphLaunch_ptsz),
