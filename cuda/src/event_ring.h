@@ -13,13 +13,18 @@
 namespace kvpager::cuda {
 
 struct LaunchRef {
-  uint32_t slot;    // region map slot
-  uint32_t gen;     // ... and its generation
-  uint64_t offset;  // where in the region the pointer (or the copy) points
+  uint32_t slot;   // region map slot
+  uint32_t gen;    // ... and its generation
+  uint32_t chunk;  // the chunk of the region the pointer (or the copy) falls in
 };
 
+// What one launch, copy or memset referenced: one entry per region the pager
+// counts whole (any pointer into it stands for all of it), one per chunk of a
+// region it counts chunk by chunk (Pager::reference). Wide kernels (MoE
+// scales, block tables) pass a dozen regions; what does not fit is counted
+// (Runtime's refs_dropped) and looks idle to the pager.
 struct LaunchEvent {
-  static constexpr uint32_t kRefs = 6;
+  static constexpr uint32_t kRefs = 16;
   uint64_t kernel = 0;  // function handle, or 0 for a copy or memset
   uint32_t n = 0;
   LaunchRef refs[kRefs];

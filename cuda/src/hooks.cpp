@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <bit>
 #include <cstring>
 #include <mutex>
 #include <utility>
@@ -147,40 +148,77 @@ void scan_kernel(Runtime& rt, Scanner& s, CUfunction f, void** params, void** ex
   }
 }
 
+// Keeps, of `all` (a graph's references), what points into managed memory
+// now (a graph's arguments are fixed when it is instantiated or set), and
+// all[0, kept) whatever is there now (they did when they were kept: the
+// other nodes' references when one node changes). info.by_node gets every
+// one of them; info.refs one pointer per region and chunk (regions are cut
+// at chunk boundaries, which may be closer than 2 MiB, so two pointers into
+// different regions are never one) and every range as it is.
+void keep_managed(Runtime& rt, const std::vector<GraphRef>& all, size_t kept, GraphTable::Info& info) {
+  Quiescence::Bracket b(rt.quiescence());
+  const RegionMap::Snapshot& snap = rt.map().snapshot();
+  const uint64_t cs = rt.config().chunk_size;
+  std::vector<std::pair<ptrdiff_t, uint64_t>> seen;  // (region item, chunk) of the pointers kept
+  for (size_t n = 0; n < all.size(); ++n) {
+    const GraphRef& r = all[n];
+    ptrdiff_t i = RegionMap::locate(snap, r.lo);
+    bool hits = i >= 0;
+    for (size_t k = 0; !hits && !r.point && k < snap.n; ++k)
+      hits = snap.items[k].base < r.hi && snap.items[k].end > r.lo;
+    if (!hits && n >= kept) continue;
+    info.by_node.push_back(r);
+    if (!hits) {  // nothing there now; what comes there later is scanned at launch
+      info.refs.push_back(r);
+      continue;
+    }
+    bool dup;
+    if (r.point) {
+      const std::pair<ptrdiff_t, uint64_t> key{i, (r.lo - snap.items[i].base) / cs};
+      dup = std::find(seen.begin(), seen.end(), key) != seen.end();
+      if (!dup) seen.push_back(key);
+    } else {
+      dup = std::any_of(info.refs.begin(), info.refs.end(),
+                        [&](const GraphRef& o) { return !o.point && o.lo == r.lo && o.hi == r.hi; });
+    }
+    if (!dup) info.refs.push_back(r);
+  }
+}
+
 void record_graph(CUgraphExec exec, CUgraph graph) {
   Runtime* rt = Runtime::get();
   if (!rt || !exec) return;
   auto info = std::make_unique<GraphTable::Info>();
   std::vector<GraphRef> all;
-  if (!scan_graph(rt->driver(), rt->layouts(), graph, all)) {
-    info->unknown = true;
-  } else {
-    // Keep what points into managed memory now (a graph's arguments are fixed
-    // when it is instantiated): one pointer per region and chunk (regions are
-    // cut at chunk boundaries, which may be closer than 2 MiB, so two
-    // pointers into different regions are never one), every range as it is.
+  if (scan_graph(rt->driver(), rt->layouts(), graph, all, &info->kernel_nodes)) keep_managed(*rt, all, 0, *info);
+  else info->unknown = true;
+  rt->graphs().set(exec, std::move(info), rt->quiescence());
+}
+
+// One kernel node of an executable got new parameters: its references are
+// replaced by those (the other nodes' stay). What cannot be applied (a node
+// we did not see at instantiation, parameters we cannot describe) makes the
+// executable read everything from now on.
+void kernel_node_changed(CUgraphExec exec, CUgraphNode node, const CUDA_KERNEL_NODE_PARAMS* p) {
+  Runtime* rt = Runtime::get();
+  if (!rt || !exec) return;
+  auto info = std::make_unique<GraphTable::Info>();
+  std::vector<GraphRef> all;  // the other nodes' references, then this one's
+  {
     Quiescence::Bracket b(rt->quiescence());
-    const RegionMap::Snapshot& snap = rt->map().snapshot();
-    const uint64_t cs = rt->config().chunk_size;
-    std::vector<std::pair<ptrdiff_t, uint64_t>> seen;  // (region item, chunk) of the pointers kept
-    for (const GraphRef& r : all) {
-      ptrdiff_t i = RegionMap::locate(snap, r.lo);
-      bool hits = i >= 0;
-      for (size_t k = 0; !hits && !r.point && k < snap.n; ++k)
-        hits = snap.items[k].base < r.hi && snap.items[k].end > r.lo;
-      if (!hits) continue;
-      bool dup;
-      if (r.point) {
-        const std::pair<ptrdiff_t, uint64_t> key{i, (r.lo - snap.items[i].base) / cs};
-        dup = std::find(seen.begin(), seen.end(), key) != seen.end();
-        if (!dup) seen.push_back(key);
-      } else {
-        dup = std::any_of(info->refs.begin(), info->refs.end(),
-                          [&](const GraphRef& o) { return !o.point && o.lo == r.lo && o.hi == r.hi; });
-      }
-      if (!dup) info->refs.push_back(r);
+    const GraphTable::Info* old = rt->graphs().find(exec);
+    if (old && !old->unknown &&
+        std::find(old->kernel_nodes.begin(), old->kernel_nodes.end(), node) != old->kernel_nodes.end()) {
+      info->kernel_nodes = old->kernel_nodes;
+      for (const GraphRef& r : old->by_node)
+        if (r.node != node) all.push_back(r);
+    } else {
+      info->unknown = true;
     }
   }
+  const size_t kept = all.size();
+  if (!info->unknown && p && scan_kernel_node(rt->layouts(), *p, node, all)) keep_managed(*rt, all, kept, *info);
+  else info->unknown = true;
   rt->graphs().set(exec, std::move(info), rt->quiescence());
 }
 
@@ -226,13 +264,26 @@ bool warned_ipc = false;
 // ---------------------------------------------------------------- scanner
 
 Scanner::Scanner(Runtime& rt, const RegionMap::Snapshot& snap)
-    : rt_(rt), map_(rt.map()), snap_(snap), any_unsafe_(rt.unsafe_chunks() != 0) {}
+    : rt_(rt),
+      map_(rt.map()),
+      snap_(snap),
+      any_unsafe_(rt.unsafe_chunks() != 0),
+      whole_bytes_(rt.whole_reference_bytes()),
+      chunk_shift_(static_cast<unsigned>(std::countr_zero(rt.config().chunk_size))) {}
 
 void Scanner::hit(const MapItem& it, uint64_t offset) {
   touched_ = true;
+  // The pager counts a region up to whole_bytes_ as used all at once: one
+  // entry stands for every pointer into it (q, k and v slices of one tensor
+  // take one). A bigger one is used chunk by chunk: an entry per chunk.
+  // (A threshold a tick old only costs slots or chunk detail, never safety:
+  // restores are decided by check(), not by what is recorded here.)
+  const bool whole = it.end - it.base <= whole_bytes_;
+  const auto chunk = static_cast<uint32_t>(std::min<uint64_t>(offset >> chunk_shift_, UINT32_MAX));
   for (uint32_t k = 0; k < ev_.n; ++k)
-    if (ev_.refs[k].slot == it.slot && ev_.refs[k].offset >> 21 == offset >> 21) return;
-  if (ev_.n < LaunchEvent::kRefs) ev_.refs[ev_.n++] = LaunchRef{it.slot, it.gen, offset};
+    if (ev_.refs[k].slot == it.slot && (whole || ev_.refs[k].chunk == chunk)) return;
+  if (ev_.n < LaunchEvent::kRefs) ev_.refs[ev_.n++] = LaunchRef{it.slot, it.gen, chunk};
+  else ++refs_dropped_;
 }
 
 void Scanner::check(const MapItem& it, bool direct) {
@@ -296,6 +347,7 @@ void Scanner::publish() {
   if (!touched_) return;
   rt_.streams().note(stream_);
   if (ev_.n) rt_.post(ev_);
+  if (refs_dropped_) rt_.note_refs_dropped(refs_dropped_);
 }
 
 // ---------------------------------------------------------------- what each entry point does
@@ -573,7 +625,8 @@ struct Body<Api::kGraphExecDestroy> {
 };
 
 // Changes to an executable graph's nodes: its launches read everything from
-// now on (correct, and only slower while something is spilled).
+// now on (correct, and only slower while something is spilled). A kernel
+// node's new parameters are scanned instead (kernel_node_changed).
 struct ExecChanged {
   template <int V, typename R, typename... A>
   static CUresult call(R real, CUgraphExec exec, A... args) {
@@ -583,7 +636,15 @@ struct ExecChanged {
     return r;
   }
 };
-template <> struct Body<Api::kGraphExecKernelNodeSetParams> : ExecChanged {};
+template <>
+struct Body<Api::kGraphExecKernelNodeSetParams> {
+  template <int V, typename R>
+  static CUresult call(R real, CUgraphExec exec, CUgraphNode node, const CUDA_KERNEL_NODE_PARAMS* p) {
+    CUresult r = real(exec, node, p);
+    if (r == CUDA_SUCCESS) kernel_node_changed(exec, node, p);
+    return r;
+  }
+};
 template <> struct Body<Api::kGraphExecMemcpyNodeSetParams> : ExecChanged {};
 template <> struct Body<Api::kGraphExecMemsetNodeSetParams> : ExecChanged {};
 template <> struct Body<Api::kGraphExecChildGraphNodeSetParams> : ExecChanged {};

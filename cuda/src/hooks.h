@@ -52,6 +52,9 @@ class Scanner {
   const RegionMap& map_;
   const RegionMap::Snapshot& snap_;
   bool any_unsafe_;
+  uint64_t whole_bytes_;  // regions up to this size count whole (Pager::whole_reference_bytes)
+  unsigned chunk_shift_;  // log2 of the chunk size
+  uint32_t refs_dropped_ = 0;  // references that found the event full
   bool touched_ = false;
   bool rescan_ = false;
   bool need_restore_ = false;

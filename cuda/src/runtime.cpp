@@ -275,6 +275,7 @@ bool Runtime::start_pager() {
     return false;
   }
   ctx_ = ctx;
+  whole_ref_bytes_.store(pager_->whole_reference_bytes(), std::memory_order_relaxed);  // for the first launches
   try {
     control::RuntimeDir dir = control::resolve_runtime_dir(cfg_, control::DirUse::kServe);
     control::ControlServer::Options o;
@@ -413,6 +414,7 @@ bool Runtime::free_managed(CUdeviceptr p, CUresult* result) {
   // Out of the map first (launches stop finding it), then out of the pager
   // (its moves finish, its store objects go), then back to the driver.
   Request r(Request::kFree);
+  r.base = base;
   r.slot_list = map_.remove_alloc(base);
   if (r.slot_list.empty()) return false;  // freed concurrently
   call(r);
@@ -525,6 +527,7 @@ void Runtime::serve(Request& r) {
       break;
     }
     case Request::kFree:
+      alloc_touch_ns_.erase(r.base);  // every region of the allocation goes
       for (uint32_t slot : r.slot_list) {
         RegionEntry& e = map_.entry(slot);
         if (e.pager_id == ~0ull) continue;
@@ -647,6 +650,9 @@ void Runtime::serve(Request& r) {
         out += fmt::format("pager.moves.{}={}\n", to_string(static_cast<MoveKind>(k)), st.moves[static_cast<size_t>(k)]);
       out += fmt::format("pager.accesses={}\npager.hits={}\npager.faults={}\npager.move_failures={}\n", st.accesses,
                          st.hits, st.faults, st.move_failures);
+      // Live allocations launches touched (the pager thread's table of when
+      // it last marked their pieces used; it must not outgrow them).
+      out += fmt::format("touched_allocs={}\n", alloc_touch_ns_.size());
       const CudaMoverStats& ms = mover_->stats();
       out += fmt::format("mover.batches={}\nmover.ranges={}\nmover.fences={}\nmover.fence_refusals={}\n"
                          "mover.driver_errors={}\nmover.reads={}\n",
@@ -679,6 +685,7 @@ void Runtime::reap_async_frees(bool block) {
     drv_.eventDestroy(f.ev);
     uint64_t base = 0, size = 0;
     if (map_.find_alloc(f.base, &base, &size)) {
+      alloc_touch_ns_.erase(base);
       std::vector<uint32_t> slots = map_.remove_alloc(base);
       for (uint32_t slot : slots) {
         RegionEntry& e = map_.entry(slot);
@@ -699,12 +706,27 @@ void Runtime::reap_async_frees(bool block) {
 
 // ---------------------------------------------------------------- pager thread
 
+void Runtime::serve_requests() {
+  for (Request* r = requests_->take(); r;) {
+    Request* next = r->next;
+    serve(*r);
+    r = next;
+  }
+}
+
 void Runtime::handle_events() {
   LaunchEvent ev;
   std::vector<RegionId> ids;
   const uint64_t now = pager_->now_ns();
   const uint64_t touch_period = std::max<uint64_t>(cfg_.spill_idle_ns / 4, 1'000'000);
   for (int budget = 4096; budget > 0 && ring_.pop(ev); --budget) {
+    // A region not registered yet: its allocation's request was posted
+    // before this launch but after this tick took the requests (a tensor used
+    // right after cuMemAlloc). Serve them first, or the reference is lost.
+    for (uint32_t k = 0; k < ev.n && !requests_->empty(); ++k) {
+      const RegionEntry* e = entry_of(ev.refs[k].slot, ev.refs[k].gen);
+      if (e && e->pager_id == ~0ull) serve_requests();
+    }
     ids.clear();
     for (uint32_t k = 0; k < ev.n; ++k) {
       RegionEntry* e = entry_of(ev.refs[k].slot, ev.refs[k].gen);
@@ -713,7 +735,7 @@ void Runtime::handle_events() {
       const Region* r = pager_->region(id);
       if (!r) continue;
       if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
-      const auto chunk = static_cast<uint32_t>(std::min<uint64_t>(ev.refs[k].offset / r->chunk_size, r->nchunks - 1));
+      const auto chunk = std::min(ev.refs[k].chunk, r->nchunks - 1);
       pager_->reference(id, chunk);
       // The rest of the allocation may be read too (through this pointer):
       // its pieces are in use, not idle (parked ones excepted).
@@ -748,15 +770,12 @@ void Runtime::pager_main() {
   const uint64_t tick = cfg_.cuda_tick_ns;
   while (!stop_.load(std::memory_order_acquire)) {
     const uint32_t seen = wake_word_.load(std::memory_order_acquire);
-    for (Request* r = requests_->take(); r;) {
-      Request* next = r->next;
-      serve(*r);
-      r = next;
-    }
+    serve_requests();
     handle_events();
     pager_->tick();
     reap_async_frees(false);
     hbm_committed_.store(pager_->committed_bytes(Tier::kHbm), std::memory_order_relaxed);
+    whole_ref_bytes_.store(pager_->whole_reference_bytes(), std::memory_order_relaxed);
     map_.reclaim();
     {
       std::lock_guard lock(hook_mu_);
@@ -824,9 +843,10 @@ std::string Runtime::stats_text() {
                      map_.regions(), managed_bytes_.load(), managed_limit_, virtual_capacity_, hbm_committed_.load());
   out += fmt::format("managed_allocs={}\nlimit_refusals={}\nlaunches_scanned={}\nlaunches_unscannable={}\n",
                      managed_allocs_.load(), limit_refusals_.load(), scanned_.load(), unscannable_.load());
-  out += fmt::format("restores={}\nunsafe_chunks={}\nevents_dropped={}\nfence_failures={}\nlayouts_cached={}\n",
-                     restores_.load(), total_unsafe_.load(), ring_.dropped(), streams_.fence_failures(),
-                     layouts_ ? layouts_->cached() : 0);
+  out += fmt::format("restores={}\nunsafe_chunks={}\nevents_dropped={}\nrefs_dropped={}\nfence_failures={}\n"
+                     "layouts_cached={}\n",
+                     restores_.load(), total_unsafe_.load(), ring_.dropped(), refs_dropped_.load(),
+                     streams_.fence_failures(), layouts_ ? layouts_->cached() : 0);
   if (state_.load() == RuntimeState::kRunning) {
     Request r(Request::kStats);
     r.text = &out;

@@ -81,8 +81,12 @@ enum HintResult : int {
 class GraphTable {
  public:
   struct Info {
-    std::vector<GraphRef> refs;
-    bool unknown = false;  // something we cannot list: the launch reads everything
+    std::vector<GraphRef> refs;  // what a launch reads: one pointer per region and chunk, every range
+    bool unknown = false;        // something we cannot list: the launch reads everything
+    // Every reference into managed memory, node by node, and the graph's own
+    // kernel nodes: what a change to one kernel node is applied to.
+    std::vector<GraphRef> by_node;
+    std::vector<CUgraphNode> kernel_nodes;
   };
   static constexpr size_t kSlots = 8192;
   GraphTable();
@@ -146,6 +150,11 @@ class Runtime {
   bool restore(const uint32_t* slots, const uint32_t* gens, size_t n, bool all);
   void note_unscannable() { unscannable_.fetch_add(1, std::memory_order_relaxed); }
   void note_scanned() { scanned_.fetch_add(1, std::memory_order_relaxed); }
+  // References an operation made that did not fit in its launch event.
+  void note_refs_dropped(uint32_t n) { refs_dropped_.fetch_add(n, std::memory_order_relaxed); }
+  // Regions up to this size count whole when referenced (the pager's
+  // threshold, published by the pager thread; 0 until it runs).
+  uint64_t whole_reference_bytes() const { return whole_ref_bytes_.load(std::memory_order_relaxed); }
 
   // ---- hints (kvpager.h) ----
   int tag(uint64_t addr, uint64_t size, const char* name);
@@ -174,6 +183,7 @@ class Runtime {
   bool start_pager();  // under init_mu_, with a current context
   void pager_main();
   void serve(Request& r);
+  void serve_requests();  // everything posted so far, oldest first
   void handle_events();
   void reap_async_frees(bool block);
   void call(Request& r);  // post and wait
@@ -218,8 +228,9 @@ class Runtime {
 
   // Accounting (bytes).
   std::atomic<uint64_t> managed_bytes_{0};
-  std::atomic<uint64_t> hbm_committed_{0};  // published by the pager thread
-  uint64_t virtual_capacity_ = 0;           // resolved on first use
+  std::atomic<uint64_t> hbm_committed_{0};    // published by the pager thread
+  std::atomic<uint64_t> whole_ref_bytes_{0};  // ... and so is this
+  uint64_t virtual_capacity_ = 0;             // resolved on first use
   uint64_t managed_limit_ = 0;
   std::atomic<bool> limits_resolved_{false};
   std::mutex limits_mu_;
@@ -231,7 +242,7 @@ class Runtime {
 
   // Counters.
   std::atomic<uint64_t> scanned_{0}, unscannable_{0}, restores_{0}, managed_allocs_{0}, passthrough_hits_{0};
-  std::atomic<uint64_t> limit_refusals_{0};
+  std::atomic<uint64_t> limit_refusals_{0}, refs_dropped_{0};
 
   // Pager-thread state.
   struct AsyncFree {
@@ -239,8 +250,9 @@ class Runtime {
     CUevent ev;
   };
   std::vector<AsyncFree> async_frees_;
-  std::unordered_map<uint64_t, uint64_t> alloc_touch_ns_;  // allocation base -> last sibling touch
-  std::vector<uint32_t> entry_of_pager_slot_;               // pager RegionId.slot -> map slot
+  // Allocation base -> last sibling touch; an entry goes with its allocation.
+  std::unordered_map<uint64_t, uint64_t> alloc_touch_ns_;
+  std::vector<uint32_t> entry_of_pager_slot_;  // pager RegionId.slot -> map slot
 };
 
 }  // namespace kvpager::cuda

@@ -171,44 +171,54 @@ bool copy_range(const CUDA_MEMCPY2D& p, bool src, uint64_t* lo, uint64_t* hi) {
   return true;
 }
 
-bool scan_graph(const Driver& d, const ParamLayouts& layouts, CUgraph g, std::vector<GraphRef>& out, int depth) {
+bool scan_kernel_node(const ParamLayouts& layouts, const CUDA_KERNEL_NODE_PARAMS& p, CUgraphNode node,
+                      std::vector<GraphRef>& out) {
+  CUfunction f = p.func ? p.func : reinterpret_cast<CUfunction>(p.kern);
+  if (!p.kernelParams) {
+    ParamLayouts::Layout none;
+    return scan_launch(none, nullptr, p.extra, [&](uint64_t v) { out.push_back(GraphRef{v, v + 1, true, node}); });
+  }
+  std::vector<std::pair<size_t, size_t>> params;
+  if (!layouts.describe(f, params)) return false;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto [off, size] = params[i];
+    for (size_t o = (off + 7) & ~size_t{7}; o + 8 <= off + size; o += 8) {
+      uint64_t v;
+      std::memcpy(&v, static_cast<const char*>(p.kernelParams[i]) + (o - off), sizeof v);
+      out.push_back(GraphRef{v, v + 1, true, node});
+    }
+  }
+  return true;
+}
+
+namespace {
+
+// owner: the top-level node whose child graph g is (null for the top level).
+bool scan_nodes(const Driver& d, const ParamLayouts& layouts, CUgraph g, std::vector<GraphRef>& out,
+                std::vector<CUgraphNode>* kernel_nodes, CUgraphNode owner, int depth) {
   if (depth > 16 || !d.graphGetNodes || !d.graphNodeGetType) return false;
   size_t n = 0;
   if (d.graphGetNodes(g, nullptr, &n) != CUDA_SUCCESS) return false;
   std::vector<CUgraphNode> nodes(n);
   if (n && d.graphGetNodes(g, nodes.data(), &n) != CUDA_SUCCESS) return false;
-  std::vector<std::pair<size_t, size_t>> params;
   for (CUgraphNode node : nodes) {
+    const CUgraphNode as = owner ? owner : node;
     CUgraphNodeType type{};
     if (d.graphNodeGetType(node, &type) != CUDA_SUCCESS) return false;
     switch (type) {
       case CU_GRAPH_NODE_TYPE_KERNEL: {
         CUDA_KERNEL_NODE_PARAMS p{};
         if (!d.graphKernelNodeGetParams || d.graphKernelNodeGetParams(node, &p) != CUDA_SUCCESS) return false;
-        CUfunction f = p.func ? p.func : reinterpret_cast<CUfunction>(p.kern);
-        if (p.kernelParams) {
-          if (!layouts.describe(f, params)) return false;
-          for (size_t i = 0; i < params.size(); ++i) {
-            const auto [off, size] = params[i];
-            for (size_t o = (off + 7) & ~size_t{7}; o + 8 <= off + size; o += 8) {
-              uint64_t v;
-              std::memcpy(&v, static_cast<const char*>(p.kernelParams[i]) + (o - off), sizeof v);
-              out.push_back(GraphRef{v, v + 1, true});
-            }
-          }
-        } else {
-          ParamLayouts::Layout none;
-          if (!scan_launch(none, nullptr, p.extra, [&](uint64_t v) { out.push_back(GraphRef{v, v + 1, true}); }))
-            return false;
-        }
+        if (!scan_kernel_node(layouts, p, as, out)) return false;
+        if (kernel_nodes && !owner) kernel_nodes->push_back(node);
         break;
       }
       case CU_GRAPH_NODE_TYPE_MEMCPY: {
         CUDA_MEMCPY3D p{};
         if (!d.graphMemcpyNodeGetParams || d.graphMemcpyNodeGetParams(node, &p) != CUDA_SUCCESS) return false;
         uint64_t lo = 0, hi = 0;
-        if (copy_range(p, true, &lo, &hi)) out.push_back(GraphRef{lo, hi, false});
-        if (copy_range(p, false, &lo, &hi)) out.push_back(GraphRef{lo, hi, false});
+        if (copy_range(p, true, &lo, &hi)) out.push_back(GraphRef{lo, hi, false, as});
+        if (copy_range(p, false, &lo, &hi)) out.push_back(GraphRef{lo, hi, false, as});
         break;
       }
       case CU_GRAPH_NODE_TYPE_MEMSET: {
@@ -216,14 +226,14 @@ bool scan_graph(const Driver& d, const ParamLayouts& layouts, CUgraph g, std::ve
         if (!d.graphMemsetNodeGetParams || d.graphMemsetNodeGetParams(node, &p) != CUDA_SUCCESS) return false;
         const uint64_t rows = p.height ? p.height : 1;
         const uint64_t row = uint64_t{p.width} * p.elementSize;
-        out.push_back(GraphRef{p.dst, p.dst + (rows - 1) * (p.pitch ? p.pitch : row) + row, false});
+        out.push_back(GraphRef{p.dst, p.dst + (rows - 1) * (p.pitch ? p.pitch : row) + row, false, as});
         break;
       }
       case CU_GRAPH_NODE_TYPE_GRAPH: {
         CUgraph child = nullptr;
         if (!d.graphChildGraphNodeGetGraph || d.graphChildGraphNodeGetGraph(node, &child) != CUDA_SUCCESS)
           return false;
-        if (!scan_graph(d, layouts, child, out, depth + 1)) return false;
+        if (!scan_nodes(d, layouts, child, out, kernel_nodes, as, depth + 1)) return false;
         break;
       }
       case CU_GRAPH_NODE_TYPE_EMPTY:
@@ -240,6 +250,13 @@ bool scan_graph(const Driver& d, const ParamLayouts& layouts, CUgraph g, std::ve
     }
   }
   return true;
+}
+
+}  // namespace
+
+bool scan_graph(const Driver& d, const ParamLayouts& layouts, CUgraph g, std::vector<GraphRef>& out,
+                std::vector<CUgraphNode>* kernel_nodes) {
+  return scan_nodes(d, layouts, g, out, kernel_nodes, nullptr, 0);
 }
 
 }  // namespace kvpager::cuda

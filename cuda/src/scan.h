@@ -122,13 +122,21 @@ struct GraphRef {
   uint64_t lo;
   uint64_t hi;
   bool point;
+  CUgraphNode node;  // the graph's own node it comes from (for a child graph's nodes, the child graph node)
 };
 
 // Every reference of a graph's nodes (child graphs included). false if a node
 // can read or write memory in ways we cannot list (conditional bodies, batch
 // memory operations, an undescribed kernel): launch the graph as reading
-// everything.
-bool scan_graph(const Driver& d, const ParamLayouts& layouts, CUgraph g, std::vector<GraphRef>& out, int depth = 0);
+// everything. kernel_nodes, if given, gets the graph's own kernel nodes (not
+// those of its child graphs).
+bool scan_graph(const Driver& d, const ParamLayouts& layouts, CUgraph g, std::vector<GraphRef>& out,
+                std::vector<CUgraphNode>* kernel_nodes = nullptr);
+
+// The references of one kernel node's parameters, as `node`'s. false if the
+// kernel cannot be described.
+bool scan_kernel_node(const ParamLayouts& layouts, const CUDA_KERNEL_NODE_PARAMS& p, CUgraphNode node,
+                      std::vector<GraphRef>& out);
 
 // Byte ranges of 2D/3D copies, for one side (src or dst). Empty if that side
 // is not device memory.

@@ -437,7 +437,7 @@ Status Pager::reference(RegionId id, uint32_t i) {
     ++counters_.faults;
     ++counters_.faults_from[index(c.target)];
   }
-  const bool whole = uint64_t{r->nchunks} * cfg_.chunk_size <= fraction_of(hbm_limit_, cfg_.high_watermark) / 2;
+  const bool whole = uint64_t{r->nchunks} * cfg_.chunk_size <= whole_reference_bytes();
   const uint32_t first = whole ? 0 : i, end = whole ? r->nchunks : i + 1;
   bool missing = false;
   for (uint32_t k = first; k < end; ++k) {
@@ -458,6 +458,12 @@ Status Pager::reference(RegionId id, uint32_t i) {
   }
   issue_wanted();
   return Status::kOk;
+}
+
+uint64_t Pager::whole_reference_bytes() const {
+  // Half of what references may stage, in whole chunks (a region's chunks
+  // cover it: its last one counts in full).
+  return fraction_of(hbm_limit_, cfg_.high_watermark) / 2 / cfg_.chunk_size * cfg_.chunk_size;
 }
 
 void Pager::issue_wanted() {

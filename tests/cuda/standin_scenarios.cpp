@@ -121,6 +121,33 @@ TEST(StandIn, AsyncAllocationsBecomeManagedAndAreFreedInStreamOrder) {
   ASSERT_EQ(p.end_capture(s, &g), CUDA_SUCCESS);
 }
 
+// Allocation churn (cuda.async_alloc = managed: every cudaMallocAsync of a
+// big tensor): the pager thread remembers when a launch last touched each
+// allocation, and forgets it when the allocation is freed, in stream order or
+// at once; it once kept every base it ever saw.
+// Env: defaults.
+TEST(StandIn, FreedAllocationsLeaveNoTouchRecordBehind) {
+  Program p;
+  CUstream s = nullptr;
+  ASSERT_EQ(p.stream_create(&s, 0), CUDA_SUCCESS);
+  for (uint32_t i = 0; i < 8; ++i) {
+    CUdeviceptr d = 0;
+    ASSERT_EQ(p.alloc_async(&d, 4 * kMiB, s), CUDA_SUCCESS);
+    ASSERT_TRUE(eventually([] { return stats().num("pager.regions") == 1; }));
+    ASSERT_EQ(p.fill(d, 4096, i, s), CUDA_SUCCESS);
+    ASSERT_TRUE(eventually([] { return stats().num("touched_allocs") == 1; })) << "the launch was seen, round " << i;
+    ASSERT_EQ(p.free_async(d, s), CUDA_SUCCESS);
+    ASSERT_TRUE(eventually([] { return stats().num("managed_bytes") == 0; })) << "freed in stream order";
+    EXPECT_EQ(stats().num("touched_allocs"), 0u) << "round " << i;
+  }
+  CUdeviceptr d = p.must_alloc(4 * kMiB);
+  ASSERT_TRUE(eventually([] { return stats().num("pager.regions") == 1; }));
+  ASSERT_EQ(p.fill(d, 4096, 9), CUDA_SUCCESS);
+  ASSERT_TRUE(eventually([] { return stats().num("touched_allocs") == 1; }));
+  ASSERT_EQ(p.free(d), CUDA_SUCCESS);
+  EXPECT_EQ(stats().num("touched_allocs"), 0u) << "a plain free forgets it too";
+}
+
 // Env: KVPAGER_CUDA_ASYNC_ALLOC=passthrough
 TEST(StandIn, AsyncAllocationsPassThroughWhenConfigured) {
   Program p;
@@ -213,6 +240,74 @@ TEST(StandIn, ScansParameterLayoutsTheDriverDescribes) {
   void* extra[] = {CU_LAUNCH_PARAM_BUFFER_POINTER, &packed, CU_LAUNCH_PARAM_BUFFER_SIZE, &size, CU_LAUNCH_PARAM_END};
   ASSERT_EQ(p.launch(p.kernel("noop"), 1, 1, 1, 1, 1, 1, 0, nullptr, nullptr, extra), CUDA_SUCCESS);
   EXPECT_TRUE(eventually([] { return stats().context("r1", "hbm") == 2 * kMiB; }));
+}
+
+// Launches the stand-in's "wide" kernel with these pointer arguments (up to
+// 20; the rest are 0, pointing nowhere).
+CUresult launch_wide(Program& p, const std::vector<CUdeviceptr>& ptrs) {
+  std::vector<CUdeviceptr> words(20, 0);
+  std::copy(ptrs.begin(), ptrs.end(), words.begin());
+  void* args[20];
+  for (size_t i = 0; i < 20; ++i) args[i] = &words[i];
+  return p.launch(p.kernel("wide"), 1, 1, 1, 1, 1, 1, 0, nullptr, args, nullptr);
+}
+
+// A wide kernel (q, k and v slices of one tensor, two chunks of a pool,
+// thirteen small regions: scales, tables) in one launch. Every region it
+// points into is in use: the pager must bring each into HBM (whole, or the
+// chunks named for the pool, which counts chunk by chunk), demoting the
+// region nothing references to make room. The event holds 16 entries: the
+// 18 pointers fit only if the slices of the tensor share one (they once took
+// one each, and the small regions past the last entry looked idle).
+// Env: KVPAGER_HBM_BUDGET=48M (references stage up to 45.6M; regions up to 22M count whole)
+TEST(StandIn, EveryRegionAWideKernelPointsIntoIsUsed) {
+  Program p;
+  CUdeviceptr cold = p.must_alloc(12 * kMiB);
+  ASSERT_EQ(kvpager_tag_context(cold, 12 * kMiB, "cold"), KVPAGER_OK);
+  ASSERT_EQ(p.fill(cold, 12 * kMiB, 1), CUDA_SUCCESS);
+  ASSERT_TRUE(eventually([] { return stats().context("cold", "hbm") == 12 * kMiB; })) << "the fill was seen";
+  CUdeviceptr qkv = p.must_alloc(6 * kMiB), pool = p.must_alloc(24 * kMiB);
+  ASSERT_EQ(kvpager_tag_context(qkv, 6 * kMiB, "qkv"), KVPAGER_OK);
+  ASSERT_EQ(kvpager_tag_context(pool, 24 * kMiB, "pool"), KVPAGER_OK);
+  std::vector<CUdeviceptr> args = {qkv, qkv + 2 * kMiB, qkv + 4 * kMiB, pool + 2 * kMiB + 4096, pool + 10 * kMiB};
+  constexpr int kSmall = 13;
+  for (int i = 0; i < kSmall; ++i) {
+    CUdeviceptr r = p.must_alloc(2 * kMiB);
+    ASSERT_EQ(kvpager_tag_context(r, 2 * kMiB, ("r" + std::to_string(i)).c_str()), KVPAGER_OK);
+    args.push_back(r + 512);
+  }
+  ASSERT_EQ(launch_wide(p, args), CUDA_SUCCESS);
+  auto all_in = [] {
+    const Stats st = stats();
+    bool in = st.context("qkv", "hbm") == 6 * kMiB && st.context("pool", "hbm") == 4 * kMiB;
+    for (int i = 0; i < kSmall; ++i) in = in && st.context("r" + std::to_string(i), "hbm") == 2 * kMiB;
+    return in;
+  };
+  EXPECT_TRUE(eventually(all_in)) << [] {
+    std::string out;
+    for (const auto& [k, v] : stats().kv)
+      if (k.rfind("context.", 0) == 0) out += k + " " + v + "\n";
+    return out;
+  }();
+  EXPECT_LT(stats().context("cold", "hbm"), 12 * kMiB) << "HBM had no room for all: the unreferenced region gave way";
+  EXPECT_EQ(stats().num("refs_dropped"), 0u);
+}
+
+// More regions than a launch event holds (16): the ones that do not fit are
+// counted, not lost silently. Slices of a region that counts whole do not
+// take entries of their own, so they are not dropped either.
+// Env: defaults.
+TEST(StandIn, ALaunchNamingMoreRegionsThanItsEventHoldsCountsTheRest) {
+  Program p;
+  std::vector<CUdeviceptr> regions;
+  for (int i = 0; i < 18; ++i) regions.push_back(p.must_alloc(4 * kMiB));
+  std::vector<CUdeviceptr> args = {regions[0], regions[0] + 3 * kMiB};  // two slices (chunks) of one
+  args.insert(args.end(), regions.begin() + 1, regions.end());
+  ASSERT_EQ(args.size(), 19u);
+  ASSERT_EQ(launch_wide(p, args), CUDA_SUCCESS);
+  EXPECT_EQ(stats().num("refs_dropped"), 2u) << "18 regions, 16 entries";
+  ASSERT_EQ(launch_wide(p, {regions[0], regions[1]}), CUDA_SUCCESS);
+  EXPECT_EQ(stats().num("refs_dropped"), 2u) << "a launch that fits drops nothing";
 }
 
 // Spills context `name` (parked) and waits until it is all in the store.
@@ -502,6 +597,52 @@ TEST(StandIn, AnUpdatedGraphIsScannedForItsNewParameters) {
   EXPECT_EQ(stats().context("one", "nvme"), 0u);
 }
 
+// cuGraphExecKernelNodeSetParams gives one kernel node of an executable new
+// parameters: its launches must be scanned for those (the new context
+// restored before it is read, the one the node no longer reads left in the
+// store), not counted as unscannable and restoring everything from then on.
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
+TEST(StandIn, AKernelNodeGivenNewParametersIsScannedForThem) {
+  Program p;
+  CUdeviceptr r1 = filled_context(p, 8 * kMiB, "one", 6), r2 = filled_context(p, 8 * kMiB, "two", 7);
+  CUdeviceptr r3 = filled_context(p, 4 * kMiB, "three", 8);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  GraphApi api(p);
+  PFN_cuGraphExecKernelNodeSetParams_v12000 set_params;
+  p.get(set_params, "cuGraphExecKernelNodeSetParams", 12000);
+  uint64_t bad = UINT64_MAX, bad3 = UINT64_MAX;
+  uint64_t *out = &bad, *out3 = &bad3;
+  uint64_t len = 8 * kMiB, len3 = 4 * kMiB;
+  uint32_t seed1 = 6, seed2 = 7, seed3 = 8;
+  CUgraph g = nullptr;
+  ASSERT_EQ(api.create(&g, 0), CUDA_SUCCESS);
+  CUDA_KERNEL_NODE_PARAMS kp{};
+  kp.func = p.kernel("check");
+  void* args1[] = {&r1, &len, &seed1, &out};
+  kp.kernelParams = args1;
+  CUgraphNode node = nullptr, other = nullptr;
+  ASSERT_EQ(api.add_kernel(&node, g, nullptr, 0, &kp), CUDA_SUCCESS);
+  void* args3[] = {&r3, &len3, &seed3, &out3};  // a second node, unchanged
+  kp.kernelParams = args3;
+  ASSERT_EQ(api.add_kernel(&other, g, nullptr, 0, &kp), CUDA_SUCCESS);
+  CUgraphExec exec = nullptr;
+  ASSERT_EQ(api.instantiate(&exec, g, 0), CUDA_SUCCESS);
+  void* args2[] = {&r2, &len, &seed2, &out};
+  kp.kernelParams = args2;
+  ASSERT_EQ(set_params(exec, node, &kp), CUDA_SUCCESS);  // the node now checks r2
+  for (const char* name : {"one", "two", "three"}) ASSERT_EQ(kvpager_park_context(name), KVPAGER_OK);
+  ASSERT_TRUE(eventually([] {
+    const Stats st = stats();
+    return st.context("one", "nvme") == 8 * kMiB && st.context("two", "nvme") == 8 * kMiB &&
+           st.context("three", "nvme") == 4 * kMiB;
+  })) << "all three spilled";
+  ASSERT_EQ(api.launch(exec, nullptr), CUDA_SUCCESS);
+  EXPECT_EQ(bad, 0u) << "r2 was read spilled";
+  EXPECT_EQ(bad3, 0u) << "the unchanged node's r3 was read spilled";
+  EXPECT_EQ(stats().num("launches_unscannable"), 0u) << "the new parameters were scanned";
+  EXPECT_EQ(stats().context("one", "nvme"), 8 * kMiB) << "what the node no longer reads stays in the store";
+}
+
 // Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h, CUDA_STANDIN_NO_PARAM_INFO=1
 TEST(StandIn, ALaunchThatCannotBeScannedRestoresEverything) {
   Program p;
@@ -537,6 +678,30 @@ TEST(StandIn, ParkedContextsInAPoolStaySpilledWhileOnlyThePoolIsReferenced) {
   uint64_t bad = p.check(pool, 16 * kMiB, 6);
   EXPECT_EQ(bad, 0u);
   EXPECT_EQ(stats().num("unsafe_chunks"), 0u);
+}
+
+// A tensor allocated and used at once: its registration (a request the
+// allocation posts to the pager thread) and its launch's event (through the
+// ring) race. Here the pager thread took its requests and is busy restoring
+// for another thread's launch (slow copy-ins) when both come: the event must
+// not be dropped because the region it names is not registered yet.
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h, CUDA_STANDIN_COPY_DELAY_MS=100
+TEST(StandIn, ALaunchRightAfterItsAllocationIsSeen) {
+  Program p;
+  CUdeviceptr r = spilled_region(p, 3);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  const uint64_t before = stats().num("pager.accesses");
+  std::thread reader([&] {
+    p.make_current();
+    EXPECT_EQ(p.check(r, 8 * kMiB, 3), 0u);  // waits for a restore of four chunks, 100 ms each
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));  // the pager thread is restoring
+  CUdeviceptr d = p.must_alloc(2 * kMiB);
+  ASSERT_EQ(p.fill(d, 4096, 1), CUDA_SUCCESS);
+  reader.join();
+  EXPECT_TRUE(eventually([&] { return stats().num("pager.accesses") == before + 2; }))
+      << "the reader's launch and the fill: " << stats().num("pager.accesses") - before;
+  EXPECT_TRUE(eventually([] { return stats().num("touched_allocs") == 2; })) << "r and d";
 }
 
 // Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h

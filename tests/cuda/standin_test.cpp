@@ -36,6 +36,7 @@ const Scenario kScenarios[] = {
     {"AllowAndDenySizeRanges", {"KVPAGER_CUDA_DENY_SIZES=4M-6M", "KVPAGER_CUDA_ALLOW_SIZES=512K-1M"}},
     {"PassesVmmHostAndIpcThroughUntouched", {}, "cuIpcGetMemHandle on"},
     {"AsyncAllocationsBecomeManagedAndAreFreedInStreamOrder", {}},
+    {"FreedAllocationsLeaveNoTouchRecordBehind", {}},
     {"AsyncAllocationsPassThroughWhenConfigured", {"KVPAGER_CUDA_ASYNC_ALLOC=passthrough"}},
     {"MemGetInfoReportsTheVirtualCapacityAndFallsAsTheProgramAllocates",
      {"KVPAGER_CUDA_VIRTUAL_CAPACITY=64G", "CUDA_STANDIN_TOTAL_MEM=8589934592"}},
@@ -43,6 +44,9 @@ const Scenario kScenarios[] = {
     // HBM for 12M: an 8M region is more than half of what references stage,
     // so a reference brings in only the chunk it points into (offsets show).
     {"ScansParameterLayoutsTheDriverDescribes", {"KVPAGER_HBM_BUDGET=12M"}},
+    // HBM for 48M: references stage up to 45.6M, regions up to 22M count whole.
+    {"EveryRegionAWideKernelPointsIntoIsUsed", {"KVPAGER_HBM_BUDGET=48M"}},
+    {"ALaunchNamingMoreRegionsThanItsEventHoldsCountsTheRest", {}},
     {"RestoresASpilledRegionBeforeALaunchReadsIt", kSpills},
     {"WritesAfterARestoreSurviveTheNextSpill", kSpills},
     {"AServingLoopKeepsTheWeightsAndTheServedSessionInHbm", {"KVPAGER_HBM_BUDGET=32M"}},
@@ -53,9 +57,11 @@ const Scenario kScenarios[] = {
     {"AGraphPointingIntoTwoNeighbouringContextsRestoresBoth",
      {"KVPAGER_CHUNK_SIZE=64K", "KVPAGER_HOST_CAPACITY=64K", "KVPAGER_SPILL_IDLE=1h"}},
     {"AnUpdatedGraphIsScannedForItsNewParameters", kSpills},
+    {"AKernelNodeGivenNewParametersIsScannedForThem", kSpills},
     {"ALaunchThatCannotBeScannedRestoresEverything", with(kSpills, {"CUDA_STANDIN_NO_PARAM_INFO=1"})},
     // Slow copy-ins: the prefetch's restores are still in flight when the pool launch comes.
     {"ParkedContextsInAPoolStaySpilledWhileOnlyThePoolIsReferenced", with(kSpills, {"CUDA_STANDIN_COPY_DELAY_MS=100"})},
+    {"ALaunchRightAfterItsAllocationIsSeen", with(kSpills, {"CUDA_STANDIN_COPY_DELAY_MS=100"})},
     {"ALaunchIntoTheSecondContextOfAPoolRestoresIt", kSpills},
     {"CuttingASpilledRegionKeepsBothPiecesRestoredBeforeLaunches", kSpills},
     {"PerThreadStreamEntryPointsGetTheirOwnWrappers", {}},

@@ -239,6 +239,10 @@ const Kernel kKernels[] = {
     {"check", {{0, 8}, {8, 8}, {16, 4}, {24, 8}}, run_check},
     {"check_struct", {{0, 4}, {8, 40}}, run_check_struct},
     {"noop", {{0, 8}}, run_noop},
+    // wide(u64 p0, ..., u64 p19): a kernel with many pointers (MoE scales, block tables).
+    {"wide", {{0, 8},   {8, 8},   {16, 8},  {24, 8},  {32, 8},  {40, 8},  {48, 8},  {56, 8},  {64, 8},  {72, 8},
+              {80, 8},  {88, 8},  {96, 8},  {104, 8}, {112, 8}, {120, 8}, {128, 8}, {136, 8}, {144, 8}, {152, 8}},
+     run_noop},
 };
 
 const Kernel* kernel_of(CUfunction f) {
@@ -931,6 +935,7 @@ const Proc kProcs[] = {
     P("cuGraphChildGraphNodeGetGraph", 10000, cuGraphChildGraphNodeGetGraph),
     P("cuGraphInstantiateWithFlags", 11040, cuGraphInstantiateWithFlags),
     P("cuGraphExecUpdate", 12000, cuGraphExecUpdate_v2),
+    P("cuGraphExecKernelNodeSetParams", 12000, cuGraphExecKernelNodeSetParams_v2),
     P("cuGraphExecDestroy", 10000, cuGraphExecDestroy),
     P("cuGraphExecKernelNodeSetParams", 12000, cuGraphExecKernelNodeSetParams_v2),
     PS("cuGraphLaunch", 10000, cuGraphLaunch, cuGraphLaunch_ptsz),

@@ -742,6 +742,21 @@ TEST(Pager, AReferenceIntoARegionBiggerThanHalfTheBudgetStagesOnlyItsChunk) {
   EXPECT_EQ(rig.pager->region(pool)->chunks[7].tier, Tier::kHbm);
 }
 
+// The launch path merges pointers into a region that counts whole by this
+// threshold (one event entry each): it must be exactly where reference()
+// stops counting whole. 1 MiB at 0.95 stages up to 972.8K; half is 7 chunks.
+TEST(Pager, TheWholeReferenceThresholdIsTheLargestRegionCountedWhole) {
+  SimRig rig(reference_config());
+  EXPECT_EQ(rig.pager->whole_reference_bytes(), 7 * 64 * KiB);
+  RegionId at = rig.pager->add_region(0x10000000, 7 * 64 * KiB, "at", Tier::kHost);
+  RegionId over = rig.pager->add_region(0x20000000, 8 * 64 * KiB, "over", Tier::kHost);
+  ASSERT_EQ(rig.pager->reference(at, 0), Status::kOk);
+  ASSERT_EQ(rig.pager->reference(over, 0), Status::kOk);
+  settle(*rig.pager);
+  EXPECT_EQ(chunks_in(*rig.pager, at, Tier::kHbm), 7u) << "counted whole";
+  EXPECT_EQ(chunks_in(*rig.pager, over, Tier::kHbm), 1u) << "counted chunk by chunk";
+}
+
 // HBM full to the high watermark with regions referenced earlier; three
 // chunks of a pool (counted chunk by chunk) referenced in one pass: each one
 // waits for room on its own, none is dropped because another waits.

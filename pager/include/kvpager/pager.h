@@ -130,6 +130,10 @@ class Pager final : private PrefetchSink, private RestoreCost {
   // (the kernel read it remotely) that prefetchers see. kInvalid for a bad
   // region or index.
   Status reference(RegionId id, uint32_t index);
+  // The largest region (in bytes) that reference() counts whole; a bigger one
+  // counts chunk by chunk. Changes when the HBM budget or the high watermark
+  // is tuned.
+  uint64_t whole_reference_bytes() const;
   // A kernel launch referencing these regions (feeds launch correlation).
   void launch(uint64_t kernel, std::span<const RegionId> regions);
   // The program used the region without saying which chunks (a launch read
