@@ -511,7 +511,10 @@ Status CudaMover::submit_io(Job& j) {
   const Status s = j.req.kind == MoveKind::kRestore ? io_->submit_get(j.seq, j.req.key, buf)
                                                     : io_->submit_put(j.seq, j.req.key, buf);
   if (s == Status::kAgain) ++stats_.store_full;
-  if (ok(s)) stats_.store_peak = std::max(stats_.store_peak, ++io_inflight_);
+  if (ok(s)) {
+    ++io_inflight_;
+    stats_.store_peak = std::max<uint64_t>(stats_.store_peak, io_->in_flight());
+  }
   return s;
 }
 

@@ -110,7 +110,7 @@ struct CudaMoverStats {
   uint64_t fence_refusals = 0;   // spills refused because no fence could be built
   uint64_t driver_errors = 0;
   uint64_t reads = 0;            // HBM/host chunks copied out by read_chunk (publishing)
-  uint64_t store_peak = 0;       // most store reads and writes in flight at once
+  uint64_t store_peak = 0;       // most store reads and writes in flight at once (StoreQueue::in_flight)
   uint64_t store_full = 0;       // submits the store's queue refused as full (retried)
 };
 

@@ -655,8 +655,9 @@ void Runtime::serve(Request& r) {
       out += fmt::format("touched_allocs={}\n", alloc_touch_ns_.size());
       const CudaMoverStats& ms = mover_->stats();
       out += fmt::format("mover.batches={}\nmover.ranges={}\nmover.fences={}\nmover.fence_refusals={}\n"
-                         "mover.driver_errors={}\nmover.reads={}\n",
-                         ms.batches, ms.ranges, ms.fences, ms.fence_refusals, ms.driver_errors, ms.reads);
+                         "mover.driver_errors={}\nmover.reads={}\nmover.store_peak={}\nmover.store_full={}\n",
+                         ms.batches, ms.ranges, ms.fences, ms.fence_refusals, ms.driver_errors, ms.reads,
+                         ms.store_peak, ms.store_full);
       for (const ContextInfo& ci : pager_->contexts())
         out += fmt::format("context.{}={} hbm={} host={} nvme={} parked={}\n", ci.name, ci.size_bytes,
                            ci.tier_bytes[index(Tier::kHbm)], ci.tier_bytes[index(Tier::kHost)],

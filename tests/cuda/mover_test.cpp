@@ -459,6 +459,7 @@ class HeldQueue final : public StoreQueue {
     return poll(out);
   }
   size_t pending() const override { return held_.size() + done_.size(); }
+  size_t in_flight() const override { return held_.size(); }
 
   size_t held(bool puts) const {
     return static_cast<size_t>(std::count_if(held_.begin(), held_.end(), [&](const Io& io) { return io.put == puts; }));

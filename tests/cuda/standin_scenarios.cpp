@@ -352,6 +352,8 @@ TEST(StandIn, RestoresASpilledRegionBeforeALaunchReadsIt) {
   EXPECT_EQ(p.count_log("cuMemcpyHtoDAsync_v2"), 4u) << "four chunks";
   EXPECT_EQ(stats().num("unsafe_chunks"), 0u);
   EXPECT_GE(stats().num("restores"), 1u);
+  // The four chunks went into the store together, through its queue.
+  EXPECT_GE(stats().num("mover.store_peak"), 2u);
 }
 
 // A restored chunk keeps its store copy (a later spill of it is only a

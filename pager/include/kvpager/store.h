@@ -65,6 +65,9 @@ class StoreQueue {
   virtual size_t wait(std::span<StoreCompletion> out) = 0;
   // Submitted and not yet handed back.
   virtual size_t pending() const = 0;
+  // Submitted and not yet complete (a completion waiting to be handed back
+  // is not): the queue depth reached.
+  virtual size_t in_flight() const = 0;
 };
 
 // Moves completions from the front of `done` into out; returns how many.
@@ -95,6 +98,7 @@ class BlockingStoreQueue final : public StoreQueue {
   size_t poll(std::span<StoreCompletion> out) override { return hand_back(done_, out); }
   size_t wait(std::span<StoreCompletion> out) override { return poll(out); }
   size_t pending() const override { return done_.size(); }
+  size_t in_flight() const override { return 0; }  // each one is done within its submit
 
  private:
   Store& store_;

@@ -29,6 +29,7 @@ class TokenStoreQueue final : public StoreQueue {
   size_t poll(std::span<StoreCompletion> out) override { return take(out, false); }
   size_t wait(std::span<StoreCompletion> out) override { return take(out, true); }
   size_t pending() const override { return store_.pending(); }
+  size_t in_flight() const override { return store_.in_flight(); }
 
  private:
   size_t take(std::span<StoreCompletion> out, bool block) {
