@@ -25,6 +25,10 @@ namespace kvpager::cuda {
 
 namespace {
 
+void append_lines(std::string& out, const Runtime::Counters& cs) {
+  for (const auto& [name, value] : cs) out += fmt::format("{}={}\n", name, value);
+}
+
 void futex_wait(std::atomic<uint32_t>& word, uint32_t expected, uint64_t timeout_ns) {
   timespec ts{static_cast<time_t>(timeout_ns / 1'000'000'000), static_cast<long>(timeout_ns % 1'000'000'000)};
   syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAIT_PRIVATE, expected, &ts, nullptr, 0);
@@ -282,6 +286,12 @@ bool Runtime::start_pager() {
     o.runtime_dir = dir.path;
     o.device = fmt::format("CUDA device {}", mover_->device());
     if (store_) o.publish = publish::control_handler(*store_);  // `kvpager hint publish NAME`
+    o.interposer_stats = [this] {  // on the pager thread (or here, before it starts)
+      nlohmann::json j = nlohmann::json::object();
+      for (const Counters& cs : {hook_counters(), mover_counters()})
+        for (const auto& [name, value] : cs) j[name] = value;
+      return j;
+    };
     control_ = std::make_unique<control::ControlServer>(std::move(o), *pager_);
   } catch (const std::exception& e) {  // the pager runs on; it is just not visible
     log(3, fmt::format("no control socket ({}): kvpager status/tune will not see this process", e.what()));
@@ -653,11 +663,7 @@ void Runtime::serve(Request& r) {
       // Live allocations launches touched (the pager thread's table of when
       // it last marked their pieces used; it must not outgrow them).
       out += fmt::format("touched_allocs={}\n", alloc_touch_ns_.size());
-      const CudaMoverStats& ms = mover_->stats();
-      out += fmt::format("mover.batches={}\nmover.ranges={}\nmover.fences={}\nmover.fence_refusals={}\n"
-                         "mover.driver_errors={}\nmover.reads={}\nmover.store_peak={}\nmover.store_full={}\n",
-                         ms.batches, ms.ranges, ms.fences, ms.fence_refusals, ms.driver_errors, ms.reads,
-                         ms.store_peak, ms.store_full);
+      append_lines(out, mover_counters());
       for (const ContextInfo& ci : pager_->contexts())
         out += fmt::format("context.{}={} hbm={} host={} nvme={} parked={}\n", ci.name, ci.size_bytes,
                            ci.tier_bytes[index(Tier::kHbm)], ci.tier_bytes[index(Tier::kHost)],
@@ -835,19 +841,38 @@ int Runtime::publish(const char* name) {
   return call_named(r, name);
 }
 
+Runtime::Counters Runtime::hook_counters() const {
+  return {{"regions", map_.regions()},
+          {"managed_bytes", managed_bytes_.load()},
+          {"managed_limit", managed_limit_},
+          {"virtual_capacity", virtual_capacity_},
+          {"hbm_committed", hbm_committed_.load()},
+          {"managed_allocs", managed_allocs_.load()},
+          {"limit_refusals", limit_refusals_.load()},
+          {"launches_scanned", scanned_.load()},
+          {"launches_unscannable", unscannable_.load()},
+          {"restores", restores_.load()},
+          {"unsafe_chunks", total_unsafe_.load()},
+          {"events_dropped", ring_.dropped()},
+          {"refs_dropped", refs_dropped_.load()},
+          {"fence_failures", streams_.fence_failures()},
+          {"layouts_cached", layouts_ ? layouts_->cached() : 0}};
+}
+
+Runtime::Counters Runtime::mover_counters() const {
+  const CudaMoverStats& ms = mover_->stats();
+  return {{"mover.batches", ms.batches},         {"mover.ranges", ms.ranges},
+          {"mover.fences", ms.fences},           {"mover.fence_refusals", ms.fence_refusals},
+          {"mover.driver_errors", ms.driver_errors}, {"mover.reads", ms.reads},
+          {"mover.store_peak", ms.store_peak},   {"mover.store_full", ms.store_full}};
+}
+
 std::string Runtime::stats_text() {
   if (state_.load() == RuntimeState::kForked) return "state=forked-child\n";  // touch no lock: see on_fork_child
   std::string out;
   static constexpr const char* kStates[] = {"idle", "starting", "running", "off", "forked-child"};
   out += fmt::format("state={}\n", kStates[static_cast<int>(state_.load())]);
-  out += fmt::format("regions={}\nmanaged_bytes={}\nmanaged_limit={}\nvirtual_capacity={}\nhbm_committed={}\n",
-                     map_.regions(), managed_bytes_.load(), managed_limit_, virtual_capacity_, hbm_committed_.load());
-  out += fmt::format("managed_allocs={}\nlimit_refusals={}\nlaunches_scanned={}\nlaunches_unscannable={}\n",
-                     managed_allocs_.load(), limit_refusals_.load(), scanned_.load(), unscannable_.load());
-  out += fmt::format("restores={}\nunsafe_chunks={}\nevents_dropped={}\nrefs_dropped={}\nfence_failures={}\n"
-                     "layouts_cached={}\n",
-                     restores_.load(), total_unsafe_.load(), ring_.dropped(), refs_dropped_.load(),
-                     streams_.fence_failures(), layouts_ ? layouts_->cached() : 0);
+  append_lines(out, hook_counters());
   if (state_.load() == RuntimeState::kRunning) {
     Request r(Request::kStats);
     r.text = &out;

@@ -36,6 +36,7 @@
 #include <string>
 #include <thread>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "driver.h"
@@ -164,6 +165,11 @@ class Runtime {
   // publication is committed or failed.
   int publish(const char* name);
   std::string stats_text();
+  // The interposer's counters, named as in stats_text. hook_counters: any
+  // thread (atomics). mover_counters: the pager thread only.
+  using Counters = std::vector<std::pair<const char*, uint64_t>>;
+  Counters hook_counters() const;
+  Counters mover_counters() const;
 
   // Where the control socket attaches (issue 4): called on the pager thread
   // after every tick, with the pager, while nothing else can touch it.

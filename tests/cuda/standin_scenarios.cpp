@@ -296,7 +296,9 @@ TEST(StandIn, EveryRegionAWideKernelPointsIntoIsUsed) {
 // More regions than a launch event holds (16): the ones that do not fit are
 // counted, not lost silently. Slices of a region that counts whole do not
 // take entries of their own, so they are not dropped either.
-// Env: defaults.
+std::string run_kvpager(const std::vector<std::string>& args, int* status);  // below
+
+// Env: STANDIN_KVPAGER_BIN, KVPAGER_RUNTIME_DIR (private).
 TEST(StandIn, ALaunchNamingMoreRegionsThanItsEventHoldsCountsTheRest) {
   Program p;
   std::vector<CUdeviceptr> regions;
@@ -308,6 +310,13 @@ TEST(StandIn, ALaunchNamingMoreRegionsThanItsEventHoldsCountsTheRest) {
   EXPECT_EQ(stats().num("refs_dropped"), 2u) << "18 regions, 16 entries";
   ASSERT_EQ(launch_wide(p, {regions[0], regions[1]}), CUDA_SUCCESS);
   EXPECT_EQ(stats().num("refs_dropped"), 2u) << "a launch that fits drops nothing";
+  // and `kvpager status` says so in words.
+  int status = -1;
+  std::string shown;
+  EXPECT_TRUE(eventually([&] {
+    shown = run_kvpager({"status", "--pid", std::to_string(getpid())}, &status);
+    return status == 0 && shown.find("warning: 2 references did not fit in their launch's event") != std::string::npos;
+  })) << shown;
 }
 
 // Spills context `name` (parked) and waits until it is all in the store.
@@ -1158,6 +1167,14 @@ TEST(StandIn, ThePreloadedProgramIsVisibleToStatusAndTunable) {
   std::string json;
   ASSERT_TRUE(status_shows_regions(2, &json)) << json;
   EXPECT_NE(json.find("CUDA device"), std::string::npos) << json;
+  // The interposer's own counters come with the pager's.
+  EXPECT_NE(json.find("\"managed_allocs\": 2"), std::string::npos) << json;
+  EXPECT_NE(json.find("\"mover.store_peak\""), std::string::npos) << json;
+  std::string shown = run_kvpager({"status", "--pid", pid}, &status);
+  EXPECT_EQ(status, 0) << shown;
+  EXPECT_NE(shown.find("Interposer (libkvpager.so)\n  managed 2 allocations, 12.00 MiB of limit"), std::string::npos)
+      << shown;
+  EXPECT_EQ(shown.find("warning:"), std::string::npos) << "nothing was dropped: " << shown;
 
   std::string tuned = run_kvpager({"tune", "--pid", pid, "prefetch_depth=9"}, &status);
   EXPECT_EQ(status, 0) << tuned;

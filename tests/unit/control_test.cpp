@@ -23,6 +23,7 @@
 #include <future>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "control/client.h"
 #include "control/protocol.h"
@@ -336,6 +337,41 @@ TEST_F(ControlServerTest, StatsReplyIsThePagersSnapshot) {
   uint64_t host = st["tiers"]["host"]["resident_bytes"].get<uint64_t>();
   EXPECT_LE(hbm, 16 * MiB);
   EXPECT_EQ(hbm + host + st["tiers"]["nvme"]["resident_bytes"].get<uint64_t>(), 24 * MiB);
+  EXPECT_FALSE(body.contains("interposer")) << "no interposer counters were given";
+}
+
+// The interposer's counters travel with the snapshot: taken on the owner
+// thread (never the socket thread), answered as they were at the snapshot.
+TEST_F(ControlServerTest, InterposerCountersAreTakenOnTheOwnerAndAnsweredWithTheStats) {
+  stop();
+  std::atomic<uint64_t> launches{0};
+  std::mutex mu;
+  std::vector<std::thread::id> callers;  // under mu
+  ControlServer::Options opt;
+  opt.interposer_stats = [&] {
+    std::lock_guard g(mu);
+    callers.push_back(std::this_thread::get_id());
+    return json{{"launches_scanned", launches.load()}};
+  };
+  start(opt);
+  const std::thread::id owner = on_owner([] { return std::this_thread::get_id(); });
+  launches = 41;
+  on_owner([&] { launches = 42; });
+  json body;
+  for (int i = 0; i < 500; ++i) {
+    Reply r = call({{"op", "stats"}});
+    ASSERT_TRUE(r.ok()) << r.error;
+    body = r.body;
+    if (body["interposer"]["launches_scanned"] == 42) break;
+    std::this_thread::sleep_for(2ms);
+  }
+  EXPECT_EQ(body["interposer"]["launches_scanned"], 42) << body.dump();
+  EXPECT_TRUE(body["stats"].contains("accesses")) << "the pager's own stats are still there";
+  stop();
+  std::lock_guard g(mu);
+  ASSERT_GE(callers.size(), 2u);
+  EXPECT_EQ(callers.front(), std::this_thread::get_id()) << "the constructor's first snapshot";
+  for (size_t i = 1; i < callers.size(); ++i) EXPECT_EQ(callers[i], owner) << "call " << i << " was off the owner thread";
 }
 
 TEST_F(ControlServerTest, StatsAreAnsweredWhileTheOwnerIsBusy) {

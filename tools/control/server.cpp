@@ -86,6 +86,7 @@ struct ControlServer::Impl {
     StatsSnapshot stats;
     Config config;
     Clock::time_point at;
+    json interposer;  // null: none
   };
   struct Client {
     int fd = -1;
@@ -208,7 +209,8 @@ struct ControlServer::Impl {
   }
 
   void publish(const Pager& pager, Clock::time_point now) {
-    auto next = std::make_shared<const Published>(Published{pager.stats(), pager.config(), now});
+    auto next = std::make_shared<const Published>(
+        Published{pager.stats(), pager.config(), now, opt.interposer_stats ? opt.interposer_stats() : json()});
     std::lock_guard lock(pub_mu);
     published.swap(next);  // the old snapshot is freed after the lock is released
   }
@@ -461,6 +463,7 @@ struct ControlServer::Impl {
     json r = identity(now);
     r["snapshot_age_ms"] = ms_between(snap->at, now);
     r["stats"] = to_json(snap->stats);
+    if (!snap->interposer.is_null()) r["interposer"] = snap->interposer;
     return r;
   }
 

@@ -5,7 +5,8 @@
 // answering requests) and never touches the pager from it. The owner calls
 // service(pager) from its loop (wherever it calls Pager::tick()); service()
 // does two things, both cheap when there is nothing to do:
-//  - every publish_interval it copies a snapshot (stats + config) and swaps
+//  - every publish_interval it copies a snapshot (stats + config, and the
+//    interposer's counters where there are some) and swaps
 //    it in under a short lock. Stats and config requests are answered from
 //    the last snapshot by the socket thread alone, so they never wait for the
 //    owner and never run on its thread.
@@ -55,6 +56,11 @@ class ControlServer {
     // Carries out the "publish" hint on the owner thread (publish/publisher.h:
     // control_handler). Unset: the hint is refused (nothing to publish into).
     std::function<nlohmann::json(Pager&, std::string_view context)> publish;
+    // The interposer's own counters (libkvpager.so: launches scanned, events
+    // dropped, the store queue's depth...), a JSON object taken with every
+    // snapshot on the owner thread and answered as the stats reply's
+    // "interposer". Unset: no such field (a pager on the simulated device).
+    std::function<nlohmann::json()> interposer_stats;
   };
 
   // Binds, publishes a first snapshot of `pager` and starts the socket

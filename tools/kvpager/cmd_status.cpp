@@ -79,6 +79,26 @@ void status_all(const Globals& g, bool as_json) {
   if (failed) throw RuntimeError(fmt::format("{} of {} pager(s) did not answer", failed, live.pagers.size()));
 }
 
+// What libkvpager.so itself counts, and plain words for the counters that
+// mean the pager is missing something.
+void print_interposer(const json& in) {
+  auto n = [&](const char* key) { return in.value(key, uint64_t{0}); };
+  fmt::print("\nInterposer (libkvpager.so)\n");
+  fmt::print("  managed {} allocations, {} of limit {}; {} refused at the limit\n", n("managed_allocs"),
+             bytes(n("managed_bytes")), bytes(n("managed_limit")), n("limit_refusals"));
+  fmt::print("  launches scanned {}, unscannable {}; restores before a launch {}\n", n("launches_scanned"),
+             n("launches_unscannable"), n("restores"));
+  fmt::print("  store queue: at most {} in flight, {} times full\n", n("mover.store_peak"), n("mover.store_full"));
+  if (n("events_dropped"))
+    fmt::print("  warning: {} launch events dropped (event ring full): the pager did not see those accesses\n",
+               n("events_dropped"));
+  if (n("refs_dropped"))
+    fmt::print("  warning: {} references did not fit in their launch's event: their regions looked idle\n",
+               n("refs_dropped"));
+  if (n("mover.driver_errors"))
+    fmt::print("  warning: {} driver errors while moving chunks\n", n("mover.driver_errors"));
+}
+
 void print_details(const json& stats_reply, const json& config, const json& contexts) {
   PagerRow row = row_from(stats_reply);
   const json& s = field(stats_reply, "stats");
@@ -108,6 +128,7 @@ void print_details(const json& stats_reply, const json& config, const json& cont
                bytes(p.value("wasted_bytes", uint64_t{0})), pct(p.value("accuracy", 0.0)),
                p.value("throttled", false) ? "  (throttled)" : "");
   }
+  if (stats_reply.contains("interposer")) print_interposer(field(stats_reply, "interposer"));
   fmt::print("\nLive knobs (kvpager tune --pid {} KEY=VALUE)\n", row.pid);
   for (const Knob& k : knobs()) {  // in the knob table's order
     const json& entry = field(config, std::string(k.name).c_str());
