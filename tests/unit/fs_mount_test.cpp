@@ -551,6 +551,63 @@ TEST_F(FsMount, AMalformedOrTruncatedImportIsRefusedAndLeavesNothing) {
   EXPECT_TRUE(same_bytes(tmp_.path() + "/in", path("/contexts/fine/kv")));
 }
 
+// A writer that dies with the import still open -- killed (Ctrl-C on cp,
+// kill -9) or exiting with a failure status without closing it -- leaves
+// nothing behind: raw bytes carry no length, so publishing what arrived would
+// publish a truncated context as if it were whole. A writer that exits
+// successfully without closing (cat > file, a shell redirection) publishes.
+TEST_F(FsMount, AnImportWhoseWriterDiesBeforeClosingItIsNotPublished) {
+  fsys::create_directories(store_);  // an empty directory becomes the store
+  mount();
+  const auto before = store_files(store_);
+  write_pattern(tmp_.path() + "/in", 3 * kMiB + 5, 7);
+  const std::string data = slurp(tmp_.path() + "/in");
+  enum class End { kKilled, kFailed, kExitsOk, kClosesThenKilled };
+  // The child writes all of `data` (or half when it dies) and ends as told.
+  auto writer = [&](const std::string& name, End end) {
+    const std::string file = path("/import/" + name);
+    const size_t n = end == End::kKilled || end == End::kFailed ? data.size() / 2 : data.size();
+    const pid_t pid = fork();
+    if (pid == 0) {
+      int fd = open(file.c_str(), O_CREAT | O_WRONLY, 0644);
+      if (fd < 0) _exit(100);
+      for (size_t off = 0; off < n;) {
+        ssize_t w = write(fd, data.data() + off, std::min<size_t>(n - off, 1 << 20));
+        if (w <= 0) _exit(101);
+        off += static_cast<size_t>(w);
+      }
+      if (end == End::kClosesThenKilled && close(fd) != 0) _exit(102);
+      if (end == End::kKilled || end == End::kClosesThenKilled) raise(SIGKILL);
+      _exit(end == End::kFailed ? 3 : 0);  // the kernel closes what is still open
+    }
+    int status = 0;
+    EXPECT_EQ(waitpid(pid, &status, 0), pid);
+    return status;
+  };
+  int st = writer("killed", End::kKilled);
+  EXPECT_TRUE(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL) << st;
+  st = writer("failed", End::kFailed);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 3) << st;
+  for (const char* name : {"killed", "failed"}) {
+    EXPECT_FALSE(fsys::exists(path(std::string("/contexts/") + name))) << name;
+  }
+  EXPECT_TRUE(eventually([&] { return list(path("/import")).empty(); }, 2s)) << "the half-written files are gone";
+  EXPECT_TRUE(eventually([&] { return store_files(store_) == before; }, 2s)) << "and nothing of them is in the store";
+  const std::string log = slurp(fs_log_);
+  EXPECT_NE(log.find("import of 'killed' refused: its writer (pid"), std::string::npos) << log;
+  EXPECT_NE(log.find("was killed by signal 9 with the file open"), std::string::npos) << log;
+  EXPECT_NE(log.find("exited with status 3 with the file open"), std::string::npos) << log;
+
+  st = writer("exits-ok", End::kExitsOk);
+  EXPECT_TRUE(WIFEXITED(st) && WEXITSTATUS(st) == 0) << st;
+  st = writer("closed-first", End::kClosesThenKilled);
+  EXPECT_TRUE(WIFSIGNALED(st)) << st;
+  for (const char* name : {"exits-ok", "closed-first"}) {
+    EXPECT_TRUE(eventually([&] { return fsys::exists(path(std::string("/contexts/") + name + "/kv")); }, 2s)) << name;
+    EXPECT_TRUE(same_bytes(tmp_.path() + "/in", path(std::string("/contexts/") + name + "/kv"))) << name;
+  }
+}
+
 // ---------------------------------------------------------------- live pagers
 
 // A context a live pager publishes (kvpager hint publish) is in the mount

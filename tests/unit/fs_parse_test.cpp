@@ -2,6 +2,7 @@
 // where (paths.h), and the context export format (export_format.h), whole and
 // streamed in arbitrary pieces.
 #include <gtest/gtest.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include <cstring>
@@ -11,6 +12,7 @@
 
 #include "kvpager/fs/export_format.h"
 #include "kvpager/fs/paths.h"
+#include "kvpager/fs/writer_exit.h"
 
 namespace {
 
@@ -239,6 +241,49 @@ TEST(FsExport, LimitsAreCheckedBeforeAnythingIsAllocated) {
   ExportReader r([](uint64_t, std::span<const std::byte>) { return true; });
   EXPECT_FALSE(r.feed(fixed));
   EXPECT_NE(r.error().find("too many chunks"), std::string::npos) << r.error();
+}
+
+// ------------------------------------------------------------ writer exit
+
+// A /proc/<tid>/stat line as Linux writes it: "pid (comm) state" then fields
+// 4..52; flags is field 9, exit_code field 52.
+std::string stat_line(const std::string& comm, uint64_t flags, uint64_t exit_code, size_t fields = 52) {
+  std::string s = "4242 (" + comm + ") R";
+  for (size_t f = 4; f <= fields; ++f)
+    s += " " + std::to_string(f == 9 ? flags : f == 52 ? exit_code : f * 10);
+  return s + "\n";
+}
+
+constexpr uint64_t kExiting = 0x4, kRunningFlags = 0x400100;
+
+TEST(FsWriterExit, OnlyAnExitingTaskThatWasKilledOrFailedHasAVerdict) {
+  EXPECT_FALSE(failed_exit_in_stat(stat_line("cp", kRunningFlags, 0)));
+  EXPECT_FALSE(failed_exit_in_stat(stat_line("cp", kRunningFlags, 9))) << "not exiting: the code means nothing yet";
+  EXPECT_FALSE(failed_exit_in_stat(stat_line("cat", kRunningFlags | kExiting, 0))) << "exit(0) is an ordinary end";
+  EXPECT_EQ(failed_exit_in_stat(stat_line("cp", kRunningFlags | kExiting, 9)), "was killed by signal 9");
+  EXPECT_EQ(failed_exit_in_stat(stat_line("cp", kExiting, 0x80 | 11)), "was killed by signal 11") << "core dumped";
+  EXPECT_EQ(failed_exit_in_stat(stat_line("dd", kExiting, 3 << 8)), "exited with status 3");
+  EXPECT_EQ(failed_exit_in_stat(stat_line("dd", kExiting, 255 << 8)), "exited with status 255");
+}
+
+TEST(FsWriterExit, ACommandNameWithSpacesAndParenthesesDoesNotShiftTheFields) {
+  EXPECT_EQ(failed_exit_in_stat(stat_line("a) 1 2 3 4 5 6 (b", kExiting, 2)), "was killed by signal 2");
+  EXPECT_FALSE(failed_exit_in_stat(stat_line("x) R 0 0 0 0 0 4 (y", kRunningFlags, 2)));
+}
+
+TEST(FsWriterExit, WhatIsNotAWholeStatLineHasNoVerdict) {
+  EXPECT_FALSE(failed_exit_in_stat(""));
+  EXPECT_FALSE(failed_exit_in_stat("4242 cp R 1 2 3"));
+  EXPECT_FALSE(failed_exit_in_stat(stat_line("cp", kExiting, 9, 51))) << "a kernel before 3.5 has no exit code";
+  std::string bad = stat_line("cp", kExiting, 9);
+  bad.replace(bad.rfind(" 9"), 2, " 9x");
+  EXPECT_FALSE(failed_exit_in_stat(bad)) << "a field that is not a number";
+}
+
+TEST(FsWriterExit, ThisRunningProcessAndNoTaskHaveNoVerdict) {
+  EXPECT_FALSE(failed_exit_of(getpid()));
+  EXPECT_FALSE(failed_exit_of(0)) << "a task in another pid namespace";
+  EXPECT_FALSE(failed_exit_of(-1));
 }
 
 }  // namespace

@@ -8,7 +8,8 @@
 //     the streaming reader, fed the input in pieces of any size, accepts
 //     exactly what a whole-file check accepts and delivers exactly the payload;
 //   - the same after the input's checksums are patched to be right, so the
-//     checks behind the checksums are fuzzed too.
+//     checks behind the checksums are fuzzed too;
+//   - /proc/<tid>/stat lines: any verdict is one of the two phrasings.
 #include <xxhash.h>
 
 #include <cstdlib>
@@ -18,6 +19,7 @@
 
 #include "kvpager/fs/export_format.h"
 #include "kvpager/fs/paths.h"
+#include "kvpager/fs/writer_exit.h"
 #include "kvpager/store/le_bytes.h"
 
 using namespace kvpager::fs;
@@ -141,5 +143,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   check_export(in, seed);
   auto fixed = patched(in);
   check_export(fixed, seed);
+  if (auto why = failed_exit_in_stat(s))
+    check(why->rfind("was killed by signal ", 0) == 0 || why->rfind("exited with status ", 0) == 0);
   return 0;
 }

@@ -1,7 +1,8 @@
 // Writes the fuzz seed corpus into DIR: valid context exports of a few
-// shapes, and paths of every kind.
+// shapes, paths of every kind, and /proc/<tid>/stat lines of dying tasks.
 #include <xxhash.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -50,5 +51,11 @@ int main(int argc, char** argv) {
                          "/control/hbm_budget", "/stats", "/contexts/x/../kv"};
   for (size_t i = 0; i < sizeof paths / sizeof paths[0]; ++i)
     good &= write(dir + "/path-" + std::to_string(i), paths[i], std::string(paths[i]).size());
+  // A task killed by SIGINT and one exiting with status 3 (flags PF_EXITING).
+  for (uint64_t code : {uint64_t{2}, uint64_t{3} << 8}) {
+    std::string stat = "4242 (cp (x) y) R";
+    for (int f = 4; f <= 52; ++f) stat += " " + std::to_string(f == 9 ? 0x404 : f == 52 ? code : f);
+    good &= write(dir + "/stat-" + std::to_string(code), stat.data(), stat.size());
+  }
   return good ? 0 : 1;
 }

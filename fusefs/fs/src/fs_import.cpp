@@ -105,6 +105,11 @@ int ImportSession::feed(TokenFs& fs, std::span<const std::byte> data) {
   return 0;
 }
 
+void ImportSession::abandon(TokenFs& fs, std::string why) {
+  std::lock_guard lock(mu);
+  if (!done) fail(fs, ECANCELED, fmt::format("{}, after {} byte(s): not published", why, received));
+}
+
 int ImportSession::finish(TokenFs& fs) {
   std::lock_guard lock(mu);
   if (done) return error;

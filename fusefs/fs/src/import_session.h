@@ -12,6 +12,8 @@
 //  - anything else: the context's raw bytes (what /contexts/<name>/kv and
 //    `kvpager store get` give), cut into chunk_size chunks. Raw bytes carry
 //    no checksum, so only the transfer itself can fail.
+// A writer that dies with the file open (killed, or exiting with a failure
+// status: writer_exit.h) abandons the import, whatever its format.
 // Writes must come in order (cp, cat, dd do); a write past the end leaves a
 // hole that reads as zeros (cp of a sparse file); a write over bytes already
 // received is refused with EINVAL.
@@ -61,6 +63,9 @@ struct ImportSession {
   // Publishes the context (or fails and removes what was written). Runs
   // once; later calls return the same result.
   int finish(TokenFs& fs);
+  // The writer went away mid-file (why: for the log): finish() then removes
+  // what was written instead of publishing it. No effect once finished.
+  void abandon(TokenFs& fs, std::string why);
 
  private:
   int feed(TokenFs& fs, std::span<const std::byte> data);
