@@ -190,16 +190,19 @@ void record_graph(CUgraphExec exec, CUgraph graph) {
   if (!rt || !exec) return;
   auto info = std::make_unique<GraphTable::Info>();
   std::vector<GraphRef> all;
-  if (scan_graph(rt->driver(), rt->layouts(), graph, all, &info->kernel_nodes)) keep_managed(*rt, all, 0, *info);
+  if (scan_graph(rt->driver(), rt->layouts(), graph, all, &info->nodes)) keep_managed(*rt, all, 0, *info);
   else info->unknown = true;
   rt->graphs().set(exec, std::move(info), rt->quiescence());
 }
 
-// One kernel node of an executable got new parameters: its references are
-// replaced by those (the other nodes' stay). What cannot be applied (a node
-// we did not see at instantiation, parameters we cannot describe) makes the
-// executable read everything from now on.
-void kernel_node_changed(CUgraphExec exec, CUgraphNode node, const CUDA_KERNEL_NODE_PARAMS* p) {
+// One node of an executable got new parameters: its references are replaced
+// by those `scan` lists (the other nodes' stay). What cannot be applied (a
+// node we did not see at instantiation, parameters we cannot describe) makes
+// the executable read everything from now on.
+// scan(Runtime&, std::vector<GraphRef>& out) -> bool: appends the node's new
+// references, false if they cannot be listed.
+template <typename Scan>
+void node_changed(CUgraphExec exec, CUgraphNode node, Scan&& scan) {
   Runtime* rt = Runtime::get();
   if (!rt || !exec) return;
   auto info = std::make_unique<GraphTable::Info>();
@@ -207,9 +210,8 @@ void kernel_node_changed(CUgraphExec exec, CUgraphNode node, const CUDA_KERNEL_N
   {
     Quiescence::Bracket b(rt->quiescence());
     const GraphTable::Info* old = rt->graphs().find(exec);
-    if (old && !old->unknown &&
-        std::find(old->kernel_nodes.begin(), old->kernel_nodes.end(), node) != old->kernel_nodes.end()) {
-      info->kernel_nodes = old->kernel_nodes;
+    if (old && !old->unknown && std::find(old->nodes.begin(), old->nodes.end(), node) != old->nodes.end()) {
+      info->nodes = old->nodes;
       for (const GraphRef& r : old->by_node)
         if (r.node != node) all.push_back(r);
     } else {
@@ -217,7 +219,7 @@ void kernel_node_changed(CUgraphExec exec, CUgraphNode node, const CUDA_KERNEL_N
     }
   }
   const size_t kept = all.size();
-  if (!info->unknown && p && scan_kernel_node(rt->layouts(), *p, node, all)) keep_managed(*rt, all, kept, *info);
+  if (!info->unknown && scan(*rt, all)) keep_managed(*rt, all, kept, *info);
   else info->unknown = true;
   rt->graphs().set(exec, std::move(info), rt->quiescence());
 }
@@ -624,31 +626,63 @@ struct Body<Api::kGraphExecDestroy> {
   }
 };
 
-// Changes to an executable graph's nodes: its launches read everything from
-// now on (correct, and only slower while something is spilled). A kernel
-// node's new parameters are scanned instead (kernel_node_changed).
-struct ExecChanged {
-  template <int V, typename R, typename... A>
-  static CUresult call(R real, CUgraphExec exec, A... args) {
-    CUresult r = real(exec, args...);
-    if (r == CUDA_SUCCESS)
-      if (Runtime* rt = Runtime::get()) rt->graphs().mark_unknown(exec, rt->quiescence());
-    return r;
-  }
-};
+// Changes to one node of an executable graph: the node's new parameters are
+// scanned (node_changed), so its launches restore what it reads now, and no
+// longer what it read before.
 template <>
 struct Body<Api::kGraphExecKernelNodeSetParams> {
   template <int V, typename R>
   static CUresult call(R real, CUgraphExec exec, CUgraphNode node, const CUDA_KERNEL_NODE_PARAMS* p) {
     CUresult r = real(exec, node, p);
-    if (r == CUDA_SUCCESS) kernel_node_changed(exec, node, p);
+    if (r == CUDA_SUCCESS)
+      node_changed(exec, node, [&](Runtime& rt, std::vector<GraphRef>& out) {
+        return p && scan_kernel_node(rt.layouts(), *p, node, out);
+      });
     return r;
   }
 };
-template <> struct Body<Api::kGraphExecMemcpyNodeSetParams> : ExecChanged {};
-template <> struct Body<Api::kGraphExecMemsetNodeSetParams> : ExecChanged {};
-template <> struct Body<Api::kGraphExecChildGraphNodeSetParams> : ExecChanged {};
-template <> struct Body<Api::kGraphExecNodeSetParams> : ExecChanged {};
+// A copy or memset node: its parameters and a context.
+template <typename P, void (*Scan)(const P&, CUgraphNode, std::vector<GraphRef>&)>
+struct RangeNodeChanged {
+  template <int V, typename R>
+  static CUresult call(R real, CUgraphExec exec, CUgraphNode node, const P* p, CUcontext ctx) {
+    CUresult r = real(exec, node, p, ctx);
+    if (r == CUDA_SUCCESS)
+      node_changed(exec, node, [&](Runtime&, std::vector<GraphRef>& out) {
+        if (p) Scan(*p, node, out);
+        return p != nullptr;
+      });
+    return r;
+  }
+};
+template <>
+struct Body<Api::kGraphExecMemcpyNodeSetParams> : RangeNodeChanged<CUDA_MEMCPY3D, scan_memcpy_node> {};
+template <>
+struct Body<Api::kGraphExecMemsetNodeSetParams> : RangeNodeChanged<CUDA_MEMSET_NODE_PARAMS, scan_memset_node> {};
+template <>
+struct Body<Api::kGraphExecChildGraphNodeSetParams> {
+  template <int V, typename R>
+  static CUresult call(R real, CUgraphExec exec, CUgraphNode node, CUgraph child) {
+    CUresult r = real(exec, node, child);
+    if (r == CUDA_SUCCESS)
+      node_changed(exec, node, [&](Runtime& rt, std::vector<GraphRef>& out) {
+        return scan_child_graph(rt.driver(), rt.layouts(), child, node, out);
+      });
+    return r;
+  }
+};
+template <>
+struct Body<Api::kGraphExecNodeSetParams> {
+  template <int V, typename R>
+  static CUresult call(R real, CUgraphExec exec, CUgraphNode node, CUgraphNodeParams* p) {
+    CUresult r = real(exec, node, p);
+    if (r == CUDA_SUCCESS)
+      node_changed(exec, node, [&](Runtime& rt, std::vector<GraphRef>& out) {
+        return p && scan_node_params(rt.driver(), rt.layouts(), *p, node, out);
+      });
+    return r;
+  }
+};
 // The executable now runs hGraph's parameters (llama.cpp updates its graphs
 // this way every step): scan those, as at instantiation, instead of treating
 // every later launch as one that reads everything and names nothing.

@@ -152,12 +152,6 @@ void GraphTable::set(CUgraphExec exec, std::unique_ptr<Info> info, Quiescence& q
   free_slot->key.store(key, std::memory_order_release);
 }
 
-void GraphTable::mark_unknown(CUgraphExec exec, Quiescence& q) {
-  auto info = std::make_unique<Info>();
-  info->unknown = true;
-  set(exec, std::move(info), q);
-}
-
 void GraphTable::erase(CUgraphExec exec, Quiescence& q) {
   const auto key = reinterpret_cast<uintptr_t>(exec);
   std::lock_guard lock(mu_);

@@ -85,15 +85,14 @@ class GraphTable {
     std::vector<GraphRef> refs;  // what a launch reads: one pointer per region and chunk, every range
     bool unknown = false;        // something we cannot list: the launch reads everything
     // Every reference into managed memory, node by node, and the graph's own
-    // kernel nodes: what a change to one kernel node is applied to.
+    // nodes: what a change to one node is applied to.
     std::vector<GraphRef> by_node;
-    std::vector<CUgraphNode> kernel_nodes;
+    std::vector<CUgraphNode> nodes;
   };
   static constexpr size_t kSlots = 8192;
   GraphTable();
   ~GraphTable();
   void set(CUgraphExec exec, std::unique_ptr<Info> info, Quiescence& q);
-  void mark_unknown(CUgraphExec exec, Quiescence& q);
   void erase(CUgraphExec exec, Quiescence& q);
   // Inside a bracket: the info, or nullptr (never scanned: unknown).
   const Info* find(CUgraphExec exec) const;

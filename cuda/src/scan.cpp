@@ -191,11 +191,50 @@ bool scan_kernel_node(const ParamLayouts& layouts, const CUDA_KERNEL_NODE_PARAMS
   return true;
 }
 
+void scan_memcpy_node(const CUDA_MEMCPY3D& p, CUgraphNode node, std::vector<GraphRef>& out) {
+  uint64_t lo = 0, hi = 0;
+  if (copy_range(p, true, &lo, &hi)) out.push_back(GraphRef{lo, hi, false, node});
+  if (copy_range(p, false, &lo, &hi)) out.push_back(GraphRef{lo, hi, false, node});
+}
+
+namespace {
+
+// CUDA_MEMSET_NODE_PARAMS and its _v2 (the same fields, and a context).
+template <typename P>
+void scan_memset(const P& p, CUgraphNode node, std::vector<GraphRef>& out) {
+  const uint64_t rows = p.height ? p.height : 1;
+  const uint64_t row = uint64_t{p.width} * p.elementSize;
+  out.push_back(GraphRef{p.dst, p.dst + (rows - 1) * (p.pitch ? p.pitch : row) + row, false, node});
+}
+
+// Node types that read and write no memory the pager manages.
+bool touches_nothing(CUgraphNodeType type) {
+  switch (type) {
+    case CU_GRAPH_NODE_TYPE_EMPTY:
+    case CU_GRAPH_NODE_TYPE_HOST:  // a host function cannot read device memory
+    case CU_GRAPH_NODE_TYPE_WAIT_EVENT:
+    case CU_GRAPH_NODE_TYPE_EVENT_RECORD:
+    case CU_GRAPH_NODE_TYPE_EXT_SEMAS_SIGNAL:
+    case CU_GRAPH_NODE_TYPE_EXT_SEMAS_WAIT:
+    case CU_GRAPH_NODE_TYPE_MEM_ALLOC:
+    case CU_GRAPH_NODE_TYPE_MEM_FREE:
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+
+void scan_memset_node(const CUDA_MEMSET_NODE_PARAMS& p, CUgraphNode node, std::vector<GraphRef>& out) {
+  scan_memset(p, node, out);
+}
+
 namespace {
 
 // owner: the top-level node whose child graph g is (null for the top level).
 bool scan_nodes(const Driver& d, const ParamLayouts& layouts, CUgraph g, std::vector<GraphRef>& out,
-                std::vector<CUgraphNode>* kernel_nodes, CUgraphNode owner, int depth) {
+                std::vector<CUgraphNode>* own_nodes, CUgraphNode owner, int depth) {
   if (depth > 16 || !d.graphGetNodes || !d.graphNodeGetType) return false;
   size_t n = 0;
   if (d.graphGetNodes(g, nullptr, &n) != CUDA_SUCCESS) return false;
@@ -210,44 +249,32 @@ bool scan_nodes(const Driver& d, const ParamLayouts& layouts, CUgraph g, std::ve
         CUDA_KERNEL_NODE_PARAMS p{};
         if (!d.graphKernelNodeGetParams || d.graphKernelNodeGetParams(node, &p) != CUDA_SUCCESS) return false;
         if (!scan_kernel_node(layouts, p, as, out)) return false;
-        if (kernel_nodes && !owner) kernel_nodes->push_back(node);
         break;
       }
       case CU_GRAPH_NODE_TYPE_MEMCPY: {
         CUDA_MEMCPY3D p{};
         if (!d.graphMemcpyNodeGetParams || d.graphMemcpyNodeGetParams(node, &p) != CUDA_SUCCESS) return false;
-        uint64_t lo = 0, hi = 0;
-        if (copy_range(p, true, &lo, &hi)) out.push_back(GraphRef{lo, hi, false, as});
-        if (copy_range(p, false, &lo, &hi)) out.push_back(GraphRef{lo, hi, false, as});
+        scan_memcpy_node(p, as, out);
         break;
       }
       case CU_GRAPH_NODE_TYPE_MEMSET: {
         CUDA_MEMSET_NODE_PARAMS p{};
         if (!d.graphMemsetNodeGetParams || d.graphMemsetNodeGetParams(node, &p) != CUDA_SUCCESS) return false;
-        const uint64_t rows = p.height ? p.height : 1;
-        const uint64_t row = uint64_t{p.width} * p.elementSize;
-        out.push_back(GraphRef{p.dst, p.dst + (rows - 1) * (p.pitch ? p.pitch : row) + row, false, as});
+        scan_memset(p, as, out);
         break;
       }
       case CU_GRAPH_NODE_TYPE_GRAPH: {
         CUgraph child = nullptr;
         if (!d.graphChildGraphNodeGetGraph || d.graphChildGraphNodeGetGraph(node, &child) != CUDA_SUCCESS)
           return false;
-        if (!scan_nodes(d, layouts, child, out, kernel_nodes, as, depth + 1)) return false;
+        if (!scan_nodes(d, layouts, child, out, nullptr, as, depth + 1)) return false;
         break;
       }
-      case CU_GRAPH_NODE_TYPE_EMPTY:
-      case CU_GRAPH_NODE_TYPE_HOST:  // a host function cannot read device memory
-      case CU_GRAPH_NODE_TYPE_WAIT_EVENT:
-      case CU_GRAPH_NODE_TYPE_EVENT_RECORD:
-      case CU_GRAPH_NODE_TYPE_EXT_SEMAS_SIGNAL:
-      case CU_GRAPH_NODE_TYPE_EXT_SEMAS_WAIT:
-      case CU_GRAPH_NODE_TYPE_MEM_ALLOC:
-      case CU_GRAPH_NODE_TYPE_MEM_FREE:
-        break;
       default:
-        return false;  // conditional bodies, batch memory operations, node types newer than this code
+        // conditional bodies, batch memory operations, node types newer than this code
+        if (!touches_nothing(type)) return false;
     }
+    if (own_nodes && !owner) own_nodes->push_back(node);
   }
   return true;
 }
@@ -255,8 +282,38 @@ bool scan_nodes(const Driver& d, const ParamLayouts& layouts, CUgraph g, std::ve
 }  // namespace
 
 bool scan_graph(const Driver& d, const ParamLayouts& layouts, CUgraph g, std::vector<GraphRef>& out,
-                std::vector<CUgraphNode>* kernel_nodes) {
-  return scan_nodes(d, layouts, g, out, kernel_nodes, nullptr, 0);
+                std::vector<CUgraphNode>* own_nodes) {
+  return scan_nodes(d, layouts, g, out, own_nodes, nullptr, 0);
+}
+
+bool scan_child_graph(const Driver& d, const ParamLayouts& layouts, CUgraph child, CUgraphNode node,
+                      std::vector<GraphRef>& out) {
+  return node && scan_nodes(d, layouts, child, out, nullptr, node, 1);
+}
+
+bool scan_node_params(const Driver& d, const ParamLayouts& layouts, const CUgraphNodeParams& p, CUgraphNode node,
+                      std::vector<GraphRef>& out) {
+  switch (p.type) {
+    case CU_GRAPH_NODE_TYPE_KERNEL: {
+      const CUDA_KERNEL_NODE_PARAMS_v3& k = p.kernel;
+      CUDA_KERNEL_NODE_PARAMS kp{};
+      kp.func = k.func;
+      kp.kernelParams = k.kernelParams;
+      kp.extra = k.extra;
+      kp.kern = k.kern;
+      return scan_kernel_node(layouts, kp, node, out);
+    }
+    case CU_GRAPH_NODE_TYPE_MEMCPY:
+      scan_memcpy_node(p.memcpy.copyParams, node, out);
+      return true;
+    case CU_GRAPH_NODE_TYPE_MEMSET:
+      scan_memset(p.memset, node, out);
+      return true;
+    case CU_GRAPH_NODE_TYPE_GRAPH:
+      return scan_child_graph(d, layouts, p.graph.graph, node, out);
+    default:
+      return touches_nothing(p.type);
+  }
 }
 
 }  // namespace kvpager::cuda

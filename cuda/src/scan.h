@@ -128,14 +128,22 @@ struct GraphRef {
 // Every reference of a graph's nodes (child graphs included). false if a node
 // can read or write memory in ways we cannot list (conditional bodies, batch
 // memory operations, an undescribed kernel): launch the graph as reading
-// everything. kernel_nodes, if given, gets the graph's own kernel nodes (not
-// those of its child graphs).
+// everything. own_nodes, if given, gets the graph's own nodes (not those of
+// its child graphs): the nodes a change through the executable can name.
 bool scan_graph(const Driver& d, const ParamLayouts& layouts, CUgraph g, std::vector<GraphRef>& out,
-                std::vector<CUgraphNode>* kernel_nodes = nullptr);
+                std::vector<CUgraphNode>* own_nodes = nullptr);
 
-// The references of one kernel node's parameters, as `node`'s. false if the
-// kernel cannot be described.
+// One node's references, as `node`'s, from the parameters an executable is
+// given for it (cuGraphExec*NodeSetParams). false if they cannot be listed.
 bool scan_kernel_node(const ParamLayouts& layouts, const CUDA_KERNEL_NODE_PARAMS& p, CUgraphNode node,
+                      std::vector<GraphRef>& out);
+void scan_memcpy_node(const CUDA_MEMCPY3D& p, CUgraphNode node, std::vector<GraphRef>& out);
+void scan_memset_node(const CUDA_MEMSET_NODE_PARAMS& p, CUgraphNode node, std::vector<GraphRef>& out);
+// A child graph node's new graph: every node of it, as `node`'s.
+bool scan_child_graph(const Driver& d, const ParamLayouts& layouts, CUgraph child, CUgraphNode node,
+                      std::vector<GraphRef>& out);
+// cuGraphExecNodeSetParams: any node type, by its tag.
+bool scan_node_params(const Driver& d, const ParamLayouts& layouts, const CUgraphNodeParams& p, CUgraphNode node,
                       std::vector<GraphRef>& out);
 
 // Byte ranges of 2D/3D copies, for one side (src or dst). Empty if that side

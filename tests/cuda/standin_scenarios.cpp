@@ -7,6 +7,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <array>
 #include <atomic>
 #include <barrier>
 #include <cstring>
@@ -477,11 +479,30 @@ struct GraphApi {
   PFN_cuGraphAddKernelNode_v12000 add_kernel = nullptr;
   PFN_cuGraphInstantiateWithFlags_v11040 instantiate = nullptr;
   PFN_cuGraphLaunch_v10000 launch = nullptr;
+  PFN_cuGraphAddMemcpyNode_v10000 add_memcpy = nullptr;
+  PFN_cuGraphAddMemsetNode_v10000 add_memset = nullptr;
+  PFN_cuGraphAddChildGraphNode_v10000 add_child = nullptr;
+  // Changes to an executable.
+  PFN_cuGraphExecUpdate_v12000 update = nullptr;
+  PFN_cuGraphExecKernelNodeSetParams_v12000 set_kernel = nullptr;
+  PFN_cuGraphExecMemcpyNodeSetParams_v10020 set_memcpy = nullptr;
+  PFN_cuGraphExecMemsetNodeSetParams_v10020 set_memset = nullptr;
+  PFN_cuGraphExecChildGraphNodeSetParams_v11010 set_child = nullptr;
+  PFN_cuGraphExecNodeSetParams_v12020 set_node = nullptr;
   explicit GraphApi(Program& p) {
     p.get(create, "cuGraphCreate", 10000);
     p.get(add_kernel, "cuGraphAddKernelNode", 12000);
     p.get(instantiate, "cuGraphInstantiateWithFlags", 11040);
     p.get(launch, "cuGraphLaunch", 10000);
+    p.get(add_memcpy, "cuGraphAddMemcpyNode", 10000);
+    p.get(add_memset, "cuGraphAddMemsetNode", 10000);
+    p.get(add_child, "cuGraphAddChildGraphNode", 10000);
+    p.get(update, "cuGraphExecUpdate", 12000);
+    p.get(set_kernel, "cuGraphExecKernelNodeSetParams", 12000);
+    p.get(set_memcpy, "cuGraphExecMemcpyNodeSetParams", 10020);
+    p.get(set_memset, "cuGraphExecMemsetNodeSetParams", 10020);
+    p.get(set_child, "cuGraphExecChildGraphNodeSetParams", 11010);
+    p.get(set_node, "cuGraphExecNodeSetParams", 12020);
   }
 };
 
@@ -492,9 +513,8 @@ TEST(StandIn, AGraphLaunchRestoresWhatItsNodesRead) {
   ASSERT_EQ(kvpager_tag_context(r, 8 * kMiB, "ctx"), KVPAGER_OK);
   ASSERT_EQ(p.fill(r, 8 * kMiB, 4), CUDA_SUCCESS);
   GraphApi api(p);
-  auto [create, add_kernel, instantiate, launch] = api;
   CUgraph g = nullptr;
-  ASSERT_EQ(create(&g, 0), CUDA_SUCCESS);
+  ASSERT_EQ(api.create(&g, 0), CUDA_SUCCESS);
   uint64_t bad = UINT64_MAX;
   uint64_t* out = &bad;
   uint64_t len = 8 * kMiB;
@@ -504,12 +524,12 @@ TEST(StandIn, AGraphLaunchRestoresWhatItsNodesRead) {
   kp.func = p.kernel("check");
   kp.kernelParams = args;
   CUgraphNode node = nullptr;
-  ASSERT_EQ(add_kernel(&node, g, nullptr, 0, &kp), CUDA_SUCCESS);
+  ASSERT_EQ(api.add_kernel(&node, g, nullptr, 0, &kp), CUDA_SUCCESS);
   CUgraphExec exec = nullptr;
-  ASSERT_EQ(instantiate(&exec, g, 0), CUDA_SUCCESS);
+  ASSERT_EQ(api.instantiate(&exec, g, 0), CUDA_SUCCESS);
   park_until_spilled(p, "ctx", 8 * kMiB);
   p.clear_log();
-  ASSERT_EQ(launch(exec, nullptr), CUDA_SUCCESS);
+  ASSERT_EQ(api.launch(exec, nullptr), CUDA_SUCCESS);
   EXPECT_EQ(bad, 0u);
   EXPECT_LT(p.find_log("cuMemcpyHtoDAsync_v2"), p.find_log("cuGraphLaunch"));
   EXPECT_EQ(stats().num("launches_unscannable"), 0u) << "its nodes were scanned at instantiation";
@@ -518,13 +538,13 @@ TEST(StandIn, AGraphLaunchRestoresWhatItsNodesRead) {
   PFN_cuGraphAddBatchMemOpNode_v11070 add_memop;
   p.get(add_memop, "cuGraphAddBatchMemOpNode", 11070);
   CUgraph g2 = nullptr;
-  ASSERT_EQ(create(&g2, 0), CUDA_SUCCESS);
+  ASSERT_EQ(api.create(&g2, 0), CUDA_SUCCESS);
   CUDA_BATCH_MEM_OP_NODE_PARAMS mp{};
   ASSERT_EQ(add_memop(&node, g2, nullptr, 0, &mp), CUDA_SUCCESS);
   CUgraphExec exec2 = nullptr;
-  ASSERT_EQ(instantiate(&exec2, g2, 0), CUDA_SUCCESS);
+  ASSERT_EQ(api.instantiate(&exec2, g2, 0), CUDA_SUCCESS);
   park_until_spilled(p, "ctx", 8 * kMiB);
-  ASSERT_EQ(launch(exec2, nullptr), CUDA_SUCCESS);
+  ASSERT_EQ(api.launch(exec2, nullptr), CUDA_SUCCESS);
   EXPECT_EQ(stats().num("unsafe_chunks"), 0u);
   EXPECT_EQ(Program::host_mismatches(r, 8 * kMiB, 4), 0u);
   EXPECT_EQ(stats().num("launches_unscannable"), 1u);
@@ -543,9 +563,8 @@ TEST(StandIn, AGraphPointingIntoTwoNeighbouringContextsRestoresBoth) {
   ASSERT_EQ(p.fill(r, k64, 4), CUDA_SUCCESS);
   ASSERT_EQ(p.fill(r + k64, k64, 5), CUDA_SUCCESS);
   GraphApi api(p);
-  auto [create, add_kernel, instantiate, launch] = api;
   CUgraph g = nullptr;
-  ASSERT_EQ(create(&g, 0), CUDA_SUCCESS);
+  ASSERT_EQ(api.create(&g, 0), CUDA_SUCCESS);
   uint64_t bad_a = UINT64_MAX, bad_b = UINT64_MAX;
   uint64_t *out_a = &bad_a, *out_b = &bad_b;
   uint64_t len = k64;
@@ -557,14 +576,14 @@ TEST(StandIn, AGraphPointingIntoTwoNeighbouringContextsRestoresBoth) {
   kp.func = p.kernel("check");
   CUgraphNode node = nullptr;
   kp.kernelParams = args_a;
-  ASSERT_EQ(add_kernel(&node, g, nullptr, 0, &kp), CUDA_SUCCESS);
+  ASSERT_EQ(api.add_kernel(&node, g, nullptr, 0, &kp), CUDA_SUCCESS);
   kp.kernelParams = args_b;
-  ASSERT_EQ(add_kernel(&node, g, nullptr, 0, &kp), CUDA_SUCCESS);
+  ASSERT_EQ(api.add_kernel(&node, g, nullptr, 0, &kp), CUDA_SUCCESS);
   CUgraphExec exec = nullptr;
-  ASSERT_EQ(instantiate(&exec, g, 0), CUDA_SUCCESS);
+  ASSERT_EQ(api.instantiate(&exec, g, 0), CUDA_SUCCESS);
   park_until_spilled(p, "b", k64);
   ASSERT_FALSE(::testing::Test::HasFailure());
-  ASSERT_EQ(launch(exec, nullptr), CUDA_SUCCESS);
+  ASSERT_EQ(api.launch(exec, nullptr), CUDA_SUCCESS);
   EXPECT_EQ(bad_a, 0u);
   EXPECT_EQ(bad_b, 0u) << "the parked context the second node points into was not restored";
 }
@@ -578,8 +597,6 @@ TEST(StandIn, AnUpdatedGraphIsScannedForItsNewParameters) {
   CUdeviceptr r1 = filled_context(p, 8 * kMiB, "one", 6), r2 = filled_context(p, 8 * kMiB, "two", 7);
   ASSERT_FALSE(::testing::Test::HasFailure());
   GraphApi api(p);
-  PFN_cuGraphExecUpdate_v12000 update;
-  p.get(update, "cuGraphExecUpdate", 12000);
   uint64_t bad = UINT64_MAX;
   uint64_t* out = &bad;
   uint64_t len = 8 * kMiB;
@@ -599,7 +616,7 @@ TEST(StandIn, AnUpdatedGraphIsScannedForItsNewParameters) {
   CUgraphExec exec = nullptr;
   ASSERT_EQ(api.instantiate(&exec, g1, 0), CUDA_SUCCESS);
   CUgraphExecUpdateResultInfo info{};
-  ASSERT_EQ(update(exec, g2, &info), CUDA_SUCCESS);  // now it checks r2
+  ASSERT_EQ(api.update(exec, g2, &info), CUDA_SUCCESS);  // now it checks r2
   park_until_spilled(p, "two", 8 * kMiB);
   ASSERT_FALSE(::testing::Test::HasFailure());
   ASSERT_EQ(api.launch(exec, nullptr), CUDA_SUCCESS);
@@ -608,6 +625,40 @@ TEST(StandIn, AnUpdatedGraphIsScannedForItsNewParameters) {
   EXPECT_EQ(stats().context("one", "nvme"), 0u);
 }
 
+std::vector<std::byte> pattern(uint64_t len, uint32_t seed);  // below
+
+// Contexts "one" (8 MiB, pattern 6), "two" (8 MiB, 7) and "three" (4 MiB, 8).
+std::array<CUdeviceptr, 3> three_contexts(Program& p) {
+  return {filled_context(p, 8 * kMiB, "one", 6), filled_context(p, 8 * kMiB, "two", 7),
+          filled_context(p, 4 * kMiB, "three", 8)};
+}
+
+// Parks "one" (8 MiB), "two" (8 MiB) and "three" (4 MiB) and waits until all
+// of them are in the store.
+void park_three_until_spilled() {
+  for (const char* name : {"one", "two", "three"}) ASSERT_EQ(kvpager_park_context(name), KVPAGER_OK);
+  ASSERT_TRUE(eventually([] {
+    const Stats st = stats();
+    return st.context("one", "nvme") == 8 * kMiB && st.context("two", "nvme") == 8 * kMiB &&
+           st.context("three", "nvme") == 4 * kMiB;
+  })) << "all three spilled";
+}
+
+// A 1D copy of n bytes from managed memory into host memory.
+CUDA_MEMCPY3D copy_to_host(CUdeviceptr src, void* dst, uint64_t n) {
+  CUDA_MEMCPY3D c{};
+  c.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+  c.srcDevice = src;
+  c.dstMemoryType = CU_MEMORYTYPE_HOST;
+  c.dstHost = dst;
+  c.WidthInBytes = n;
+  c.Height = 1;
+  c.Depth = 1;
+  return c;
+}
+
+bool holds_pattern(const std::vector<std::byte>& got, uint32_t seed) { return got == pattern(got.size(), seed); }
+
 // cuGraphExecKernelNodeSetParams gives one kernel node of an executable new
 // parameters: its launches must be scanned for those (the new context
 // restored before it is read, the one the node no longer reads left in the
@@ -615,12 +666,9 @@ TEST(StandIn, AnUpdatedGraphIsScannedForItsNewParameters) {
 // Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
 TEST(StandIn, AKernelNodeGivenNewParametersIsScannedForThem) {
   Program p;
-  CUdeviceptr r1 = filled_context(p, 8 * kMiB, "one", 6), r2 = filled_context(p, 8 * kMiB, "two", 7);
-  CUdeviceptr r3 = filled_context(p, 4 * kMiB, "three", 8);
+  auto [r1, r2, r3] = three_contexts(p);
   ASSERT_FALSE(::testing::Test::HasFailure());
   GraphApi api(p);
-  PFN_cuGraphExecKernelNodeSetParams_v12000 set_params;
-  p.get(set_params, "cuGraphExecKernelNodeSetParams", 12000);
   uint64_t bad = UINT64_MAX, bad3 = UINT64_MAX;
   uint64_t *out = &bad, *out3 = &bad3;
   uint64_t len = 8 * kMiB, len3 = 4 * kMiB;
@@ -640,18 +688,94 @@ TEST(StandIn, AKernelNodeGivenNewParametersIsScannedForThem) {
   ASSERT_EQ(api.instantiate(&exec, g, 0), CUDA_SUCCESS);
   void* args2[] = {&r2, &len, &seed2, &out};
   kp.kernelParams = args2;
-  ASSERT_EQ(set_params(exec, node, &kp), CUDA_SUCCESS);  // the node now checks r2
-  for (const char* name : {"one", "two", "three"}) ASSERT_EQ(kvpager_park_context(name), KVPAGER_OK);
-  ASSERT_TRUE(eventually([] {
-    const Stats st = stats();
-    return st.context("one", "nvme") == 8 * kMiB && st.context("two", "nvme") == 8 * kMiB &&
-           st.context("three", "nvme") == 4 * kMiB;
-  })) << "all three spilled";
+  ASSERT_EQ(api.set_kernel(exec, node, &kp), CUDA_SUCCESS);  // the node now checks r2
+  park_three_until_spilled();
+  ASSERT_FALSE(::testing::Test::HasFailure());
   ASSERT_EQ(api.launch(exec, nullptr), CUDA_SUCCESS);
   EXPECT_EQ(bad, 0u) << "r2 was read spilled";
   EXPECT_EQ(bad3, 0u) << "the unchanged node's r3 was read spilled";
   EXPECT_EQ(stats().num("launches_unscannable"), 0u) << "the new parameters were scanned";
   EXPECT_EQ(stats().context("one", "nvme"), 8 * kMiB) << "what the node no longer reads stays in the store";
+}
+
+// Copy and memset nodes of an executable given new parameters: the launch
+// restores what they touch now (and not what they touched before), rather
+// than counting the graph unscannable and restoring everything.
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
+TEST(StandIn, CopyAndMemsetNodesGivenNewParametersAreScannedForThem) {
+  Program p;
+  auto [r1, r2, r3] = three_contexts(p);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  GraphApi api(p);
+  std::vector<std::byte> got(2 * kMiB);
+  CUgraph g = nullptr;
+  ASSERT_EQ(api.create(&g, 0), CUDA_SUCCESS);
+  CUgraphNode copy = nullptr, set = nullptr;
+  CUDA_MEMCPY3D c = copy_to_host(r1, got.data(), got.size());
+  ASSERT_EQ(api.add_memcpy(&copy, g, nullptr, 0, &c, nullptr), CUDA_SUCCESS);
+  CUDA_MEMSET_NODE_PARAMS m{};
+  m.dst = r1 + 4 * kMiB;
+  m.value = 0xAB;
+  m.elementSize = 1;
+  m.width = 2 * kMiB;
+  m.height = 1;
+  ASSERT_EQ(api.add_memset(&set, g, nullptr, 0, &m, nullptr), CUDA_SUCCESS);
+  CUgraphExec exec = nullptr;
+  ASSERT_EQ(api.instantiate(&exec, g, 0), CUDA_SUCCESS);
+  c.srcDevice = r2;  // the copy now reads "two"
+  ASSERT_EQ(api.set_memcpy(exec, copy, &c, nullptr), CUDA_SUCCESS);
+  m.dst = r3 + 1 * kMiB;  // the memset now writes into "three"
+  ASSERT_EQ(api.set_memset(exec, set, &m, nullptr), CUDA_SUCCESS);
+  park_three_until_spilled();
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  ASSERT_EQ(api.launch(exec, nullptr), CUDA_SUCCESS);
+  EXPECT_TRUE(holds_pattern(got, 7)) << "the copy read \"two\" spilled";
+  EXPECT_EQ(Program::host_mismatches(r3, 1 * kMiB, 8), 0u) << "the bytes of \"three\" around the memset survive";
+  const auto* set_bytes = reinterpret_cast<const unsigned char*>(r3 + 1 * kMiB);
+  EXPECT_TRUE(std::all_of(set_bytes, set_bytes + 2 * kMiB, [](unsigned char b) { return b == 0xAB; }));
+  EXPECT_EQ(stats().num("launches_unscannable"), 0u) << "the new parameters were scanned";
+  EXPECT_EQ(stats().context("one", "nvme"), 8 * kMiB) << "what the nodes no longer touch stays in the store";
+}
+
+// A child graph node given another graph, and a node changed through the
+// generic cuGraphExecNodeSetParams: both are scanned for what they touch now.
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
+TEST(StandIn, AChildGraphAndANodeChangedByTheGenericCallAreScannedForTheirNewParameters) {
+  Program p;
+  auto [r1, r2, r3] = three_contexts(p);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  GraphApi api(p);
+  std::vector<std::byte> from_child(2 * kMiB), from_node(2 * kMiB);
+  auto copying = [&](CUdeviceptr src) {  // a graph of one copy into from_child
+    CUgraph g = nullptr;
+    EXPECT_EQ(api.create(&g, 0), CUDA_SUCCESS);
+    CUgraphNode n = nullptr;
+    CUDA_MEMCPY3D c = copy_to_host(src, from_child.data(), from_child.size());
+    EXPECT_EQ(api.add_memcpy(&n, g, nullptr, 0, &c, nullptr), CUDA_SUCCESS);
+    return g;
+  };
+  CUgraph child1 = copying(r1), child2 = copying(r2 + 2 * kMiB);
+  CUgraph g = nullptr;
+  ASSERT_EQ(api.create(&g, 0), CUDA_SUCCESS);
+  CUgraphNode child = nullptr, copy = nullptr;
+  ASSERT_EQ(api.add_child(&child, g, nullptr, 0, child1), CUDA_SUCCESS);
+  CUDA_MEMCPY3D c = copy_to_host(r1 + 2 * kMiB, from_node.data(), from_node.size());
+  ASSERT_EQ(api.add_memcpy(&copy, g, nullptr, 0, &c, nullptr), CUDA_SUCCESS);
+  CUgraphExec exec = nullptr;
+  ASSERT_EQ(api.instantiate(&exec, g, 0), CUDA_SUCCESS);
+  ASSERT_EQ(api.set_child(exec, child, child2), CUDA_SUCCESS);  // the child now copies from "two"
+  CUgraphNodeParams np{};
+  np.type = CU_GRAPH_NODE_TYPE_MEMCPY;
+  np.memcpy.copyParams = copy_to_host(r3, from_node.data(), from_node.size());  // the copy now reads "three"
+  ASSERT_EQ(api.set_node(exec, copy, &np), CUDA_SUCCESS);
+  park_three_until_spilled();
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  ASSERT_EQ(api.launch(exec, nullptr), CUDA_SUCCESS);
+  std::vector<std::byte> want2 = pattern(4 * kMiB, 7);
+  EXPECT_TRUE(std::equal(from_child.begin(), from_child.end(), want2.begin() + 2 * kMiB)) << "\"two\" was read spilled";
+  EXPECT_TRUE(holds_pattern(from_node, 8)) << "\"three\" was read spilled";
+  EXPECT_EQ(stats().num("launches_unscannable"), 0u) << "the new parameters were scanned";
+  EXPECT_EQ(stats().context("one", "nvme"), 8 * kMiB) << "what the nodes no longer read stays in the store";
 }
 
 // Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h, CUDA_STANDIN_NO_PARAM_INFO=1

@@ -58,6 +58,8 @@ const Scenario kScenarios[] = {
      {"KVPAGER_CHUNK_SIZE=64K", "KVPAGER_HOST_CAPACITY=64K", "KVPAGER_SPILL_IDLE=1h"}},
     {"AnUpdatedGraphIsScannedForItsNewParameters", kSpills},
     {"AKernelNodeGivenNewParametersIsScannedForThem", kSpills},
+    {"CopyAndMemsetNodesGivenNewParametersAreScannedForThem", kSpills},
+    {"AChildGraphAndANodeChangedByTheGenericCallAreScannedForTheirNewParameters", kSpills},
     {"ALaunchThatCannotBeScannedRestoresEverything", with(kSpills, {"CUDA_STANDIN_NO_PARAM_INFO=1"})},
     // Slow copy-ins: the prefetch's restores are still in flight when the pool launch comes.
     {"ParkedContextsInAPoolStaySpilledWhileOnlyThePoolIsReferenced", with(kSpills, {"CUDA_STANDIN_COPY_DELAY_MS=100"})},

@@ -288,12 +288,15 @@ CUresult launch(const char* entry, CUfunction f, void** params, void** extra) {
 
 // ---------------------------------------------------------------- graphs
 
+struct Graph;
 struct Node {
   CUgraphNodeType type;
   const Kernel* kernel = nullptr;
   std::vector<unsigned char> buf;  // kernel parameters, packed
   std::vector<void*> param_ptrs;
   CUDA_MEMSET_NODE_PARAMS memset{};
+  CUDA_MEMCPY3D memcpy{};  // 1D only: WidthInBytes from src to dst
+  Graph* child = nullptr;  // the caller's graph (the driver would clone it)
 };
 struct Graph {
   std::vector<std::unique_ptr<Node>> nodes;
@@ -801,8 +804,35 @@ CUresult cuGraphMemsetNodeGetParams(CUgraphNode node, CUDA_MEMSET_NODE_PARAMS* p
   *p = reinterpret_cast<Node*>(node)->memset;
   return CUDA_SUCCESS;
 }
-CUresult cuGraphMemcpyNodeGetParams(CUgraphNode, CUDA_MEMCPY3D*) { return CUDA_ERROR_INVALID_VALUE; }
-CUresult cuGraphChildGraphNodeGetGraph(CUgraphNode, CUgraph*) { return CUDA_ERROR_INVALID_VALUE; }
+CUresult cuGraphAddMemcpyNode(CUgraphNode* out, CUgraph g, const CUgraphNode*, size_t, const CUDA_MEMCPY3D* p,
+                              CUcontext) {
+  auto n = std::make_unique<Node>();
+  n->type = CU_GRAPH_NODE_TYPE_MEMCPY;
+  n->memcpy = *p;
+  *out = reinterpret_cast<CUgraphNode>(n.get());
+  reinterpret_cast<Graph*>(g)->nodes.push_back(std::move(n));
+  return CUDA_SUCCESS;
+}
+CUresult cuGraphAddChildGraphNode(CUgraphNode* out, CUgraph g, const CUgraphNode*, size_t, CUgraph child) {
+  auto n = std::make_unique<Node>();
+  n->type = CU_GRAPH_NODE_TYPE_GRAPH;
+  n->child = reinterpret_cast<Graph*>(child);
+  *out = reinterpret_cast<CUgraphNode>(n.get());
+  reinterpret_cast<Graph*>(g)->nodes.push_back(std::move(n));
+  return CUDA_SUCCESS;
+}
+CUresult cuGraphMemcpyNodeGetParams(CUgraphNode node, CUDA_MEMCPY3D* p) {
+  Node& n = *reinterpret_cast<Node*>(node);
+  if (n.type != CU_GRAPH_NODE_TYPE_MEMCPY) return CUDA_ERROR_INVALID_VALUE;
+  *p = n.memcpy;
+  return CUDA_SUCCESS;
+}
+CUresult cuGraphChildGraphNodeGetGraph(CUgraphNode node, CUgraph* g) {
+  Node& n = *reinterpret_cast<Node*>(node);
+  if (n.type != CU_GRAPH_NODE_TYPE_GRAPH) return CUDA_ERROR_INVALID_VALUE;
+  *g = reinterpret_cast<CUgraph>(n.child);
+  return CUDA_SUCCESS;
+}
 CUresult cuGraphInstantiateWithFlags(CUgraphExec* e, CUgraph g, unsigned long long) {
   *e = reinterpret_cast<CUgraphExec>(new Exec{reinterpret_cast<Graph*>(g)});
   logf("cuGraphInstantiateWithFlags");
@@ -816,22 +846,62 @@ CUresult cuGraphExecKernelNodeSetParams_v2(CUgraphExec, CUgraphNode node, const 
   set_kernel_params(*reinterpret_cast<Node*>(node), *p);
   return CUDA_SUCCESS;
 }
+// The executable shares its graph's nodes here: a change to one is a change
+// to the other (the driver keeps them apart; no test looks at the graph after).
+CUresult cuGraphExecMemsetNodeSetParams(CUgraphExec, CUgraphNode node, const CUDA_MEMSET_NODE_PARAMS* p, CUcontext) {
+  Node& n = *reinterpret_cast<Node*>(node);
+  if (n.type != CU_GRAPH_NODE_TYPE_MEMSET) return CUDA_ERROR_INVALID_VALUE;
+  n.memset = *p;
+  return CUDA_SUCCESS;
+}
+CUresult cuGraphExecMemcpyNodeSetParams(CUgraphExec, CUgraphNode node, const CUDA_MEMCPY3D* p, CUcontext) {
+  Node& n = *reinterpret_cast<Node*>(node);
+  if (n.type != CU_GRAPH_NODE_TYPE_MEMCPY) return CUDA_ERROR_INVALID_VALUE;
+  n.memcpy = *p;
+  return CUDA_SUCCESS;
+}
+CUresult cuGraphExecChildGraphNodeSetParams(CUgraphExec, CUgraphNode node, CUgraph child) {
+  Node& n = *reinterpret_cast<Node*>(node);
+  if (n.type != CU_GRAPH_NODE_TYPE_GRAPH) return CUDA_ERROR_INVALID_VALUE;
+  n.child = reinterpret_cast<Graph*>(child);
+  return CUDA_SUCCESS;
+}
+CUresult cuGraphExecNodeSetParams(CUgraphExec e, CUgraphNode node, CUgraphNodeParams* p) {
+  Node& n = *reinterpret_cast<Node*>(node);
+  if (p->type != n.type) return CUDA_ERROR_INVALID_VALUE;
+  switch (p->type) {
+    case CU_GRAPH_NODE_TYPE_MEMCPY: return cuGraphExecMemcpyNodeSetParams(e, node, &p->memcpy.copyParams, nullptr);
+    case CU_GRAPH_NODE_TYPE_GRAPH: return cuGraphExecChildGraphNodeSetParams(e, node, p->graph.graph);
+    default: return CUDA_ERROR_NOT_SUPPORTED;
+  }
+}
 CUresult cuGraphExecUpdate_v2(CUgraphExec e, CUgraph g, CUgraphExecUpdateResultInfo*) {
   logf("cuGraphExecUpdate");
   reinterpret_cast<Exec*>(e)->graph = reinterpret_cast<Graph*>(g);
   return CUDA_SUCCESS;
 }
-CUresult cuGraphLaunch(CUgraphExec e, CUstream) {
-  logf("cuGraphLaunch");
-  for (auto& n : reinterpret_cast<Exec*>(e)->graph->nodes) {
+void run_graph(const Graph& g) {
+  for (auto& n : g.nodes) {
     if (n->type == CU_GRAPH_NODE_TYPE_KERNEL) {
       logf("graph kernel %s", n->kernel->name);
       n->kernel->run(n->buf.data());
     } else if (n->type == CU_GRAPH_NODE_TYPE_MEMSET) {
       const CUDA_MEMSET_NODE_PARAMS& m = n->memset;
       std::memset(reinterpret_cast<void*>(m.dst), static_cast<int>(m.value), uint64_t{m.width} * m.elementSize);
+    } else if (n->type == CU_GRAPH_NODE_TYPE_MEMCPY) {
+      const CUDA_MEMCPY3D& c = n->memcpy;
+      const void* src = c.srcMemoryType == CU_MEMORYTYPE_HOST ? c.srcHost : reinterpret_cast<const void*>(c.srcDevice);
+      void* dst = c.dstMemoryType == CU_MEMORYTYPE_HOST ? c.dstHost : reinterpret_cast<void*>(c.dstDevice);
+      logf("graph memcpy %zu", static_cast<size_t>(c.WidthInBytes));
+      std::memcpy(dst, src, c.WidthInBytes);
+    } else if (n->type == CU_GRAPH_NODE_TYPE_GRAPH) {
+      run_graph(*n->child);
     }
   }
+}
+CUresult cuGraphLaunch(CUgraphExec e, CUstream) {
+  logf("cuGraphLaunch");
+  run_graph(*reinterpret_cast<Exec*>(e)->graph);
   return CUDA_SUCCESS;
 }
 CUresult cuGraphLaunch_ptsz(CUgraphExec e, CUstream s) { return cuGraphLaunch(e, s); }
@@ -925,6 +995,8 @@ const Proc kProcs[] = {
     P("cuGraphDestroy", 10000, cuGraphDestroy),
     P("cuGraphAddKernelNode", 12000, cuGraphAddKernelNode_v2),
     P("cuGraphAddMemsetNode", 10000, cuGraphAddMemsetNode),
+    P("cuGraphAddMemcpyNode", 10000, cuGraphAddMemcpyNode),
+    P("cuGraphAddChildGraphNode", 10000, cuGraphAddChildGraphNode),
     P("cuGraphAddHostNode", 10000, cuGraphAddHostNode),
     P("cuGraphAddBatchMemOpNode", 11070, cuGraphAddBatchMemOpNode),
     P("cuGraphGetNodes", 10000, cuGraphGetNodes),
@@ -937,7 +1009,10 @@ const Proc kProcs[] = {
     P("cuGraphExecUpdate", 12000, cuGraphExecUpdate_v2),
     P("cuGraphExecKernelNodeSetParams", 12000, cuGraphExecKernelNodeSetParams_v2),
     P("cuGraphExecDestroy", 10000, cuGraphExecDestroy),
-    P("cuGraphExecKernelNodeSetParams", 12000, cuGraphExecKernelNodeSetParams_v2),
+    P("cuGraphExecMemsetNodeSetParams", 10020, cuGraphExecMemsetNodeSetParams),
+    P("cuGraphExecMemcpyNodeSetParams", 10020, cuGraphExecMemcpyNodeSetParams),
+    P("cuGraphExecChildGraphNodeSetParams", 11010, cuGraphExecChildGraphNodeSetParams),
+    P("cuGraphExecNodeSetParams", 12020, cuGraphExecNodeSetParams),
     PS("cuGraphLaunch", 10000, cuGraphLaunch, cuGraphLaunch_ptsz),
 };
 #undef P
