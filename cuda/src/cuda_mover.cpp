@@ -435,6 +435,8 @@ bool CudaMover::advance(Job& j) {
         finish(j, Status::kOk);
         return false;
       }
+      // The store's last slot is a restore's (see "Restores first").
+      if (const size_t cap = io_->capacity(); cap > 1 && spills_in_store_ + 1 >= cap) return false;
       Status s = submit_io(j);
       if (s == Status::kAgain) return false;  // the store's queue is full: again on a later pass
       if (!ok(s)) {
@@ -445,6 +447,7 @@ bool CudaMover::advance(Job& j) {
       give_event(j.copy_ev);
       j.copy_ev = nullptr;
       j.stage = Stage::kStore;
+      ++spills_in_store_;
       return true;
     }
     case Stage::kStore: {
@@ -472,6 +475,7 @@ bool CudaMover::advance(Job& j) {
       }
       staging_free_.push_back(j.staging);
       j.staging = -1;
+      --spills_in_store_;
       if (!ok(s)) {
         mark_unsafe(req, false);  // nothing was discarded: the bytes are still in host RAM
         finish(j, s);
@@ -519,7 +523,11 @@ Status CudaMover::submit_io(Job& j) {
 }
 
 void CudaMover::collect_io(bool block) {
-  if (!io_ || io_inflight_ == 0) return;
+  // Poll even with nothing of ours in flight: the store's queue may be full
+  // of another user's I/O (a publication's writer on this thread), which
+  // only moves on when somebody reaps -- a spill refused with kAgain would
+  // otherwise wait for it forever.
+  if (!io_ || (block && io_inflight_ == 0)) return;
   std::array<StoreCompletion, 32> got;
   size_t n = block ? io_->wait(got) : io_->poll(got);
   while (n > 0) {

@@ -67,8 +67,10 @@
 // The store is driven through its queue (StoreQueue): a spill's write and a
 // restore's read run while the pager thread goes on, up to one per staging
 // slot at once, and a move waits in Stage::kStore for its completion. A spill
-// never takes the last free staging slot, so a restore never waits for the
-// store writes of a parked context: only for its own read.
+// never takes the last free staging slot, nor the last slot of the store's
+// queue (StoreQueue::capacity, when above 1), so a restore never waits for
+// the store writes of a parked context: only for its own read. (Another
+// user of the same store -- a publication -- can still fill its queue.)
 //
 // Moves are batched: everything submitted before the next poll()/wait() is
 // issued together, contiguous chunks of a region as one range, and completes
@@ -110,7 +112,7 @@ struct CudaMoverStats {
   uint64_t fence_refusals = 0;   // spills refused because no fence could be built
   uint64_t driver_errors = 0;
   uint64_t reads = 0;            // HBM/host chunks copied out by read_chunk (publishing)
-  uint64_t store_peak = 0;       // most store reads and writes in flight at once (StoreQueue::in_flight)
+  uint64_t store_peak = 0;       // most store reads and writes submitted and not yet reaped (StoreQueue::in_flight)
   uint64_t store_full = 0;       // submits the store's queue refused as full (retried)
 };
 
@@ -256,6 +258,7 @@ class CudaMover final : public Mover {
   std::byte* staging_ = nullptr;
   std::vector<int> staging_free_;
   uint32_t restores_waiting_ = 0;  // restores queued for a staging slot
+  uint64_t spills_in_store_ = 0;   // spills in Stage::kStore: their writes in the store's queue
   std::vector<CUevent> events_;
   std::deque<Job> jobs_;
   std::deque<MoveCompletion> ready_;

@@ -5,8 +5,13 @@
 // fence, and stays there.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <random>
+#include <thread>
 
 #include "mover_rig.h"
 #include "mover_workload.h"
@@ -444,7 +449,8 @@ class HeldQueue final : public StoreQueue {
     ObjectKey key;
     std::span<std::byte> bytes;
   };
-  HeldQueue(Store& store, size_t depth) : store_(store), depth_(depth) {}
+  // depth: submits past it are refused (kAgain); declared: capacity() says so.
+  HeldQueue(Store& store, size_t depth, bool declared) : store_(store), depth_(depth), declared_(declared) {}
 
   Status submit_put(uint64_t tag, const ObjectKey& key, std::span<const std::byte> bytes) override {
     return hold(Io{tag, true, key, {const_cast<std::byte*>(bytes.data()), bytes.size()}});
@@ -460,6 +466,7 @@ class HeldQueue final : public StoreQueue {
   }
   size_t pending() const override { return held_.size() + done_.size(); }
   size_t in_flight() const override { return held_.size(); }
+  size_t capacity() const override { return declared_ && depth_ != SIZE_MAX ? depth_ : 0; }
 
   size_t held(bool puts) const {
     return static_cast<size_t>(std::count_if(held_.begin(), held_.end(), [&](const Io& io) { return io.put == puts; }));
@@ -490,6 +497,7 @@ class HeldQueue final : public StoreQueue {
 
   Store& store_;
   size_t depth_;
+  bool declared_;
   std::vector<Io> held_;
   std::deque<StoreCompletion> done_;
   size_t peak_ = 0, refused_ = 0;
@@ -498,9 +506,9 @@ class HeldQueue final : public StoreQueue {
 struct HeldRig {
   HeldQueue* queue = nullptr;
   MoverRig rig;
-  explicit HeldRig(Config c, size_t depth = SIZE_MAX)
-      : rig(STANDIN_LIBCUDA, std::move(c), RigStore{0, false, [this, depth](Store& s) {
-                                                      auto q = std::make_unique<HeldQueue>(s, depth);
+  explicit HeldRig(Config c, size_t depth = SIZE_MAX, bool declared = true)
+      : rig(STANDIN_LIBCUDA, std::move(c), RigStore{0, false, [this, depth, declared](Store& s) {
+                                                      auto q = std::make_unique<HeldQueue>(s, depth, declared);
                                                       queue = q.get();
                                                       return q;
                                                     }}) {}
@@ -545,52 +553,59 @@ TEST(CudaMoverOnStandIn, AParkedContextKeepsSeveralStoreWritesInFlightWhileThePa
 
 // A launch that reads a spilled range waits for its restore; the restore
 // must not wait behind the store writes of a parked context: a spill never
-// takes the last free staging slot, so the restore's read goes to the store
-// at once, while every write is still under way.
+// takes the last free staging slot, nor the last slot of the store's queue,
+// so the restore's read goes to the store at once, while every write is
+// still under way. Both limits: a queue deeper than the staging (unlimited
+// here), and one shallower (2: one write at a time, one slot for the read).
 TEST(CudaMoverOnStandIn, ARestoreReadsFromTheStoreWhileAParkedContextsWritesAreUnderWay) {
-  HeldRig h(spilling_config());
-  MoverRig& rig = h.rig;
-  ASSERT_TRUE(rig.ok()) << rig.why;
-  auto small = rig.alloc(128 * KiB, "small");
-  fill(small, 9);
-  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("small"), HintKind::kPark), Status::kOk);
-  rig.pager->drain();
-  ASSERT_EQ(rig.pager->stats().tiers[index(Tier::kNvme)].resident_bytes, small.size);
+  for (size_t depth : {SIZE_MAX, size_t{2}}) {
+    SCOPED_TRACE(depth == SIZE_MAX ? std::string("unlimited queue") : "queue depth " + std::to_string(depth));
+    HeldRig h(spilling_config(), depth);
+    MoverRig& rig = h.rig;
+    ASSERT_TRUE(rig.ok()) << rig.why;
+    auto small = rig.alloc(128 * KiB, "small");
+    fill(small, 9);
+    ASSERT_EQ(rig.pager->hint(rig.pager->find_context("small"), HintKind::kPark), Status::kOk);
+    rig.pager->drain();
+    ASSERT_EQ(rig.pager->stats().tiers[index(Tier::kNvme)].resident_bytes, small.size);
 
-  auto big = rig.alloc(32 * 64 * KiB, "big");
-  fill(big, 4);
-  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("big"), HintKind::kPark), Status::kOk);
-  for (int i = 0; i < 200; ++i) rig.pager->tick();
-  const size_t writing = h.queue->held(true);
-  ASSERT_GE(writing, cuda::CudaMover::kStagingChunks - 1);
+    auto big = rig.alloc(32 * 64 * KiB, "big");
+    fill(big, 4);
+    ASSERT_EQ(rig.pager->hint(rig.pager->find_context("big"), HintKind::kPark), Status::kOk);
+    for (int i = 0; i < 200; ++i) rig.pager->tick();
+    const size_t writing = h.queue->held(true);
+    ASSERT_EQ(writing, std::min<size_t>(cuda::CudaMover::kStagingChunks, depth) - 1);
 
-  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("small"), HintKind::kPrefetch), Status::kOk);
-  for (int i = 0; i < 50 && h.queue->held(false) == 0; ++i) rig.pager->tick();
-  EXPECT_EQ(h.queue->held(false), 1u) << "a restore's read is under way beside the held writes";
-  EXPECT_EQ(h.queue->held(true), writing);
-  auto in_hbm = [&] {
-    const Region* r = rig.pager->region(small.id);
-    return r->chunks[0].tier == Tier::kHbm && r->chunks[1].tier == Tier::kHbm;
-  };
-  for (int i = 0; i < 50 && !in_hbm(); ++i) {
-    h.queue->release(false);  // reads only
-    rig.pager->tick();
+    ASSERT_EQ(rig.pager->hint(rig.pager->find_context("small"), HintKind::kPrefetch), Status::kOk);
+    for (int i = 0; i < 50 && h.queue->held(false) == 0; ++i) rig.pager->tick();
+    EXPECT_EQ(h.queue->held(false), 1u) << "a restore's read is under way beside the held writes";
+    EXPECT_EQ(h.queue->held(true), writing);
+    auto in_hbm = [&] {
+      const Region* r = rig.pager->region(small.id);
+      return r->chunks[0].tier == Tier::kHbm && r->chunks[1].tier == Tier::kHbm;
+    };
+    for (int i = 0; i < 50 && !in_hbm(); ++i) {
+      h.queue->release(false);  // reads only
+      rig.pager->tick();
+    }
+    EXPECT_TRUE(in_hbm());
+    EXPECT_EQ(h.queue->held(true), writing) << "restored while the writes were still held";
+    expect_filled(small, 9);
+
+    h.queue->release(true);
+    rig.pager->drain();
+    ASSERT_EQ(rig.pager->restore(big.id), Status::kOk);
+    expect_filled(big, 4);
+    EXPECT_EQ(rig.pager->audit(), "");
   }
-  EXPECT_TRUE(in_hbm());
-  EXPECT_EQ(h.queue->held(true), writing) << "restored while the writes were still held";
-  expect_filled(small, 9);
-
-  h.queue->release(true);
-  rig.pager->drain();
-  ASSERT_EQ(rig.pager->restore(big.id), Status::kOk);
-  expect_filled(big, 4);
-  EXPECT_EQ(rig.pager->audit(), "");
 }
 
 // A store whose queue is full answers kAgain: the move waits for a later
-// pass (its bytes and its staging slot stay), and nothing is lost.
+// pass (its bytes and its staging slot stay), and nothing is lost. This
+// queue does not declare its depth (capacity 0), so the mover learns it only
+// from the refusals.
 TEST(CudaMoverOnStandIn, AFullStoreQueueIsRetriedAndNothingIsLost) {
-  HeldRig h(spilling_config(), /*depth=*/2);
+  HeldRig h(spilling_config(), /*depth=*/2, /*declared=*/false);
   MoverRig& rig = h.rig;
   ASSERT_TRUE(rig.ok()) << rig.why;
   auto big = rig.alloc(16 * 64 * KiB, "big");
@@ -604,6 +619,46 @@ TEST(CudaMoverOnStandIn, AFullStoreQueueIsRetriedAndNothingIsLost) {
   ASSERT_EQ(rig.pager->restore(big.id), Status::kOk);
   expect_filled(big, 5);
   EXPECT_EQ(rig.total_unsafe.load(), 0u);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+// The store's queue full of somebody else's writes -- a publication's
+// ContextWriter on the pager thread holds every slot -- while a parked
+// context spills: the spills are refused (kAgain) with no I/O of the mover's
+// own in flight, and must still go on as the store's queue drains (the mover
+// reaps it), not spin forever. A watchdog turns a hang into a failure.
+TEST(CudaMoverOnStandIn, SpillsRefusedBehindAnotherWritersFullQueueGoOnWhenItDrains) {
+  Config c = spilling_config();
+  c.store_queue_depth = 2;
+  MoverRig rig(STANDIN_LIBCUDA, c, RigStore{0, true, {}});
+  ASSERT_TRUE(rig.ok()) << rig.why;
+  auto big = rig.alloc(4 * 64 * KiB, "big");
+  fill(big, 1);
+  store::ContextMeta meta;
+  meta.name = "pub";
+  auto w = rig.token->begin_context(meta);
+  ASSERT_TRUE(w);
+  const std::vector<std::byte> chunk(64 * KiB, std::byte{7});
+  ASSERT_EQ(w->append(chunk), Status::kOk);  // two appends: both slots the writer's
+  ASSERT_EQ(w->append(chunk), Status::kOk);
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("big"), HintKind::kPark), Status::kOk);
+  std::atomic<bool> finished{false};
+  std::thread watchdog([&] {
+    for (int i = 0; i < 200 && !finished.load(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    if (!finished.load()) {
+      std::fprintf(stderr, "FAILED: the spills behind the writer's full queue never went on (store_full=%llu)\n",
+                   static_cast<unsigned long long>(rig.mover->stats().store_full));
+      std::_Exit(3);
+    }
+  });
+  rig.pager->drain();
+  finished = true;
+  watchdog.join();
+  EXPECT_GT(rig.mover->stats().store_full, 0u) << "the spills did meet a full queue";
+  EXPECT_EQ(w->commit(), Status::kOk) << "the writer's publication completes too";
+  EXPECT_EQ(rig.pager->stats().tiers[index(Tier::kNvme)].resident_bytes, big.size);
+  ASSERT_EQ(rig.pager->restore(big.id), Status::kOk);
+  expect_filled(big, 1);
   EXPECT_EQ(rig.pager->audit(), "");
 }
 

@@ -65,9 +65,13 @@ class StoreQueue {
   virtual size_t wait(std::span<StoreCompletion> out) = 0;
   // Submitted and not yet handed back.
   virtual size_t pending() const = 0;
-  // Submitted and not yet complete (a completion waiting to be handed back
-  // is not): the queue depth reached.
+  // Submitted and not yet reaped from the device (one the device finished
+  // but nobody reaped yet still counts; one waiting to be handed back does
+  // not).
   virtual size_t in_flight() const = 0;
+  // The most that may be in flight at once, whoever submitted them (0: no
+  // limit of its own): past it, submits answer kAgain.
+  virtual size_t capacity() const = 0;
 };
 
 // Moves completions from the front of `done` into out; returns how many.
@@ -99,6 +103,7 @@ class BlockingStoreQueue final : public StoreQueue {
   size_t wait(std::span<StoreCompletion> out) override { return poll(out); }
   size_t pending() const override { return done_.size(); }
   size_t in_flight() const override { return 0; }  // each one is done within its submit
+  size_t capacity() const override { return 0; }
 
  private:
   Store& store_;

@@ -212,7 +212,7 @@ class TokenStore final : public Store {
   size_t poll(std::span<Completion> out);
   size_t wait(std::span<Completion> out);  // blocks for at least one; 0 if nothing is pending
   size_t pending() const { return inflight_user_ + ready_.size(); }
-  size_t in_flight() const { return inflight_user_; }  // submitted, not yet complete
+  size_t in_flight() const { return inflight_user_; }  // submitted, not yet reaped
 
   // --- contexts ---
   // Streams a context in: append() chunks, then commit() publishes the

@@ -30,6 +30,7 @@ class TokenStoreQueue final : public StoreQueue {
   size_t wait(std::span<StoreCompletion> out) override { return take(out, true); }
   size_t pending() const override { return store_.pending(); }
   size_t in_flight() const override { return store_.in_flight(); }
+  size_t capacity() const override { return store_.options().queue_depth; }
 
  private:
   size_t take(std::span<StoreCompletion> out, bool block) {
