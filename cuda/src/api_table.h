@@ -33,11 +33,13 @@ inline constexpr int kNoMax = 1 << 30;
   X(kGraphInstantiateWithFlags, PFN_cuGraphInstantiateWithFlags_v11040, "cuGraphInstantiateWithFlags", 11040, kNoMax) \
   X(kGraphInstantiateWithParams, PFN_cuGraphInstantiateWithParams_v12000, "cuGraphInstantiateWithParams", 12000, kNoMax) \
   X(kGraphExecDestroy, PFN_cuGraphExecDestroy_v10000, "cuGraphExecDestroy", 10000, kNoMax)             \
+  X(kGraphExecKernelNodeSetParams1, PFN_cuGraphExecKernelNodeSetParams_v10010, "cuGraphExecKernelNodeSetParams", 10010, 12000) \
   X(kGraphExecKernelNodeSetParams, PFN_cuGraphExecKernelNodeSetParams_v12000, "cuGraphExecKernelNodeSetParams", 12000, kNoMax) \
   X(kGraphExecMemcpyNodeSetParams, PFN_cuGraphExecMemcpyNodeSetParams_v10020, "cuGraphExecMemcpyNodeSetParams", 10020, kNoMax) \
   X(kGraphExecMemsetNodeSetParams, PFN_cuGraphExecMemsetNodeSetParams_v10020, "cuGraphExecMemsetNodeSetParams", 10020, kNoMax) \
   X(kGraphExecChildGraphNodeSetParams, PFN_cuGraphExecChildGraphNodeSetParams_v11010, "cuGraphExecChildGraphNodeSetParams", 11010, kNoMax) \
   X(kGraphExecNodeSetParams, PFN_cuGraphExecNodeSetParams_v12020, "cuGraphExecNodeSetParams", 12020, kNoMax) \
+  X(kGraphExecUpdate1, PFN_cuGraphExecUpdate_v10020, "cuGraphExecUpdate", 10020, 12000)                \
   X(kGraphExecUpdate, PFN_cuGraphExecUpdate_v12000, "cuGraphExecUpdate", 12000, kNoMax)                \
   X(kModuleUnload, PFN_cuModuleUnload_v2000, "cuModuleUnload", 2000, kNoMax)                           \
   X(kLibraryUnload, PFN_cuLibraryUnload_v12000, "cuLibraryUnload", 12000, kNoMax)                      \
@@ -107,11 +109,13 @@ inline constexpr int kNoMax = 1 << 30;
   E(cuGraphInstantiateWithParams, kGraphInstantiateWithParams, 0)                                       \
   E(cuGraphInstantiateWithParams_ptsz, kGraphInstantiateWithParams, 1)                                  \
   E(cuGraphExecDestroy, kGraphExecDestroy, 0)                                                           \
+  E(cuGraphExecKernelNodeSetParams, kGraphExecKernelNodeSetParams1, 0)                                  \
   E(cuGraphExecKernelNodeSetParams_v2, kGraphExecKernelNodeSetParams, 0)                                \
   E(cuGraphExecMemcpyNodeSetParams, kGraphExecMemcpyNodeSetParams, 0)                                   \
   E(cuGraphExecMemsetNodeSetParams, kGraphExecMemsetNodeSetParams, 0)                                   \
   E(cuGraphExecChildGraphNodeSetParams, kGraphExecChildGraphNodeSetParams, 0)                           \
   E(cuGraphExecNodeSetParams, kGraphExecNodeSetParams, 0)                                               \
+  E(cuGraphExecUpdate, kGraphExecUpdate1, 0)                                                             \
   E(cuGraphExecUpdate_v2, kGraphExecUpdate, 0)                                                          \
   E(cuModuleUnload, kModuleUnload, 0)                                                                   \
   E(cuLibraryUnload, kLibraryUnload, 0)                                                                 \

@@ -629,18 +629,25 @@ struct Body<Api::kGraphExecDestroy> {
 // Changes to one node of an executable graph: the node's new parameters are
 // scanned (node_changed), so its launches restore what it reads now, and no
 // longer what it read before.
-template <>
-struct Body<Api::kGraphExecKernelNodeSetParams> {
+// A kernel node, in the CUDA 12 form or the CUDA 11 one (a program built
+// against cudart 11 asks for version 10010: unhooked, its changes would leave
+// the executable restoring what the node read before).
+template <typename P>
+struct KernelNodeChanged {
   template <int V, typename R>
-  static CUresult call(R real, CUgraphExec exec, CUgraphNode node, const CUDA_KERNEL_NODE_PARAMS* p) {
+  static CUresult call(R real, CUgraphExec exec, CUgraphNode node, const P* p) {
     CUresult r = real(exec, node, p);
     if (r == CUDA_SUCCESS)
       node_changed(exec, node, [&](Runtime& rt, std::vector<GraphRef>& out) {
-        return p && scan_kernel_node(rt.layouts(), *p, node, out);
+        return p && scan_kernel_node(rt.layouts(), kernel_params(*p), node, out);
       });
     return r;
   }
 };
+template <>
+struct Body<Api::kGraphExecKernelNodeSetParams> : KernelNodeChanged<CUDA_KERNEL_NODE_PARAMS> {};
+template <>
+struct Body<Api::kGraphExecKernelNodeSetParams1> : KernelNodeChanged<CUDA_KERNEL_NODE_PARAMS_v1> {};
 // A copy or memset node: its parameters and a context.
 template <typename P, void (*Scan)(const P&, CUgraphNode, std::vector<GraphRef>&)>
 struct RangeNodeChanged {
@@ -695,6 +702,8 @@ struct Body<Api::kGraphExecUpdate> {
     return r;
   }
 };
+template <>
+struct Body<Api::kGraphExecUpdate1> : Body<Api::kGraphExecUpdate> {};  // the CUDA 11 form
 
 // Unloading code: function handles may be reused for other kernels.
 struct CodeUnloaded {

@@ -191,6 +191,23 @@ bool scan_kernel_node(const ParamLayouts& layouts, const CUDA_KERNEL_NODE_PARAMS
   return true;
 }
 
+CUDA_KERNEL_NODE_PARAMS kernel_params(const CUDA_KERNEL_NODE_PARAMS_v1& p) {
+  CUDA_KERNEL_NODE_PARAMS kp{};
+  kp.func = p.func;
+  kp.kernelParams = p.kernelParams;
+  kp.extra = p.extra;
+  return kp;
+}
+
+CUDA_KERNEL_NODE_PARAMS kernel_params(const CUDA_KERNEL_NODE_PARAMS_v3& p) {
+  CUDA_KERNEL_NODE_PARAMS kp{};
+  kp.func = p.func;
+  kp.kernelParams = p.kernelParams;
+  kp.extra = p.extra;
+  kp.kern = p.kern;
+  return kp;
+}
+
 void scan_memcpy_node(const CUDA_MEMCPY3D& p, CUgraphNode node, std::vector<GraphRef>& out) {
   uint64_t lo = 0, hi = 0;
   if (copy_range(p, true, &lo, &hi)) out.push_back(GraphRef{lo, hi, false, node});
@@ -294,15 +311,8 @@ bool scan_child_graph(const Driver& d, const ParamLayouts& layouts, CUgraph chil
 bool scan_node_params(const Driver& d, const ParamLayouts& layouts, const CUgraphNodeParams& p, CUgraphNode node,
                       std::vector<GraphRef>& out) {
   switch (p.type) {
-    case CU_GRAPH_NODE_TYPE_KERNEL: {
-      const CUDA_KERNEL_NODE_PARAMS_v3& k = p.kernel;
-      CUDA_KERNEL_NODE_PARAMS kp{};
-      kp.func = k.func;
-      kp.kernelParams = k.kernelParams;
-      kp.extra = k.extra;
-      kp.kern = k.kern;
-      return scan_kernel_node(layouts, kp, node, out);
-    }
+    case CU_GRAPH_NODE_TYPE_KERNEL:
+      return scan_kernel_node(layouts, kernel_params(p.kernel), node, out);
     case CU_GRAPH_NODE_TYPE_MEMCPY:
       scan_memcpy_node(p.memcpy.copyParams, node, out);
       return true;

@@ -133,6 +133,12 @@ struct GraphRef {
 bool scan_graph(const Driver& d, const ParamLayouts& layouts, CUgraph g, std::vector<GraphRef>& out,
                 std::vector<CUgraphNode>* own_nodes = nullptr);
 
+// A kernel node's parameters in the form scan_kernel_node reads (the CUDA 11
+// form and the generic call's carry the same fields that matter).
+inline const CUDA_KERNEL_NODE_PARAMS& kernel_params(const CUDA_KERNEL_NODE_PARAMS& p) { return p; }
+CUDA_KERNEL_NODE_PARAMS kernel_params(const CUDA_KERNEL_NODE_PARAMS_v1& p);
+CUDA_KERNEL_NODE_PARAMS kernel_params(const CUDA_KERNEL_NODE_PARAMS_v3& p);
+
 // One node's references, as `node`'s, from the parameters an executable is
 // given for it (cuGraphExec*NodeSetParams). false if they cannot be listed.
 bool scan_kernel_node(const ParamLayouts& layouts, const CUDA_KERNEL_NODE_PARAMS& p, CUgraphNode node,

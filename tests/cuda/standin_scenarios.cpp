@@ -700,6 +700,58 @@ TEST(StandIn, AKernelNodeGivenNewParametersIsScannedForThem) {
   EXPECT_EQ(stats().context("one", "nvme"), 8 * kMiB) << "what the node no longer reads stays in the store";
 }
 
+// A program built against cudart 11 asks for the CUDA 11 forms of
+// cuGraphExecKernelNodeSetParams (10010) and cuGraphExecUpdate (10020): its
+// changes must be scanned as the CUDA 12 forms' are, or its launches restore
+// what the graph read before and read the new data spilled.
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
+TEST(StandIn, GraphChangesThroughTheCuda11EntryPointsAreScannedToo) {
+  Program p;
+  auto [r1, r2, r3] = three_contexts(p);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  GraphApi api(p);
+  PFN_cuGraphExecKernelNodeSetParams_v10010 set_kernel_v1 = nullptr;
+  PFN_cuGraphExecUpdate_v10020 update_v1 = nullptr;
+  p.get(set_kernel_v1, "cuGraphExecKernelNodeSetParams", 11080);
+  p.get(update_v1, "cuGraphExecUpdate", 11080);
+  ASSERT_TRUE(set_kernel_v1 && update_v1);
+  uint64_t bad_a = UINT64_MAX, bad_b = UINT64_MAX;
+  uint64_t *out_a = &bad_a, *out_b = &bad_b;
+  uint64_t len = 4 * kMiB;
+  uint32_t seed1 = 6, seed2 = 7, seed3 = 8;
+  // A graph of one node checking the first 4 MiB of `ptr` against `seed`.
+  auto checking = [&](CUdeviceptr& ptr, uint32_t& seed, uint64_t*& out, CUgraphNode* node) {
+    CUgraph g = nullptr;
+    EXPECT_EQ(api.create(&g, 0), CUDA_SUCCESS);
+    void* args[] = {&ptr, &len, &seed, &out};
+    CUDA_KERNEL_NODE_PARAMS kp{};
+    kp.func = p.kernel("check");
+    kp.kernelParams = args;
+    EXPECT_EQ(api.add_kernel(node, g, nullptr, 0, &kp), CUDA_SUCCESS);  // copies the arguments
+    return g;
+  };
+  CUgraphNode node_a = nullptr, unused = nullptr;
+  CUgraphExec exec_a = nullptr, exec_b = nullptr;
+  ASSERT_EQ(api.instantiate(&exec_a, checking(r1, seed1, out_a, &node_a), 0), CUDA_SUCCESS);
+  ASSERT_EQ(api.instantiate(&exec_b, checking(r1, seed1, out_b, &unused), 0), CUDA_SUCCESS);
+  void* args2[] = {&r2, &len, &seed2, &out_a};
+  CUDA_KERNEL_NODE_PARAMS_v1 kp1{};
+  kp1.func = p.kernel("check");
+  kp1.kernelParams = args2;
+  ASSERT_EQ(set_kernel_v1(exec_a, node_a, &kp1), CUDA_SUCCESS);  // exec_a now checks r2
+  CUgraphNode error_node = nullptr;
+  CUgraphExecUpdateResult result{};
+  ASSERT_EQ(update_v1(exec_b, checking(r3, seed3, out_b, &unused), &error_node, &result), CUDA_SUCCESS);  // r3
+  park_three_until_spilled();
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  ASSERT_EQ(api.launch(exec_a, nullptr), CUDA_SUCCESS);
+  ASSERT_EQ(api.launch(exec_b, nullptr), CUDA_SUCCESS);
+  EXPECT_EQ(bad_a, 0u) << "r2 was read spilled after the CUDA 11 kernel node change";
+  EXPECT_EQ(bad_b, 0u) << "r3 was read spilled after the CUDA 11 update";
+  EXPECT_EQ(stats().num("launches_unscannable"), 0u) << "the changes were scanned";
+  EXPECT_EQ(stats().context("one", "nvme"), 8 * kMiB) << "what the graphs no longer read stays in the store";
+}
+
 // Copy and memset nodes of an executable given new parameters: the launch
 // restores what they touch now (and not what they touched before), rather
 // than counting the graph unscannable and restoring everything.

@@ -58,6 +58,7 @@ const Scenario kScenarios[] = {
      {"KVPAGER_CHUNK_SIZE=64K", "KVPAGER_HOST_CAPACITY=64K", "KVPAGER_SPILL_IDLE=1h"}},
     {"AnUpdatedGraphIsScannedForItsNewParameters", kSpills},
     {"AKernelNodeGivenNewParametersIsScannedForThem", kSpills},
+    {"GraphChangesThroughTheCuda11EntryPointsAreScannedToo", kSpills},
     {"CopyAndMemsetNodesGivenNewParametersAreScannedForThem", kSpills},
     {"AChildGraphAndANodeChangedByTheGenericCallAreScannedForTheirNewParameters", kSpills},
     {"ALaunchThatCannotBeScannedRestoresEverything", with(kSpills, {"CUDA_STANDIN_NO_PARAM_INFO=1"})},

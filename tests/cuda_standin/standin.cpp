@@ -875,6 +875,22 @@ CUresult cuGraphExecNodeSetParams(CUgraphExec e, CUgraphNode node, CUgraphNodePa
     default: return CUDA_ERROR_NOT_SUPPORTED;
   }
 }
+// The CUDA 11 forms (what a program built against cudart 11 gets for
+// version 10010 / 10020): the same, in the older structures. Their C names
+// are the plain ones, which cuda.h maps to the _v2 forms.
+static CUresult graph_exec_kernel_node_set_params_v1(CUgraphExec, CUgraphNode node, const CUDA_KERNEL_NODE_PARAMS_v1* p) {
+  CUDA_KERNEL_NODE_PARAMS v2{};
+  v2.func = p->func;
+  v2.kernelParams = p->kernelParams;
+  v2.extra = p->extra;
+  set_kernel_params(*reinterpret_cast<Node*>(node), v2);
+  return CUDA_SUCCESS;
+}
+static CUresult graph_exec_update_v1(CUgraphExec e, CUgraph g, CUgraphNode*, CUgraphExecUpdateResult*) {
+  logf("cuGraphExecUpdate (v1)");
+  reinterpret_cast<Exec*>(e)->graph = reinterpret_cast<Graph*>(g);
+  return CUDA_SUCCESS;
+}
 CUresult cuGraphExecUpdate_v2(CUgraphExec e, CUgraph g, CUgraphExecUpdateResultInfo*) {
   logf("cuGraphExecUpdate");
   reinterpret_cast<Exec*>(e)->graph = reinterpret_cast<Graph*>(g);
@@ -1006,7 +1022,9 @@ const Proc kProcs[] = {
     P("cuGraphMemcpyNodeGetParams", 10000, cuGraphMemcpyNodeGetParams),
     P("cuGraphChildGraphNodeGetGraph", 10000, cuGraphChildGraphNodeGetGraph),
     P("cuGraphInstantiateWithFlags", 11040, cuGraphInstantiateWithFlags),
+    P("cuGraphExecUpdate", 10020, graph_exec_update_v1),
     P("cuGraphExecUpdate", 12000, cuGraphExecUpdate_v2),
+    P("cuGraphExecKernelNodeSetParams", 10010, graph_exec_kernel_node_set_params_v1),
     P("cuGraphExecKernelNodeSetParams", 12000, cuGraphExecKernelNodeSetParams_v2),
     P("cuGraphExecDestroy", 10000, cuGraphExecDestroy),
     P("cuGraphExecMemsetNodeSetParams", 10020, cuGraphExecMemsetNodeSetParams),
