@@ -191,19 +191,21 @@ bool scan_kernel_node(const ParamLayouts& layouts, const CUDA_KERNEL_NODE_PARAMS
   return true;
 }
 
-CUDA_KERNEL_NODE_PARAMS kernel_params(const CUDA_KERNEL_NODE_PARAMS_v1& p) {
+namespace {
+template <typename P>
+CUDA_KERNEL_NODE_PARAMS what_a_scan_reads(const P& p) {
   CUDA_KERNEL_NODE_PARAMS kp{};
   kp.func = p.func;
   kp.kernelParams = p.kernelParams;
   kp.extra = p.extra;
   return kp;
 }
+}  // namespace
+
+CUDA_KERNEL_NODE_PARAMS kernel_params(const CUDA_KERNEL_NODE_PARAMS_v1& p) { return what_a_scan_reads(p); }
 
 CUDA_KERNEL_NODE_PARAMS kernel_params(const CUDA_KERNEL_NODE_PARAMS_v3& p) {
-  CUDA_KERNEL_NODE_PARAMS kp{};
-  kp.func = p.func;
-  kp.kernelParams = p.kernelParams;
-  kp.extra = p.extra;
+  CUDA_KERNEL_NODE_PARAMS kp = what_a_scan_reads(p);
   kp.kern = p.kern;
   return kp;
 }
