@@ -97,6 +97,7 @@ bool Driver::load(void* libcuda, std::string* why) {
   get(graphMemcpyNodeGetParams, "cuGraphMemcpyNodeGetParams", 10000, false);
   get(graphMemsetNodeGetParams, "cuGraphMemsetNodeGetParams", 10000, false);
   get(graphChildGraphNodeGetGraph, "cuGraphChildGraphNodeGetGraph", 10000, false);
+  get(graphKernelNodeGetAttribute, "cuGraphKernelNodeGetAttribute", 11000, false);
   if (!complete && why) *why = fmt::format("driver {} lacks {}", version, missing);
   return complete;
 }

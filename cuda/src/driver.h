@@ -58,6 +58,7 @@ struct Driver {
   PFN_cuGraphMemcpyNodeGetParams_v10000 graphMemcpyNodeGetParams = nullptr;
   PFN_cuGraphMemsetNodeGetParams_v10000 graphMemsetNodeGetParams = nullptr;
   PFN_cuGraphChildGraphNodeGetGraph_v10000 graphChildGraphNodeGetGraph = nullptr;
+  PFN_cuGraphKernelNodeGetAttribute_v11000 graphKernelNodeGetAttribute = nullptr;  // device-updatable nodes
 
   // Resolves every entry point from an already opened libcuda. Returns false
   // (and *why says which required one is missing) if the driver is too old.

@@ -226,6 +226,18 @@ void scan_memset(const P& p, CUgraphNode node, std::vector<GraphRef>& out) {
   out.push_back(GraphRef{p.dst, p.dst + (rows - 1) * (p.pitch ? p.pitch : row) + row, false, node});
 }
 
+// A kernel node whose parameters the GPU itself may rewrite
+// (CU_LAUNCH_ATTRIBUTE_DEVICE_UPDATABLE_KERNEL_NODE, CUDA 12.4: another kernel
+// calls cudaGraphKernelNodeUpdatesApply): what it reads cannot be listed on
+// the host. A driver that does not know the attribute has no such nodes.
+bool device_updatable(const Driver& d, CUgraphNode node) {
+  if (!d.graphKernelNodeGetAttribute) return false;
+  CUkernelNodeAttrValue v{};
+  if (d.graphKernelNodeGetAttribute(node, CU_LAUNCH_ATTRIBUTE_DEVICE_UPDATABLE_KERNEL_NODE, &v) != CUDA_SUCCESS)
+    return false;
+  return v.deviceUpdatableKernelNode.deviceUpdatable != 0;
+}
+
 // Node types that read and write no memory the pager manages.
 bool touches_nothing(CUgraphNodeType type) {
   switch (type) {
@@ -267,7 +279,7 @@ bool scan_nodes(const Driver& d, const ParamLayouts& layouts, CUgraph g, std::ve
       case CU_GRAPH_NODE_TYPE_KERNEL: {
         CUDA_KERNEL_NODE_PARAMS p{};
         if (!d.graphKernelNodeGetParams || d.graphKernelNodeGetParams(node, &p) != CUDA_SUCCESS) return false;
-        if (!scan_kernel_node(layouts, p, as, out)) return false;
+        if (device_updatable(d, node) || !scan_kernel_node(layouts, p, as, out)) return false;
         break;
       }
       case CU_GRAPH_NODE_TYPE_MEMCPY: {

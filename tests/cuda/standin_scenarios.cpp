@@ -752,6 +752,44 @@ TEST(StandIn, GraphChangesThroughTheCuda11EntryPointsAreScannedToo) {
   EXPECT_EQ(stats().context("one", "nvme"), 8 * kMiB) << "what the graphs no longer read stays in the store";
 }
 
+// A kernel node the GPU may give new parameters itself (device-updatable,
+// CUDA 12.4): no host call tells us what it reads next, so its graph's
+// launches read everything -- every spilled context is restored first.
+// Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
+TEST(StandIn, AGraphWithADeviceUpdatableKernelNodeRestoresEverythingBeforeItsLaunch) {
+  Program p;
+  auto [r1, r2, r3] = three_contexts(p);
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  GraphApi api(p);
+  PFN_cuGraphKernelNodeSetAttribute_v11000 set_attribute = nullptr;
+  p.get(set_attribute, "cuGraphKernelNodeSetAttribute", 11000);
+  ASSERT_TRUE(set_attribute);
+  uint64_t bad = UINT64_MAX;
+  uint64_t* out = &bad;
+  uint64_t len = 8 * kMiB;
+  uint32_t seed = 6;
+  void* args[] = {&r1, &len, &seed, &out};
+  CUDA_KERNEL_NODE_PARAMS kp{};
+  kp.func = p.kernel("check");
+  kp.kernelParams = args;
+  CUgraph g = nullptr;
+  CUgraphNode node = nullptr;
+  ASSERT_EQ(api.create(&g, 0), CUDA_SUCCESS);
+  ASSERT_EQ(api.add_kernel(&node, g, nullptr, 0, &kp), CUDA_SUCCESS);
+  CUkernelNodeAttrValue v{};
+  v.deviceUpdatableKernelNode.deviceUpdatable = 1;
+  ASSERT_EQ(set_attribute(node, CU_LAUNCH_ATTRIBUTE_DEVICE_UPDATABLE_KERNEL_NODE, &v), CUDA_SUCCESS);
+  CUgraphExec exec = nullptr;
+  ASSERT_EQ(api.instantiate(&exec, g, 0), CUDA_SUCCESS);
+  park_three_until_spilled();
+  ASSERT_FALSE(::testing::Test::HasFailure());
+  ASSERT_EQ(api.launch(exec, nullptr), CUDA_SUCCESS);
+  EXPECT_EQ(bad, 0u);
+  EXPECT_EQ(stats().num("unsafe_chunks"), 0u) << "every spilled context was restored: the node may read any";
+  EXPECT_GE(stats().num("launches_unscannable"), 1u);
+  EXPECT_EQ(Program::host_mismatches(r2, 8 * kMiB, 7) + Program::host_mismatches(r3, 4 * kMiB, 8), 0u);
+}
+
 // Copy and memset nodes of an executable given new parameters: the launch
 // restores what they touch now (and not what they touched before), rather
 // than counting the graph unscannable and restoring everything.

@@ -59,6 +59,7 @@ const Scenario kScenarios[] = {
     {"AnUpdatedGraphIsScannedForItsNewParameters", kSpills},
     {"AKernelNodeGivenNewParametersIsScannedForThem", kSpills},
     {"GraphChangesThroughTheCuda11EntryPointsAreScannedToo", kSpills},
+    {"AGraphWithADeviceUpdatableKernelNodeRestoresEverythingBeforeItsLaunch", kSpills},
     {"CopyAndMemsetNodesGivenNewParametersAreScannedForThem", kSpills},
     {"AChildGraphAndANodeChangedByTheGenericCallAreScannedForTheirNewParameters", kSpills},
     {"ALaunchThatCannotBeScannedRestoresEverything", with(kSpills, {"CUDA_STANDIN_NO_PARAM_INFO=1"})},

@@ -297,6 +297,7 @@ struct Node {
   CUDA_MEMSET_NODE_PARAMS memset{};
   CUDA_MEMCPY3D memcpy{};  // 1D only: WidthInBytes from src to dst
   Graph* child = nullptr;  // the caller's graph (the driver would clone it)
+  bool device_updatable = false;
 };
 struct Graph {
   std::vector<std::unique_ptr<Node>> nodes;
@@ -800,6 +801,22 @@ CUresult cuGraphKernelNodeGetParams_v2(CUgraphNode node, CUDA_KERNEL_NODE_PARAMS
   p->kernelParams = n.param_ptrs.data();
   return CUDA_SUCCESS;
 }
+// Only the device-updatable attribute (an unknown one: what an old driver says).
+CUresult cuGraphKernelNodeGetAttribute(CUgraphNode node, CUkernelNodeAttrID attr, CUkernelNodeAttrValue* v) {
+  Node& n = *reinterpret_cast<Node*>(node);
+  if (n.type != CU_GRAPH_NODE_TYPE_KERNEL || attr != CU_LAUNCH_ATTRIBUTE_DEVICE_UPDATABLE_KERNEL_NODE)
+    return CUDA_ERROR_INVALID_VALUE;
+  std::memset(v, 0, sizeof *v);
+  v->deviceUpdatableKernelNode.deviceUpdatable = n.device_updatable ? 1 : 0;
+  return CUDA_SUCCESS;
+}
+CUresult cuGraphKernelNodeSetAttribute(CUgraphNode node, CUkernelNodeAttrID attr, const CUkernelNodeAttrValue* v) {
+  Node& n = *reinterpret_cast<Node*>(node);
+  if (n.type != CU_GRAPH_NODE_TYPE_KERNEL || attr != CU_LAUNCH_ATTRIBUTE_DEVICE_UPDATABLE_KERNEL_NODE)
+    return CUDA_ERROR_INVALID_VALUE;
+  n.device_updatable = v->deviceUpdatableKernelNode.deviceUpdatable != 0;
+  return CUDA_SUCCESS;
+}
 CUresult cuGraphMemsetNodeGetParams(CUgraphNode node, CUDA_MEMSET_NODE_PARAMS* p) {
   *p = reinterpret_cast<Node*>(node)->memset;
   return CUDA_SUCCESS;
@@ -1019,6 +1036,8 @@ const Proc kProcs[] = {
     P("cuGraphNodeGetType", 10000, cuGraphNodeGetType),
     P("cuGraphKernelNodeGetParams", 12000, cuGraphKernelNodeGetParams_v2),
     P("cuGraphMemsetNodeGetParams", 10000, cuGraphMemsetNodeGetParams),
+    P("cuGraphKernelNodeGetAttribute", 11000, cuGraphKernelNodeGetAttribute),
+    P("cuGraphKernelNodeSetAttribute", 11000, cuGraphKernelNodeSetAttribute),
     P("cuGraphMemcpyNodeGetParams", 10000, cuGraphMemcpyNodeGetParams),
     P("cuGraphChildGraphNodeGetGraph", 10000, cuGraphChildGraphNodeGetGraph),
     P("cuGraphInstantiateWithFlags", 11040, cuGraphInstantiateWithFlags),
