@@ -21,8 +21,10 @@ struct LaunchRef {
 // What one launch, copy or memset referenced: one entry per region the pager
 // counts whole (any pointer into it stands for all of it), one per chunk of a
 // region it counts chunk by chunk (Pager::reference). Wide kernels (MoE
-// scales, block tables) pass a dozen regions; what does not fit is counted
-// (Runtime's refs_dropped) and looks idle to the pager.
+// scales, block tables) pass a dozen regions, a replayed graph dozens: an
+// operation posts up to Scanner::kEventsPerOp events, the first with its
+// kernel, the rest (kernel 0) with more references. What does not fit even
+// then is counted (Runtime's refs_dropped) and looks idle to the pager.
 struct LaunchEvent {
   static constexpr uint32_t kRefs = 16;
   uint64_t kernel = 0;  // function handle, or 0 for a copy or memset

@@ -282,10 +282,18 @@ void Scanner::hit(const MapItem& it, uint64_t offset) {
   // restores are decided by check(), not by what is recorded here.)
   const bool whole = it.end - it.base <= whole_bytes_;
   const auto chunk = static_cast<uint32_t>(std::min<uint64_t>(offset >> chunk_shift_, UINT32_MAX));
-  for (uint32_t k = 0; k < ev_.n; ++k)
-    if (ev_.refs[k].slot == it.slot && (whole || ev_.refs[k].chunk == chunk)) return;
-  if (ev_.n < LaunchEvent::kRefs) ev_.refs[ev_.n++] = LaunchRef{it.slot, it.gen, chunk};
-  else ++refs_dropped_;
+  for (uint32_t e = 0; e < n_ev_; ++e)
+    for (uint32_t k = 0; k < ev_[e].n; ++k)
+      if (ev_[e].refs[k].slot == it.slot && (whole || ev_[e].refs[k].chunk == chunk)) return;
+  if (ev_[n_ev_ - 1].n == LaunchEvent::kRefs) {
+    if (n_ev_ == kEventsPerOp) {
+      ++refs_dropped_;
+      return;
+    }
+    ++n_ev_;  // a continuation (kernel 0)
+  }
+  LaunchEvent& ev = ev_[n_ev_ - 1];
+  ev.refs[ev.n++] = LaunchRef{it.slot, it.gen, chunk};
 }
 
 void Scanner::check(const MapItem& it, bool direct) {
@@ -348,7 +356,8 @@ void Scanner::everything() {
 void Scanner::publish() {
   if (!touched_) return;
   rt_.streams().note(stream_);
-  if (ev_.n) rt_.post(ev_);
+  for (uint32_t e = 0; e < n_ev_; ++e)
+    if (ev_[e].n) rt_.post(ev_[e]);
   if (refs_dropped_) rt_.note_refs_dropped(refs_dropped_);
 }
 

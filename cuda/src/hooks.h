@@ -18,6 +18,9 @@ class Runtime;
 class Scanner {
  public:
   static constexpr size_t kRestoreSlots = 16;
+  // Launch events one operation may post: 16 x 16 references (a replayed
+  // decode graph names dozens of regions); more are counted in refs_dropped.
+  static constexpr uint32_t kEventsPerOp = 16;
 
   Scanner(Runtime& rt, const RegionMap::Snapshot& snap);
   // A kernel parameter word: if it points into a managed allocation, the
@@ -31,7 +34,7 @@ class Scanner {
   // at exit it turns null while other threads may still be launching.)
   Runtime& runtime() const { return rt_; }
   void stream(CUstream s) { stream_ = s; }
-  void kernel(uint64_t k) { ev_.kernel = k; }
+  void kernel(uint64_t k) { ev_[0].kernel = k; }
   // Set on rescans after a restore (counters count an operation once).
   void rescan() { rescan_ = true; }
   bool first_scan() const { return !rescan_; }
@@ -41,7 +44,7 @@ class Scanner {
   const uint32_t* restore_slots() const { return slots_; }
   const uint32_t* restore_gens() const { return gens_; }
   size_t restore_count() const { return n_restore_; }
-  // Notes the stream and posts the launch event (call once the operation may go).
+  // Notes the stream and posts the launch events (call once the operation may go).
   void publish();
 
  private:
@@ -54,13 +57,16 @@ class Scanner {
   bool any_unsafe_;
   uint64_t whole_bytes_;  // regions up to this size count whole (Pager::whole_reference_bytes)
   unsigned chunk_shift_;  // log2 of the chunk size
-  uint32_t refs_dropped_ = 0;  // references that found the event full
+  uint32_t refs_dropped_ = 0;  // references that found every event full
   bool touched_ = false;
   bool rescan_ = false;
   bool need_restore_ = false;
   bool restore_all_ = false;
   CUstream stream_ = nullptr;
-  LaunchEvent ev_;
+  // ev_[0] carries the kernel; the others continue it with more references
+  // (kernel 0: the launch correlation keeps the first event's regions).
+  LaunchEvent ev_[kEventsPerOp];
+  uint32_t n_ev_ = 1;
   uint32_t slots_[kRestoreSlots];
   uint32_t gens_[kRestoreSlots];
   size_t n_restore_ = 0;

@@ -295,30 +295,24 @@ TEST(StandIn, EveryRegionAWideKernelPointsIntoIsUsed) {
   EXPECT_EQ(stats().num("refs_dropped"), 0u);
 }
 
-// More regions than a launch event holds (16): the ones that do not fit are
-// counted, not lost silently. Slices of a region that counts whole do not
-// take entries of their own, so they are not dropped either.
-std::string run_kvpager(const std::vector<std::string>& args, int* status);  // below
-
-// Env: STANDIN_KVPAGER_BIN, KVPAGER_RUNTIME_DIR (private).
-TEST(StandIn, ALaunchNamingMoreRegionsThanItsEventHoldsCountsTheRest) {
+// More regions than a launch event holds (16): the launch posts a second
+// event and the pager sees every one of them (a region left out would look
+// idle and be demoted, then spilled, while the kernel keeps reading it).
+// Slices of a region that counts whole take no entries of their own.
+// Env: defaults.
+TEST(StandIn, ALaunchNamingMoreRegionsThanOneEventHoldsReferencesEveryOne) {
   Program p;
   std::vector<CUdeviceptr> regions;
   for (int i = 0; i < 18; ++i) regions.push_back(p.must_alloc(4 * kMiB));
   std::vector<CUdeviceptr> args = {regions[0], regions[0] + 3 * kMiB};  // two slices (chunks) of one
   args.insert(args.end(), regions.begin() + 1, regions.end());
   ASSERT_EQ(args.size(), 19u);
+  ASSERT_TRUE(eventually([] { return stats().num("pager.regions") == 18; }));
+  const uint64_t before = stats().num("pager.accesses");
   ASSERT_EQ(launch_wide(p, args), CUDA_SUCCESS);
-  EXPECT_EQ(stats().num("refs_dropped"), 2u) << "18 regions, 16 entries";
-  ASSERT_EQ(launch_wide(p, {regions[0], regions[1]}), CUDA_SUCCESS);
-  EXPECT_EQ(stats().num("refs_dropped"), 2u) << "a launch that fits drops nothing";
-  // and `kvpager status` says so in words.
-  int status = -1;
-  std::string shown;
-  EXPECT_TRUE(eventually([&] {
-    shown = run_kvpager({"status", "--pid", std::to_string(getpid())}, &status);
-    return status == 0 && shown.find("warning: 2 references did not fit in their launch's event") != std::string::npos;
-  })) << shown;
+  EXPECT_TRUE(eventually([&] { return stats().num("pager.accesses") == before + 18; }))
+      << "one reference per region: " << stats().num("pager.accesses") - before;
+  EXPECT_EQ(stats().num("refs_dropped"), 0u);
 }
 
 // Spills context `name` (parked) and waits until it is all in the store.
@@ -788,6 +782,44 @@ TEST(StandIn, AGraphWithADeviceUpdatableKernelNodeRestoresEverythingBeforeItsLau
   EXPECT_EQ(stats().num("unsafe_chunks"), 0u) << "every spilled context was restored: the node may read any";
   EXPECT_GE(stats().num("launches_unscannable"), 1u);
   EXPECT_EQ(Program::host_mismatches(r2, 8 * kMiB, 7) + Program::host_mismatches(r3, 4 * kMiB, 8), 0u);
+}
+
+std::string run_kvpager(const std::vector<std::string>& args, int* status);  // below
+
+// A graph naming more chunks than an operation's events hold (16 x 16): the
+// rest are counted, not lost silently, and `kvpager status` says so in words.
+// Env: KVPAGER_CHUNK_SIZE=64K, KVPAGER_HBM_BUDGET=4M (regions above 1.875M count chunk by chunk),
+//      STANDIN_KVPAGER_BIN, KVPAGER_RUNTIME_DIR (private)
+TEST(StandIn, AGraphNamingTooManyChunksCountsTheRestAndStatusSaysSo) {
+  Program p;
+  CUdeviceptr r = p.must_alloc(32 * kMiB);  // 512 chunks
+  GraphApi api(p);
+  CUgraph g = nullptr;
+  ASSERT_EQ(api.create(&g, 0), CUDA_SUCCESS);
+  constexpr uint64_t kNodes = 300, kChunk = 64 * 1024;
+  for (uint64_t i = 0; i < kNodes; ++i) {
+    CUDA_MEMSET_NODE_PARAMS m{};
+    m.dst = r + i * kChunk;
+    m.elementSize = 1;
+    m.width = 8;
+    m.height = 1;
+    CUgraphNode node = nullptr;
+    ASSERT_EQ(api.add_memset(&node, g, nullptr, 0, &m, nullptr), CUDA_SUCCESS);
+  }
+  CUgraphExec exec = nullptr;
+  ASSERT_EQ(api.instantiate(&exec, g, 0), CUDA_SUCCESS);
+  ASSERT_TRUE(eventually([] { return stats().num("pager.regions") == 1; }));
+  const uint64_t before = stats().num("pager.accesses");
+  ASSERT_EQ(api.launch(exec, nullptr), CUDA_SUCCESS);
+  EXPECT_EQ(stats().num("refs_dropped"), kNodes - 256) << "16 events of 16";
+  EXPECT_TRUE(eventually([&] { return stats().num("pager.accesses") == before + 256; }))
+      << stats().num("pager.accesses") - before;
+  int status = -1;
+  std::string shown;
+  EXPECT_TRUE(eventually([&] {
+    shown = run_kvpager({"status", "--pid", std::to_string(getpid())}, &status);
+    return status == 0 && shown.find("warning: 44 references did not fit in their launch's events") != std::string::npos;
+  })) << shown;
 }
 
 // Copy and memset nodes of an executable given new parameters: the launch

@@ -46,7 +46,9 @@ const Scenario kScenarios[] = {
     {"ScansParameterLayoutsTheDriverDescribes", {"KVPAGER_HBM_BUDGET=12M"}},
     // HBM for 48M: references stage up to 45.6M, regions up to 22M count whole.
     {"EveryRegionAWideKernelPointsIntoIsUsed", {"KVPAGER_HBM_BUDGET=48M"}},
-    {"ALaunchNamingMoreRegionsThanItsEventHoldsCountsTheRest", {"STANDIN_KVPAGER_BIN=" KVPAGER_BIN}},
+    {"ALaunchNamingMoreRegionsThanOneEventHoldsReferencesEveryOne", {}},
+    {"AGraphNamingTooManyChunksCountsTheRestAndStatusSaysSo",
+     {"KVPAGER_CHUNK_SIZE=64K", "KVPAGER_HBM_BUDGET=4M", "STANDIN_KVPAGER_BIN=" KVPAGER_BIN}},
     {"RestoresASpilledRegionBeforeALaunchReadsIt", kSpills},
     {"WritesAfterARestoreSurviveTheNextSpill", kSpills},
     {"AServingLoopKeepsTheWeightsAndTheServedSessionInHbm", {"KVPAGER_HBM_BUDGET=32M"}},

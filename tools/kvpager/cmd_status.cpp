@@ -93,7 +93,7 @@ void print_interposer(const json& in) {
     fmt::print("  warning: {} launch events dropped (event ring full): the pager did not see those accesses\n",
                n("events_dropped"));
   if (n("refs_dropped"))
-    fmt::print("  warning: {} references did not fit in their launch's event: their regions looked idle\n",
+    fmt::print("  warning: {} references did not fit in their launch's events: their regions looked idle\n",
                n("refs_dropped"));
   if (n("mover.driver_errors"))
     fmt::print("  warning: {} driver errors while moving chunks\n", n("mover.driver_errors"));
