@@ -39,7 +39,11 @@ struct RegionEntry {
   uint64_t base = 0;
   uint64_t size = 0;
   uint64_t alloc_base = 0;
-  uint64_t pager_id = ~0ull;  // kvpager::RegionId::packed(), pager thread only
+  // kvpager::RegionId::packed(): set and read by the pager thread, reset to
+  // ~0 by the freeing thread (retire, add on a reused slot) while the pager
+  // thread may still be looking at an event naming the old one (its gen
+  // check turns it away): an atomic, so the two never race.
+  std::atomic<uint64_t> pager_id{~0ull};
 };
 
 struct MapItem {

@@ -29,6 +29,10 @@ void append_lines(std::string& out, const Runtime::Counters& cs) {
   for (const auto& [name, value] : cs) out += fmt::format("{}={}\n", name, value);
 }
 
+RegionId unpack(uint64_t packed) {
+  return RegionId{static_cast<uint32_t>(packed), static_cast<uint32_t>(packed >> 32)};
+}
+
 void futex_wait(std::atomic<uint32_t>& word, uint32_t expected, uint64_t timeout_ns) {
   timespec ts{static_cast<time_t>(timeout_ns / 1'000'000'000), static_cast<long>(timeout_ns % 1'000'000'000)};
   syscall(SYS_futex, reinterpret_cast<uint32_t*>(&word), FUTEX_WAIT_PRIVATE, expected, &ts, nullptr, 0);
@@ -498,16 +502,12 @@ void Runtime::apply_parked(ContextId ctx, bool parked) {
   for (uint32_t slot : entry_of_pager_slot_) {
     if (slot == UINT32_MAX) continue;
     RegionEntry& e = map_.entry(slot);
-    RegionId id{static_cast<uint32_t>(e.pager_id), static_cast<uint32_t>(e.pager_id >> 32)};
-    const Region* r = pager_->region(id);
+    const Region* r = pager_->region(unpack(e.pager_id));
     if (r && r->ctx == ctx) e.parked.store(parked, std::memory_order_seq_cst);
   }
 }
 
 namespace {
-RegionId unpack(uint64_t packed) {
-  return RegionId{static_cast<uint32_t>(packed), static_cast<uint32_t>(packed >> 32)};
-}
 int hint_result(Status s) {
   switch (s) {
     case Status::kOk: return kHintOk;
