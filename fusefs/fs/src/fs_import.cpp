@@ -105,9 +105,9 @@ int ImportSession::feed(TokenFs& fs, std::span<const std::byte> data) {
   return 0;
 }
 
-void ImportSession::abandon(TokenFs& fs, std::string why) {
+void ImportSession::abandon(TokenFs& fs, std::string reason) {
   std::lock_guard lock(mu);
-  if (!done) fail(fs, ECANCELED, fmt::format("{}, after {} byte(s): not published", why, received));
+  if (!done) fail(fs, ECANCELED, fmt::format("{}, after {} byte(s): not published", reason, received));
 }
 
 int ImportSession::finish(TokenFs& fs) {

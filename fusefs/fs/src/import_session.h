@@ -63,9 +63,9 @@ struct ImportSession {
   // Publishes the context (or fails and removes what was written). Runs
   // once; later calls return the same result.
   int finish(TokenFs& fs);
-  // The writer went away mid-file (why: for the log): finish() then removes
+  // The writer went away mid-file (reason: for the log): finish() then removes
   // what was written instead of publishing it. No effect once finished.
-  void abandon(TokenFs& fs, std::string why);
+  void abandon(TokenFs& fs, std::string reason);
 
  private:
   int feed(TokenFs& fs, std::span<const std::byte> data);
