@@ -838,8 +838,9 @@ int Runtime::publish(const char* name) {
 Runtime::Counters Runtime::hook_counters() const {
   return {{"regions", map_.regions()},
           {"managed_bytes", managed_bytes_.load()},
-          {"managed_limit", managed_limit_},
-          {"virtual_capacity", virtual_capacity_},
+          // Resolved once, on first use (published by limits_resolved_).
+          {"managed_limit", limits_resolved_.load(std::memory_order_acquire) ? managed_limit_ : 0},
+          {"virtual_capacity", limits_resolved_.load(std::memory_order_acquire) ? virtual_capacity_ : 0},
           {"hbm_committed", hbm_committed_.load()},
           {"managed_allocs", managed_allocs_.load()},
           {"limit_refusals", limit_refusals_.load()},

@@ -12,6 +12,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <spawn.h>
 #include <sys/stat.h>
 #include <sys/time.h>
 #include <sys/wait.h>
@@ -606,6 +607,47 @@ TEST_F(FsMount, AnImportWhoseWriterDiesBeforeClosingItIsNotPublished) {
     EXPECT_TRUE(eventually([&] { return fsys::exists(path(std::string("/contexts/") + name + "/kv")); }, 2s)) << name;
     EXPECT_TRUE(same_bytes(tmp_.path() + "/in", path(std::string("/contexts/") + name + "/kv"))) << name;
   }
+}
+
+// Two ordinary writers the dying-writer check must leave alone. (1) One that
+// starts another program with the import open O_CLOEXEC: execve closes it and
+// waits for the flush, while /proc/<tid>/stat of a task in exec blocks -- a
+// daemon that read it inline deadlocked with the writer. (2) A shell whose
+// failing child inherited the descriptor before any data was written:
+// `exec 3>f; grep -q no /dev/null; cat x >&3` publishes.
+TEST_F(FsMount, AWriterThatStartsAProgramOrHasAFailingChildStillImports) {
+  fsys::create_directories(store_);
+  mount();
+  write_pattern(tmp_.path() + "/in", 1 * kMiB + 3, 5);
+  const std::string data = slurp(tmp_.path() + "/in");
+  const std::string file = path("/import/spawner");
+  const pid_t pid = fork();
+  if (pid == 0) {
+    int fd = open(file.c_str(), O_CREAT | O_WRONLY | O_CLOEXEC, 0644);
+    if (fd < 0 || write(fd, data.data(), data.size()) != static_cast<ssize_t>(data.size())) _exit(100);
+    pid_t child = 0;
+    char* const argv[] = {const_cast<char*>("/bin/true"), nullptr};
+    if (posix_spawn(&child, "/bin/true", nullptr, nullptr, argv, environ) != 0) _exit(101);
+    int st = 0;
+    if (waitpid(child, &st, 0) != child) _exit(102);
+    _exit(close(fd) == 0 ? 0 : 103);
+  }
+  int status = -1;
+  const bool ended = eventually([&] { return waitpid(pid, &status, WNOHANG) == pid; }, 20s);
+  if (!ended) {
+    kill(daemon_->pid(), SIGKILL);  // frees the writer stuck in exec
+    waitpid(pid, &status, 0);
+    FAIL() << "the writer's exec and the daemon deadlocked";
+  }
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << status;
+  EXPECT_TRUE(same_bytes(tmp_.path() + "/in", path("/contexts/spawner/kv")));
+
+  ProcessResult r = run({"/bin/bash", "-c",
+                         "exec 3>" + path("/import/shell") + "; grep -q nomatch /dev/null; cat " + tmp_.path() +
+                             "/in >&3; exec 3>&-"},
+                        runtime_);
+  EXPECT_EQ(r.exit_code, 0) << show(r);
+  EXPECT_TRUE(same_bytes(tmp_.path() + "/in", path("/contexts/shell/kv"))) << slurp(fs_log_);
 }
 
 // ---------------------------------------------------------------- live pagers

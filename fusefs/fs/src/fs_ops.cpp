@@ -359,16 +359,18 @@ void op_flush(fuse_req_t req, fuse_ino_t, fuse_file_info* fi) {
   // returns its verdict (EINVAL for a truncated export). A close before any
   // data -- a shell's redirection closing its first descriptor after dup2 --
   // is not the end; an import that never receives data completes at release.
-  TokenFs& fs = self(req);
-  // A close in the writer's exit path: if it was killed or failed, what
-  // arrived may be only part of the file (writer_exit.h).
-  const pid_t writer = fuse_req_ctx(req)->pid;
-  if (std::optional<std::string> how = failed_exit_of(writer)) {
-    h->imp->abandon(fs, fmt::format("its writer (pid {}) {} with the file open", writer, *how));
-  } else {
+  {
     std::lock_guard lock(h->imp->mu);
     if (h->imp->received == 0 && !h->imp->done) return reply(req, 0);
   }
+  TokenFs& fs = self(req);
+  // A close in the writer's exit path: if it was killed or failed, what
+  // arrived may be only part of the file (writer_exit.h). (Not for a close
+  // before any data: a child that inherited the descriptor and failed at
+  // something else, grep in `exec 3>f; grep ...; cat x >&3`.)
+  const pid_t writer = fuse_req_ctx(req)->pid;
+  if (std::optional<std::string> how = failed_exit_of(writer))
+    h->imp->abandon(fs, fmt::format("its writer (pid {}) {} with the file open", writer, *how));
   int err = h->imp->finish(fs);
   fs.finish_import(h->imp, err);
   reply(req, err);

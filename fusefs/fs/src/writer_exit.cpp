@@ -4,8 +4,13 @@
 #include <unistd.h>
 
 #include <charconv>
+#include <condition_variable>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 namespace kvpager::fs {
@@ -50,8 +55,9 @@ std::optional<std::string> failed_exit_in_stat(std::string_view stat) {
   return std::nullopt;
 }
 
-std::optional<std::string> failed_exit_of(pid_t tid) {
-  if (tid <= 0) return std::nullopt;
+namespace {
+
+std::optional<std::string> read_stat(pid_t tid) {
   const std::string path = "/proc/" + std::to_string(tid) + "/stat";
   const int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return std::nullopt;
@@ -60,6 +66,36 @@ std::optional<std::string> failed_exit_of(pid_t tid) {
   close(fd);
   if (n <= 0) return std::nullopt;
   return failed_exit_in_stat(std::string_view(buf, static_cast<size_t>(n)));
+}
+
+}  // namespace
+
+std::optional<std::string> failed_exit_of(pid_t tid, std::chrono::milliseconds patience) {
+  if (tid <= 0) return std::nullopt;
+  // The read runs on a thread of its own: it blocks while the task holds its
+  // exec lock, and a task in execve closing an O_CLOEXEC import waits for
+  // this very flush. The thread outlives a timeout and ends once we reply.
+  struct Shared {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+    std::optional<std::string> result;
+  };
+  auto shared = std::make_shared<Shared>();
+  try {
+    std::thread([shared, tid] {
+      std::optional<std::string> r = read_stat(tid);
+      std::lock_guard lock(shared->mu);
+      shared->result = std::move(r);
+      shared->done = true;
+      shared->cv.notify_all();
+    }).detach();
+  } catch (const std::system_error&) {
+    return std::nullopt;  // no thread to spare: as if it could not be read
+  }
+  std::unique_lock lock(shared->mu);
+  if (!shared->cv.wait_for(lock, patience, [&] { return shared->done; })) return std::nullopt;  // in exec: not dying
+  return std::move(shared->result);
 }
 
 }  // namespace kvpager::fs

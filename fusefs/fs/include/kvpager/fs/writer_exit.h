@@ -8,11 +8,14 @@
 // kill -9) or exited with a failure status while the file was open, what
 // arrived may be only part of it and must not be published as a context.
 // A writer that exits with status 0 without closing (cat > file, a shell
-// redirection) is an ordinary end.
+// redirection) is an ordinary end. A writer that closes the file in its own
+// signal cleanup (dd, Python unwinding a `with` block) is not seen dying:
+// only the export format can tell a short file then.
 #pragma once
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -27,7 +30,11 @@ std::optional<std::string> failed_exit_in_stat(std::string_view stat);
 
 // Reads /proc/<tid>/stat of the task that made a FUSE request (its pid in
 // fuse_ctx): failed_exit_in_stat of it, or nothing when it cannot be read
-// (tid 0: a task in another pid namespace).
-std::optional<std::string> failed_exit_of(pid_t tid);
+// (tid 0: a task in another pid namespace; exit code hidden from a daemon
+// that may not ptrace the writer) or not within `patience`: the read blocks
+// while the task holds its exec lock, and a task in execve that closes an
+// O_CLOEXEC import waits for this very flush -- it is not dying.
+std::optional<std::string> failed_exit_of(pid_t tid,
+                                          std::chrono::milliseconds patience = std::chrono::milliseconds(500));
 
 }  // namespace kvpager::fs
