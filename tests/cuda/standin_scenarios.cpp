@@ -500,6 +500,16 @@ struct GraphApi {
     p.get(set_child, "cuGraphExecChildGraphNodeSetParams", 11010);
     p.get(set_node, "cuGraphExecNodeSetParams", 12020);
   }
+  // A new graph of one node running `func` on `args` (the node copies them).
+  CUgraph one_kernel(CUfunction func, void** args, CUgraphNode* node) const {
+    CUgraph g = nullptr;
+    EXPECT_EQ(create(&g, 0), CUDA_SUCCESS);
+    CUDA_KERNEL_NODE_PARAMS kp{};
+    kp.func = func;
+    kp.kernelParams = args;
+    EXPECT_EQ(add_kernel(node, g, nullptr, 0, &kp), CUDA_SUCCESS);
+    return g;
+  }
 };
 
 // Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h
@@ -598,15 +608,9 @@ TEST(StandIn, AnUpdatedGraphIsScannedForItsNewParameters) {
   uint64_t len = 8 * kMiB;
   uint32_t seed1 = 6, seed2 = 7;
   auto graph_checking = [&](CUdeviceptr& ptr, uint32_t& seed) {
-    CUgraph g = nullptr;
-    EXPECT_EQ(api.create(&g, 0), CUDA_SUCCESS);
     void* args[] = {&ptr, &len, &seed, &out};
-    CUDA_KERNEL_NODE_PARAMS kp{};
-    kp.func = p.kernel("check");
-    kp.kernelParams = args;
     CUgraphNode node = nullptr;
-    EXPECT_EQ(api.add_kernel(&node, g, nullptr, 0, &kp), CUDA_SUCCESS);  // copies the arguments
-    return g;
+    return api.one_kernel(p.kernel("check"), args, &node);
   };
   CUgraph g1 = graph_checking(r1, seed1), g2 = graph_checking(r2, seed2);
   CUgraphExec exec = nullptr;
@@ -715,14 +719,8 @@ TEST(StandIn, GraphChangesThroughTheCuda11EntryPointsAreScannedToo) {
   uint32_t seed1 = 6, seed2 = 7, seed3 = 8;
   // A graph of one node checking the first 4 MiB of `ptr` against `seed`.
   auto checking = [&](CUdeviceptr& ptr, uint32_t& seed, uint64_t*& out, CUgraphNode* node) {
-    CUgraph g = nullptr;
-    EXPECT_EQ(api.create(&g, 0), CUDA_SUCCESS);
     void* args[] = {&ptr, &len, &seed, &out};
-    CUDA_KERNEL_NODE_PARAMS kp{};
-    kp.func = p.kernel("check");
-    kp.kernelParams = args;
-    EXPECT_EQ(api.add_kernel(node, g, nullptr, 0, &kp), CUDA_SUCCESS);  // copies the arguments
-    return g;
+    return api.one_kernel(p.kernel("check"), args, node);
   };
   CUgraphNode node_a = nullptr, unused = nullptr;
   CUgraphExec exec_a = nullptr, exec_b = nullptr;
@@ -763,13 +761,9 @@ TEST(StandIn, AGraphWithADeviceUpdatableKernelNodeRestoresEverythingBeforeItsLau
   uint64_t len = 8 * kMiB;
   uint32_t seed = 6;
   void* args[] = {&r1, &len, &seed, &out};
-  CUDA_KERNEL_NODE_PARAMS kp{};
-  kp.func = p.kernel("check");
-  kp.kernelParams = args;
-  CUgraph g = nullptr;
   CUgraphNode node = nullptr;
-  ASSERT_EQ(api.create(&g, 0), CUDA_SUCCESS);
-  ASSERT_EQ(api.add_kernel(&node, g, nullptr, 0, &kp), CUDA_SUCCESS);
+  CUgraph g = api.one_kernel(p.kernel("check"), args, &node);
+  ASSERT_FALSE(::testing::Test::HasFailure());
   CUkernelNodeAttrValue v{};
   v.deviceUpdatableKernelNode.deviceUpdatable = 1;
   ASSERT_EQ(set_attribute(node, CU_LAUNCH_ATTRIBUTE_DEVICE_UPDATABLE_KERNEL_NODE, &v), CUDA_SUCCESS);
