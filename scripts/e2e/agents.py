@@ -61,6 +61,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--random-turns", type=int, help="turns in a seeded random order after those")
     g.add_argument("--prefill-chunk", type=int, help="tokens per forward pass when prefilling")
     g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--nondeterministic", action="store_true",
+                   help="leave PyTorch's and cuBLAS's fast nondeterministic kernels on (default: deterministic "
+                   "algorithms, so that the modes' tokens can be compared bit for bit)")
     g = p.add_argument_group("memory")
     g.add_argument("--budget", metavar="SIZE", help="B, e.g. 24G (default: weights + workspace + the KV of "
                    "--resident-sessions sessions)")
@@ -76,6 +79,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--set", action="append", metavar="KNOB=VALUE",
                    help="a kvpager knob for the preload modes, passed as KVPAGER_<KNOB> (repeatable)")
     g.add_argument("--overhead-repeats", type=int, default=1, help="runs of hbm and hbm-preload each, alternated")
+    g.add_argument("--reference-runs", type=int, help="runs of hbm (default: 2 on a GPU with --check, so that the "
+                   "report shows whether all-in-HBM itself is reproducible; else 1)")
     g.add_argument("--nvme-store", default="/var/tmp/kvpager-e2e-store", help="store_dir for kvpager-nvme")
     g.add_argument("--nvme-host-capacity", metavar="SIZE", help="host tier for kvpager-nvme (default: a quarter "
                    "of all sessions' KV)")

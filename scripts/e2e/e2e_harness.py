@@ -92,6 +92,7 @@ def resolve(args: argparse.Namespace, device: str) -> dict:
         "resident": pick(args.resident_sessions, wd.resident),
         "budget": None if args.budget in (None, "auto") else parse_size(args.budget, "--budget"),
         "quiet": args.quiet,
+        "deterministic": not getattr(args, "nondeterministic", False),
     }
     return spec
 
@@ -244,12 +245,26 @@ def env_name(knob: str) -> str:
     return "KVPAGER_" + knob.replace(".", "_").upper()
 
 
+# The CUDA mover accepts an HBM budget of at most 90 % of the memory free when
+# the pager starts (cuda_mover.cpp); the PyTorch context takes some before that.
+PAGER_BUDGET_SHARE_OF_FREE = 0.85
+
+
+def overhead_budget(plan: P.Plan, safe: dict) -> int:
+    """hbm-preload's HBM budget: the footprint with a quarter (at least 2 GiB)
+    of headroom, so nothing is oversubscribed, but never above what the pager
+    accepts. (The managed ceiling is not a budget: on an H200 it was above the
+    90 %, the pager refused it and stayed off, and the run measured nothing.)"""
+    want = plan.footprint_bytes + max(plan.footprint_bytes // 4, 2 * P.GiB)
+    return min(want, int(safe["free_bytes"] * PAGER_BUDGET_SHARE_OF_FREE))
+
+
 def pager_settings(mode: str, plan: P.Plan, safe: dict, args: argparse.Namespace) -> Dict[str, str]:
     """KVPAGER_* settings of a preload mode. Only knob names kvpager knows: it
     refuses unknown KVPAGER_* variables."""
     s: Dict[str, str] = {}
     if mode == "hbm-preload":
-        s["hbm_budget"] = P.knob_bytes(safe["limit_bytes"])  # above the footprint: nothing oversubscribed
+        s["hbm_budget"] = P.knob_bytes(overhead_budget(plan, safe))  # above the footprint: nothing oversubscribed
     else:
         s["hbm_budget"] = P.knob_bytes(plan.budget_bytes)
     s["cuda.managed_limit"] = P.knob_bytes(safe["limit_bytes"])  # the ceiling, below the card's free memory
@@ -290,13 +305,22 @@ def allocator_env(env: Dict[str, str]) -> Dict[str, str]:
     return out
 
 
+def determinism_env(deterministic: bool) -> Dict[str, str]:
+    """cuBLAS's setting for bitwise-reproducible results (PyTorch's reproducibility
+    notes; it must be in the environment before cuBLAS starts). Two all-in-HBM runs
+    of the same 8B workload on an H200 (2026-12-04) disagreed after a dozen tokens
+    without it, and token identity then cannot tell placement from rounding."""
+    return {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"} if deterministic else {}
+
+
 def plan_launch(mode: str, plan: P.Plan, safe: dict, args, spec_path: str, result_path: str,
                 lib: Optional[str], kvbin: Optional[str], use_run: bool) -> Launch:
     python = args.python or sys.executable
     worker = [python, AGENTS, "--worker-spec", spec_path, "--worker-mode", mode, "--worker-result", result_path]
     if kvbin:
         worker += ["--worker-kvpager-bin", kvbin]
-    alloc = allocator_env(os.environ) if plan.device == "cuda" else {}
+    alloc = dict(allocator_env(os.environ), **determinism_env(not getattr(args, "nondeterministic", False))) \
+        if plan.device == "cuda" else {}
     if mode not in PRELOAD_MODES:
         return Launch(mode, worker, alloc, None)
     if plan.device != "cuda":
@@ -308,6 +332,10 @@ def plan_launch(mode: str, plan: P.Plan, safe: dict, args, spec_path: str, resul
         return Launch(mode, worker, {}, None, skipped=(
             "libkvpager.so not found (build it: cmake --build build/default --target kvpager_preload, "
             "or pass --libkvpager PATH)"))
+    if mode == "hbm-preload" and overhead_budget(plan, safe) < plan.footprint_bytes:
+        return Launch(mode, worker, {}, None, skipped=(
+            f"the footprint {P.human(plan.footprint_bytes)} is above {PAGER_BUDGET_SHARE_OF_FREE:.0%} of the free "
+            f"memory: no budget the pager accepts holds everything"))
     env_set = dict(alloc, **pager_settings(mode, plan, safe, args))
     if use_run:
         return Launch(mode, [kvbin, "run", "--"] + worker, env_set, lib)
@@ -369,7 +397,16 @@ def compare_tokens(ref: List[dict], got: List[dict]) -> dict:
         return {"comparable": False, "identical": False, "why": "the schedules differ"}
     tokens = matching = identical_turns = 0
     first_mismatch = None
+    kv_compared = kv_identical = 0
+    kv_first_mismatch = None
     for a, b in zip(ref, got):
+        da, db = a.get("kv_digest"), b.get("kv_digest")
+        if da is not None and db is not None:
+            kv_compared += 1
+            kv_identical += da == db
+            if da != db and kv_first_mismatch is None:
+                kv_first_mismatch = {"turn": a["index"], "session": a["session"],
+                                     "tokens_identical_so_far": first_mismatch is None and a["tokens"] == b["tokens"]}
         n = max(len(a["tokens"]), len(b["tokens"]))
         same = sum(1 for x, y in zip(a["tokens"], b["tokens"]) if x == y)
         tokens += n
@@ -381,7 +418,9 @@ def compare_tokens(ref: List[dict], got: List[dict]) -> dict:
                               "got": b["tokens"]}
     return {"comparable": True, "identical": identical_turns == len(ref), "turns": len(ref),
             "identical_turns": identical_turns, "tokens": tokens, "matching_tokens": matching,
-            "matching_share": matching / tokens if tokens else None, "first_mismatch": first_mismatch}
+            "matching_share": matching / tokens if tokens else None, "first_mismatch": first_mismatch,
+            "kv_turns_compared": kv_compared, "kv_identical_turns": kv_identical,
+            "kv_first_mismatch": kv_first_mismatch}
 
 
 def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
@@ -489,6 +528,11 @@ def not_paged(pager: Optional[dict], plan: dict) -> Optional[str]:
     return None
 
 
+def kv_same(c: dict) -> bool:
+    """Whether every turn's KV digest agreed (True where none were compared: older result files)."""
+    return c.get("kv_first_mismatch") is None
+
+
 def check(report: dict) -> List[str]:
     """What --check asserts; returns the failures."""
     bad: List[str] = []
@@ -520,6 +564,12 @@ def check(report: dict) -> List[str]:
                            "recomputed")
             if r["device"] == "cuda" and m in PRELOAD_MODES and not r["preload"]["loaded"]:
                 bad.append(f"mode {m}: libkvpager.so was not loaded in the worker")
+            elif r["device"] == "cuda" and m in PRELOAD_MODES and m not in PAGED_MODES and \
+                    not (r.get("pager") or {}).get("available"):
+                # Loaded is not running: a refused setting turns the pager off and every
+                # CUDA call passes through, which measures nothing (the worker's log says why).
+                bad.append(f"mode {m}: the pager did not run in the worker "
+                           f"({(r.get('pager') or {}).get('why', 'no pager statistics')})")
             if r["device"] == "cuda" and m in PAGED_MODES:
                 why = not_paged(r.get("pager"), plan)
                 if why:
@@ -533,9 +583,17 @@ def check(report: dict) -> List[str]:
                if isinstance(r.get("backend"), dict) and r["backend"].get("weights_digest") is not None}
     if len(digests) > 1:  # same seed, same model: anything else makes the token comparison meaningless
         bad.append(f"modes built different weights (digests {sorted(digests)})")
+    repro = [c for name, c in report["correctness"].items() if name.startswith("hbm#")]
+    if any(c.get("comparable") and not (c.get("identical") and kv_same(c)) for c in repro):
+        bad.append("all-in-HBM is not reproducible: two runs of it differ, so token identity cannot tell the "
+                   "pager's placement from rounding (is the arithmetic deterministic? see 'determinism' in each "
+                   "run)")
     for name, c in report["correctness"].items():
         if c.get("must_be_identical") and not c.get("identical"):
             bad.append(f"{name}: tokens differ from all-in-HBM ({c.get('why') or c.get('first_mismatch')})")
+        elif c.get("must_be_identical") and not kv_same(c):
+            bad.append(f"{name}: equal tokens, but the KV cache differs from all-in-HBM's after turn "
+                       f"{c['kv_first_mismatch']['turn']} (session {c['kv_first_mismatch']['session']})")
         if not c.get("comparable", False):
             bad.append(f"{name}: token log not comparable with all-in-HBM ({c.get('why')})")
     if "recompute" in report["modes"] and "recompute" not in report["correctness"] and "hbm" in report["modes"]:
@@ -631,9 +689,11 @@ def summary_text(report: dict) -> str:
         if not c.get("comparable"):
             lines.append(f"tokens {name} vs all-in-HBM: not comparable ({c.get('why')})")
         elif c.get("must_be_identical"):
+            kv = (f"; KV identical after {c['kv_identical_turns']} of {c['kv_turns_compared']} turns"
+                  if c.get("kv_turns_compared") else "")
             lines.append(f"tokens {name} vs all-in-HBM: {'identical' if c['identical'] else 'DIFFERENT'} "
                          f"({c['identical_turns']} of {c['turns']} turns, {c['matching_tokens']} of {c['tokens']} "
-                         f"tokens)")
+                         f"tokens{kv})")
         else:
             lines.append(f"tokens {name} vs all-in-HBM: {c['matching_share']:.1%} of tokens match "
                          f"({c['identical_turns']} of {c['turns']} turns identical; re-prefill may differ in the "
@@ -644,6 +704,15 @@ def summary_text(report: dict) -> str:
 
 
 # =========================================================================== orchestrator
+
+
+def reference_runs(args: argparse.Namespace, device: str, modes: List[str]) -> int:
+    """Runs of all-in-HBM: --reference-runs, else 2 on a GPU when --check compares a mode bit for bit."""
+    if "hbm" not in modes:
+        return 0
+    if getattr(args, "reference_runs", None) is not None:
+        return args.reference_runs
+    return 2 if device == "cuda" and args.check and any(m in EXACT_VS_HBM for m in modes) else 1
 
 
 def run_all(args: argparse.Namespace) -> int:
@@ -675,6 +744,8 @@ def run_all(args: argparse.Namespace) -> int:
             raise UsageError(f"--modes: unknown mode '{m}' (known: {', '.join(ALL_MODES)})")
     if args.overhead_repeats < 1:
         raise UsageError("--overhead-repeats must be at least 1")
+    if getattr(args, "reference_runs", None) is not None and args.reference_runs < 1:
+        raise UsageError("--reference-runs must be at least 1")
 
     lib = find_built(args.libkvpager, "cuda", "libkvpager.so")
     if args.libkvpager and not lib:
@@ -694,6 +765,9 @@ def run_all(args: argparse.Namespace) -> int:
     for _ in range(args.overhead_repeats if len(pair) == 2 else 1):
         order += pair
     order += [m for m in modes if m not in pair]
+    # Extra all-in-HBM runs, last: if two runs of the reference disagree, token
+    # identity cannot judge the pager, and the report must say so.
+    order += ["hbm"] * max(0, reference_runs(args, device, modes) - order.count("hbm"))
 
     results: Dict[str, List[dict]] = {}
     runs: Dict[str, dict] = {}

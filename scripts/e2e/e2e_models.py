@@ -12,8 +12,10 @@ Nothing here knows about kvpager.
 """
 from __future__ import annotations
 
+import hashlib
 import inspect
 import math
+import os
 from typing import List, Optional, Tuple
 
 import torch
@@ -74,6 +76,51 @@ class Backend:
     def describe(self) -> dict:
         return {"backend": self.name, "note": self.note, "params": self.param_count(),
                 "weights_digest": self.weights_digest()}
+
+    def kv_tensors(self, cache) -> Optional[List[torch.Tensor]]:
+        """Every (batch, kv_heads, positions, head_dim) key and value tensor of a cache, None if unknown."""
+        raise NotImplementedError
+
+    def kv_digest(self, cache, length: int) -> Optional[str]:
+        """A fingerprint of the first `length` positions of a session's KV, bit for bit.
+
+        Per tensor, the bit patterns (as int16) are summed per position, and those sums
+        are added plain and weighted by position, in int64 on the device (exact, so
+        deterministic) with one transfer at the end. Two modes with the same
+        arithmetic must agree after every turn; the first turn where they do not is
+        where a placement error (or rounding) entered, even before a token differs."""
+        tensors = self.kv_tensors(cache) if cache is not None else None
+        if not tensors:
+            return None
+        parts = []
+        with torch.no_grad():
+            for t in tensors:
+                if t.dim() != 4 or t.shape[2] < length:
+                    return None
+                rows = t[:, :, :length, :].view(torch.int16).sum(dim=-1, dtype=torch.int64)
+                pos = torch.arange(1, length + 1, device=rows.device, dtype=torch.int64)
+                parts += [rows.sum(), (rows * pos).sum()]
+            values = torch.stack(parts).tolist()
+        return hashlib.sha256(",".join(map(str, values)).encode()).hexdigest()[:16]
+
+
+def set_deterministic(on: bool) -> dict:
+    """PyTorch's deterministic kernels (the worker calls this before building the
+    model; the harness puts cuBLAS's CUBLAS_WORKSPACE_CONFIG in its environment).
+    warn_only: an operation without a deterministic kernel warns instead of failing
+    the run. Uninitialised memory is not filled: that would add work, not change results."""
+    info = {"on": on, "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG")}
+    if not on:
+        return info
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        import torch.utils.deterministic as det  # torch >= 2.1
+        det.fill_uninitialized_memory = False
+    except (ImportError, AttributeError):
+        pass
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    return info
 
 
 # --------------------------------------------------------------------------- native
@@ -248,6 +295,9 @@ class NativeBackend(Backend):
 
     def new_cache(self, max_len: int) -> NativeCache:
         return NativeCache(self.spec, max_len, self.device, self.dtype)
+
+    def kv_tensors(self, cache: NativeCache) -> List[torch.Tensor]:
+        return [t for pair in zip(cache.k, cache.v) for t in pair]
 
     @torch.no_grad()
     def logits(self, cache: NativeCache, tokens: List[int], start: int) -> torch.Tensor:
@@ -508,6 +558,12 @@ class TransformersBackend(Backend):
 
     def module(self) -> nn.Module:
         return self.model
+
+    def kv_tensors(self, cache) -> Optional[List[torch.Tensor]]:
+        kv = cache_tensors(cache)
+        if kv is None:
+            return None
+        return [t for pair in kv for t in pair if isinstance(t, torch.Tensor)]
 
     def new_cache(self, max_len: int):
         tf = self.transformers

@@ -50,6 +50,7 @@ def pager_snapshot(kvpager_bin: Optional[str]) -> dict:
     if isinstance(body, list):
         body = body[0] if body else {}
     stats = body.get("stats", body)
+    interposer = body.get("interposer")
     moves = stats.get("moves", {})
     tiers = stats.get("tiers", {})
     return {
@@ -65,6 +66,7 @@ def pager_snapshot(kvpager_bin: Optional[str]) -> dict:
         "host_resident_bytes": int(tiers.get("host", {}).get("resident_bytes", 0)),
         "nvme_resident_bytes": int(tiers.get("nvme", {}).get("resident_bytes", 0)),
         "raw": stats,
+        "interposer": interposer if isinstance(interposer, dict) else None,
     }
 
 
@@ -97,6 +99,7 @@ def pager_delta(before: dict, after: dict, budget: int) -> dict:
         "end": {k: after[k] for k in ("hbm_resident_bytes", "host_resident_bytes", "nvme_resident_bytes")},
         "hbm_within_budget": after["hbm_resident_bytes"] <= budget,
         "raw_end": after["raw"],
+        "interposer_end": after.get("interposer"),
     }
 
 
@@ -115,6 +118,7 @@ def run_worker(spec_path: str, mode: str, result_path: str, kvpager_bin: Optiona
     import e2e_models as M
     from e2e_server import Server
 
+    determinism = M.set_deterministic(spec.get("deterministic", True))
     lib = loaded_preload()
     want_preload = mode in H.PRELOAD_MODES and device == "cuda"
     if want_preload and not lib:
@@ -186,10 +190,12 @@ def run_worker(spec_path: str, mode: str, result_path: str, kvpager_bin: Optiona
     turns: List[dict] = []
     for t in wl.turns():
         r = server.turn(t.session, wl.tokens(t, plan.spec.vocab), wl.reply)
+        held = server.sessions.get(t.session)  # after the turn, outside its timing
+        kv_digest = backend.kv_digest(held.cache, held.kv_len) if held is not None else None
         turns.append({"index": t.index, "session": t.session, "kind": t.kind, "order": t.order,
                       "new_tokens": t.new_tokens, "prefill_tokens": r.prefill_tokens, "recomputed": r.recomputed,
                       "dropped": r.dropped, "oom_retries": r.oom_retries, "ttft_s": r.ttft_s,
-                      "decode_s": r.decode_s, "tokens": r.tokens})
+                      "decode_s": r.decode_s, "tokens": r.tokens, "kv_digest": kv_digest})
         if not quiet:
             rate = (len(r.tokens) - 1) / r.decode_s if r.decode_s > 0 else 0.0
             print(f"turn {t.index:3d} session {t.session:2d} {t.order:<6} prefill {r.prefill_tokens:6d} tok "
@@ -205,6 +211,7 @@ def run_worker(spec_path: str, mode: str, result_path: str, kvpager_bin: Optiona
     metrics = H.summarize(turns, wl.sessions)
     result = {
         "mode": mode, "device": device, "torch": torch.__version__, "backend": desc, "preload": preload,
+        "determinism": determinism,
         "params_expected": plan.spec.params(), "build_s": build_s, "warmup_s": warmup_s,
         "plan": {"budget_bytes": plan.budget_bytes, "max_len": plan.max_len,
                  "kv_capacity_bytes": plan.kv_capacity_bytes if mode == "recompute" else None,

@@ -8,6 +8,7 @@ import os
 import re
 import stat
 import subprocess
+import tarfile
 import tempfile
 import unittest
 
@@ -72,7 +73,33 @@ class GpuSessionTest(unittest.TestCase):
             self.assertRegex(summary, r"env\s+PASSED")
             for stage in ("build", "gpu-tests", "bench", "crosscheck", "e2e-8b", "e2e-overhead"):
                 self.assertRegex(summary, stage + r"\s+SKIPPED: \d+s left of the deadline, it needs \d+s")
-            self.assertIn("stand-in H200", open(os.path.join(out, "env.log")).read())
+            # The device tool brings back at most 8 files: everything else travels in one archive.
+            self.assertEqual(sorted(os.listdir(out)), ["session.tar.gz", "summary.txt"])
+            with tarfile.open(os.path.join(out, "session.tar.gz")) as tar:
+                names = {os.path.normpath(n) for n in tar.getnames()}
+                self.assertIn("env.log", names)
+                self.assertIn("summary.txt", names)
+                self.assertIn("stand-in H200", tar.extractfile("./env.log").read().decode())
+
+    def test_a_failed_stage_shows_its_log_and_a_skipped_gpu_test_fails(self):
+        # A stand-in build stage that fails: its log's last lines are in summary.txt (the device tool
+        # returns only the end of the output), and nothing after the build runs.
+        with tempfile.TemporaryDirectory() as d:
+            fake_nvidia_smi(d, gpu=True)
+            cmake = os.path.join(d, "cmake")
+            with open(cmake, "w") as f:
+                f.write("#!/bin/sh\necho 'stand-in cmake: error: no compiler here' >&2\nexit 3\n")
+            os.chmod(cmake, 0o755)
+            out = os.path.join(d, "out")
+            r = run(["--out", out, "--deadline-s", "400"], path_prefix=d)
+            summary = open(os.path.join(out, "summary.txt")).read()
+            self.assertEqual(r.returncode, 1, summary)
+            self.assertRegex(summary, r"build\s+FAILED \(exit 3\)")
+            self.assertIn("---- last lines of build.log ----", summary)
+            self.assertIn("stand-in cmake: error: no compiler here", summary)
+            self.assertNotRegex(summary, r"gpu-tests\s+(PASSED|FAILED|SKIPPED)")
+        stage = open(SESSION).read().split("stage_gpu-tests()", 1)[1].split("\n}", 1)[0]
+        self.assertIn("SKIPPED", stage, "a GPU test that skips on a GPU machine must fail the stage")
 
 
 if __name__ == "__main__":

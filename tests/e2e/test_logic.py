@@ -271,6 +271,55 @@ class CheckTest(unittest.TestCase):
         run["pager"]["delta"]["move_bytes"] = {"demote": 4096, "promote": 4096}
         self.assertEqual([f for f in H.check(r) if "mode kvpager" in f], [])
 
+    def test_a_preload_mode_whose_pager_did_not_start_fails(self):
+        # hbm-preload on an H200 ran with the pager off (its budget refused): the library was loaded, every
+        # CUDA call passed through, and the "overhead" measured nothing.
+        r = fake_report({"hbm": self.ref, "hbm-preload": copy.deepcopy(self.ref)})
+        r["plan"]["device"] = "cuda"
+        run = r["modes"]["hbm-preload"][0]
+        run.update(device="cuda", preload={"loaded": True})
+        run["pager"] = {"available": False, "why": "kvpager status exit 1: no pager with pid 1783"}
+        self.assertTrue(any("hbm-preload: the pager did not run" in f for f in H.check(r)), H.check(r))
+        run["pager"] = {"available": True, "end": {}, "delta": {"move_bytes": {}}}
+        self.assertEqual([f for f in H.check(r) if "hbm-preload" in f], [])
+
+    def test_kv_digests_must_agree_even_where_the_tokens_do(self):
+        r = fake_report({"hbm": self.ref, "kvpager": copy.deepcopy(self.ref)}, sessions=2, resident=2)
+        for m in ("hbm", "kvpager"):
+            for t in r["modes"][m][0]["turns"]:
+                t["kv_digest"] = f"d{t['index']}"
+        r["modes"]["kvpager"][0]["turns"][1]["kv_digest"] = "other"
+        _, r["correctness"] = H.analyze(r["modes"])
+        c = r["correctness"]["kvpager"]
+        self.assertTrue(c["identical"])
+        self.assertEqual((c["kv_turns_compared"], c["kv_identical_turns"]), (4, 3))
+        self.assertEqual(c["kv_first_mismatch"], {"turn": 1, "session": 1, "tokens_identical_so_far": True})
+        self.assertTrue(any("the KV cache differs from all-in-HBM's after turn 1" in f for f in H.check(r)))
+
+    def test_an_unreproducible_reference_is_named_as_such(self):
+        # Two all-in-HBM runs of the same 8B workload on an H200 disagreed after a dozen tokens: the check
+        # must say that the reference itself moved, not only that kvpager differs.
+        r = fake_report({"hbm": self.ref, "kvpager": copy.deepcopy(self.ref)}, sessions=2, resident=2)
+        again = copy.deepcopy(r["modes"]["hbm"][0])
+        again["turns"][0]["tokens"] = [1, 2, 4]
+        r["modes"]["hbm"].append(again)
+        _, r["correctness"] = H.analyze(r["modes"])
+        bad = H.check(r)
+        self.assertTrue(any("all-in-HBM is not reproducible" in f for f in bad), bad)
+        r["modes"]["hbm"][1]["turns"][0]["tokens"] = [1, 2, 3]
+        _, r["correctness"] = H.analyze(r["modes"])
+        self.assertEqual(H.check(r), [])
+
+    def test_a_gpu_check_runs_the_reference_twice(self):
+        import argparse
+        a = argparse.Namespace(check=True, reference_runs=None)
+        self.assertEqual(H.reference_runs(a, "cuda", ["hbm", "kvpager", "recompute"]), 2)
+        self.assertEqual(H.reference_runs(a, "cpu", ["hbm", "kvpager"]), 1)
+        self.assertEqual(H.reference_runs(a, "cuda", ["kvpager"]), 0)
+        self.assertEqual(H.reference_runs(argparse.Namespace(check=False, reference_runs=None), "cuda",
+                                          ["hbm", "kvpager"]), 1)
+        self.assertEqual(H.reference_runs(argparse.Namespace(check=False, reference_runs=3), "cuda", ["hbm"]), 3)
+
     def test_gpu_workers_run_the_caching_allocator_without_expandable_segments(self):
         env = H.allocator_env({"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True, max_split_size_mb:512"})
         self.assertEqual(env["PYTORCH_CUDA_ALLOC_CONF"], "max_split_size_mb:512,expandable_segments:False")
@@ -340,7 +389,18 @@ class GpuLaunchTest(unittest.TestCase):
         self.assertEqual(self.launch("kvpager", use_run=True).argv[:3], ["/b/kvpager", "run", "--"])
 
     def test_overhead_mode_budget_covers_everything_and_nvme_mode_gets_a_small_host_tier(self):
-        self.assertEqual(self.launch("hbm-preload").env_set["KVPAGER_HBM_BUDGET"], "76800M")
+        # Above the footprint with headroom, and below the 90 % of free memory the pager accepts: on an H200
+        # the managed ceiling (95 % of free) was given as the budget, the pager refused it and stayed off.
+        budget = H.overhead_budget(self.plan, H.safety(self.plan, self.probe, None))
+        self.assertEqual(self.launch("hbm-preload").env_set["KVPAGER_HBM_BUDGET"], P.knob_bytes(budget))
+        self.assertGreater(budget, self.plan.footprint_bytes)
+        self.assertLess(budget, 0.9 * self.probe["free_bytes"])
+        # A footprint near the card's free memory leaves no such budget: the mode is skipped, saying why.
+        full = dict(self.probe, free_bytes=int(self.plan.footprint_bytes / 0.9))
+        safe = H.safety(self.plan, full, None)
+        self.assertTrue(safe["ok"])
+        la = H.plan_launch("hbm-preload", self.plan, safe, self.args(), "/t/s", "/t/r", "/b/l.so", "/b/k", False)
+        self.assertIn("no budget the pager accepts", la.skipped)
         env = self.launch("kvpager-nvme", set=["prefetch_depth=8"]).env_set
         self.assertEqual(env["KVPAGER_HOST_CAPACITY"], P.knob_bytes(self.plan.kv_total_bytes // 4))
         self.assertEqual(env["KVPAGER_SPILL_IDLE"], "1s")
@@ -350,8 +410,10 @@ class GpuLaunchTest(unittest.TestCase):
     def test_unpaged_modes_get_only_the_allocator_setting_and_a_missing_library_skips(self):
         for m in ("hbm", "recompute"):
             la = self.launch(m)
-            self.assertEqual(set(la.env_set), {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"})  # no KVPAGER_*
+            self.assertEqual(set(la.env_set), {"PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF",
+                                               "CUBLAS_WORKSPACE_CONFIG"})  # no KVPAGER_*
             self.assertIsNone(la.skipped)
+        self.assertNotIn("CUBLAS_WORKSPACE_CONFIG", self.launch("hbm", nondeterministic=True).env_set)
         self.assertEqual(self.launch("kvpager").env_set["PYTORCH_ALLOC_CONF"], "expandable_segments:False",
                          "the paged modes run the same allocator as the others")
         self.assertIn("libkvpager.so not found", self.launch("kvpager", lib=None).skipped)

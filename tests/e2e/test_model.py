@@ -184,5 +184,43 @@ class BackendChoiceTest(unittest.TestCase):
         self.assertLess(r["max_abs_logit_diff"], 1e-3 * max(1.0, r["max_abs_logit"]))
 
 
+class KvDigestTest(unittest.TestCase):
+    """The per-turn KV fingerprint the harness compares between modes."""
+
+    def setUp(self):
+        self.backend = M.NativeBackend(SPEC, "cpu", "float32", seed=5)
+        self.cache = self.fed_cache()
+
+    def fed_cache(self):
+        cache = self.backend.new_cache(16)
+        self.backend.feed(cache, list(range(10)), 0)
+        return cache
+
+    def test_equal_caches_agree_and_one_changed_value_or_swapped_positions_do_not(self):
+        d = self.backend.kv_digest(self.cache, 10)
+        other = self.fed_cache()
+        self.assertEqual(d, self.backend.kv_digest(other, 10), "same arithmetic, same bits, same digest")
+        other.v[1][0, 1, 7, 3] += 1e-6  # one value, last bits
+        self.assertNotEqual(d, self.backend.kv_digest(other, 10))
+        other = self.fed_cache()
+        other.k[0][:, :, [2, 5]] = other.k[0][:, :, [5, 2]]  # two positions swapped: same plain sum
+        self.assertNotEqual(d, self.backend.kv_digest(other, 10))
+
+    def test_only_the_held_positions_count(self):
+        d = self.backend.kv_digest(self.cache, 10)
+        self.cache.k[0][0, 0, 12, 0] = 42.0  # beyond what the session holds
+        self.assertEqual(d, self.backend.kv_digest(self.cache, 10))
+        self.assertIsNone(self.backend.kv_digest(None, 10))
+
+    def test_deterministic_mode_can_be_switched_on(self):
+        info = M.set_deterministic(True)
+        try:
+            self.assertTrue(info["on"])
+            self.assertTrue(torch.are_deterministic_algorithms_enabled())
+        finally:
+            torch.use_deterministic_algorithms(False)
+        self.assertFalse(M.set_deterministic(False)["on"])
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
