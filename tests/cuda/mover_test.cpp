@@ -680,5 +680,81 @@ TEST(CudaMoverOnStandIn, EveryByteSurvivesThroughTheTokenStoresQueue) {
   EXPECT_EQ(st.corruption_events + st.io_errors, 0u);
 }
 
+// scripts/bench-gpu-mover's setup (tests/bench/bench_gpu_mover.cpp), smaller:
+// one context, 2 MiB chunks, a budget that holds all of it below the high
+// watermark, only the hint prefetcher.
+Config bench_config(uint64_t bytes) {
+  Config c;
+  c.chunk_size = 2 * MiB;
+  c.hbm_budget = bytes / 9 * 10 / c.chunk_size * c.chunk_size + 4 * c.chunk_size;
+  c.host_capacity = 4 * bytes;
+  c.prefetchers = kPrefetchHint;
+  c.spill_idle_ns = 3'600'000'000'000;
+  return c;
+}
+
+// What the benchmark did on the first GPU run ("the prefetch did not bring it
+// all in", in its second round): prefetch a context, park it without reading
+// it, prefetch it again. Every chunk the hint staged left HBM unread, so the
+// hint prefetcher is muted (prefetch_waste_ceiling) and the next hint stages
+// nothing, while hint() still says kOk. As documented: a prefetcher whose
+// staged bytes go unused is throttled, the hint prefetcher included.
+TEST(CudaMoverOnStandIn, AHintPrefetcherWhoseContextIsParkedUnreadIsMutedAndTheNextHintStagesNothing) {
+  const uint64_t bytes = 128 * MiB;
+  MoverRig rig(STANDIN_LIBCUDA, bench_config(bytes), RigStore{0, true, {}});
+  ASSERT_TRUE(rig.ok()) << rig.why;
+  auto r = rig.alloc(bytes, "bench");
+  std::memset(r.bytes(), 1, bytes);
+  const ContextId ctx = rig.pager->find_context("bench");
+  ASSERT_EQ(rig.pager->hint(ctx, HintKind::kPrefetch), Status::kOk);
+  rig.pager->drain();
+  EXPECT_EQ(rig.pager->stats().tiers[index(Tier::kHbm)].resident_bytes, bytes) << "the first prefetch: all of it";
+  ASSERT_EQ(rig.pager->hint(ctx, HintKind::kPark), Status::kOk);
+  rig.pager->drain();
+  const PrefetcherStats wasted = rig.pager->stats().prefetchers.at(0);
+  EXPECT_EQ(wasted.wasted_bytes, bytes);
+  EXPECT_TRUE(wasted.throttled);
+  EXPECT_GE(wasted.throttle_events, 1u);
+  ASSERT_EQ(rig.pager->hint(ctx, HintKind::kPrefetch), Status::kOk);
+  rig.pager->drain();
+  EXPECT_EQ(rig.pager->stats().tiers[index(Tier::kHbm)].resident_bytes, 0u) << "muted: the hint stages nothing";
+  EXPECT_EQ(rig.pager->stats().prefetchers.at(0).issued_bytes, bytes);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
+// The benchmark as it runs now, and an engine's turns: prefetch(context)
+// ahead of a turn, the turn reads it, park(context) after. Every round the
+// hint brings the whole context in, with moves in flight across polls as on
+// a GPU, and the hint prefetcher is never muted.
+TEST(CudaMoverOnStandIn, AContextPrefetchedReadAndParkedComesBackWholeOnEveryPrefetchHint) {
+  const uint64_t bytes = 128 * MiB;
+  MoverRig rig(STANDIN_LIBCUDA, bench_config(bytes), RigStore{0, true, {}});
+  ASSERT_TRUE(rig.ok()) << rig.why;
+  EventLag lag(rig, 2);
+  auto r = rig.alloc(bytes, "bench");
+  std::memset(r.bytes(), 1, bytes);
+  const ContextId ctx = rig.pager->find_context("bench");
+  const auto nchunks = static_cast<uint32_t>(bytes / rig.cfg.chunk_size);
+  for (int round = 0; round < 4; ++round) {
+    ASSERT_EQ(rig.pager->hint(ctx, HintKind::kPrefetch), Status::kOk);
+    rig.pager->drain();
+    ASSERT_EQ(rig.pager->stats().tiers[index(Tier::kHbm)].resident_bytes, bytes) << "round " << round;
+    const uint64_t faults = rig.pager->stats().faults;
+    for (uint32_t i = 0; i < nchunks; ++i) ASSERT_EQ(rig.pager->access(r.id, i, false), Status::kOk);
+    EXPECT_EQ(rig.pager->stats().faults, faults) << "round " << round << ": every read a hit";
+    ASSERT_EQ(rig.pager->hint(ctx, HintKind::kPark), Status::kOk);
+    rig.pager->drain();
+    ASSERT_EQ(rig.pager->stats().tiers[index(Tier::kHbm)].resident_bytes, 0u) << "round " << round;
+  }
+  const PrefetcherStats hint = rig.pager->stats().prefetchers.at(0);
+  EXPECT_EQ(hint.issued_bytes, 4 * bytes);
+  EXPECT_EQ(hint.used_bytes, 4 * bytes);
+  EXPECT_EQ(hint.wasted_bytes, 0u);
+  EXPECT_EQ(hint.throttle_events, 0u);
+  EXPECT_EQ(rig.mover->stats().driver_errors, 0u);
+  for (uint64_t i = 0; i < bytes; i += 4096) ASSERT_EQ(r.bytes()[i], std::byte{1}) << "byte " << i;
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
 }  // namespace
 }  // namespace kvpager::testing
