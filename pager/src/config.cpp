@@ -406,7 +406,7 @@ constexpr Knob kKnobs[] = {
         "How far ahead: chunks for sequential, launches for correlation."),
     make<DoubleKnob<&Config::prefetch_waste_ceiling, 0, 1, true>>(
         "prefetch_waste_ceiling", KnobType::kFraction, true, "a fraction > 0..1",
-        "A prefetcher whose wasted/(used+wasted) bytes exceed this is throttled."),
+        "A prefetcher whose wasted/(used+wasted) bytes exceed this is throttled (not the hint prefetcher: it carries out explicit hints)."),
     make<DurationKnob<&Config::spill_idle_ns, 0, 24 * kHour>>(
         "spill_idle", KnobType::kDuration, true, "0..24h",
         "Idle time after which a context may spill from host RAM to NVMe."),

@@ -912,6 +912,7 @@ void Pager::prefetch_wasted(Chunk& c, uint64_t len) {
   size_t i = c.prefetcher - 1u;
   c.prefetcher = 0;
   prefetch_stats_[i].wasted_bytes += len;
+  if (!prefetchers_[i]->throttled_by_waste()) return;
   Throttle& t = throttles_[i];
   t.wasted += 1;
   uint64_t judged = t.used + t.wasted;

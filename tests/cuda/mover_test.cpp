@@ -695,11 +695,11 @@ Config bench_config(uint64_t bytes) {
 
 // What the benchmark did on the first GPU run ("the prefetch did not bring it
 // all in", in its second round): prefetch a context, park it without reading
-// it, prefetch it again. Every chunk the hint staged left HBM unread, so the
-// hint prefetcher is muted (prefetch_waste_ceiling) and the next hint stages
-// nothing, while hint() still says kOk. As documented: a prefetcher whose
-// staged bytes go unused is throttled, the hint prefetcher included.
-TEST(CudaMoverOnStandIn, AHintPrefetcherWhoseContextIsParkedUnreadIsMutedAndTheNextHintStagesNothing) {
+// it, prefetch it again. Every chunk the hint staged left HBM unread; that used
+// to mute the hint prefetcher (prefetch_waste_ceiling), and the next hint staged
+// nothing while hint() said kOk. A hint is an instruction, not a guess: its
+// waste is counted, and it is carried out every time.
+TEST(CudaMoverOnStandIn, AHintWhoseContextWasParkedUnreadIsStillCarriedOutAndItsWasteCounted) {
   const uint64_t bytes = 128 * MiB;
   MoverRig rig(STANDIN_LIBCUDA, bench_config(bytes), RigStore{0, true, {}});
   ASSERT_TRUE(rig.ok()) << rig.why;
@@ -712,13 +712,13 @@ TEST(CudaMoverOnStandIn, AHintPrefetcherWhoseContextIsParkedUnreadIsMutedAndTheN
   ASSERT_EQ(rig.pager->hint(ctx, HintKind::kPark), Status::kOk);
   rig.pager->drain();
   const PrefetcherStats wasted = rig.pager->stats().prefetchers.at(0);
-  EXPECT_EQ(wasted.wasted_bytes, bytes);
-  EXPECT_TRUE(wasted.throttled);
-  EXPECT_GE(wasted.throttle_events, 1u);
+  EXPECT_EQ(wasted.wasted_bytes, bytes) << "the waste is counted";
+  EXPECT_FALSE(wasted.throttled);
+  EXPECT_EQ(wasted.throttle_events, 0u);
   ASSERT_EQ(rig.pager->hint(ctx, HintKind::kPrefetch), Status::kOk);
   rig.pager->drain();
-  EXPECT_EQ(rig.pager->stats().tiers[index(Tier::kHbm)].resident_bytes, 0u) << "muted: the hint stages nothing";
-  EXPECT_EQ(rig.pager->stats().prefetchers.at(0).issued_bytes, bytes);
+  EXPECT_EQ(rig.pager->stats().tiers[index(Tier::kHbm)].resident_bytes, bytes) << "the second hint: all of it again";
+  EXPECT_EQ(rig.pager->stats().prefetchers.at(0).issued_bytes, 2 * bytes);
   EXPECT_EQ(rig.pager->audit(), "");
 }
 

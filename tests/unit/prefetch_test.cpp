@@ -208,5 +208,33 @@ TEST(PrefetchMechanism, APrefetcherThatWastesIsThrottled) {
   EXPECT_EQ(rig.pager->audit(), "");
 }
 
+TEST(PrefetchMechanism, AnExplicitPrefetchHintIsCarriedOutEvenAfterItsStagedBytesWentUnused) {
+  // An engine prefetches a context ahead of a turn that then does not come:
+  // it parks the context unread, again and again. The speculative prefetchers
+  // would be muted by such waste; a hint is the program's instruction.
+  Config cfg = testing::small_config();
+  cfg.prefetchers = kPrefetchHint;
+  cfg.prefetch_waste_ceiling = 0.5;
+  SimRig rig(cfg);
+  RegionId r = rig.dev.alloc(512 * KiB);
+  for (uint32_t i = 0; i < 8; ++i) ASSERT_EQ(rig.pager->access(r, i, true), Status::kOk);
+  const ContextId ctx = rig.pager->region(r)->ctx;
+  const uint64_t size = rig.pager->region(r)->size;
+  for (int round = 0; round < 6; ++round) {  // 48 chunks wasted: far past the throttle's 16
+    ASSERT_EQ(rig.pager->hint(ctx, HintKind::kPark), Status::kOk);
+    rig.pager->drain();
+    ASSERT_EQ(rig.pager->stats().tiers[index(Tier::kHbm)].resident_bytes, 0u) << "round " << round;
+    ASSERT_EQ(rig.pager->hint(ctx, HintKind::kPrefetch), Status::kOk);
+    rig.pager->drain();
+    ASSERT_EQ(rig.pager->stats().tiers[index(Tier::kHbm)].resident_bytes, size) << "round " << round;
+  }
+  const PrefetcherStats p = rig.pager->stats().prefetchers.at(0);
+  EXPECT_EQ(p.name, "hint");
+  EXPECT_EQ(p.wasted_bytes, 5 * size) << "every parked-unread staging is counted as waste";
+  EXPECT_EQ(p.throttle_events, 0u);
+  EXPECT_FALSE(p.throttled);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
 }  // namespace
 }  // namespace kvpager

@@ -77,6 +77,9 @@ class Prefetcher {
   virtual void on_tick(uint64_t /*now_ns*/, PrefetchSink&) {}
   // A live change of prefetch_depth and friends.
   virtual void configure(const Config&) {}
+  // Whether wasted staging mutes it (prefetch_waste_ceiling). A guess that
+  // keeps missing is muted; an instruction is carried out, its waste counted.
+  virtual bool throttled_by_waste() const { return true; }
 };
 
 // Sequential / density across chunks. On a fault at chunk i of a region:
@@ -136,6 +139,9 @@ class HintPrefetcher final : public Prefetcher {
  public:
   std::string_view name() const override { return "hint"; }
   void on_hint(const HintEvent& ev, PrefetchSink& sink) override;
+  // The program (or `kvpager hint`) said "prefetch this": muting it would
+  // answer kOk and do nothing, as the first H200 benchmark run found.
+  bool throttled_by_waste() const override { return false; }
 };
 
 // The enabled prefetchers, in a fixed order (sequential, correlation, hint).
