@@ -18,8 +18,9 @@ Modes:
   kvpager-nvme as kvpager, with a small host tier so idle sessions spill to the
                NVMe store (GPU only).
   hbm          all-in-HBM, no preload: the ceiling.
-  hbm-preload  all-in-HBM under the preload with a budget above the footprint:
-               the preload's overhead when nothing is oversubscribed (GPU only).
+  hbm-preload  all-in-HBM under the preload, the pager on with the budget it
+               takes by default (above the footprint): the preload's overhead
+               when nothing is oversubscribed (GPU only).
 """
 from __future__ import annotations
 
@@ -248,10 +249,13 @@ def pager_settings(mode: str, plan: P.Plan, safe: dict, args: argparse.Namespace
     """KVPAGER_* settings of a preload mode. Only knob names kvpager knows: it
     refuses unknown KVPAGER_* variables."""
     s: Dict[str, str] = {}
-    if mode == "hbm-preload":
-        s["hbm_budget"] = P.knob_bytes(safe["limit_bytes"])  # above the footprint: nothing oversubscribed
-    else:
+    if mode != "hbm-preload":
         s["hbm_budget"] = P.knob_bytes(plan.budget_bytes)
+    # hbm-preload: no budget, so the pager takes the most the device offers
+    # (90 % of its free memory, far above the footprint the safety rule
+    # allows). The managed ceiling is not a budget it accepts: it is above
+    # that, and a pager refusing its budget is off -- the mode then measured
+    # pass-through hooks, not the pager (the worker now refuses to run so).
     s["cuda.managed_limit"] = P.knob_bytes(safe["limit_bytes"])  # the ceiling, below the card's free memory
     if mode == "kvpager-nvme":
         host = parse_size(args.nvme_host_capacity, "--nvme-host-capacity") if args.nvme_host_capacity \
