@@ -216,7 +216,21 @@ std::shared_ptr<CudaMover::Batch> CudaMover::record_batch() {
   return b;
 }
 
-bool CudaMover::batch_done(Batch& b) { return event_done(b.ev); }
+bool CudaMover::batch_done(Batch& b) {
+  if (!event_done(b.ev)) return false;
+  if (b.kind >= 0) {  // the first job to see it done times it
+    const uint64_t ns = clock_.now_ns() - b.recorded_ns;
+    if (b.kind == 0) {
+      stats_.promote_ns += ns;
+      ++stats_.promote_batches;
+    } else {
+      stats_.demote_ns += ns;
+      ++stats_.demote_batches;
+    }
+    b.kind = -1;
+  }
+  return true;
+}
 
 // ---------------------------------------------------------------- moves
 
@@ -322,6 +336,7 @@ void CudaMover::flush() {
     // host RAM). Its advice goes back to where its bytes stay.
     const CUmemLocation where = k == 0 ? device_location(device_) : host_location();
     const CUmemLocation from = k == 0 ? host_location() : device_location(device_);
+    const uint64_t t0 = clock_.now_ns();
     for (Range& r : ranges) {
       r.ok = check(d_.memAdvise(r.addr, r.len, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, where)) &&
              check(d_.memPrefetchAsync(r.addr, r.len, where, 0, stream_));
@@ -333,7 +348,10 @@ void CudaMover::flush() {
       }
     }
     stats_.ranges += ranges.size();
+    stats_.issue_ns += clock_.now_ns() - t0;
     auto batch = record_batch();
+    batch->kind = k;
+    batch->recorded_ns = clock_.now_ns();
     for (size_t i = 0; i < list.size(); ++i) {
       Job* j = list[i];
       if (!ranges[range_of[i]].ok) {  // a refused range leaves its chunks where they were

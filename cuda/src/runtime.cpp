@@ -870,6 +870,9 @@ Runtime::Counters Runtime::mover_counters() const {
           {"mover.fences", ms.fences},           {"mover.fence_refusals", ms.fence_refusals},
           {"mover.driver_errors", ms.driver_errors}, {"mover.last_driver_error", ms.last_driver_error},
           {"mover.failed_ranges", ms.failed_ranges},     {"mover.reads", ms.reads},
+          {"mover.issue_ns", ms.issue_ns},               {"mover.promote_ns", ms.promote_ns},
+          {"mover.promote_batches", ms.promote_batches}, {"mover.demote_ns", ms.demote_ns},
+          {"mover.demote_batches", ms.demote_batches},
           {"mover.store_peak", ms.store_peak},   {"mover.store_full", ms.store_full}};
 }
 

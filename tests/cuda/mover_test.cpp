@@ -117,6 +117,8 @@ TEST(CudaMoverOnStandIn, ContiguousChunksMoveAsOneRange) {
   EXPECT_EQ(count_prefix(log, expect), 1u) << "eight chunks, one prefetch";
   EXPECT_EQ(count_prefix(log, "cuMemPrefetchAsync_v2"), 1u);
   EXPECT_EQ(rig.mover->stats().ranges, 1u);
+  EXPECT_EQ(rig.mover->stats().promote_batches, 1u) << "timed once, as one batch";
+  EXPECT_EQ(rig.mover->stats().demote_batches, 0u);
 }
 
 // The bytes of a context in each tier, as the pager sees them.
