@@ -80,6 +80,7 @@ CudaMover::~CudaMover() {
 bool CudaMover::check(CUresult r) {
   if (r == CUDA_SUCCESS) return true;
   ++stats_.driver_errors;
+  stats_.last_driver_error = static_cast<uint64_t>(r);
   return false;
 }
 
@@ -215,7 +216,21 @@ std::shared_ptr<CudaMover::Batch> CudaMover::record_batch() {
   return b;
 }
 
-bool CudaMover::batch_done(Batch& b) { return event_done(b.ev); }
+bool CudaMover::batch_done(Batch& b) {
+  if (!event_done(b.ev)) return false;
+  if (b.kind >= 0) {  // the first job to see it done times it
+    const uint64_t ns = clock_.now_ns() - b.recorded_ns;
+    if (b.kind == 0) {
+      stats_.promote_ns += ns;
+      ++stats_.promote_batches;
+    } else {
+      stats_.demote_ns += ns;
+      ++stats_.demote_batches;
+    }
+    b.kind = -1;
+  }
+  return true;
+}
 
 // ---------------------------------------------------------------- moves
 
@@ -263,6 +278,7 @@ void CudaMover::flush() {
   // share one fence taken now (after the spills' chunks were marked).
   struct Range {
     uint64_t addr, len;
+    bool ok;
   };
   std::vector<Job*> moves[2];  // promote, demote
   std::shared_ptr<Fence> fence;
@@ -303,21 +319,42 @@ void CudaMover::flush() {
     auto& list = moves[k];
     if (list.empty()) continue;
     std::sort(list.begin(), list.end(), [](const Job* a, const Job* b) { return a->req.addr < b->req.addr; });
+    // Contiguous chunks of one region make a range; each job keeps its range.
     std::vector<Range> ranges;
-    for (Job* j : list) {
-      if (!ranges.empty() && ranges.back().addr + ranges.back().len == j->req.addr) ranges.back().len += j->req.len;
-      else ranges.push_back(Range{j->req.addr, j->req.len});
+    std::vector<size_t> range_of(list.size());
+    for (size_t i = 0; i < list.size(); ++i) {
+      const MoveRequest& req = list[i]->req;
+      if (i > 0 && list[i - 1]->req.region == req.region && ranges.back().addr + ranges.back().len == req.addr)
+        ranges.back().len += req.len;
+      else
+        ranges.push_back(Range{req.addr, req.len, true});
+      range_of[i] = ranges.size() - 1;
     }
-    bool ok = true;
+    // A range the driver refuses fails its own chunks only: the other ranges
+    // did move, and the pager must see them where they now are (a demote
+    // reported failed would be believed in HBM while kernels read it from
+    // host RAM). Its advice goes back to where its bytes stay.
     const CUmemLocation where = k == 0 ? device_location(device_) : host_location();
-    for (const Range& r : ranges) {
-      ok = check(d_.memAdvise(r.addr, r.len, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, where)) && ok;
-      ok = check(d_.memPrefetchAsync(r.addr, r.len, where, 0, stream_)) && ok;
+    const CUmemLocation from = k == 0 ? host_location() : device_location(device_);
+    const uint64_t t0 = clock_.now_ns();
+    for (Range& r : ranges) {
+      r.ok = check(d_.memAdvise(r.addr, r.len, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, where)) &&
+             check(d_.memPrefetchAsync(r.addr, r.len, where, 0, stream_));
+      if (!r.ok) {
+        ++stats_.failed_ranges;
+        const uint64_t refused = stats_.last_driver_error;
+        check(d_.memAdvise(r.addr, r.len, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, from));
+        stats_.last_driver_error = refused;  // what refused the range, not the put-back
+      }
     }
     stats_.ranges += ranges.size();
+    stats_.issue_ns += clock_.now_ns() - t0;
     auto batch = record_batch();
-    for (Job* j : list) {
-      if (!ok) {  // a failed prefetch leaves the chunk where it was
+    batch->kind = k;
+    batch->recorded_ns = clock_.now_ns();
+    for (size_t i = 0; i < list.size(); ++i) {
+      Job* j = list[i];
+      if (!ranges[range_of[i]].ok) {  // a refused range leaves its chunks where they were
         finish(*j, Status::kIoError);
         continue;
       }

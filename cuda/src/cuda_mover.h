@@ -74,7 +74,10 @@
 //
 // Moves are batched: everything submitted before the next poll()/wait() is
 // issued together, contiguous chunks of a region as one range, and completes
-// on one event. All calls come from the pager thread.
+// on one event. A range whose advice or prefetch the driver refuses fails its
+// own chunks only (kIoError; its advice is put back where its bytes stay):
+// the batch's other ranges moved, and complete as moved. All calls come from
+// the pager thread.
 #pragma once
 
 #include <cuda.h>
@@ -111,6 +114,16 @@ struct CudaMoverStats {
   uint64_t fences = 0;           // fences completed
   uint64_t fence_refusals = 0;   // spills refused because no fence could be built
   uint64_t driver_errors = 0;
+  uint64_t last_driver_error = 0;  // the CUresult of the latest driver call that failed
+  uint64_t failed_ranges = 0;      // ranges whose advice or prefetch the driver refused (their chunks' moves failed)
+  // Where a promote/demote's time goes (for the GPU runs): issue_ns, the
+  // pager thread's time inside the advice and prefetch calls (a driver that
+  // migrates in the call blocks the pager thread that long); promote_ns and
+  // demote_ns, summed over batches, from the batch's event being recorded to
+  // the pager seeing it done (the side stream's work behind it included).
+  uint64_t issue_ns = 0;
+  uint64_t promote_ns = 0, promote_batches = 0;
+  uint64_t demote_ns = 0, demote_batches = 0;
   uint64_t reads = 0;            // HBM/host chunks copied out by read_chunk (publishing)
   uint64_t store_peak = 0;       // most store reads and writes submitted and not yet reaped (StoreQueue::in_flight)
   uint64_t store_full = 0;       // submits the store's queue refused as full (retried)
@@ -190,6 +203,8 @@ class CudaMover final : public Mover {
   struct Batch {
     CUevent ev = nullptr;
     int users = 0;
+    int kind = -1;  // 0 promote, 1 demote (timed in stats_); -1 other
+    uint64_t recorded_ns = 0;
   };
   struct Job {
     MoveRequest req;

@@ -775,6 +775,16 @@ void Runtime::pager_main() {
     handle_events();
     pager_->tick();
     reap_async_frees(false);
+    if (const CudaMoverStats& ms = mover_->stats(); ms.failed_ranges > failed_ranges_logged_) {
+      // Said the first time and then at every doubling: a move the driver
+      // refuses leaves its chunks where they were (remote reads, if in host RAM).
+      if (failed_ranges_logged_ == 0 || ms.failed_ranges >= 2 * failed_ranges_logged_) {
+        log(3, fmt::format("the driver refused {} move range(s) so far (last CUresult {}): their chunks stay where "
+                           "they were",
+                           ms.failed_ranges, ms.last_driver_error));
+        failed_ranges_logged_ = ms.failed_ranges;
+      }
+    }
     hbm_committed_.store(pager_->committed_bytes(Tier::kHbm), std::memory_order_relaxed);
     whole_ref_bytes_.store(pager_->whole_reference_bytes(), std::memory_order_relaxed);
     map_.reclaim();
@@ -858,7 +868,11 @@ Runtime::Counters Runtime::mover_counters() const {
   const CudaMoverStats& ms = mover_->stats();
   return {{"mover.batches", ms.batches},         {"mover.ranges", ms.ranges},
           {"mover.fences", ms.fences},           {"mover.fence_refusals", ms.fence_refusals},
-          {"mover.driver_errors", ms.driver_errors}, {"mover.reads", ms.reads},
+          {"mover.driver_errors", ms.driver_errors}, {"mover.last_driver_error", ms.last_driver_error},
+          {"mover.failed_ranges", ms.failed_ranges},     {"mover.reads", ms.reads},
+          {"mover.issue_ns", ms.issue_ns},               {"mover.promote_ns", ms.promote_ns},
+          {"mover.promote_batches", ms.promote_batches}, {"mover.demote_ns", ms.demote_ns},
+          {"mover.demote_batches", ms.demote_batches},
           {"mover.store_peak", ms.store_peak},   {"mover.store_full", ms.store_full}};
 }
 

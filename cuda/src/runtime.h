@@ -258,6 +258,7 @@ class Runtime {
   // Allocation base -> last sibling touch; an entry goes with its allocation.
   std::unordered_map<uint64_t, uint64_t> alloc_touch_ns_;
   std::vector<uint32_t> entry_of_pager_slot_;  // pager RegionId.slot -> map slot
+  uint64_t failed_ranges_logged_ = 0;          // the mover's failed_ranges when last logged
 };
 
 }  // namespace kvpager::cuda

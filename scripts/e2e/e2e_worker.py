@@ -50,7 +50,7 @@ def pager_snapshot(kvpager_bin: Optional[str]) -> dict:
     if isinstance(body, list):
         body = body[0] if body else {}
     stats = body.get("stats", body)
-    interposer = body.get("interposer")
+    interposer = body.get("interposer", {})  # libkvpager.so's own counters (mover.*, events_dropped, ...)
     moves = stats.get("moves", {})
     tiers = stats.get("tiers", {})
     return {
@@ -66,7 +66,7 @@ def pager_snapshot(kvpager_bin: Optional[str]) -> dict:
         "host_resident_bytes": int(tiers.get("host", {}).get("resident_bytes", 0)),
         "nvme_resident_bytes": int(tiers.get("nvme", {}).get("resident_bytes", 0)),
         "raw": stats,
-        "interposer": interposer if isinstance(interposer, dict) else None,
+        "interposer": interposer,
     }
 
 
@@ -99,7 +99,7 @@ def pager_delta(before: dict, after: dict, budget: int) -> dict:
         "end": {k: after[k] for k in ("hbm_resident_bytes", "host_resident_bytes", "nvme_resident_bytes")},
         "hbm_within_budget": after["hbm_resident_bytes"] <= budget,
         "raw_end": after["raw"],
-        "interposer_end": after.get("interposer"),
+        "interposer_end": after.get("interposer", {}),
     }
 
 
@@ -183,6 +183,19 @@ def run_worker(spec_path: str, mode: str, result_path: str, kvpager_bin: Optiona
     warmup_s = time.perf_counter() - t0
 
     before = pager_snapshot(kvpager_bin) if lib else None
+    if before is not None and kvpager_bin:
+        # Under the preload the pager must be running: one that refused its
+        # configuration passes every call through, and the mode would measure
+        # the hooks alone while claiming to measure the pager.
+        if not before.get("available"):
+            print(f"error: mode {mode}: no pager is running under the preload ({before.get('why')}); "
+                  f"see the kvpager lines above")
+            return 3
+        cap = int(before["raw"].get("tiers", {}).get("hbm", {}).get("capacity_bytes", 0))
+        if mode == "hbm-preload" and cap < plan.footprint_bytes:
+            print(f"error: mode {mode}: the pager's HBM budget {P.human(cap)} is below the footprint "
+                  f"{P.human(plan.footprint_bytes)}: it would page, not measure the preload's overhead")
+            return 3
     wl = plan.workload
     server = Server(backend, plan.max_len, plan.prefill_chunk,
                     kv_capacity_bytes=plan.kv_capacity_bytes if mode == "recompute" else None,

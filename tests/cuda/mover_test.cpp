@@ -5,6 +5,7 @@
 // fence, and stays there.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstdio>
@@ -116,6 +117,61 @@ TEST(CudaMoverOnStandIn, ContiguousChunksMoveAsOneRange) {
   EXPECT_EQ(count_prefix(log, expect), 1u) << "eight chunks, one prefetch";
   EXPECT_EQ(count_prefix(log, "cuMemPrefetchAsync_v2"), 1u);
   EXPECT_EQ(rig.mover->stats().ranges, 1u);
+  EXPECT_EQ(rig.mover->stats().promote_batches, 1u) << "timed once, as one batch";
+  EXPECT_EQ(rig.mover->stats().demote_batches, 0u);
+}
+
+// The bytes of a context in each tier, as the pager sees them.
+std::array<uint64_t, kNumTiers> tier_bytes(const MoverRig& rig, const std::string& name) {
+  for (const ContextInfo& ci : rig.pager->contexts())
+    if (ci.name == name) return ci.tier_bytes;
+  return {};
+}
+
+// One flush moves several regions; the driver refuses the prefetch of one of
+// them. Only that region's chunks failed: the others moved, and the pager
+// must say so, or it believes chunks are in HBM that now live in host RAM (a
+// demote) and never brings them back while kernels read them over PCIe.
+TEST(CudaMoverOnStandIn, ARangeTheDriverRefusesFailsOnlyItsOwnChunks) {
+  Config c = standin_config();
+  c.prefetchers = kPrefetchHint;
+  c.hbm_budget = 1 * MiB;
+  c.host_capacity = 4 * MiB;
+  MoverRig rig(STANDIN_LIBCUDA, c);
+  ASSERT_TRUE(rig.ok()) << rig.why;
+  auto a = rig.alloc(256 * KiB, "a");
+  auto b = rig.alloc(256 * KiB, "b");
+  for (const char* name : {"a", "b"})
+    ASSERT_EQ(rig.pager->hint(rig.pager->find_context(name), HintKind::kPrefetch), Status::kOk);
+  rig.pager->drain();
+  ASSERT_EQ(tier_bytes(rig, "a")[index(Tier::kHbm)], 256 * KiB);
+  ASSERT_EQ(tier_bytes(rig, "b")[index(Tier::kHbm)], 256 * KiB);
+  const uint64_t failures = rig.pager->stats().move_failures;
+
+  auto fail_at = rig.standin<void (*)(uint64_t, int)>("standin_fail_prefetch_at");
+  auto resident_in = rig.standin<uint64_t (*)(uint64_t, uint64_t)>("standin_resident_in");
+  fail_at(b.base + 64 * KiB, CUDA_ERROR_INVALID_VALUE);
+  rig.standin<void (*)()>("standin_log_clear")();
+  for (const char* name : {"a", "b"})  // both demotes in one flush
+    ASSERT_EQ(rig.pager->hint(rig.pager->find_context(name), HintKind::kPark), Status::kOk);
+  rig.pager->drain();
+  fail_at(0, 0);
+
+  EXPECT_EQ(resident_in(a.base, a.size), 0u) << "the driver moved a";
+  EXPECT_EQ(tier_bytes(rig, "a")[index(Tier::kHbm)], 0u) << "...and the pager knows it";
+  EXPECT_EQ(tier_bytes(rig, "a")[index(Tier::kHost)], 256 * KiB);
+  EXPECT_EQ(resident_in(b.base, b.size), 256 * KiB) << "b stayed on the device";
+  EXPECT_EQ(tier_bytes(rig, "b")[index(Tier::kHbm)], 256 * KiB);
+  EXPECT_EQ(rig.pager->stats().move_failures - failures, 4u) << "b's four chunks";
+  EXPECT_EQ(rig.mover->stats().failed_ranges, 1u);
+  EXPECT_EQ(rig.mover->stats().last_driver_error, uint64_t{CUDA_ERROR_INVALID_VALUE});
+  char expect[128];
+  std::snprintf(expect, sizeof expect, "cuMemAdvise_v2 0x%llx 262144 %d device",
+                static_cast<unsigned long long>(b.base), static_cast<int>(CU_MEM_ADVISE_SET_PREFERRED_LOCATION));
+  EXPECT_EQ(count_prefix(standin_log(rig), expect), 1u) << "b's advice is put back where its bytes are";
+  EXPECT_EQ(resident_in(a.base, a.size) + resident_in(b.base, b.size), rig.pager->committed_bytes(Tier::kHbm))
+      << "the pager's HBM is the device's";
+  EXPECT_EQ(rig.pager->audit(), "");
 }
 
 TEST(CudaMoverOnStandIn, ASpillWaitsUntilLaunchesUnderWayHaveBeenIssued) {

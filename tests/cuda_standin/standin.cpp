@@ -166,6 +166,9 @@ struct Event {
   std::atomic<uint32_t> not_ready{0};
 };
 std::atomic<uint32_t> g_event_lag{0};
+// standin_fail_prefetch_at
+std::atomic<uint64_t> g_fail_prefetch_addr{0};
+std::atomic<int> g_fail_prefetch_result{0};
 
 CUresult need_context() { return t_current ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT; }
 
@@ -348,6 +351,21 @@ void standin_log_clear() {
 }
 
 void standin_set_event_lag(uint32_t queries) { g_event_lag = queries; }
+
+void standin_fail_prefetch_at(uint64_t addr, int result) {
+  g_fail_prefetch_result = addr ? result : 0;
+  g_fail_prefetch_addr = addr;
+}
+
+uint64_t standin_resident_in(uint64_t p, uint64_t n) {
+  std::lock_guard lock(g_mu);
+  uint64_t base = 0, bytes = 0;
+  Alloc* a = find(p, &base);
+  if (!a || a->kind != Kind::kManaged) return 0;
+  for (uint64_t pg = (p - base) / kPage; pg < a->resident.size() && pg * kPage < p - base + n; ++pg)
+    bytes += a->resident[pg] ? kPage : 0;
+  return bytes;
+}
 
 uint64_t standin_device_resident() {
   std::lock_guard lock(g_mu);
@@ -546,6 +564,10 @@ CUresult cuMemAdvise_v2(CUdeviceptr p, size_t n, CUmem_advise advice, CUmemLocat
 
 CUresult cuMemPrefetchAsync_v2(CUdeviceptr p, size_t n, CUmemLocation loc, unsigned, CUstream) {
   logf("cuMemPrefetchAsync_v2 0x%llx %zu %s", static_cast<unsigned long long>(p), n, where(loc));
+  if (const uint64_t bad = g_fail_prefetch_addr.load(); bad && bad >= u(p) && bad < u(p) + n && g_fail_prefetch_result) {
+    logf("cuMemPrefetchAsync_v2 refused (%d)", g_fail_prefetch_result.load());
+    return static_cast<CUresult>(g_fail_prefetch_result.load());
+  }
   set_resident(u(p), n, loc.type == CU_MEM_LOCATION_TYPE_DEVICE);
   return CUDA_SUCCESS;
 }

@@ -18,6 +18,12 @@ void standin_log_clear();
 void standin_set_event_lag(uint32_t queries);
 // Bytes of managed memory the stand-in counts as resident on the device.
 uint64_t standin_device_resident();
+// Bytes of the managed range [p, p + n) resident on the device.
+uint64_t standin_resident_in(uint64_t p, uint64_t n);
+// cuMemPrefetchAsync of a range that contains `addr` fails with `result`
+// (a CUresult) and moves nothing, as the driver refuses a range; 0 (or
+// result 0) turns it off.
+void standin_fail_prefetch_at(uint64_t addr, int result);
 }
 
 // The pattern the "fill" kernel writes and "check" verifies.

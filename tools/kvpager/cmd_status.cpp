@@ -96,7 +96,11 @@ void print_interposer(const json& in) {
     fmt::print("  warning: {} references did not fit in their launch's events: their regions looked idle\n",
                n("refs_dropped"));
   if (n("mover.driver_errors"))
-    fmt::print("  warning: {} driver errors while moving chunks\n", n("mover.driver_errors"));
+    fmt::print("  warning: {} driver errors while moving chunks (last CUresult {})\n", n("mover.driver_errors"),
+               n("mover.last_driver_error"));
+  if (n("mover.failed_ranges"))
+    fmt::print("  warning: the driver refused {} move ranges: their chunks stayed where they were\n",
+               n("mover.failed_ranges"));
 }
 
 void print_details(const json& stats_reply, const json& config, const json& contexts) {
