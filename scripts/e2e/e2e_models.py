@@ -92,13 +92,13 @@ class Backend:
         tensors = self.kv_tensors(cache) if cache is not None else None
         if not tensors:
             return None
+        if any(t.dim() != 4 or t.shape[2] < length for t in tensors):
+            return None
         parts = []
         with torch.no_grad():
+            pos = torch.arange(1, length + 1, device=tensors[0].device, dtype=torch.int64)  # one per digest
             for t in tensors:
-                if t.dim() != 4 or t.shape[2] < length:
-                    return None
                 rows = t[:, :, :length, :].view(torch.int16).sum(dim=-1, dtype=torch.int64)
-                pos = torch.arange(1, length + 1, device=rows.device, dtype=torch.int64)
                 parts += [rows.sum(), (rows * pos).sum()]
             values = torch.stack(parts).tolist()
         return hashlib.sha256(",".join(map(str, values)).encode()).hexdigest()[:16]
