@@ -213,7 +213,8 @@ def safety_text(plan: P.Plan, s: dict) -> str:
             f"{s['what']} {h(s['free_bytes'])}, reserve {h(s['reserve_bytes'])}, "
             f"{'managed ceiling' if plan.device == 'cuda' else 'limit'} "
             f"{h(s['limit_bytes'])}; budget B {h(plan.budget_bytes)} holds {plan.resident_sessions} of "
-            f"{plan.workload.sessions} sessions")
+            f"{plan.workload.sessions} sessions ({plan.pager_resident_sessions} at the pager's high watermark, "
+            f"{P.PAGER_HIGH_WATERMARK:.0%} of B)")
 
 
 # =========================================================================== launching modes
@@ -242,6 +243,22 @@ def has_subcommand(binary: Optional[str], sub: str) -> bool:
     return r.returncode == 0
 
 
+def failed_moves_text(pager: dict) -> str:
+    """The pager's failed moves by kind and what the driver said (its
+    counters at the end of the run), or "" when none failed."""
+    end = pager.get("end", {})
+    failed = {k: v for k, v in end.get("move_failed", {}).items() if v}
+    if not failed and not end.get("raw", {}).get("move_failures"):
+        return ""
+    parts = ", ".join(f"{k} {v}" for k, v in failed.items()) or f"{end['raw']['move_failures']} (kinds not reported)"
+    ip = pager.get("interposer_end") or end.get("interposer", {})
+    driver = ""
+    if ip.get("mover.failed_ranges") or ip.get("mover.driver_errors"):
+        driver = (f"; driver: {ip.get('mover.failed_ranges', 0)} move ranges refused, "
+                  f"{ip.get('mover.driver_errors', 0)} errors, last CUresult {ip.get('mover.last_driver_error', 0)}")
+    return f"failed moves: {parts}{driver}"
+
+
 def env_name(knob: str) -> str:
     return "KVPAGER_" + knob.replace(".", "_").upper()
 
@@ -252,6 +269,7 @@ def pager_settings(mode: str, plan: P.Plan, safe: dict, args: argparse.Namespace
     s: Dict[str, str] = {}
     if mode != "hbm-preload":
         s["hbm_budget"] = P.knob_bytes(plan.budget_bytes)
+        s["high_watermark"] = str(P.PAGER_HIGH_WATERMARK)  # what the default budget was sized for
     # hbm-preload: no budget, so the pager takes the most the device offers
     # (90 % of its free memory, far above the footprint the safety rule
     # allows). The managed ceiling is not a budget it accepts: it is above
@@ -647,6 +665,9 @@ def summary_text(report: dict) -> str:
                          f"{'-' if acc is None else f'{acc:.1%}'}; hit rate "
                          f"{'-' if d.get('hit_rate') is None else format(d['hit_rate'], '.1%')}; HBM at end "
                          f"{P.human(pg.get('end', {}).get('hbm_resident_bytes', 0))}")
+            failed = failed_moves_text(pg)
+            if failed:
+                lines.append(f"pager ({m}): {failed}")
         else:
             lines.append(f"pager ({m}): no statistics ({pg.get('why')})")
     lines.append("")

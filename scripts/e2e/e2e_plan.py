@@ -183,12 +183,36 @@ class Plan:
     resident_sessions: int     # sessions whose KV fits in B beside weights and workspace
     kv_capacity_bytes: int     # B - weights - workspace: the recompute server's KV pool
 
+    @property
+    def pager_resident_sessions(self) -> int:
+        """Sessions whose KV fits beside weights and workspace in what the
+        pager works with: its high watermark x B."""
+        kv = int(self.budget_bytes * PAGER_HIGH_WATERMARK) - self.weight_bytes - self.workspace_bytes
+        return max(0, min(self.workload.sessions, kv // self.session_kv_bytes))
+
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
+        d["pager_resident_sessions"] = self.pager_resident_sessions
         d["spec"] = dataclasses.asdict(self.spec)
         d["workload"] = dataclasses.asdict(self.workload)
         d["session_lengths"] = self.workload.session_lengths()
         return d
+
+
+# The pager starts demoting when HBM passes this fraction of its budget (its
+# high_watermark; kvpager modes set it to this value), so it works with
+# PAGER_HIGH_WATERMARK x B, not B.
+PAGER_HIGH_WATERMARK = 0.95
+
+
+def default_budget(need: int, session_kv: int) -> int:
+    """The default B for `need` bytes (weights + workspace + the resident
+    sessions' KV): enough that the pager's working level (high watermark x B)
+    holds them too, and less than one more session's KV above `need`, so the
+    recompute cap still holds exactly those sessions. (Sized as `need` alone,
+    the pager held 1.93 of the 2 sessions an H200 run planned: some of the
+    active session was read over PCIe on every decode step.)"""
+    return max(need, min(math.ceil(need / PAGER_HIGH_WATERMARK), need + session_kv - 1))
 
 
 class PlanError(ValueError):
@@ -213,7 +237,7 @@ def make_plan(spec: ModelSpec, dtype: str, device: str, workload: Workload, pref
     if budget is None:
         if not 1 <= resident <= workload.sessions:
             raise PlanError(f"--resident-sessions {resident}: need 1..{workload.sessions} (--sessions)")
-        budget = wb + ws + resident * session_kv
+        budget = default_budget(wb + ws + resident * session_kv, session_kv)
     kv_cap = budget - wb - ws
     if kv_cap < session_kv:
         raise PlanError(
