@@ -59,8 +59,14 @@ CudaMover::CudaMover(const Driver& d, const Config& cfg, CUcontext ctx, Store* s
   // auto budget: 90 % of the memory free now, in whole chunks.
   hbm_bytes_ = std::max<uint64_t>(chunk_size_, static_cast<uint64_t>(free) / 10 * 9 / chunk_size_ * chunk_size_);
   if (d_.streamCreate(&stream_, CU_STREAM_NON_BLOCKING) != CUDA_SUCCESS) throw ConfigError("cuStreamCreate failed");
+  down_ = stream_;
+  if (cfg.cuda_move_streams > 1 && d_.streamCreate(&down_, CU_STREAM_NON_BLOCKING) != CUDA_SUCCESS) {
+    d_.streamDestroy(stream_);
+    throw ConfigError("cuStreamCreate failed (the mover's second stream)");
+  }
   void* host = nullptr;
   if (d_.memHostAlloc(&host, kStagingChunks * chunk_size_, 0) != CUDA_SUCCESS) {
+    if (down_ != stream_) d_.streamDestroy(down_);
     d_.streamDestroy(stream_);
     throw ConfigError(fmt::format("cannot pin {} of host memory for staging", format_bytes(kStagingChunks * chunk_size_)));
   }
@@ -74,6 +80,7 @@ CudaMover::~CudaMover() {
   while (io_inflight_ > 0 && io_->pending() > 0) collect_io(true);
   for (CUevent ev : events_) d_.eventDestroy(ev);
   if (staging_) d_.memFreeHost(staging_);
+  if (down_ && down_ != stream_) d_.streamDestroy(down_);
   if (stream_) d_.streamDestroy(stream_);
 }
 
@@ -204,13 +211,13 @@ bool CudaMover::event_done(CUevent ev) {
   return true;
 }
 
-std::shared_ptr<CudaMover::Batch> CudaMover::record_batch() {
+std::shared_ptr<CudaMover::Batch> CudaMover::record_batch(CUstream on) {
   auto b = std::make_shared<Batch>();
   b->ev = take_event();
-  if (b->ev && !check(d_.eventRecord(b->ev, stream_))) {
+  if (b->ev && !check(d_.eventRecord(b->ev, on))) {
     give_event(b->ev);
     b->ev = nullptr;
-    check(d_.streamSynchronize(stream_));  // no event: wait here instead
+    check(d_.streamSynchronize(on));  // no event: wait here instead
   }
   ++stats_.batches;
   return b;
@@ -336,10 +343,11 @@ void CudaMover::flush() {
     // host RAM). Its advice goes back to where its bytes stay.
     const CUmemLocation where = k == 0 ? device_location(device_) : host_location();
     const CUmemLocation from = k == 0 ? host_location() : device_location(device_);
+    const CUstream on = k == 0 ? stream_ : down_;
     const uint64_t t0 = clock_.now_ns();
     for (Range& r : ranges) {
       r.ok = check(d_.memAdvise(r.addr, r.len, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, where)) &&
-             check(d_.memPrefetchAsync(r.addr, r.len, where, 0, stream_));
+             check(d_.memPrefetchAsync(r.addr, r.len, where, 0, on));
       if (!r.ok) {
         ++stats_.failed_ranges;
         const uint64_t refused = stats_.last_driver_error;
@@ -349,7 +357,7 @@ void CudaMover::flush() {
     }
     stats_.ranges += ranges.size();
     stats_.issue_ns += clock_.now_ns() - t0;
-    auto batch = record_batch();
+    auto batch = record_batch(on);
     batch->kind = k;
     batch->recorded_ns = clock_.now_ns();
     for (size_t i = 0; i < list.size(); ++i) {
@@ -426,7 +434,7 @@ bool CudaMover::advance(Job& j) {
         CUdeviceptr p = req.addr;
         size_t n = req.len;
         check(d_.memDiscardBatchAsync(&p, &n, 1, 0, stream_));
-        j.batch = record_batch();
+        j.batch = record_batch(stream_);
         j.batch->users = 1;
         j.stage = Stage::kIssued;
         return true;
@@ -457,12 +465,12 @@ bool CudaMover::advance(Job& j) {
         j.stage = Stage::kStore;
         return true;
       }
-      if (!check(d_.memcpyDtoHAsync(staging(j.staging), req.addr, req.len, stream_))) {
+      if (!check(d_.memcpyDtoHAsync(staging(j.staging), req.addr, req.len, down_))) {
         mark_unsafe(req, false);
         finish(j, Status::kIoError);
         return false;
       }
-      record_copy(j);
+      record_copy(j, down_);
       return true;
     }
     case Stage::kCopy: {
@@ -507,7 +515,7 @@ bool CudaMover::advance(Job& j) {
           finish(j, Status::kIoError);
           return false;
         }
-        record_copy(j);
+        record_copy(j, stream_);
         return true;
       }
       staging_free_.push_back(j.staging);
@@ -521,7 +529,7 @@ bool CudaMover::advance(Job& j) {
       CUdeviceptr p = req.addr;
       size_t n = req.len;
       check(d_.memDiscardBatchAsync(&p, &n, 1, 0, stream_));
-      j.batch = record_batch();
+      j.batch = record_batch(stream_);
       j.batch->users = 1;
       j.stage = Stage::kIssued;
       return true;
@@ -536,12 +544,12 @@ bool CudaMover::advance(Job& j) {
   return false;
 }
 
-void CudaMover::record_copy(Job& j) {
+void CudaMover::record_copy(Job& j, CUstream on) {
   j.copy_ev = take_event();
-  if (!j.copy_ev || !check(d_.eventRecord(j.copy_ev, stream_))) {
+  if (!j.copy_ev || !check(d_.eventRecord(j.copy_ev, on))) {
     give_event(j.copy_ev);
     j.copy_ev = nullptr;
-    check(d_.streamSynchronize(stream_));
+    check(d_.streamSynchronize(on));
   }
   j.stage = Stage::kCopy;
 }
@@ -687,7 +695,7 @@ Status CudaMover::read_chunk(const ChunkRef& ref, std::span<std::byte> out) {
   if (slot < 0) return Status::kBusy;
   std::byte* buf = staging(slot);
   const bool good =
-      check(d_.memcpyDtoHAsync(buf, ref.addr, ref.len, stream_)) && check(d_.streamSynchronize(stream_));
+      check(d_.memcpyDtoHAsync(buf, ref.addr, ref.len, down_)) && check(d_.streamSynchronize(down_));
   if (good) {
     std::memcpy(out.data(), buf, ref.len);
     ++stats_.reads;

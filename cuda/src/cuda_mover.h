@@ -2,10 +2,11 @@
 // the NVMe store with the driver's managed-memory calls.
 //
 //   promote  HOST/UNPOPULATED -> HBM: preferred location = the GPU, prefetch to
-//            the GPU on the mover's side stream.
+//            the GPU on the mover's up stream.
 //   demote   HBM -> HOST: preferred location = CPU (accessed-by the GPU is set
 //            for the whole region when it is allocated, so kernels keep reading
-//            it remotely instead of migrating it back), prefetch to the CPU.
+//            it remotely instead of migrating it back), prefetch to the CPU
+//            on the mover's down stream.
 //   spill    HOST -> NVME: fence (below), copy the bytes through a pinned
 //            staging buffer into the store, then discard the range
 //            (cuMemDiscardBatchAsync: its pages are released, its contents
@@ -71,6 +72,16 @@
 // queue (StoreQueue::capacity, when above 1), so a restore never waits for
 // the store writes of a parked context: only for its own read. (Another
 // user of the same store -- a publication -- can still fill its queue.)
+//
+// Two streams (cuda.move_streams = 2, the default): promotes, restores'
+// copies in and discards go on the up stream; demotes, spills' copies out
+// and read_chunk's copies on the down stream. PCIe is full duplex: while a
+// swap demotes one context and promotes another, both directions carry
+// bytes, where one stream would run them one after the other. Nothing moves
+// one chunk on both at once (the pager never moves a chunk in flight), and a
+// move that follows another of the same chunk (a spill's discard after its
+// copy out) is issued only after the host saw the first one's event. With
+// cuda.move_streams = 1 both are the same stream.
 //
 // Moves are batched: everything submitted before the next poll()/wait() is
 // issued together, contiguous chunks of a region as one range, and completes
@@ -179,7 +190,10 @@ class CudaMover final : public Mover {
   // Also counts every unsafe chunk here (the launch path's fast check).
   void set_total_unsafe(std::atomic<uint32_t>* total) { total_ = total; }
   CUdevice device() const { return device_; }
-  CUstream side_stream() const { return stream_; }
+  // The stream promotes go on, and the one demotes go on (the same with
+  // cuda.move_streams = 1).
+  CUstream up_stream() const { return stream_; }
+  CUstream down_stream() const { return down_; }
   const CudaMoverStats& stats() const { return stats_; }
 
  private:
@@ -240,14 +254,15 @@ class CudaMover final : public Mover {
   // The job's store read or write, from/into its staging slot; kAgain: the
   // queue is full (nothing happened).
   Status submit_io(Job& j);
-  // Stage::kCopy: an event after the copy just issued on the side stream.
-  void record_copy(Job& j);
+  // Stage::kCopy: an event after the copy just issued on stream `on`.
+  void record_copy(Job& j, CUstream on);
   void finish(Job& j, Status s);
   // A discard is done: its store copy (if asked) and its unsafe mark go.
   void released(Job& j);
   CUevent take_event();
   void give_event(CUevent ev);
-  std::shared_ptr<Batch> record_batch();
+  // An event after the work queued on stream `on` so far.
+  std::shared_ptr<Batch> record_batch(CUstream on);
   bool batch_done(Batch& b);
   bool event_done(CUevent ev);
   std::byte* staging(int slot) { return staging_ + static_cast<size_t>(slot) * chunk_size_; }
@@ -269,7 +284,8 @@ class CudaMover final : public Mover {
   uint64_t chunk_size_;
   uint64_t hbm_bytes_ = 0;
   SteadyClock clock_;
-  CUstream stream_ = nullptr;
+  CUstream stream_ = nullptr;  // up: promotes, restores' copies in, discards
+  CUstream down_ = nullptr;    // down: demotes, spills' copies out, reads (== stream_ with one stream)
   std::byte* staging_ = nullptr;
   std::vector<int> staging_free_;
   uint32_t restores_waiting_ = 0;  // restores queued for a staging slot

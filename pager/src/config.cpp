@@ -469,6 +469,10 @@ constexpr Knob kKnobs[] = {
     make<DurationKnob<&Config::cuda_tick_ns, 10'000, 1'000'000'000>>(
         "cuda.tick_interval", KnobType::kDuration, false, "10us..1s",
         "How often the pager thread collects launches, finished moves and keeps the watermarks."),
+    make<UintKnob<&Config::cuda_move_streams, 1, 2>>(
+        "cuda.move_streams", KnobType::kUint, false, "1..2",
+        "Streams the CUDA mover moves on: 2, promotes (host to HBM) and demotes (HBM to host) on one each, so "
+        "a swap uses both directions of PCIe at once; 1, both on one stream, one direction at a time."),
 };
 
 }  // namespace

@@ -648,6 +648,7 @@ Status Pager::start_move(Region& r, Chunk& c, MoveKind kind, Tier to, bool deman
   s = mover_.submit(req);
   if (!ok(s)) {
     ++counters_.move_failures;
+    ++counters_.move_failures_by_kind[static_cast<size_t>(kind)];
     if (kind == MoveKind::kSpill && s == Status::kNoSpace) spill_disabled_ = true;
     if (was_evictable) make_evictable(c);
     return s;
@@ -687,6 +688,7 @@ void Pager::on_complete(const MoveCompletion& done) {
     counters_.move_bytes[static_cast<size_t>(kind)] += len;
   } else {
     ++counters_.move_failures;
+    ++counters_.move_failures_by_kind[static_cast<size_t>(kind)];
     if (kind == MoveKind::kSpill && done.status == Status::kNoSpace) spill_disabled_ = true;
     // The mover could not spill now (it cannot yet prove nothing reads the
     // chunk): try again a little later, not on every tick.

@@ -2,7 +2,11 @@
 // cudaMemcpyAsync-equivalent copies (cuMemcpyHtoDAsync / DtoH from pinned host
 // memory) of the same bytes, in the same run, on a real GPU; also spill and
 // restore through the store. Run by scripts/bench-gpu-mover; needs a GPU
-// (exits 2 saying why otherwise). Prints a markdown table.
+// (exits 2 saying why otherwise). Prints a markdown table. The swap rows: one
+// context parked while another of the same size is prefetched (a resumed
+// session), with the mover's promotes and demotes on a stream each
+// (cuda.move_streams = 2) and on one, against pinned copies in both
+// directions at once on two streams.
 //   bench_gpu_mover [--mib N] [--reps R] [--store DIR] [--driver LIBCUDA]
 // --driver: the libcuda to load (default libcuda.so.1, the real one). The
 // suite runs it on the stand-in driver (tests/bench/CMakeLists.txt) so the
@@ -29,6 +33,61 @@ double seconds(WallClock::time_point t) { return std::chrono::duration<double>(W
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v[v.size() / 2];
+}
+
+// Reads every chunk of the region (the pager's bookkeeping: a turn used what
+// was prefetched, so the hint prefetcher is not judged wasteful).
+bool read_all(testing::MoverRig& rig, const testing::MoverRig::Region& r) {
+  const auto n = static_cast<uint32_t>((r.size + rig.cfg.chunk_size - 1) / rig.cfg.chunk_size);
+  for (uint32_t i = 0; i < n; ++i)
+    if (!ok(rig.pager->access(r.id, i, false))) return false;
+  return true;
+}
+
+// Median seconds of a swap on a rig of its own with `streams` move streams:
+// context "out" (half bytes, in HBM) parked while context "in" (half bytes,
+// in host RAM) is prefetched, the two trading places every round. 0 (and
+// why on stderr) if it could not be measured.
+double swap_seconds(const std::string& driver, Config c, uint32_t streams, uint64_t half, int reps,
+                    const std::string& dir) {
+  c.cuda_move_streams = streams;
+  c.store_dir = dir;
+  testing::MoverRig rig(driver, c);
+  if (!rig.ok()) {
+    std::fprintf(stderr, "bench_gpu_mover: swap, %u stream(s): %s\n", streams, rig.why.c_str());
+    return 0;
+  }
+  testing::MoverRig::Region r[2] = {rig.alloc(half, "x"), rig.alloc(half, "y")};
+  if (!r[0].id.valid() || !r[1].id.valid()) {
+    std::fprintf(stderr, "bench_gpu_mover: swap: cannot allocate 2 x %llu MiB\n",
+                 static_cast<unsigned long long>(half >> 20));
+    return 0;
+  }
+  std::memset(r[0].bytes(), 3, half);
+  std::memset(r[1].bytes(), 4, half);
+  const ContextId ctx[2] = {rig.pager->find_context("x"), rig.pager->find_context("y")};
+  rig.pager->hint(ctx[0], HintKind::kPrefetch);
+  rig.pager->drain();
+  if (!read_all(rig, r[0])) return 0;
+  std::vector<double> t;
+  for (int k = 0; k < reps; ++k) {
+    const int out = k % 2, in = 1 - out;
+    const auto t0 = WallClock::now();
+    rig.pager->hint(ctx[out], HintKind::kPark);
+    rig.pager->hint(ctx[in], HintKind::kPrefetch);
+    rig.pager->drain();
+    t.push_back(seconds(t0));
+    const StatsSnapshot st = rig.pager->stats();
+    if (st.tiers[index(Tier::kHbm)].resident_bytes != half || !read_all(rig, r[in])) {
+      std::fprintf(stderr, "bench_gpu_mover: swap %d, %u stream(s): %llu of %llu MiB in HBM afterwards (%llu moves failed)\n",
+                   k, streams, static_cast<unsigned long long>(st.tiers[index(Tier::kHbm)].resident_bytes >> 20),
+                   static_cast<unsigned long long>(half >> 20), static_cast<unsigned long long>(st.move_failures));
+      return 0;
+    }
+  }
+  for (auto& reg : r)
+    if (!ok(rig.pager->remove_region(reg.id)) || rig.drv.memFree(reg.base) != CUDA_SUCCESS) return 0;
+  return median(t);
 }
 }  // namespace
 
@@ -92,7 +151,7 @@ int main(int argc, char** argv) {
   std::memset(region.bytes(), 1, bytes);  // pages exist in host RAM
   const ContextId ctx = rig.pager->find_context("bench");
   const auto nchunks = static_cast<uint32_t>((bytes + c.chunk_size - 1) / c.chunk_size);
-  std::vector<double> promote, demote, h2d, d2h;
+  std::vector<double> promote, demote, h2d, d2h, both;
   for (int r = 0; r < reps; ++r) {
     auto t = WallClock::now();
     rig.pager->hint(ctx, HintKind::kPrefetch);
@@ -148,8 +207,10 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::memset(pinned, 1, bytes);
-  CUstream s = nullptr;
+  CUstream s = nullptr, s2 = nullptr;
   rig.drv.streamCreate(&s, CU_STREAM_NON_BLOCKING);
+  rig.drv.streamCreate(&s2, CU_STREAM_NON_BLOCKING);
+  const uint64_t half = bytes / 2 / c.chunk_size * c.chunk_size;
   for (int r = 0; r < reps; ++r) {
     auto t = WallClock::now();
     rig.drv.memcpyHtoDAsync(dev, pinned, bytes, s);
@@ -159,10 +220,24 @@ int main(int argc, char** argv) {
     rig.drv.memcpyDtoHAsync(pinned, dev, bytes, s);
     rig.drv.streamSynchronize(s);
     d2h.push_back(seconds(t));
+    t = WallClock::now();  // a swap's bytes: half in, half out, at once
+    rig.drv.memcpyHtoDAsync(dev, pinned, half, s);
+    rig.drv.memcpyDtoHAsync(static_cast<std::byte*>(pinned) + half, dev + half, half, s2);
+    rig.drv.streamSynchronize(s);
+    rig.drv.streamSynchronize(s2);
+    both.push_back(seconds(t));
   }
   free_dev(dev);
   rig.drv.memFreeHost(pinned);
   rig.drv.streamDestroy(s);
+  rig.drv.streamDestroy(s2);
+
+  // Swaps on rigs of their own (the move streams are fixed at a mover's start).
+  double swap[3] = {};  // by move streams
+  for (uint32_t n : {2u, 1u}) {
+    swap[n] = swap_seconds(driver, c, n, half, reps + (reps % 2), store + "/swap" + std::to_string(n));
+    if (swap[n] == 0) return 1;
+  }
 
   // Spill and restore through the store (the NVMe tier): a quarter of it.
   // Spilling needs cuMemDiscardBatchAsync (CUDA 13): skipped, saying so, without.
@@ -225,6 +300,12 @@ int main(int argc, char** argv) {
   std::printf("| move | mover GB/s | pinned copy GB/s | ratio |\n| --- | ---: | ---: | ---: |\n");
   std::printf("| promote (host -> HBM) | %.1f | %.1f (HtoD) | %.2f |\n", p, hd, p / hd);
   std::printf("| demote (HBM -> host) | %.1f | %.1f (DtoH) | %.2f |\n", d, dh, d / dh);
+  const double pb = gbs(median(both), 2 * half);
+  for (uint32_t n : {2u, 1u}) {
+    const double sw = gbs(swap[n], 2 * half);
+    std::printf("| swap %llu MiB each way, %u move stream%s | %.1f | %.1f (HtoD + DtoH at once) | %.2f |\n",
+                static_cast<unsigned long long>(half >> 20), n, n == 1 ? "" : "s", sw, pb, sw / pb);
+  }
   if (spilled) {
     std::printf("| spill (host -> store, %s) | %.2f | | |\n", store.c_str(), gbs(spill, spilled));
     std::printf("| restore (store -> host) | %.2f | | |\n", gbs(restore, spilled));

@@ -12,6 +12,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <random>
+#include <set>
+#include <string>
 #include <thread>
 
 #include "mover_rig.h"
@@ -128,6 +130,63 @@ std::array<uint64_t, kNumTiers> tier_bytes(const MoverRig& rig, const std::strin
   return {};
 }
 
+// The streams the prefetches of `to` ("device" or "host") were issued on.
+std::set<std::string> prefetch_streams(const std::vector<std::string>& log, const std::string& to) {
+  std::set<std::string> out;
+  for (const auto& l : log) {
+    if (l.rfind("cuMemPrefetchAsync_v2 0x", 0) != 0) continue;
+    const size_t on = l.find(" on ");
+    if (on != std::string::npos && l.find(" " + to + " on ") != std::string::npos) out.insert(l.substr(on + 4));
+  }
+  return out;
+}
+
+std::string stream_name(CUstream s) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "0x%llx", reinterpret_cast<unsigned long long>(s));
+  return buf;
+}
+
+// A swap (park one context, bring another in) under each setting of
+// cuda.move_streams: with 2, every demote goes on the down stream and every
+// promote on the up stream, so the two directions of PCIe carry bytes at
+// once; with 1, both on one stream. The bytes come through either way.
+TEST(CudaMoverOnStandIn, DemotesAndPromotesGoOnAStreamEachWithTwoMoveStreams) {
+  for (uint32_t streams : {2u, 1u}) {
+    SCOPED_TRACE(streams);
+    Config c = standin_config();
+    c.prefetchers = kPrefetchHint;
+    c.cuda_move_streams = streams;
+    c.hbm_budget = 1 * MiB;  // both fit: one batch each way
+    MoverRig rig(STANDIN_LIBCUDA, c);
+    ASSERT_TRUE(rig.ok()) << rig.why;
+    auto a = rig.alloc(256 * KiB, "a");
+    auto b = rig.alloc(256 * KiB, "b");
+    std::memset(a.bytes(), 0xA1, a.size);
+    std::memset(b.bytes(), 0xB2, b.size);
+    ASSERT_EQ(rig.pager->hint(rig.pager->find_context("a"), HintKind::kPrefetch), Status::kOk);
+    rig.pager->drain();
+    rig.standin<void (*)()>("standin_log_clear")();
+    const cuda::CudaMoverStats before = rig.mover->stats();
+    ASSERT_EQ(rig.pager->hint(rig.pager->find_context("a"), HintKind::kPark), Status::kOk);
+    ASSERT_EQ(rig.pager->hint(rig.pager->find_context("b"), HintKind::kPrefetch), Status::kOk);
+    rig.pager->drain();
+    EXPECT_EQ(tier_bytes(rig, "b")[index(Tier::kHbm)], b.size);
+    EXPECT_EQ(tier_bytes(rig, "a")[index(Tier::kHost)], a.size);
+    const auto log = standin_log(rig);
+    const auto up = prefetch_streams(log, "device"), down = prefetch_streams(log, "host");
+    ASSERT_EQ(up, std::set<std::string>{stream_name(rig.mover->up_stream())});
+    ASSERT_EQ(down, std::set<std::string>{stream_name(rig.mover->down_stream())});
+    if (streams == 2) EXPECT_NE(rig.mover->up_stream(), rig.mover->down_stream());
+    else EXPECT_EQ(rig.mover->up_stream(), rig.mover->down_stream());
+    EXPECT_EQ(rig.mover->stats().promote_batches - before.promote_batches, 1u);
+    EXPECT_EQ(rig.mover->stats().demote_batches - before.demote_batches, 1u);
+    for (uint64_t i = 0; i < a.size; ++i) ASSERT_EQ(a.bytes()[i], std::byte{0xA1}) << i;
+    for (uint64_t i = 0; i < b.size; ++i) ASSERT_EQ(b.bytes()[i], std::byte{0xB2}) << i;
+    EXPECT_EQ(rig.mover->stats().driver_errors, 0u);
+  }
+}
+
 // One flush moves several regions; the driver refuses the prefetch of one of
 // them. Only that region's chunks failed: the others moved, and the pager
 // must say so, or it believes chunks are in HBM that now live in host RAM (a
@@ -146,7 +205,8 @@ TEST(CudaMoverOnStandIn, ARangeTheDriverRefusesFailsOnlyItsOwnChunks) {
   rig.pager->drain();
   ASSERT_EQ(tier_bytes(rig, "a")[index(Tier::kHbm)], 256 * KiB);
   ASSERT_EQ(tier_bytes(rig, "b")[index(Tier::kHbm)], 256 * KiB);
-  const uint64_t failures = rig.pager->stats().move_failures;
+  const StatsSnapshot before = rig.pager->stats();
+  const uint64_t failures = before.move_failures;
 
   auto fail_at = rig.standin<void (*)(uint64_t, int)>("standin_fail_prefetch_at");
   auto resident_in = rig.standin<uint64_t (*)(uint64_t, uint64_t)>("standin_resident_in");
@@ -163,6 +223,10 @@ TEST(CudaMoverOnStandIn, ARangeTheDriverRefusesFailsOnlyItsOwnChunks) {
   EXPECT_EQ(resident_in(b.base, b.size), 256 * KiB) << "b stayed on the device";
   EXPECT_EQ(tier_bytes(rig, "b")[index(Tier::kHbm)], 256 * KiB);
   EXPECT_EQ(rig.pager->stats().move_failures - failures, 4u) << "b's four chunks";
+  const auto by_kind = rig.pager->stats().move_failures_by_kind;
+  for (size_t k = 0; k < kNumMoveKinds; ++k)
+    EXPECT_EQ(by_kind[k] - before.move_failures_by_kind[k], static_cast<MoveKind>(k) == MoveKind::kDemote ? 4u : 0u)
+        << "counted as failed demotes: " << to_string(static_cast<MoveKind>(k));
   EXPECT_EQ(rig.mover->stats().failed_ranges, 1u);
   EXPECT_EQ(rig.mover->stats().last_driver_error, uint64_t{CUDA_ERROR_INVALID_VALUE});
   char expect[128];

@@ -562,8 +562,9 @@ CUresult cuMemAdvise_v2(CUdeviceptr p, size_t n, CUmem_advise advice, CUmemLocat
   return CUDA_SUCCESS;
 }
 
-CUresult cuMemPrefetchAsync_v2(CUdeviceptr p, size_t n, CUmemLocation loc, unsigned, CUstream) {
-  logf("cuMemPrefetchAsync_v2 0x%llx %zu %s", static_cast<unsigned long long>(p), n, where(loc));
+CUresult cuMemPrefetchAsync_v2(CUdeviceptr p, size_t n, CUmemLocation loc, unsigned, CUstream s) {
+  logf("cuMemPrefetchAsync_v2 0x%llx %zu %s on 0x%llx", static_cast<unsigned long long>(p), n, where(loc),
+       reinterpret_cast<unsigned long long>(s));
   if (const uint64_t bad = g_fail_prefetch_addr.load(); bad && bad >= u(p) && bad < u(p) + n && g_fail_prefetch_result) {
     logf("cuMemPrefetchAsync_v2 refused (%d)", g_fail_prefetch_result.load());
     return static_cast<CUresult>(g_fail_prefetch_result.load());

@@ -189,6 +189,9 @@ TEST(Cli, DemoSaysItIsSimulatedAndReportsTheRun) {
   EXPECT_EQ(s["accesses"].get<uint64_t>(), s["hits"].get<uint64_t>() + s["faults"].get<uint64_t>());
   EXPECT_LE(s["tiers"]["hbm"]["resident_bytes"].get<uint64_t>(), 64 * MiB);
   EXPECT_GT(s["tiers"]["nvme"]["resident_bytes"].get<uint64_t>(), 0u) << "host RAM is 2x budget: the rest spills";
+  uint64_t failed = 0;  // failures per kind of move add up to the total
+  for (const auto& [kind, m] : s["moves"].items()) failed += m.at("failed").get<uint64_t>();
+  EXPECT_EQ(failed, s["move_failures"].get<uint64_t>());
   std::filesystem::remove_all(store);
 }
 

@@ -53,6 +53,7 @@ const std::map<std::string, Sample> kSamples = {
     {"cuda.virtual_capacity", {"320G", "-5"}},
     {"cuda.async_alloc", {"passthrough", "sometimes"}},
     {"cuda.tick_interval", {"1ms", "1ns"}},
+    {"cuda.move_streams", {"1", "3"}},
 };
 
 TEST(Config, EveryKnobHasASampleInThisTest) {

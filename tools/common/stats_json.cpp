@@ -16,7 +16,8 @@ nlohmann::json to_json(const StatsSnapshot& s) {
   for (size_t t = 0; t < kNumTiers; ++t) faults_from[std::string(to_string(static_cast<Tier>(t)))] = s.faults_from[t];
   json moves = json::object();
   for (size_t k = 0; k < kNumMoveKinds; ++k) {
-    moves[std::string(to_string(static_cast<MoveKind>(k)))] = {{"count", s.moves[k]}, {"bytes", s.move_bytes[k]}};
+    moves[std::string(to_string(static_cast<MoveKind>(k)))] = {
+        {"count", s.moves[k]}, {"bytes", s.move_bytes[k]}, {"failed", s.move_failures_by_kind[k]}};
   }
   json prefetchers = json::array();
   for (const auto& p : s.prefetchers) {

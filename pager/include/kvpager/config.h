@@ -92,6 +92,7 @@ struct Config {
   uint64_t cuda_virtual_capacity = 0;     // total memory cuMemGetInfo reports; 0 = auto (device + host_capacity)
   AsyncAlloc cuda_async_alloc = AsyncAlloc::kManaged;
   uint64_t cuda_tick_ns = 500'000;        // period of the pager thread's background work
+  uint32_t cuda_move_streams = 2;         // 2: promotes and demotes on a stream each (full duplex); 1: one
 
   // Resolve the "auto" values against the device and the machine.
   // hbm_device_bytes: what the device offers; host_ram_bytes: physical RAM.

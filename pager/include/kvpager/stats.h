@@ -47,6 +47,7 @@ struct StatsSnapshot {
   std::array<uint64_t, kNumMoveKinds> moves{};       // completed moves per kind
   std::array<uint64_t, kNumMoveKinds> move_bytes{};  // bytes per kind (= per link direction)
   uint64_t move_failures = 0;
+  std::array<uint64_t, kNumMoveKinds> move_failures_by_kind{};  // the same, per kind of move
   uint64_t stall_ns = 0;  // time accesses spent waiting for chunks
   uint64_t evictions = 0; // demotes and spills chosen by the budget controller
   uint64_t prefetch_dropped = 0;  // prefetch requests dropped (no room, queue full)
