@@ -244,19 +244,37 @@ def has_subcommand(binary: Optional[str], sub: str) -> bool:
 
 
 def failed_moves_text(pager: dict) -> str:
-    """The pager's failed moves by kind and what the driver said (its
-    counters at the end of the run), or "" when none failed."""
-    end = pager.get("end", {})
-    failed = {k: v for k, v in end.get("move_failed", {}).items() if v}
-    if not failed and not end.get("raw", {}).get("move_failures"):
+    """The pager's failed moves by kind and what the driver said (counters at
+    the end of the run, model load included), or "" when none failed."""
+    raw = pager.get("raw_end") or {}
+    failed = {k: int(v.get("failed", 0)) for k, v in raw.get("moves", {}).items() if v.get("failed")}
+    if not failed and not raw.get("move_failures"):
         return ""
-    parts = ", ".join(f"{k} {v}" for k, v in failed.items()) or f"{end['raw']['move_failures']} (kinds not reported)"
-    ip = pager.get("interposer_end") or end.get("interposer", {})
+    parts = ", ".join(f"{k} {v}" for k, v in failed.items()) or f"{raw['move_failures']} (kinds not reported)"
+    ip = pager.get("interposer_end") or {}
     driver = ""
     if ip.get("mover.failed_ranges") or ip.get("mover.driver_errors"):
         driver = (f"; driver: {ip.get('mover.failed_ranges', 0)} move ranges refused, "
                   f"{ip.get('mover.driver_errors', 0)} errors, last CUresult {ip.get('mover.last_driver_error', 0)}")
     return f"failed moves: {parts}{driver}"
+
+
+def mover_text(pager: dict) -> str:
+    """How fast the CUDA mover moved (counters at the end of the run, model
+    load included): bytes per direction over the time its batches were in
+    flight, and the pager thread's time inside the driver's advise/prefetch
+    calls; "" without the counters."""
+    raw, ip = pager.get("raw_end") or {}, pager.get("interposer_end") or {}
+    parts = []
+    for kind in ("promote", "demote"):
+        ns, n = ip.get(f"mover.{kind}_ns", 0), ip.get(f"mover.{kind}_batches", 0)
+        moved = raw.get("moves", {}).get(kind, {}).get("bytes", 0)
+        if ns and n and moved:
+            parts.append(f"{kind}s {P.human(moved)} in {n} batches, {moved / ns:.1f} GB/s in flight")
+    if not parts:
+        return ""
+    issue = ip.get("mover.issue_ns", 0)
+    return f"mover: {'; '.join(parts)}; pager thread in advise/prefetch calls {issue / 1e9:.2f} s"
 
 
 def env_name(knob: str) -> str:
@@ -665,9 +683,9 @@ def summary_text(report: dict) -> str:
                          f"{'-' if acc is None else f'{acc:.1%}'}; hit rate "
                          f"{'-' if d.get('hit_rate') is None else format(d['hit_rate'], '.1%')}; HBM at end "
                          f"{P.human(pg.get('end', {}).get('hbm_resident_bytes', 0))}")
-            failed = failed_moves_text(pg)
-            if failed:
-                lines.append(f"pager ({m}): {failed}")
+            for extra in (failed_moves_text(pg), mover_text(pg)):
+                if extra:
+                    lines.append(f"pager ({m}): {extra}")
         else:
             lines.append(f"pager ({m}): no statistics ({pg.get('why')})")
     lines.append("")

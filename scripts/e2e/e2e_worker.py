@@ -57,7 +57,6 @@ def pager_snapshot(kvpager_bin: Optional[str]) -> dict:
         "available": True,
         "move_bytes": {k: int(v.get("bytes", 0)) for k, v in moves.items()},
         "move_count": {k: int(v.get("count", 0)) for k, v in moves.items()},
-        "move_failed": {k: int(v.get("failed", 0)) for k, v in moves.items()},
         "accesses": int(stats.get("accesses", 0)), "hits": int(stats.get("hits", 0)),
         "faults": int(stats.get("faults", 0)), "stall_ns": int(stats.get("stall_ns", 0)),
         "prefetchers": [{"name": p.get("name"), "issued": int(p.get("issued_bytes", 0)),

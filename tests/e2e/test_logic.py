@@ -380,14 +380,23 @@ class CheckTest(unittest.TestCase):
 class FailedMovesTest(unittest.TestCase):
     def test_failed_moves_are_reported_by_kind_with_what_the_driver_said(self):
         # The first H200 run counted 995 failed moves and could not say which kind or why.
-        pg = {"end": {"move_failed": {"promote": 0, "demote": 995}, "raw": {"move_failures": 995}},
+        pg = {"raw_end": {"moves": {"promote": {"failed": 0}, "demote": {"failed": 995}}, "move_failures": 995},
               "interposer_end": {"mover.failed_ranges": 7, "mover.driver_errors": 9, "mover.last_driver_error": 1}}
         self.assertEqual(H.failed_moves_text(pg), "failed moves: demote 995; driver: 7 move ranges refused, "
                                                   "9 errors, last CUresult 1")
         # A pager too old to count by kind still says how many failed.
-        old = {"end": {"move_failed": {}, "raw": {"move_failures": 3}}, "interposer_end": {}}
+        old = {"raw_end": {"moves": {"promote": {"count": 1}}, "move_failures": 3}, "interposer_end": {}}
         self.assertEqual(H.failed_moves_text(old), "failed moves: 3 (kinds not reported)")
-        self.assertEqual(H.failed_moves_text({"end": {"move_failed": {"demote": 0}, "raw": {"move_failures": 0}}}), "")
+        self.assertEqual(H.failed_moves_text({"raw_end": {"moves": {"demote": {"failed": 0}}, "move_failures": 0}}), "")
+        self.assertEqual(H.failed_moves_text({"available": True}), "")
+
+    def test_mover_speed_is_bytes_over_the_time_batches_were_in_flight(self):
+        pg = {"raw_end": {"moves": {"promote": {"bytes": 40 * 10**9}, "demote": {"bytes": 0}}},
+              "interposer_end": {"mover.promote_ns": 2 * 10**9, "mover.promote_batches": 300,
+                                 "mover.demote_ns": 0, "mover.demote_batches": 0, "mover.issue_ns": 5 * 10**8}}
+        self.assertEqual(H.mover_text(pg), "mover: promotes 37.25 GiB in 300 batches, 20.0 GB/s in flight; "
+                                           "pager thread in advise/prefetch calls 0.50 s")
+        self.assertEqual(H.mover_text({"raw_end": {}, "interposer_end": {}}), "")
 
 
 class GpuLaunchTest(unittest.TestCase):
