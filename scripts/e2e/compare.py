@@ -81,8 +81,7 @@ def main(argv=None) -> int:
         if exact and not c["identical"]:
             failed += 1
             m = c["first_mismatch"]
-            print(f"    first mismatch: turn {m['turn']} (session {m['session']}): expected {m['expected']}, "
-                  f"got {m['got']}")
+            print(f"    {H.mismatch_text(m)}: expected {m['expected']}, got {m['got']}")
     print("all required identities hold" if not failed else f"{failed} run(s) differ where they must not")
     return 1 if failed else 0
 

@@ -438,11 +438,31 @@ def compare_tokens(ref: List[dict], got: List[dict]) -> dict:
         elif first_mismatch is None:
             first_mismatch = {"turn": a["index"], "session": a["session"], "expected": a["tokens"],
                               "got": b["tokens"]}
+            # Where they part, and how close to a tie each run's choice was there.
+            pos = next((i for i, (x, y) in enumerate(zip(a["tokens"], b["tokens"])) if x != y),
+                       min(len(a["tokens"]), len(b["tokens"])))
+            first_mismatch["position"] = pos
+            for key, t in (("expected_margin", a), ("got_margin", b)):
+                m = t.get("margins") or []
+                first_mismatch[key] = m[pos] if pos < len(m) else None
     return {"comparable": True, "identical": identical_turns == len(ref), "turns": len(ref),
             "identical_turns": identical_turns, "tokens": tokens, "matching_tokens": matching,
             "matching_share": matching / tokens if tokens else None, "first_mismatch": first_mismatch,
             "kv_turns_compared": kv_compared, "kv_identical_turns": kv_identical,
             "kv_first_mismatch": kv_first_mismatch}
+
+
+def mismatch_text(m: dict) -> str:
+    """Where two token logs first part, with each choice's lead over its
+    runner-up logit there (a lead near zero: a near-tie, which a last-bit
+    difference in the arithmetic can flip)."""
+    def lead(v):
+        return "-" if v is None else f"{v:.4g}"
+    text = f"first differing token: turn {m['turn']} (session {m['session']}), reply token {m.get('position', '?')}"
+    if m.get("expected_margin") is not None or m.get("got_margin") is not None:
+        text += (f"; lead of the greedy choice over the runner-up there: reference {lead(m.get('expected_margin'))}, "
+                 f"this run {lead(m.get('got_margin'))}")
+    return text
 
 
 def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
@@ -719,6 +739,8 @@ def summary_text(report: dict) -> str:
             lines.append(f"tokens {name} vs all-in-HBM: {'identical' if c['identical'] else 'DIFFERENT'} "
                          f"({c['identical_turns']} of {c['turns']} turns, {c['matching_tokens']} of {c['tokens']} "
                          f"tokens{kv})")
+            if not c["identical"] and c.get("first_mismatch"):
+                lines.append("  " + mismatch_text(c["first_mismatch"]))
         else:
             lines.append(f"tokens {name} vs all-in-HBM: {c['matching_share']:.1%} of tokens match "
                          f"({c['identical_turns']} of {c['turns']} turns identical; re-prefill may differ in the "

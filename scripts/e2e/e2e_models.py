@@ -54,9 +54,19 @@ class Backend:
         """Feeds tokens at positions start.. into cache; the last position's logits (float32)."""
         raise NotImplementedError
 
+    # The greedy token's lead over the runner-up (float32 logits) at the last
+    # feed: how far from a tie the choice was. With random weights the top
+    # logits of a large vocabulary are close, so a last-bit difference in
+    # the arithmetic can flip a choice whose lead is tiny; the token check
+    # reports the lead where two runs first part.
+    last_margin: Optional[float] = None
+
     def feed(self, cache, tokens: List[int], start: int) -> int:
         """Feeds tokens and returns the greedy next token (synchronises with the device)."""
-        return int(torch.argmax(self.logits(cache, tokens, start)).item())
+        logits = self.logits(cache, tokens, start).reshape(-1)
+        top = torch.topk(logits, 2).values if logits.numel() > 1 else None
+        self.last_margin = float((top[0] - top[1]).item()) if top is not None else None
+        return int(torch.argmax(logits).item())
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.module().parameters())

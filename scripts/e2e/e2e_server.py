@@ -39,6 +39,9 @@ class TurnResult:
     recomputed: bool          # the session's KV had been dropped and was rebuilt from history
     dropped: List[int]        # sessions whose KV this turn dropped to make room
     oom_retries: int          # times the device ran out of memory during the turn
+    # Per reply token, the greedy choice's lead over the runner-up logit
+    # (None where the backend does not say).
+    margins: List[Optional[float]] = dataclasses.field(default_factory=list)
 
 
 class CapacityError(RuntimeError):
@@ -134,12 +137,14 @@ class Server:
             tok = self.backend.feed(s.cache, piece, s.kv_len)
             s.kv_len += len(piece)
         reply = [tok]
+        margins = [getattr(self.backend, "last_margin", None)]
         s.history.append(tok)
         t1 = self.clock()
         for _ in range(reply_tokens - 1):
             tok = self.backend.feed(s.cache, [s.history[-1]], s.kv_len)
             s.kv_len += 1
             reply.append(tok)
+            margins.append(getattr(self.backend, "last_margin", None))
             s.history.append(tok)
         t2 = self.clock()
-        return TurnResult(s.id, reply, t1 - t0, t2 - t1, len(feed), recomputed, dropped, 0)
+        return TurnResult(s.id, reply, t1 - t0, t2 - t1, len(feed), recomputed, dropped, 0, margins)

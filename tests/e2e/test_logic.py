@@ -47,6 +47,15 @@ class SequenceModel:
         return "out of memory" in str(exc)
 
 
+class MarginModel(SequenceModel):
+    """Says how far from a tie each choice was: the position fed last, as a float."""
+
+    def feed(self, cache, tokens, start):
+        tok = super().feed(cache, tokens, start)
+        self.last_margin = float(start + len(tokens))
+        return tok
+
+
 def serve(wl, capacity_sessions=None, chunk=7, model=None):
     model = model or SequenceModel()
     cache_bytes = 1000
@@ -151,6 +160,16 @@ class ScheduleTest(unittest.TestCase):
 class ServerTest(unittest.TestCase):
     wl = P.Workload(3, sessions=4, context=30, tool_min=2, tool_max=6, reply=3, rr_rounds=2, random_turns=10)
 
+    def test_each_reply_token_carries_its_margin(self):
+        wl = P.Workload(3, 2, 20, 2, 4, 5, 1, 2)
+        for t, r, _, _ in serve(wl, model=MarginModel()):
+            self.assertEqual(len(r.margins), len(r.tokens))
+            # The first reply token comes from the prefill's last position; each next one from one more.
+            self.assertEqual(r.margins, [r.margins[0] + k for k in range(len(r.tokens))])
+        # A backend that does not say: None per token.
+        for _, r, _, _ in serve(wl):
+            self.assertEqual(r.margins, [None] * len(r.tokens))
+
     def test_unbounded_pool_keeps_every_session_and_prefills_only_what_is_new(self):
         for t, r, resident, _ in serve(self.wl):
             self.assertFalse(r.recomputed)
@@ -250,8 +269,28 @@ class CheckTest(unittest.TestCase):
         c = r["correctness"]["kvpager"]
         self.assertFalse(c["identical"])
         self.assertEqual(c["first_mismatch"]["turn"], 2)
+        self.assertEqual(c["first_mismatch"]["position"], 1)
         self.assertEqual(c["matching_tokens"], 11)
         self.assertTrue(any("kvpager: tokens differ" in f for f in H.check(r)))
+
+    def test_first_mismatch_says_how_close_to_a_tie_each_choice_was(self):
+        # The first H200 run's two all-in-HBM runs parted at one token: a near-tie among random-weight
+        # logits is what a last-bit difference flips. The report shows each run's lead there.
+        bad = copy.deepcopy(self.ref)
+        bad[1][2] = 42
+        r = fake_report({"hbm": self.ref, "kvpager": bad})
+        r["modes"]["hbm"][0]["turns"][1]["margins"] = [1.5, 0.25, 0.0009765625]
+        r["modes"]["kvpager"][0]["turns"][1]["margins"] = [1.5, 0.25, 0.001953125]
+        c = H.compare_tokens(r["modes"]["hbm"][0]["turns"], r["modes"]["kvpager"][0]["turns"])
+        m = c["first_mismatch"]
+        self.assertEqual((m["turn"], m["position"], m["expected_margin"], m["got_margin"]),
+                         (1, 2, 0.0009765625, 0.001953125))
+        self.assertEqual(H.mismatch_text(m), "first differing token: turn 1 (session 1), reply token 2; lead of the "
+                                             "greedy choice over the runner-up there: reference 0.0009766, this "
+                                             "run 0.001953")
+        # Logs without margins (older runs) still say where.
+        self.assertEqual(H.mismatch_text({"turn": 3, "session": 0, "position": 0}),
+                         "first differing token: turn 3 (session 0), reply token 0")
 
     def test_recompute_may_differ_and_reports_its_share(self):
         near = copy.deepcopy(self.ref)

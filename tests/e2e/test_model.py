@@ -92,7 +92,11 @@ class NativeDecoderTest(unittest.TestCase):
         cache = self.backend.new_cache(64)
         toks = self.ids[0].tolist()[:20]
         tok = self.backend.feed(cache, toks, 0)
-        self.assertEqual(tok, int(reference_logits(self.backend.model, self.ids[:, :20])[-1].argmax()))
+        ref = reference_logits(self.backend.model, self.ids[:, :20])[-1]
+        self.assertEqual(tok, int(ref.argmax()))
+        top = torch.topk(ref.float(), 2).values
+        self.assertAlmostEqual(self.backend.last_margin, float(top[0] - top[1]), places=4)
+        self.assertGreaterEqual(self.backend.last_margin, 0.0)
 
     def test_weights_are_a_function_of_the_seed(self):
         a = M.NativeBackend(SPEC, "cpu", "float32", seed=5).model.state_dict()
