@@ -44,31 +44,35 @@ bool read_all(testing::MoverRig& rig, const testing::MoverRig::Region& r) {
   return true;
 }
 
-// Median seconds of a swap on a rig of its own with `streams` move streams:
-// context "out" (half bytes, in HBM) parked while context "in" (half bytes,
-// in host RAM) is prefetched, the two trading places every round. 0 (and
-// why on stderr) if it could not be measured.
-double swap_seconds(const std::string& driver, Config c, uint32_t streams, uint64_t half, int reps,
+// A swap on a rig of its own with `streams` move streams: context "out"
+// (half bytes, in HBM) parked while context "in" (half bytes, in host RAM)
+// is prefetched, the two trading places every round.
+struct Swap {
+  double seconds = 0;        // median per swap; 0 (and why on stderr): not measured
+  double issue_seconds = 0;  // the pager thread's time inside advise/prefetch calls, per swap
+};
+Swap swap_seconds(const std::string& driver, Config c, uint32_t streams, uint64_t half, int reps,
                     const std::string& dir) {
   c.cuda_move_streams = streams;
   c.store_dir = dir;
   testing::MoverRig rig(driver, c);
   if (!rig.ok()) {
     std::fprintf(stderr, "bench_gpu_mover: swap, %u stream(s): %s\n", streams, rig.why.c_str());
-    return 0;
+    return {};
   }
   testing::MoverRig::Region r[2] = {rig.alloc(half, "x"), rig.alloc(half, "y")};
   if (!r[0].id.valid() || !r[1].id.valid()) {
     std::fprintf(stderr, "bench_gpu_mover: swap: cannot allocate 2 x %llu MiB\n",
                  static_cast<unsigned long long>(half >> 20));
-    return 0;
+    return {};
   }
   std::memset(r[0].bytes(), 3, half);
   std::memset(r[1].bytes(), 4, half);
   const ContextId ctx[2] = {rig.pager->find_context("x"), rig.pager->find_context("y")};
   rig.pager->hint(ctx[0], HintKind::kPrefetch);
   rig.pager->drain();
-  if (!read_all(rig, r[0])) return 0;
+  if (!read_all(rig, r[0])) return {};
+  const uint64_t issue0 = rig.mover->stats().issue_ns;
   std::vector<double> t;
   for (int k = 0; k < reps; ++k) {
     const int out = k % 2, in = 1 - out;
@@ -82,12 +86,13 @@ double swap_seconds(const std::string& driver, Config c, uint32_t streams, uint6
       std::fprintf(stderr, "bench_gpu_mover: swap %d, %u stream(s): %llu of %llu MiB in HBM afterwards (%llu moves failed)\n",
                    k, streams, static_cast<unsigned long long>(st.tiers[index(Tier::kHbm)].resident_bytes >> 20),
                    static_cast<unsigned long long>(half >> 20), static_cast<unsigned long long>(st.move_failures));
-      return 0;
+      return {};
     }
   }
+  const double issue = static_cast<double>(rig.mover->stats().issue_ns - issue0) / 1e9 / reps;
   for (auto& reg : r)
-    if (!ok(rig.pager->remove_region(reg.id)) || rig.drv.memFree(reg.base) != CUDA_SUCCESS) return 0;
-  return median(t);
+    if (!ok(rig.pager->remove_region(reg.id)) || rig.drv.memFree(reg.base) != CUDA_SUCCESS) return {};
+  return {median(t), issue};
 }
 }  // namespace
 
@@ -233,10 +238,10 @@ int main(int argc, char** argv) {
   rig.drv.streamDestroy(s2);
 
   // Swaps on rigs of their own (the move streams are fixed at a mover's start).
-  double swap[3] = {};  // by move streams
+  Swap swap[3];  // by move streams
   for (uint32_t n : {2u, 1u}) {
     swap[n] = swap_seconds(driver, c, n, half, reps + (reps % 2), store + "/swap" + std::to_string(n));
-    if (swap[n] == 0) return 1;
+    if (swap[n].seconds == 0) return 1;
   }
 
   // Spill and restore through the store (the NVMe tier): a quarter of it.
@@ -302,7 +307,7 @@ int main(int argc, char** argv) {
   std::printf("| demote (HBM -> host) | %.1f | %.1f (DtoH) | %.2f |\n", d, dh, d / dh);
   const double pb = gbs(median(both), 2 * half);
   for (uint32_t n : {2u, 1u}) {
-    const double sw = gbs(swap[n], 2 * half);
+    const double sw = gbs(swap[n].seconds, 2 * half);
     std::printf("| swap %llu MiB each way, %u move stream%s | %.1f | %.1f (HtoD + DtoH at once) | %.2f |\n",
                 static_cast<unsigned long long>(half >> 20), n, n == 1 ? "" : "s", sw, pb, sw / pb);
   }
@@ -317,5 +322,16 @@ int main(int argc, char** argv) {
               static_cast<unsigned long long>(rig.mover->stats().ranges),
               static_cast<unsigned long long>(rig.mover->stats().fences),
               static_cast<unsigned long long>(rig.mover->stats().driver_errors));
+  // Whether the driver's advise/prefetch calls return at once or migrate
+  // before returning (then the pager thread is blocked that long, and the
+  // two streams cannot overlap what one thread issues in turn).
+  const cuda::CudaMoverStats& ms = rig.mover->stats();
+  std::printf("pager thread inside advise/prefetch calls: %.1f ms; promote batches in flight %.1f ms, demote %.1f ms\n",
+              static_cast<double>(ms.issue_ns) / 1e6, static_cast<double>(ms.promote_ns) / 1e6,
+              static_cast<double>(ms.demote_ns) / 1e6);
+  for (uint32_t n : {2u, 1u})
+    std::printf("swap, %u move stream%s: %.1f ms per swap, of which the pager thread was inside advise/prefetch calls "
+                "%.1f ms\n",
+                n, n == 1 ? "" : "s", swap[n].seconds * 1e3, swap[n].issue_seconds * 1e3);
   return rig.mover->stats().driver_errors ? 1 : 0;
 }
