@@ -214,10 +214,13 @@ bool CudaMover::event_done(CUevent ev) {
 std::shared_ptr<CudaMover::Batch> CudaMover::record_batch(CUstream on) {
   auto b = std::make_shared<Batch>();
   b->ev = take_event();
-  if (b->ev && !check(d_.eventRecord(b->ev, on))) {
+  if (!b->ev || !check(d_.eventRecord(b->ev, on))) {
+    // No event: wait here instead. A batch without one counts as done at
+    // once, and with two streams the chunk's next move may go on the other
+    // one: it must not start before this one has finished.
     give_event(b->ev);
     b->ev = nullptr;
-    check(d_.streamSynchronize(on));  // no event: wait here instead
+    check(d_.streamSynchronize(on));
   }
   ++stats_.batches;
   return b;
@@ -322,6 +325,10 @@ void CudaMover::flush() {
         break;
     }
   }
+  // Promotes first: a prefetch to the CPU may not return until its bytes
+  // have moved (the UVM driver makes the CPU's mappings after the copy, so
+  // its migrate ioctl waits for it), and promotes queued before it on the
+  // up stream move meanwhile.
   for (int k = 0; k < 2; ++k) {
     auto& list = moves[k];
     if (list.empty()) continue;

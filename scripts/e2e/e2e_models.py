@@ -63,10 +63,15 @@ class Backend:
 
     def feed(self, cache, tokens: List[int], start: int) -> int:
         """Feeds tokens and returns the greedy next token (synchronises with the device)."""
-        logits = self.logits(cache, tokens, start).reshape(-1)
-        top = torch.topk(logits, 2).values if logits.numel() > 1 else None
-        self.last_margin = float((top[0] - top[1]).item()) if top is not None else None
-        return int(torch.argmax(logits).item())
+        logits = self.logits(cache, tokens, start).reshape(-1).float()
+        if logits.numel() < 2:
+            self.last_margin = None
+            return int(torch.argmax(logits).item())
+        top = torch.topk(logits, 2).values
+        # One copy to the host for both (a vocabulary index is exact in float32).
+        tok, margin = torch.stack([torch.argmax(logits).to(logits.dtype), top[0] - top[1]]).tolist()
+        self.last_margin = margin
+        return int(tok)
 
     def param_count(self) -> int:
         return sum(p.numel() for p in self.module().parameters())

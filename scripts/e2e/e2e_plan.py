@@ -187,7 +187,8 @@ class Plan:
     def pager_resident_sessions(self) -> int:
         """Sessions whose KV fits beside weights and workspace in what the
         pager works with: its high watermark x B."""
-        kv = int(self.budget_bytes * PAGER_HIGH_WATERMARK) - self.weight_bytes - self.workspace_bytes
+        given = self.budget_bytes // MiB * MiB  # what the pager is given (knob_bytes)
+        kv = int(given * PAGER_HIGH_WATERMARK) - self.weight_bytes - self.workspace_bytes
         return max(0, min(self.workload.sessions, kv // self.session_kv_bytes))
 
     def to_json(self) -> dict:
@@ -203,16 +204,22 @@ class Plan:
 # high_watermark; kvpager modes set it to this value), so it works with
 # PAGER_HIGH_WATERMARK x B, not B.
 PAGER_HIGH_WATERMARK = 0.95
+# Beyond that: the pager counts every region's last chunk whole (2 MiB), and
+# the workspace is an estimate.
+PAGER_HEADROOM = 256 * MiB
 
 
 def default_budget(need: int, session_kv: int) -> int:
     """The default B for `need` bytes (weights + workspace + the resident
     sessions' KV): enough that the pager's working level (high watermark x B)
-    holds them too, and less than one more session's KV above `need`, so the
-    recompute cap still holds exactly those sessions. (Sized as `need` alone,
-    the pager held 1.93 of the 2 sessions an H200 run planned: some of the
-    active session was read over PCIe on every decode step.)"""
-    return max(need, min(math.ceil(need / PAGER_HIGH_WATERMARK), need + session_kv - 1))
+    holds them too, with PAGER_HEADROOM to spare, in whole MiB (what the
+    pager is given: knob_bytes); but less than one more session's KV above
+    `need`, so the recompute cap still holds exactly those sessions. (Sized
+    as `need` alone, the pager held 1.93 of the 2 sessions an H200 run
+    planned: some of the active session was read over PCIe on every decode
+    step.)"""
+    want = -(-math.ceil(need / PAGER_HIGH_WATERMARK) // MiB) * MiB + PAGER_HEADROOM
+    return max(need, min(want, need + session_kv - 1))
 
 
 class PlanError(ValueError):

@@ -209,7 +209,7 @@ def run_worker(spec_path: str, mode: str, result_path: str, kvpager_bin: Optiona
                       "new_tokens": t.new_tokens, "prefill_tokens": r.prefill_tokens, "recomputed": r.recomputed,
                       "dropped": r.dropped, "oom_retries": r.oom_retries, "ttft_s": r.ttft_s,
                       "decode_s": r.decode_s, "tokens": r.tokens, "kv_digest": kv_digest,
-                      "margins": [None if m is None else round(m, 6) for m in r.margins]})
+                      "margins": [None if m is None else float(f"{m:.6g}") for m in r.margins]})
         if not quiet:
             rate = (len(r.tokens) - 1) / r.decode_s if r.decode_s > 0 else 0.0
             print(f"turn {t.index:3d} session {t.session:2d} {t.order:<6} prefill {r.prefill_tokens:6d} tok "

@@ -50,6 +50,7 @@ bool read_all(testing::MoverRig& rig, const testing::MoverRig::Region& r) {
 struct Swap {
   double seconds = 0;        // median per swap; 0 (and why on stderr): not measured
   double issue_seconds = 0;  // the pager thread's time inside advise/prefetch calls, per swap
+  uint64_t driver_errors = 0;
 };
 Swap swap_seconds(const std::string& driver, Config c, uint32_t streams, uint64_t half, int reps,
                     const std::string& dir) {
@@ -92,7 +93,7 @@ Swap swap_seconds(const std::string& driver, Config c, uint32_t streams, uint64_
   const double issue = static_cast<double>(rig.mover->stats().issue_ns - issue0) / 1e9 / reps;
   for (auto& reg : r)
     if (!ok(rig.pager->remove_region(reg.id)) || rig.drv.memFree(reg.base) != CUDA_SUCCESS) return {};
-  return {median(t), issue};
+  return {median(t), issue, rig.mover->stats().driver_errors};
 }
 }  // namespace
 
@@ -112,8 +113,8 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (mib == 0 || reps < 1) {
-    std::fprintf(stderr, "bench_gpu_mover: --mib and --reps must be at least 1\n");
+  if (mib < 4 || reps < 1) {  // 4: the swap rows move two contexts of at least one 2 MiB chunk each
+    std::fprintf(stderr, "bench_gpu_mover: --mib must be at least 4 and --reps at least 1\n");
     return 2;
   }
   const uint64_t bytes = mib << 20;
@@ -333,5 +334,7 @@ int main(int argc, char** argv) {
     std::printf("swap, %u move stream%s: %.1f ms per swap, of which the pager thread was inside advise/prefetch calls "
                 "%.1f ms\n",
                 n, n == 1 ? "" : "s", swap[n].seconds * 1e3, swap[n].issue_seconds * 1e3);
-  return rig.mover->stats().driver_errors ? 1 : 0;
+  const uint64_t errors = rig.mover->stats().driver_errors + swap[1].driver_errors + swap[2].driver_errors;
+  if (errors) std::fprintf(stderr, "bench_gpu_mover: %llu driver errors\n", static_cast<unsigned long long>(errors));
+  return errors ? 1 : 0;
 }

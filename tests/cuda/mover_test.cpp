@@ -187,6 +187,47 @@ TEST(CudaMoverOnStandIn, DemotesAndPromotesGoOnAStreamEachWithTwoMoveStreams) {
   }
 }
 
+// Without events (cuEventCreate fails) a batch counts as done as soon as it
+// is issued, so the mover must wait for its stream there: with two streams a
+// chunk's next move may go on the other one, and must not overtake it.
+TEST(CudaMoverOnStandIn, WithoutAnEventABatchIsWaitedForOnItsOwnStream) {
+  Config c = standin_config();
+  c.prefetchers = kPrefetchHint;
+  c.hbm_budget = 1 * MiB;
+  MoverRig rig(STANDIN_LIBCUDA, c);
+  ASSERT_TRUE(rig.ok()) << rig.why;
+  auto a = rig.alloc(256 * KiB, "a");
+  std::memset(a.bytes(), 0x5A, a.size);
+  auto fail = rig.standin<void (*)(int)>("standin_fail_event_create");
+  fail(1);
+  rig.standin<void (*)()>("standin_log_clear")();
+  const ContextId ctx = rig.pager->find_context("a");
+  ASSERT_EQ(rig.pager->hint(ctx, HintKind::kPrefetch), Status::kOk);
+  rig.pager->drain();
+  ASSERT_EQ(rig.pager->hint(ctx, HintKind::kPark), Status::kOk);
+  rig.pager->drain();
+  fail(0);
+  const auto log = standin_log(rig);
+  EXPECT_GE(count_prefix(log, "cuEventCreate refused"), 2u);
+  // Each batch's prefetch, then a wait on the stream it went on, before anything else moves.
+  for (auto [to, stream] : {std::pair{"device", rig.mover->up_stream()}, std::pair{"host", rig.mover->down_stream()}}) {
+    SCOPED_TRACE(to);
+    const std::string sync = "cuStreamSynchronize " + stream_name(stream);
+    ptrdiff_t prefetch = -1, waited = -1;
+    for (size_t i = 0; i < log.size(); ++i) {
+      if (prefetch < 0 && log[i].rfind("cuMemPrefetchAsync_v2 0x", 0) == 0 &&
+          log[i].find(std::string(" ") + to + " on ") != std::string::npos)
+        prefetch = static_cast<ptrdiff_t>(i);
+      if (prefetch >= 0 && waited < 0 && log[i] == sync) waited = static_cast<ptrdiff_t>(i);
+    }
+    ASSERT_GE(prefetch, 0);
+    EXPECT_GT(waited, prefetch) << "the batch was waited for on its own stream";
+  }
+  EXPECT_EQ(tier_bytes(rig, "a")[index(Tier::kHost)], a.size);
+  for (uint64_t i = 0; i < a.size; ++i) ASSERT_EQ(a.bytes()[i], std::byte{0x5A}) << i;
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
 // One flush moves several regions; the driver refuses the prefetch of one of
 // them. Only that region's chunks failed: the others moved, and the pager
 // must say so, or it believes chunks are in HBM that now live in host RAM (a

@@ -166,6 +166,8 @@ struct Event {
   std::atomic<uint32_t> not_ready{0};
 };
 std::atomic<uint32_t> g_event_lag{0};
+// standin_fail_event_create
+std::atomic<bool> g_fail_event_create{false};
 // standin_fail_prefetch_at
 std::atomic<uint64_t> g_fail_prefetch_addr{0};
 std::atomic<int> g_fail_prefetch_result{0};
@@ -351,6 +353,8 @@ void standin_log_clear() {
 }
 
 void standin_set_event_lag(uint32_t queries) { g_event_lag = queries; }
+
+void standin_fail_event_create(int fail) { g_fail_event_create = fail != 0; }
 
 void standin_fail_prefetch_at(uint64_t addr, int result) {
   g_fail_prefetch_result = addr ? result : 0;
@@ -683,7 +687,10 @@ CUresult cuStreamDestroy_v2(CUstream s) {
   delete reinterpret_cast<Stream*>(s);
   return CUDA_SUCCESS;
 }
-CUresult cuStreamSynchronize(CUstream) { return unsafe_during_capture("cuStreamSynchronize"); }
+CUresult cuStreamSynchronize(CUstream s) {
+  logf("cuStreamSynchronize 0x%llx", reinterpret_cast<unsigned long long>(s));
+  return unsafe_during_capture("cuStreamSynchronize");
+}
 CUresult cuStreamSynchronize_ptsz(CUstream) { return unsafe_during_capture("cuStreamSynchronize_ptsz"); }
 CUresult cuStreamQuery(CUstream) { return unsafe_during_capture("cuStreamQuery"); }
 CUresult cuThreadExchangeStreamCaptureMode(CUstreamCaptureMode* mode) {
@@ -734,6 +741,10 @@ CUresult cuStreamEndCapture(CUstream s, CUgraph* g) {
   return CUDA_SUCCESS;
 }
 CUresult cuEventCreate(CUevent* e, unsigned) {
+  if (g_fail_event_create) {
+    logf("cuEventCreate refused");
+    return CUDA_ERROR_OUT_OF_MEMORY;
+  }
   *e = reinterpret_cast<CUevent>(new Event());
   return CUDA_SUCCESS;
 }

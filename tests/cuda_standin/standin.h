@@ -20,6 +20,8 @@ void standin_set_event_lag(uint32_t queries);
 uint64_t standin_device_resident();
 // Bytes of the managed range [p, p + n) resident on the device.
 uint64_t standin_resident_in(uint64_t p, uint64_t n);
+// cuEventCreate fails (CUDA_ERROR_OUT_OF_MEMORY) while `fail` is non-zero.
+void standin_fail_event_create(int fail);
 // cuMemPrefetchAsync of a range that contains `addr` fails with `result`
 // (a CUresult) and moves nothing, as the driver refuses a range; 0 (or
 // result 0) turns it off.

@@ -98,6 +98,10 @@ class PlanTest(unittest.TestCase):
         self.assertEqual(p.resident_sessions, 2)
         self.assertEqual(p.pager_resident_sessions, 2)
         self.assertGreaterEqual(int(p.budget_bytes * P.PAGER_HIGH_WATERMARK), need)
+        # What the pager is given (whole MiB) still leaves room at the watermark for chunk rounding.
+        given = int(P.knob_bytes(p.budget_bytes)[:-1]) * P.MiB
+        self.assertEqual(given, p.budget_bytes, "the default budget is whole MiB")
+        self.assertGreaterEqual(int(given * P.PAGER_HIGH_WATERMARK) - need, P.PAGER_HEADROOM // 2)
         self.assertEqual(p.to_json()["pager_resident_sessions"], 2)
         # A session smaller than the watermark's slack: the budget stops short of holding one more session
         # for recompute, and the pager then holds fewer than planned (said in the safety line).
