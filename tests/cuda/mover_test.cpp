@@ -32,6 +32,14 @@ Config standin_config() {
   return c;
 }
 
+// Moves only on explicit hints (no speculative prefetcher), in 1 MiB of HBM.
+Config hint_config() {
+  Config c = standin_config();
+  c.prefetchers = kPrefetchHint;
+  c.hbm_budget = 1 * MiB;
+  return c;
+}
+
 // Host RAM for one chunk: a parked context spills whole.
 Config spilling_config() {
   Config c = standin_config();
@@ -103,9 +111,7 @@ TEST(CudaMoverOnStandIn, EveryByteSurvivesWhenMovesStayInFlightAcrossPolls) {
 }
 
 TEST(CudaMoverOnStandIn, ContiguousChunksMoveAsOneRange) {
-  Config c = standin_config();
-  c.prefetchers = kPrefetchHint;
-  c.hbm_budget = 1 * MiB;
+  Config c = hint_config();
   MoverRig rig(STANDIN_LIBCUDA, c);
   ASSERT_TRUE(rig.ok()) << rig.why;
   auto r = rig.alloc(512 * KiB, "ctx");
@@ -154,10 +160,8 @@ std::string stream_name(CUstream s) {
 TEST(CudaMoverOnStandIn, DemotesAndPromotesGoOnAStreamEachWithTwoMoveStreams) {
   for (uint32_t streams : {2u, 1u}) {
     SCOPED_TRACE(streams);
-    Config c = standin_config();
-    c.prefetchers = kPrefetchHint;
+    Config c = hint_config();  // both contexts fit: one batch each way
     c.cuda_move_streams = streams;
-    c.hbm_budget = 1 * MiB;  // both fit: one batch each way
     MoverRig rig(STANDIN_LIBCUDA, c);
     ASSERT_TRUE(rig.ok()) << rig.why;
     auto a = rig.alloc(256 * KiB, "a");
@@ -191,9 +195,7 @@ TEST(CudaMoverOnStandIn, DemotesAndPromotesGoOnAStreamEachWithTwoMoveStreams) {
 // is issued, so the mover must wait for its stream there: with two streams a
 // chunk's next move may go on the other one, and must not overtake it.
 TEST(CudaMoverOnStandIn, WithoutAnEventABatchIsWaitedForOnItsOwnStream) {
-  Config c = standin_config();
-  c.prefetchers = kPrefetchHint;
-  c.hbm_budget = 1 * MiB;
+  Config c = hint_config();
   MoverRig rig(STANDIN_LIBCUDA, c);
   ASSERT_TRUE(rig.ok()) << rig.why;
   auto a = rig.alloc(256 * KiB, "a");
@@ -233,9 +235,7 @@ TEST(CudaMoverOnStandIn, WithoutAnEventABatchIsWaitedForOnItsOwnStream) {
 // must say so, or it believes chunks are in HBM that now live in host RAM (a
 // demote) and never brings them back while kernels read them over PCIe.
 TEST(CudaMoverOnStandIn, ARangeTheDriverRefusesFailsOnlyItsOwnChunks) {
-  Config c = standin_config();
-  c.prefetchers = kPrefetchHint;
-  c.hbm_budget = 1 * MiB;
+  Config c = hint_config();
   c.host_capacity = 4 * MiB;
   MoverRig rig(STANDIN_LIBCUDA, c);
   ASSERT_TRUE(rig.ok()) << rig.why;
