@@ -29,6 +29,7 @@
 #include "control/protocol.h"
 #include "control/runtime_dir.h"
 #include "control/server.h"
+#include "common/stats_json.h"
 #include "kvpager/sim/file_store.h"
 #include "kvpager/sim/sim_device.h"
 #include "kvpager/sim/sim_mover.h"
@@ -68,6 +69,18 @@ pid_t dead_pid() {
 }
 
 // ------------------------------------------------------------ runtime dir
+
+// kvpager status names the kinds of moves that failed, from the stats JSON.
+TEST(StatsJson, FailedMovesAreNamedByKindInMoveKindOrder) {
+  StatsSnapshot st;
+  EXPECT_EQ(failed_moves_by_kind(to_json(st)), "") << "nothing failed: nothing to say";
+  st.move_failures_by_kind[static_cast<size_t>(MoveKind::kSpill)] = 1;
+  st.move_failures_by_kind[static_cast<size_t>(MoveKind::kDemote)] = 3;
+  st.move_failures = 4;
+  EXPECT_EQ(failed_moves_by_kind(to_json(st)), "demote 3, spill 1");
+  EXPECT_EQ(failed_moves_by_kind(nlohmann::json::object()), "") << "an older pager's JSON without counts";
+  EXPECT_EQ(failed_moves_by_kind(nlohmann::json{{"moves", {{"demote", {{"failed", "x"}}}}}}), "");
+}
 
 TEST(RuntimeDir, ServerCreatesItPrivate) {
   TempDir t;

@@ -48,6 +48,21 @@ nlohmann::json to_json(const StatsSnapshot& s) {
           {"contexts", s.contexts}};
 }
 
+std::string failed_moves_by_kind(const nlohmann::json& stats) {
+  std::string out;
+  const auto moves = stats.find("moves");
+  if (moves == stats.end() || !moves->is_object()) return out;
+  for (size_t k = 0; k < kNumMoveKinds; ++k) {
+    const std::string kind(to_string(static_cast<MoveKind>(k)));
+    const auto m = moves->find(kind);
+    if (m == moves->end() || !m->is_object()) continue;
+    const auto f = m->find("failed");
+    if (f == m->end() || !f->is_number_unsigned() || f->get<uint64_t>() == 0) continue;
+    out += (out.empty() ? "" : ", ") + kind + " " + std::to_string(f->get<uint64_t>());
+  }
+  return out;
+}
+
 nlohmann::json to_json(const ContextInfo& c) {
   nlohmann::json tiers = nlohmann::json::object();
   for (size_t t = 0; t < kNumTiers; ++t) tiers[std::string(to_string(static_cast<Tier>(t)))] = c.tier_bytes[t];

@@ -11,5 +11,8 @@ namespace kvpager {
 
 nlohmann::json to_json(const StatsSnapshot& s);
 nlohmann::json to_json(const ContextInfo& c);
+// Which moves failed, from to_json(StatsSnapshot)'s "moves": "demote 3, spill 1"
+// in the order of MoveKind; "" when none did (or the JSON has no counts).
+std::string failed_moves_by_kind(const nlohmann::json& stats);
 
 }  // namespace kvpager

@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "common/printable.h"
+#include "common/stats_json.h"
 #include "live.h"
 
 namespace kvpager::cli {
@@ -123,8 +124,11 @@ void print_details(const json& stats_reply, const json& config, const json& cont
              pct(row.hit_rate));
   fmt::print("  faults served from: host {}, nvme {}, first touch {}, in flight {}\n", ff.value("host", uint64_t{0}),
              ff.value("nvme", uint64_t{0}), ff.value("unpopulated", uint64_t{0}), ff.value("hbm", uint64_t{0}));
-  fmt::print("  stall {}, evictions {}, move failures {}{}\n", secs(row.stall_ns), s.value("evictions", uint64_t{0}),
-             s.value("move_failures", uint64_t{0}), s.value("spill_disabled", false) ? ", spills disabled (NVMe full)" : "");
+  std::string failed_kinds = failed_moves_by_kind(s);
+  if (!failed_kinds.empty()) failed_kinds = " (" + failed_kinds + ")";
+  fmt::print("  stall {}, evictions {}, move failures {}{}{}\n", secs(row.stall_ns), s.value("evictions", uint64_t{0}),
+             s.value("move_failures", uint64_t{0}), failed_kinds,
+             s.value("spill_disabled", false) ? ", spills disabled (NVMe full)" : "");
   fmt::print("\nPrefetch accuracy {}\n", pct(row.prefetch_accuracy));
   for (const auto& p : field(s, "prefetchers")) {
     fmt::print("  {:<12} issued {:>12}  used {:>12}  wasted {:>12}  accuracy {}{}\n", text(p, "name"),
