@@ -347,18 +347,26 @@ void CudaMover::flush() {
     // A range the driver refuses fails its own chunks only: the other ranges
     // did move, and the pager must see them where they now are (a demote
     // reported failed would be believed in HBM while kernels read it from
-    // host RAM). Its advice goes back to where its bytes stay.
+    // host RAM). The refused range is put back where the pager believes it
+    // is: its advice, and a prefetch back in case the refused one moved part
+    // of it (with accessed-by set, kernels would read such a part remotely
+    // for good, the pager never knowing). Its chunks complete, failed, when
+    // that put-back is done, so no later move of them can race it.
     const CUmemLocation where = k == 0 ? device_location(device_) : host_location();
     const CUmemLocation from = k == 0 ? host_location() : device_location(device_);
     const CUstream on = k == 0 ? stream_ : down_;
+    const CUstream back = k == 0 ? down_ : stream_;
     const uint64_t t0 = clock_.now_ns();
+    bool refused_any = false;
     for (Range& r : ranges) {
       r.ok = check(d_.memAdvise(r.addr, r.len, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, where)) &&
              check(d_.memPrefetchAsync(r.addr, r.len, where, 0, on));
       if (!r.ok) {
         ++stats_.failed_ranges;
+        refused_any = true;
         const uint64_t refused = stats_.last_driver_error;
         check(d_.memAdvise(r.addr, r.len, CU_MEM_ADVISE_SET_PREFERRED_LOCATION, from));
+        check(d_.memPrefetchAsync(r.addr, r.len, from, 0, back));
         stats_.last_driver_error = refused;  // what refused the range, not the put-back
       }
     }
@@ -367,17 +375,17 @@ void CudaMover::flush() {
     auto batch = record_batch(on);
     batch->kind = k;
     batch->recorded_ns = clock_.now_ns();
+    std::shared_ptr<Batch> put_back = refused_any ? record_batch(back) : nullptr;
     for (size_t i = 0; i < list.size(); ++i) {
       Job* j = list[i];
-      if (!ranges[range_of[i]].ok) {  // a refused range leaves its chunks where they were
-        finish(*j, Status::kIoError);
-        continue;
-      }
-      j->batch = batch;
-      ++batch->users;
+      const bool moved = ranges[range_of[i]].ok;
+      if (!moved) j->status = Status::kIoError;  // left where it was, once the put-back is done
+      j->batch = moved ? batch : put_back;
+      ++j->batch->users;
       j->stage = Stage::kIssued;
     }
     if (batch->users == 0) give_event(batch->ev);
+    if (put_back && put_back->users == 0) give_event(put_back->ev);
   }
 }
 
@@ -544,7 +552,7 @@ bool CudaMover::advance(Job& j) {
     case Stage::kIssued: {
       if (!batch_done(*j.batch)) return false;
       if (req.kind == MoveKind::kDiscard) released(j);
-      else finish(j, Status::kOk);
+      else finish(j, j.status);  // kIoError: a refused range, put back
       return false;
     }
   }

@@ -86,8 +86,9 @@
 // Moves are batched: everything submitted before the next poll()/wait() is
 // issued together, contiguous chunks of a region as one range, and completes
 // on one event. A range whose advice or prefetch the driver refuses fails its
-// own chunks only (kIoError; its advice is put back where its bytes stay):
-// the batch's other ranges moved, and complete as moved. All calls come from
+// own chunks only (kIoError, once its advice is put back and a prefetch has
+// taken back whatever part the refused one moved): the batch's other ranges
+// moved, and complete as moved. All calls come from
 // the pager thread.
 #pragma once
 

@@ -234,49 +234,60 @@ TEST(CudaMoverOnStandIn, WithoutAnEventABatchIsWaitedForOnItsOwnStream) {
 // them. Only that region's chunks failed: the others moved, and the pager
 // must say so, or it believes chunks are in HBM that now live in host RAM (a
 // demote) and never brings them back while kernels read them over PCIe.
+// The refused range is put back where the pager believes it is, also when
+// the driver moved part of it before refusing (then kernels would read that
+// part remotely for good).
 TEST(CudaMoverOnStandIn, ARangeTheDriverRefusesFailsOnlyItsOwnChunks) {
-  Config c = hint_config();
-  c.host_capacity = 4 * MiB;
-  MoverRig rig(STANDIN_LIBCUDA, c);
-  ASSERT_TRUE(rig.ok()) << rig.why;
-  auto a = rig.alloc(256 * KiB, "a");
-  auto b = rig.alloc(256 * KiB, "b");
-  for (const char* name : {"a", "b"})
-    ASSERT_EQ(rig.pager->hint(rig.pager->find_context(name), HintKind::kPrefetch), Status::kOk);
-  rig.pager->drain();
-  ASSERT_EQ(tier_bytes(rig, "a")[index(Tier::kHbm)], 256 * KiB);
-  ASSERT_EQ(tier_bytes(rig, "b")[index(Tier::kHbm)], 256 * KiB);
-  const StatsSnapshot before = rig.pager->stats();
-  const uint64_t failures = before.move_failures;
+  for (const bool partly : {false, true}) {
+    SCOPED_TRACE(partly ? "refused half way" : "refused whole");
+    Config c = hint_config();
+    c.host_capacity = 4 * MiB;
+    MoverRig rig(STANDIN_LIBCUDA, c);
+    ASSERT_TRUE(rig.ok()) << rig.why;
+    auto a = rig.alloc(256 * KiB, "a");
+    auto b = rig.alloc(256 * KiB, "b");
+    for (const char* name : {"a", "b"})
+      ASSERT_EQ(rig.pager->hint(rig.pager->find_context(name), HintKind::kPrefetch), Status::kOk);
+    rig.pager->drain();
+    ASSERT_EQ(tier_bytes(rig, "a")[index(Tier::kHbm)], 256 * KiB);
+    ASSERT_EQ(tier_bytes(rig, "b")[index(Tier::kHbm)], 256 * KiB);
+    const StatsSnapshot before = rig.pager->stats();
+    const uint64_t failures = before.move_failures;
 
-  auto fail_at = rig.standin<void (*)(uint64_t, int)>("standin_fail_prefetch_at");
-  auto resident_in = rig.standin<uint64_t (*)(uint64_t, uint64_t)>("standin_resident_in");
-  fail_at(b.base + 64 * KiB, CUDA_ERROR_INVALID_VALUE);
-  rig.standin<void (*)()>("standin_log_clear")();
-  for (const char* name : {"a", "b"})  // both demotes in one flush
-    ASSERT_EQ(rig.pager->hint(rig.pager->find_context(name), HintKind::kPark), Status::kOk);
-  rig.pager->drain();
-  fail_at(0, 0);
+    auto fail_at = rig.standin<void (*)(uint64_t, int)>(partly ? "standin_fail_prefetch_partly_at"
+                                                               : "standin_fail_prefetch_at");
+    auto resident_in = rig.standin<uint64_t (*)(uint64_t, uint64_t)>("standin_resident_in");
+    fail_at(b.base + 64 * KiB, CUDA_ERROR_INVALID_VALUE);
+    rig.standin<void (*)()>("standin_log_clear")();
+    for (const char* name : {"a", "b"})  // both demotes in one flush
+      ASSERT_EQ(rig.pager->hint(rig.pager->find_context(name), HintKind::kPark), Status::kOk);
+    rig.pager->drain();
+    fail_at(0, 0);
 
-  EXPECT_EQ(resident_in(a.base, a.size), 0u) << "the driver moved a";
-  EXPECT_EQ(tier_bytes(rig, "a")[index(Tier::kHbm)], 0u) << "...and the pager knows it";
-  EXPECT_EQ(tier_bytes(rig, "a")[index(Tier::kHost)], 256 * KiB);
-  EXPECT_EQ(resident_in(b.base, b.size), 256 * KiB) << "b stayed on the device";
-  EXPECT_EQ(tier_bytes(rig, "b")[index(Tier::kHbm)], 256 * KiB);
-  EXPECT_EQ(rig.pager->stats().move_failures - failures, 4u) << "b's four chunks";
-  const auto by_kind = rig.pager->stats().move_failures_by_kind;
-  for (size_t k = 0; k < kNumMoveKinds; ++k)
-    EXPECT_EQ(by_kind[k] - before.move_failures_by_kind[k], static_cast<MoveKind>(k) == MoveKind::kDemote ? 4u : 0u)
-        << "counted as failed demotes: " << to_string(static_cast<MoveKind>(k));
-  EXPECT_EQ(rig.mover->stats().failed_ranges, 1u);
-  EXPECT_EQ(rig.mover->stats().last_driver_error, uint64_t{CUDA_ERROR_INVALID_VALUE});
-  char expect[128];
-  std::snprintf(expect, sizeof expect, "cuMemAdvise_v2 0x%llx 262144 %d device",
-                static_cast<unsigned long long>(b.base), static_cast<int>(CU_MEM_ADVISE_SET_PREFERRED_LOCATION));
-  EXPECT_EQ(count_prefix(standin_log(rig), expect), 1u) << "b's advice is put back where its bytes are";
-  EXPECT_EQ(resident_in(a.base, a.size) + resident_in(b.base, b.size), rig.pager->committed_bytes(Tier::kHbm))
-      << "the pager's HBM is the device's";
-  EXPECT_EQ(rig.pager->audit(), "");
+    EXPECT_EQ(resident_in(a.base, a.size), 0u) << "the driver moved a";
+    EXPECT_EQ(tier_bytes(rig, "a")[index(Tier::kHbm)], 0u) << "...and the pager knows it";
+    EXPECT_EQ(tier_bytes(rig, "a")[index(Tier::kHost)], 256 * KiB);
+    EXPECT_EQ(resident_in(b.base, b.size), 256 * KiB) << "b is on the device, all of it";
+    EXPECT_EQ(tier_bytes(rig, "b")[index(Tier::kHbm)], 256 * KiB);
+    EXPECT_EQ(rig.pager->stats().move_failures - failures, 4u) << "b's four chunks";
+    const auto by_kind = rig.pager->stats().move_failures_by_kind;
+    for (size_t k = 0; k < kNumMoveKinds; ++k)
+      EXPECT_EQ(by_kind[k] - before.move_failures_by_kind[k], static_cast<MoveKind>(k) == MoveKind::kDemote ? 4u : 0u)
+          << "counted as failed demotes: " << to_string(static_cast<MoveKind>(k));
+    EXPECT_EQ(rig.mover->stats().failed_ranges, 1u);
+    EXPECT_EQ(rig.mover->stats().last_driver_error, uint64_t{CUDA_ERROR_INVALID_VALUE});
+    const auto log = standin_log(rig);
+    char expect[128];
+    std::snprintf(expect, sizeof expect, "cuMemAdvise_v2 0x%llx 262144 %d device",
+                  static_cast<unsigned long long>(b.base), static_cast<int>(CU_MEM_ADVISE_SET_PREFERRED_LOCATION));
+    EXPECT_EQ(count_prefix(log, expect), 1u) << "b's advice is put back where its bytes are";
+    std::snprintf(expect, sizeof expect, "cuMemPrefetchAsync_v2 0x%llx 262144 device on %s",
+                  static_cast<unsigned long long>(b.base), stream_name(rig.mover->up_stream()).c_str());
+    EXPECT_EQ(count_prefix(log, expect), 1u) << "and whatever part of it moved is taken back";
+    EXPECT_EQ(resident_in(a.base, a.size) + resident_in(b.base, b.size), rig.pager->committed_bytes(Tier::kHbm))
+        << "the pager's HBM is the device's";
+    EXPECT_EQ(rig.pager->audit(), "");
+  }
 }
 
 TEST(CudaMoverOnStandIn, ASpillWaitsUntilLaunchesUnderWayHaveBeenIssued) {

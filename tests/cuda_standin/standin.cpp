@@ -171,6 +171,7 @@ std::atomic<bool> g_fail_event_create{false};
 // standin_fail_prefetch_at
 std::atomic<uint64_t> g_fail_prefetch_addr{0};
 std::atomic<int> g_fail_prefetch_result{0};
+std::atomic<bool> g_fail_prefetch_partial{false};
 
 CUresult need_context() { return t_current ? CUDA_SUCCESS : CUDA_ERROR_INVALID_CONTEXT; }
 
@@ -359,6 +360,12 @@ void standin_fail_event_create(int fail) { g_fail_event_create = fail != 0; }
 void standin_fail_prefetch_at(uint64_t addr, int result) {
   g_fail_prefetch_result = addr ? result : 0;
   g_fail_prefetch_addr = addr;
+  g_fail_prefetch_partial = false;
+}
+
+void standin_fail_prefetch_partly_at(uint64_t addr, int result) {
+  standin_fail_prefetch_at(addr, result);
+  g_fail_prefetch_partial = addr != 0;
 }
 
 uint64_t standin_resident_in(uint64_t p, uint64_t n) {
@@ -571,6 +578,12 @@ CUresult cuMemPrefetchAsync_v2(CUdeviceptr p, size_t n, CUmemLocation loc, unsig
        reinterpret_cast<unsigned long long>(s));
   if (const uint64_t bad = g_fail_prefetch_addr.load(); bad && bad >= u(p) && bad < u(p) + n && g_fail_prefetch_result) {
     logf("cuMemPrefetchAsync_v2 refused (%d)", g_fail_prefetch_result.load());
+    if (g_fail_prefetch_partial.exchange(false)) {  // once: a transient failure half way
+      set_resident(u(p), bad - u(p), loc.type == CU_MEM_LOCATION_TYPE_DEVICE);
+      const int r = g_fail_prefetch_result.exchange(0);
+      g_fail_prefetch_addr = 0;
+      return static_cast<CUresult>(r);
+    }
     return static_cast<CUresult>(g_fail_prefetch_result.load());
   }
   set_resident(u(p), n, loc.type == CU_MEM_LOCATION_TYPE_DEVICE);

@@ -26,6 +26,10 @@ void standin_fail_event_create(int fail);
 // (a CUresult) and moves nothing, as the driver refuses a range; 0 (or
 // result 0) turns it off.
 void standin_fail_prefetch_at(uint64_t addr, int result);
+// The same, once: the first prefetch over `addr` moves the part of its range
+// below `addr`, then fails with `result` (a driver failing half way); later
+// ones succeed.
+void standin_fail_prefetch_partly_at(uint64_t addr, int result);
 }
 
 // The pattern the "fill" kernel writes and "check" verifies.
