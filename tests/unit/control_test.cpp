@@ -82,6 +82,19 @@ TEST(StatsJson, FailedMovesAreNamedByKindInMoveKindOrder) {
   EXPECT_EQ(failed_moves_by_kind(nlohmann::json{{"moves", {{"demote", {{"failed", "x"}}}}}}), "");
 }
 
+// kvpager status turns the mover's timing counters into GB/s per direction.
+TEST(StatsJson, MoverSpeedIsBytesOverTheTimeBatchesWereInFlight) {
+  StatsSnapshot st;
+  st.move_bytes[static_cast<size_t>(MoveKind::kPromote)] = 40'000'000'000;
+  const nlohmann::json interposer = {{"mover.promote_ns", 2'000'000'000ull}, {"mover.promote_batches", 300},
+                                     {"mover.demote_ns", 0},  {"mover.demote_batches", 0},
+                                     {"mover.issue_ns", 500'000'000ull}};
+  EXPECT_EQ(mover_speed(to_json(st), interposer),
+            "promotes 37.25 GiB at 20.0 GB/s in flight (300 batches); pager thread inside advise/prefetch calls 0.50 s");
+  EXPECT_EQ(mover_speed(to_json(st), nlohmann::json::object()), "") << "no libkvpager.so counters (simulated device)";
+  EXPECT_EQ(mover_speed(to_json(StatsSnapshot{}), interposer), "") << "nothing moved";
+}
+
 TEST(RuntimeDir, ServerCreatesItPrivate) {
   TempDir t;
   Config cfg;

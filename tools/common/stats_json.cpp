@@ -1,5 +1,11 @@
 #include "stats_json.h"
 
+#include <fmt/format.h>
+
+#include <algorithm>
+
+#include "kvpager/config.h"
+
 namespace kvpager {
 
 nlohmann::json to_json(const StatsSnapshot& s) {
@@ -60,6 +66,32 @@ std::string failed_moves_by_kind(const nlohmann::json& stats) {
     if (f == m->end() || !f->is_number_unsigned() || f->get<uint64_t>() == 0) continue;
     out += (out.empty() ? "" : ", ") + kind + " " + std::to_string(f->get<uint64_t>());
   }
+  return out;
+}
+
+std::string mover_speed(const nlohmann::json& stats, const nlohmann::json& interposer) {
+  auto counter = [](const nlohmann::json& j, const std::string& key) -> uint64_t {
+    const auto it = j.is_object() ? j.find(key) : j.end();
+    if (it == j.end() || !it->is_number_integer()) return 0;
+    return it->is_number_unsigned() ? it->get<uint64_t>() : static_cast<uint64_t>(std::max<int64_t>(0, it->get<int64_t>()));
+  };
+  std::string out;
+  for (const MoveKind kind : {MoveKind::kPromote, MoveKind::kDemote}) {
+    const std::string name(to_string(kind));
+    const uint64_t ns = counter(interposer, "mover." + name + "_ns");
+    const uint64_t batches = counter(interposer, "mover." + name + "_batches");
+    const auto moves = stats.is_object() ? stats.find("moves") : stats.end();
+    const uint64_t moved = moves != stats.end() && moves->is_object() && moves->contains(name)
+                               ? counter((*moves)[name], "bytes")
+                               : 0;
+    if (ns == 0 || batches == 0 || moved == 0) continue;
+    out += fmt::format("{}{}s {} at {:.1f} GB/s in flight ({} batches)", out.empty() ? "" : "; ", name,
+                       human_bytes(static_cast<double>(moved)), static_cast<double>(moved) / static_cast<double>(ns),
+                       batches);
+  }
+  if (!out.empty())
+    out += fmt::format("; pager thread inside advise/prefetch calls {:.2f} s",
+                       static_cast<double>(counter(interposer, "mover.issue_ns")) / 1e9);
   return out;
 }
 

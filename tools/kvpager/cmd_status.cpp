@@ -82,7 +82,7 @@ void status_all(const Globals& g, bool as_json) {
 
 // What libkvpager.so itself counts, and plain words for the counters that
 // mean the pager is missing something.
-void print_interposer(const json& in) {
+void print_interposer(const json& in, const json& stats) {
   auto n = [&](const char* key) { return in.value(key, uint64_t{0}); };
   fmt::print("\nInterposer (libkvpager.so)\n");
   fmt::print("  managed {} allocations, {} of limit {}; {} refused at the limit\n", n("managed_allocs"),
@@ -90,6 +90,7 @@ void print_interposer(const json& in) {
   fmt::print("  launches scanned {}, unscannable {}; restores before a launch {}\n", n("launches_scanned"),
              n("launches_unscannable"), n("restores"));
   fmt::print("  store queue: at most {} in flight, {} times full\n", n("mover.store_peak"), n("mover.store_full"));
+  if (const std::string speed = mover_speed(stats, in); !speed.empty()) fmt::print("  mover: {}\n", speed);
   if (n("events_dropped"))
     fmt::print("  warning: {} launch events dropped (event ring full): the pager did not see those accesses\n",
                n("events_dropped"));
@@ -136,7 +137,7 @@ void print_details(const json& stats_reply, const json& config, const json& cont
                bytes(p.value("wasted_bytes", uint64_t{0})), pct(p.value("accuracy", 0.0)),
                p.value("throttled", false) ? "  (throttled)" : "");
   }
-  if (stats_reply.contains("interposer")) print_interposer(field(stats_reply, "interposer"));
+  if (stats_reply.contains("interposer")) print_interposer(field(stats_reply, "interposer"), s);
   fmt::print("\nLive knobs (kvpager tune --pid {} KEY=VALUE)\n", row.pid);
   for (const Knob& k : knobs()) {  // in the knob table's order
     const json& entry = field(config, std::string(k.name).c_str());
