@@ -731,6 +731,54 @@ TEST(Pager, ReferencesKeepTheWeightsAndBringTheServedSessionIn) {
   EXPECT_EQ(rig.pager->audit(), "");
 }
 
+// A session resumed while another fills HBM: the pager demotes the old one a
+// window at a time and brings the new one in as room appears. On a device
+// whose two directions are separate links (PCIe is full duplex; the CUDA
+// mover puts demotes and promotes on a stream each), window k's promote
+// overlaps window k+1's demote, so the swap takes about one direction's
+// time plus a window, not both directions' one after the other. The loop is
+// the runtime's pager thread: wait for what is in flight, then its tick.
+TEST(Pager, ASwapOverlapsItsDemotesAndPromotesAWindowApart) {
+  Config cfg = spill_config(256 * MiB);
+  cfg.sim_hbm_capacity = 64 * MiB;
+  cfg.hbm_budget = 36 * MiB;  // 0.95 x 36 MiB = 547 chunks: one session of 512 and a little
+  cfg.sim_pcie_latency_ns = 0;
+  SimRig rig(cfg);
+  constexpr int kRegions = 64;  // 8 chunks each: a session of 512 chunks, 8 stage windows
+  auto session = [&](uint64_t base, const std::string& name) {
+    std::vector<RegionId> out;
+    for (int i = 0; i < kRegions; ++i)
+      out.push_back(rig.pager->add_region(base + static_cast<uint64_t>(i) * MiB, 8 * 64 * KiB, name, Tier::kHost));
+    return out;
+  };
+  const auto a = session(0x100000000, "a"), b = session(0x200000000, "b");
+  auto serve = [&](const std::vector<RegionId>& s) {
+    for (RegionId r : s) ASSERT_EQ(rig.pager->reference(r, 0), Status::kOk);
+    for (int round = 0; round < 64 && !(rig.pager->stats().tiers[index(Tier::kHbm)].inbound_bytes == 0 &&
+                                        rig.mover->pending() == 0 && chunks_in(*rig.pager, s.back(), Tier::kHbm) == 8);
+         ++round) {
+      rig.pager->drain();
+      rig.pager->tick();
+    }
+  };
+  serve(a);
+  for (RegionId r : a) ASSERT_EQ(chunks_in(*rig.pager, r, Tier::kHbm), 8u);
+  const uint64_t t0 = rig.mover->virtual_clock().now_ns();
+  serve(b);
+  const uint64_t took = rig.mover->virtual_clock().now_ns() - t0;
+  uint32_t b_in = 0, a_out = 0;
+  for (RegionId r : b) b_in += chunks_in(*rig.pager, r, Tier::kHbm);
+  for (RegionId r : a) a_out += chunks_in(*rig.pager, r, Tier::kHost);
+  ASSERT_EQ(b_in, 512u) << "the resumed session came in whole";
+  EXPECT_GE(a_out, 512u - 35u) << "the other one left (but for what fits beside)";
+  // One direction's link time for a session, from the simulated PCIe bandwidth.
+  const double one_way_ns = 512.0 * 64 * KiB / cfg.sim_pcie_gbps;
+  EXPECT_LT(static_cast<double>(took), 1.5 * one_way_ns)
+      << "demotes and promotes ran one after the other (" << took << " ns; one way " << one_way_ns << " ns)";
+  EXPECT_GE(static_cast<double>(took), one_way_ns);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
 // A region bigger than half of what references may stage (an engine's whole
 // KV pool) counts chunk by chunk, or it would evict itself in turn.
 TEST(Pager, AReferenceIntoARegionBiggerThanHalfTheBudgetStagesOnlyItsChunk) {
