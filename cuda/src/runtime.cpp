@@ -650,10 +650,9 @@ void Runtime::serve(Request& r) {
       for (size_t t = 0; t < 3; ++t)
         out += fmt::format("pager.{}_bytes={}\npager.{}_capacity={}\n", kTierNames[t], st.tiers[t].resident_bytes,
                            kTierNames[t], st.tiers[t].capacity_bytes);
-      for (int k = 0; k < kNumMoveKinds; ++k)
-        out += fmt::format("pager.moves.{}={}\npager.move_failures.{}={}\n", to_string(static_cast<MoveKind>(k)),
-                           st.moves[static_cast<size_t>(k)], to_string(static_cast<MoveKind>(k)),
-                           st.move_failures_by_kind[static_cast<size_t>(k)]);
+      for (size_t k = 0; k < kNumMoveKinds; ++k)
+        out += fmt::format("pager.moves.{0}={1}\npager.move_failures.{0}={2}\n", to_string(static_cast<MoveKind>(k)),
+                           st.moves[k], st.move_failures_by_kind[k]);
       out += fmt::format("pager.accesses={}\npager.hits={}\npager.faults={}\npager.move_failures={}\n", st.accesses,
                          st.hits, st.faults, st.move_failures);
       // Live allocations launches touched (the pager thread's table of when

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <numeric>
 
 namespace kvpager {
 
@@ -647,7 +648,6 @@ Status Pager::start_move(Region& r, Chunk& c, MoveKind kind, Tier to, bool deman
   make_unevictable(c);
   s = mover_.submit(req);
   if (!ok(s)) {
-    ++counters_.move_failures;
     ++counters_.move_failures_by_kind[static_cast<size_t>(kind)];
     if (kind == MoveKind::kSpill && s == Status::kNoSpace) spill_disabled_ = true;
     if (was_evictable) make_evictable(c);
@@ -687,7 +687,6 @@ void Pager::on_complete(const MoveCompletion& done) {
     ++counters_.moves[static_cast<size_t>(kind)];
     counters_.move_bytes[static_cast<size_t>(kind)] += len;
   } else {
-    ++counters_.move_failures;
     ++counters_.move_failures_by_kind[static_cast<size_t>(kind)];
     if (kind == MoveKind::kSpill && done.status == Status::kNoSpace) spill_disabled_ = true;
     // The mover could not spill now (it cannot yet prove nothing reads the
@@ -1007,6 +1006,7 @@ Status Pager::apply(const Config& next, std::string* why) {
 StatsSnapshot Pager::stats() const {
   StatsSnapshot s = counters_;
   s.now_ns = mover_.clock().now_ns();
+  s.move_failures = std::accumulate(s.move_failures_by_kind.begin(), s.move_failures_by_kind.end(), uint64_t{0});
   const uint64_t caps[3] = {hbm_limit_, host_limit_, cfg_.nvme_capacity};
   for (int t = 0; t < 3; ++t) {
     s.tiers[static_cast<size_t>(t)] = TierStats{caps[t], resident_[static_cast<size_t>(t)],

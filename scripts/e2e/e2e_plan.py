@@ -187,7 +187,7 @@ class Plan:
     def pager_resident_sessions(self) -> int:
         """Sessions whose KV fits beside weights and workspace in what the
         pager works with: its high watermark x B."""
-        given = self.budget_bytes // MiB * MiB  # what the pager is given (knob_bytes)
+        given = whole_mib(self.budget_bytes) * MiB  # what the pager is given (knob_bytes)
         kv = int(given * PAGER_HIGH_WATERMARK) - self.weight_bytes - self.workspace_bytes
         return max(0, min(self.workload.sessions, kv // self.session_kv_bytes))
 
@@ -273,9 +273,14 @@ def human(b: float) -> str:
     return f"{int(b)} B"
 
 
+def whole_mib(b: int) -> int:
+    """b in whole MiB, rounded down (at least 1): what a KVPAGER_* size carries."""
+    return max(1, b // MiB)
+
+
 def knob_bytes(b: int) -> str:
     """A size for a KVPAGER_* variable: whole MiB, rounded down (ceilings stay below what was computed)."""
-    return f"{max(1, b // MiB)}M"
+    return f"{whole_mib(b)}M"
 
 
 def percentile(values: List[float], p: float) -> Optional[float]:

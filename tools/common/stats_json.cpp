@@ -3,10 +3,31 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <string>
 
 #include "kvpager/config.h"
 
 namespace kvpager {
+
+namespace {
+
+// A counter read back from JSON: j[key] as a non-negative integer, else 0.
+uint64_t counter(const nlohmann::json& j, const std::string& key) {
+  const auto it = j.is_object() ? j.find(key) : j.end();
+  if (it == j.end() || !it->is_number_integer()) return 0;
+  return it->is_number_unsigned() ? it->get<uint64_t>() : static_cast<uint64_t>(std::max<int64_t>(0, it->get<int64_t>()));
+}
+
+// stats["moves"][kind] (an empty object when absent).
+const nlohmann::json& moves_of(const nlohmann::json& stats, const std::string& kind) {
+  static const nlohmann::json kNone = nlohmann::json::object();
+  const auto moves = stats.is_object() ? stats.find("moves") : stats.end();
+  if (moves == stats.end() || !moves->is_object()) return kNone;
+  const auto m = moves->find(kind);
+  return m == moves->end() ? kNone : *m;
+}
+
+}  // namespace
 
 nlohmann::json to_json(const StatsSnapshot& s) {
   using nlohmann::json;
@@ -56,34 +77,21 @@ nlohmann::json to_json(const StatsSnapshot& s) {
 
 std::string failed_moves_by_kind(const nlohmann::json& stats) {
   std::string out;
-  const auto moves = stats.find("moves");
-  if (moves == stats.end() || !moves->is_object()) return out;
   for (size_t k = 0; k < kNumMoveKinds; ++k) {
     const std::string kind(to_string(static_cast<MoveKind>(k)));
-    const auto m = moves->find(kind);
-    if (m == moves->end() || !m->is_object()) continue;
-    const auto f = m->find("failed");
-    if (f == m->end() || !f->is_number_unsigned() || f->get<uint64_t>() == 0) continue;
-    out += (out.empty() ? "" : ", ") + kind + " " + std::to_string(f->get<uint64_t>());
+    if (const uint64_t n = counter(moves_of(stats, kind), "failed"))
+      out += (out.empty() ? "" : ", ") + kind + " " + std::to_string(n);
   }
   return out;
 }
 
 std::string mover_speed(const nlohmann::json& stats, const nlohmann::json& interposer) {
-  auto counter = [](const nlohmann::json& j, const std::string& key) -> uint64_t {
-    const auto it = j.is_object() ? j.find(key) : j.end();
-    if (it == j.end() || !it->is_number_integer()) return 0;
-    return it->is_number_unsigned() ? it->get<uint64_t>() : static_cast<uint64_t>(std::max<int64_t>(0, it->get<int64_t>()));
-  };
   std::string out;
   for (const MoveKind kind : {MoveKind::kPromote, MoveKind::kDemote}) {
     const std::string name(to_string(kind));
     const uint64_t ns = counter(interposer, "mover." + name + "_ns");
     const uint64_t batches = counter(interposer, "mover." + name + "_batches");
-    const auto moves = stats.is_object() ? stats.find("moves") : stats.end();
-    const uint64_t moved = moves != stats.end() && moves->is_object() && moves->contains(name)
-                               ? counter((*moves)[name], "bytes")
-                               : 0;
+    const uint64_t moved = counter(moves_of(stats, name), "bytes");
     if (ns == 0 || batches == 0 || moved == 0) continue;
     out += fmt::format("{}{}s {} at {:.1f} GB/s in flight ({} batches)", out.empty() ? "" : "; ", name,
                        human_bytes(static_cast<double>(moved)), static_cast<double>(moved) / static_cast<double>(ns),

@@ -46,7 +46,7 @@ struct StatsSnapshot {
   std::array<uint64_t, kNumTiers> faults_from{};
   std::array<uint64_t, kNumMoveKinds> moves{};       // completed moves per kind
   std::array<uint64_t, kNumMoveKinds> move_bytes{};  // bytes per kind (= per link direction)
-  uint64_t move_failures = 0;
+  uint64_t move_failures = 0;  // moves that failed (Pager::stats: the sum of the next)
   std::array<uint64_t, kNumMoveKinds> move_failures_by_kind{};  // the same, per kind of move
   uint64_t stall_ns = 0;  // time accesses spent waiting for chunks
   uint64_t evictions = 0; // demotes and spills chosen by the budget controller
