@@ -1,7 +1,9 @@
 #include "cli.h"
 
 #include <dlfcn.h>
+#include <signal.h>
 
+#include <atomic>
 #include <charconv>
 #include <cstdint>
 #include <fmt/format.h>
@@ -66,6 +68,28 @@ void add_global_options_footer(CLI::App& app) {
     add_global_options_footer(*sub);
   }
 }
+
+std::string percent(double share) { return fmt::format("{:.1f}%", 100.0 * share); }
+
+std::string duration_text(double s) {
+  if (s >= 1.0) return fmt::format("{:.2f} s", s);
+  if (s >= 1e-3) return fmt::format("{:.1f} ms", s * 1e3);
+  return fmt::format("{:.0f} us", s * 1e6);
+}
+
+namespace {
+std::atomic<bool> g_stop{false};
+void on_stop_signal(int) { g_stop.store(true); }
+}  // namespace
+
+void stop_on_signals() {
+  struct sigaction sa {};
+  sa.sa_handler = on_stop_signal;
+  sigaction(SIGINT, &sa, nullptr);
+  sigaction(SIGTERM, &sa, nullptr);
+}
+
+bool stop_requested() { return g_stop.load(); }
 
 bool gpu_available(std::string* why) {
   auto say = [&](std::string s) {

@@ -8,6 +8,7 @@
 
 #include <CLI/CLI.hpp>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -19,6 +20,10 @@ namespace kvpager::cli {
 inline constexpr int kExitOk = 0;
 inline constexpr int kExitRuntime = 1;
 inline constexpr int kExitUsage = 2;
+// What a program that starts another says when it could not (env(1),
+// nohup(1), timeout(1)): found but not executable, or not found.
+inline constexpr int kExitCannotExecute = 126;
+inline constexpr int kExitNotFound = 127;
 
 // A failure while doing the work (exit 1). Bad usage or configuration throws
 // ConfigError or CLI::ValidationError instead (exit 2).
@@ -70,6 +75,19 @@ inline void add_control_commands(CLI::App& app, Globals& g) {
   add_tune_commands(app, g);
   add_run_command(app, g);
 }
+
+// A share (0..1) as a percentage with one decimal: 0.125 -> "12.5%".
+std::string percent(double share);
+// A duration in the unit that reads best: "1.25 s", "12.3 ms", "40 us".
+std::string duration_text(double seconds);
+inline std::string duration_text_ns(uint64_t ns) { return duration_text(static_cast<double>(ns) / 1e9); }
+
+// SIGINT and SIGTERM set a flag instead of ending the process, so a long
+// running subcommand (demo --serve, top) can leave cleanly: restore the
+// terminal, remove its socket. Idempotent.
+void stop_on_signals();
+// Whether one of them arrived since stop_on_signals().
+bool stop_requested();
 
 // Whether a CUDA device is usable here: loads libcuda.so.1 (if present) and
 // asks it. Never links against CUDA. `why` says what was found.

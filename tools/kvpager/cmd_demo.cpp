@@ -7,7 +7,6 @@
 #include <signal.h>
 #include <unistd.h>
 
-#include <atomic>
 #include <chrono>
 #include <memory>
 #include <thread>
@@ -33,9 +32,6 @@ struct DemoArgs {
   CLI::Option* turns = nullptr;  // given on the command line?
 };
 
-std::atomic<bool> g_stop{false};
-void on_stop_signal(int) { g_stop.store(true); }
-
 // --serve: the control socket, and the pace that lets a human watch. Between
 // turns virtual time keeps flowing with the wall clock, so the pager's
 // background work (finishing moves, keeping the watermarks after a live
@@ -48,10 +44,7 @@ class Serving {
     if (!rd.note.empty()) fmt::print(stderr, "kvpager demo: runtime_dir: {}\n", rd.note);
     // Before the socket appears: whoever finds it may stop us at once, and
     // the socket must still be removed.
-    struct sigaction sa {};
-    sa.sa_handler = on_stop_signal;
-    sigaction(SIGINT, &sa, nullptr);
-    sigaction(SIGTERM, &sa, nullptr);
+    stop_on_signals();
     try {
       control::ControlServer::Options o;
       o.runtime_dir = rd.path;
@@ -69,7 +62,7 @@ class Serving {
     const auto until = turn_start + milliseconds(pace_);
     auto last = steady_clock::now();
     server_->service(pager_);
-    while (!g_stop.load()) {
+    while (!stop_requested()) {
       auto now = steady_clock::now();
       if (now >= until) break;
       std::this_thread::sleep_for(std::min<steady_clock::duration>(until - now, milliseconds(10)));
@@ -87,8 +80,6 @@ class Serving {
   std::unique_ptr<control::ControlServer> server_;
 };
 
-std::string pct(double x) { return fmt::format("{:.1f}%", 100.0 * x); }
-std::string secs(uint64_t ns) { return fmt::format("{:.3f} s", static_cast<double>(ns) / 1e9); }
 
 void print_summary(const demo::DemoResult& r, double wall_s) {
   const StatsSnapshot& s = r.stats;
@@ -99,7 +90,7 @@ void print_summary(const demo::DemoResult& r, double wall_s) {
     fmt::print("  {:<5} {:>12}  of {:>12}  ({} chunks)\n", to_string(t), human_bytes(static_cast<double>(ts.resident_bytes)),
                cap, ts.chunks);
   }
-  fmt::print("\nAccesses  {}  hits {}  faults {}  hit rate {}\n", s.accesses, s.hits, s.faults, pct(s.hit_rate()));
+  fmt::print("\nAccesses  {}  hits {}  faults {}  hit rate {}\n", s.accesses, s.hits, s.faults, percent(s.hit_rate()));
   fmt::print("  faults served from: host {}, nvme {}, first touch {}, late prefetch (still in flight) {}\n",
              s.faults_from[index(Tier::kHost)], s.faults_from[index(Tier::kNvme)],
              s.faults_from[index(Tier::kUnpopulated)], s.faults_from[index(Tier::kHbm)]);
@@ -108,15 +99,15 @@ void print_summary(const demo::DemoResult& r, double wall_s) {
     fmt::print("  {:<8} {:>8} moves {:>12}\n", to_string(static_cast<MoveKind>(k)), s.moves[k],
                human_bytes(static_cast<double>(s.move_bytes[k])));
   }
-  fmt::print("\nPrefetch accuracy {} (used / (used + wasted))\n", pct(s.prefetch_accuracy()));
+  fmt::print("\nPrefetch accuracy {} (used / (used + wasted))\n", percent(s.prefetch_accuracy()));
   for (const auto& p : s.prefetchers) {
     fmt::print("  {:<12} issued {:>12}  used {:>12}  wasted {:>12}  accuracy {}{}\n", p.name,
                human_bytes(static_cast<double>(p.issued_bytes)), human_bytes(static_cast<double>(p.used_bytes)),
-               human_bytes(static_cast<double>(p.wasted_bytes)), pct(p.accuracy()),
+               human_bytes(static_cast<double>(p.wasted_bytes)), percent(p.accuracy()),
                p.throttle_events ? fmt::format("  (throttled {}x)", p.throttle_events) : "");
   }
-  fmt::print("\nStall time {} over {} turns ({} per turn); virtual time {}; wall time {:.2f} s\n", secs(s.stall_ns),
-             r.turns, secs(r.turns ? s.stall_ns / r.turns : 0), secs(s.now_ns), wall_s);
+  fmt::print("\nStall time {} over {} turns ({} per turn); virtual time {}; wall time {:.2f} s\n", duration_text_ns(s.stall_ns),
+             r.turns, duration_text_ns(r.turns ? s.stall_ns / r.turns : 0), duration_text_ns(s.now_ns), wall_s);
   fmt::print("Integrity: {} verified, {} corrupted chunk(s), {} failed access(es)", human_bytes(static_cast<double>(r.verified_bytes)),
              r.corrupt_chunks, r.failed_accesses);
   if (r.recomputed_chunks) fmt::print(", {} chunk(s) dropped by a hint and recomputed", r.recomputed_chunks);
@@ -204,7 +195,7 @@ void run_demo(const Globals& g, const DemoArgs& a) {
   const bool prefilled = work.prefill([&](uint32_t done) {
     built = done;
     if (progress) fmt::print(stderr, "\r  prefill {}/{} sessions", done, opt.sessions);
-    return !g_stop.load();
+    return !stop_requested();
   });
   if (progress) fmt::print(stderr, "\r{:40}\r", "");
   if (!prefilled)
@@ -212,7 +203,7 @@ void run_demo(const Globals& g, const DemoArgs& a) {
   uint64_t recomputed = 0;
   for (;;) {
     auto turn_start = std::chrono::steady_clock::now();
-    if (g_stop.load() || !work.run_turn()) break;
+    if (stop_requested() || !work.run_turn()) break;
     if (work.recomputed_chunks() != recomputed) {
       fmt::print(stderr, "{}kvpager demo: turn {} found {} chunk(s) dropped by a hint: recomputed them\n",
                  progress ? "\r" : "", work.result().turns, work.recomputed_chunks() - recomputed);

@@ -22,7 +22,6 @@ namespace {
 
 namespace fsys = std::filesystem;
 
-constexpr int kExitCannotExecute = 126;
 
 // Next to kvpager (an install); the build tree's fusefs/ (kvpager is
 // <build>/tools/kvpager, kvpager-fs <build>/fusefs/kvpager-fs); then PATH.

@@ -60,18 +60,12 @@ const char* kSemantics =
     "--sim-nvme-read-gbps, --sim-nvme-write-gbps, --sim-nvme-latency. Exit status: 0 ok, 2 bad usage,\n"
     "1 the trace could not be read (a malformed line stops the run with FILE:LINE unless --skip-bad).";
 
-std::string pct(double x) { return fmt::format("{:.1f}%", 100.0 * x); }
 std::string hbytes(uint64_t b) { return human_bytes(static_cast<double>(b)); }
 std::string tokens_str(uint64_t t) {
   if (t == kUnlimited) return "unlimited";
   if (t >= 1'000'000) return fmt::format("{:.1f}M", static_cast<double>(t) / 1e6);
   if (t >= 10'000) return fmt::format("{:.1f}k", static_cast<double>(t) / 1e3);
   return fmt::format("{}", t);
-}
-std::string secs(double s) {
-  if (s >= 1.0) return fmt::format("{:.2f} s", s);
-  if (s >= 1e-3) return fmt::format("{:.1f} ms", s * 1e3);
-  return fmt::format("{:.0f} us", s * 1e6);
 }
 
 // Runs jobs on a few threads; draws a progress bar on a terminal.
@@ -288,9 +282,9 @@ void print_runs(const std::vector<RunResult>& runs, bool details) {
   fmt::print("\n{:<14} {:>8} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9} {:>9} {:>12}\n", "policy", "hit rate", "hbm", "host",
              "nvme", "saved", "TTFT p50", "p90", "p99", "GPU prefill");
   for (const RunResult& r : runs) {
-    fmt::print("{:<14} {:>8} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9} {:>9} {:>10.2f} h\n", r.label, pct(r.hit_rate()),
-               pct(r.tier_hit_rate(0)), pct(r.tier_hit_rate(1)), pct(r.tier_hit_rate(2)), pct(r.saved_rate()),
-               secs(r.ttft_p50_s), secs(r.ttft_p90_s), secs(r.ttft_p99_s), r.prefill_gpu_s / 3600);
+    fmt::print("{:<14} {:>8} {:>7} {:>7} {:>7} {:>8} {:>9} {:>9} {:>9} {:>10.2f} h\n", r.label, percent(r.hit_rate()),
+               percent(r.tier_hit_rate(0)), percent(r.tier_hit_rate(1)), percent(r.tier_hit_rate(2)), percent(r.saved_rate()),
+               duration_text(r.ttft_p50_s), duration_text(r.ttft_p90_s), duration_text(r.ttft_p99_s), r.prefill_gpu_s / 3600);
   }
   if (!runs.empty())
     fmt::print("(GPU prefill without any cache: {:.2f} h; saved = hit tokens loaded rather than recomputed)\n",
@@ -299,7 +293,7 @@ void print_runs(const std::vector<RunResult>& runs, bool details) {
   for (const RunResult& r : runs) {
     if (r.label == "infinite") continue;
     const double in = static_cast<double>(r.input_tokens);
-    auto share = [&](uint64_t v) { return pct(in > 0 ? static_cast<double>(v) / in : 0.0); };
+    auto share = [&](uint64_t v) { return percent(in > 0 ? static_cast<double>(v) / in : 0.0); };
     fmt::print("\n{}:\n  misses (share of input tokens): never seen {}, evicted from hbm {} / host {} / nvme {}, "
                "not admitted {}, after a gap {}\n",
                r.label, share(r.miss_never_seen), share(r.miss_evicted_from[0]), share(r.miss_evicted_from[1]),
@@ -312,11 +306,11 @@ void print_runs(const std::vector<RunResult>& runs, bool details) {
                hbytes(r.moved.host_to_hbm), hbytes(r.moved.host_to_nvme), hbytes(r.moved.nvme_to_host));
     for (const auto& pf : r.prefetchers) {
       fmt::print("  {}: staged {}, used {}, wasted {}, accuracy {}{}\n", pf.name, hbytes(pf.issued_bytes),
-                 hbytes(pf.used_bytes), hbytes(pf.wasted_bytes), pct(pf.accuracy()),
+                 hbytes(pf.used_bytes), hbytes(pf.wasted_bytes), percent(pf.accuracy()),
                  pf.throttle_events ? fmt::format(" (throttled {}x)", pf.throttle_events) : "");
     }
     fmt::print("  resumed turns that found their whole prefix in the top tier on arrival: {} of {} ({})\n",
-               r.resumed_prefix_in_top, r.resumed_turns, pct(RunResult::ratio(r.resumed_prefix_in_top, r.resumed_turns)));
+               r.resumed_prefix_in_top, r.resumed_turns, percent(RunResult::ratio(r.resumed_prefix_in_top, r.resumed_turns)));
   }
 }
 
@@ -437,10 +431,10 @@ void run_replay(const Globals& g, const ReplayArgs& a) {
   fmt::print("\n");
   for (size_t k = 0; k < points.size(); ++k) {
     fmt::print("{:>12} {:>10}", tokens_str(points[k]), hbytes(points[k] * plan.cost.kv_bytes_per_token));
-    for (size_t s = 0; s < specs.size(); ++s) fmt::print(" {:>12}", pct(res[k * specs.size() + s].hit_rate()));
+    for (size_t s = 0; s < specs.size(); ++s) fmt::print(" {:>12}", percent(res[k * specs.size() + s].hit_rate()));
     fmt::print("\n");
   }
-  fmt::print("infinite capacity: {}\n", pct(infinite.hit_rate()));
+  fmt::print("infinite capacity: {}\n", percent(infinite.hit_rate()));
   if (!a.plot.empty()) fmt::print("plot: {}\n", a.plot);
 }
 

@@ -17,21 +17,19 @@ namespace kvpager::cli {
 
 namespace {
 
-namespace fs = std::filesystem;
+namespace fsys = std::filesystem;
 
 constexpr const char* kPreloadName = "libkvpager.so";
-constexpr int kExitCannotExecute = 126;  // as env(1), nohup(1), timeout(1)
-constexpr int kExitNotFound = 127;
 
 // Next to the binary; ../<libdir> of an install; the build tree's cuda/
 // (the binary is <build>/tools/kvpager, the library <build>/cuda/libkvpager.so).
-std::vector<fs::path> preload_candidates() {
+std::vector<fsys::path> preload_candidates() {
   std::error_code ec;
-  fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  fsys::path exe = fsys::read_symlink("/proc/self/exe", ec);
   if (ec) return {};
-  fs::path dir = exe.parent_path();
-  std::vector<fs::path> out{dir / kPreloadName, dir / ".." / KVPAGER_INSTALL_LIBDIR / kPreloadName};
-  if (fs::path(KVPAGER_INSTALL_LIBDIR) != "lib") out.push_back(dir / ".." / "lib" / kPreloadName);
+  fsys::path dir = exe.parent_path();
+  std::vector<fsys::path> out{dir / kPreloadName, dir / ".." / KVPAGER_INSTALL_LIBDIR / kPreloadName};
+  if (fsys::path(KVPAGER_INSTALL_LIBDIR) != "lib") out.push_back(dir / ".." / "lib" / kPreloadName);
   out.push_back(dir / ".." / "cuda" / kPreloadName);
   return out;
 }
@@ -40,7 +38,7 @@ std::vector<fs::path> preload_candidates() {
 // object without a program interpreter: not a PIE executable), else what it is.
 std::string not_a_library(const std::string& path) {
   std::error_code ec;
-  if (!fs::is_regular_file(path, ec)) return "not a regular file";
+  if (!fsys::is_regular_file(path, ec)) return "not a regular file";
   std::ifstream f(path, std::ios::binary);
   if (!f) return std::strerror(errno);
   unsigned char h[64] = {};
@@ -73,13 +71,13 @@ std::string find_preload(const std::string& given) {
     // unpaged: check that it is a shared object first.
     if (std::string why = not_a_library(given); !why.empty())
       throw ConfigError(fmt::format("--lib {}: {} (expected libkvpager.so)", given, why));
-    return fs::absolute(given).string();
+    return fsys::absolute(given).string();
   }
   auto candidates = preload_candidates();
   std::string looked;
   for (const auto& c : candidates) {
     std::error_code ec;
-    fs::path p = fs::weakly_canonical(c, ec);
+    fsys::path p = fsys::weakly_canonical(c, ec);
     if (ec) p = c;
     if (access(p.c_str(), R_OK) == 0) return p.string();
     looked += "\n  " + p.string();

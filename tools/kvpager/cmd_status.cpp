@@ -8,7 +8,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <ctime>
 #include <map>
@@ -25,9 +24,7 @@ namespace {
 using nlohmann::json;
 using std::chrono::milliseconds;
 
-std::string pct(double x) { return fmt::format("{:.1f}%", 100.0 * x); }
 std::string bytes(uint64_t b) { return human_bytes(static_cast<double>(b)); }
-std::string secs(uint64_t ns) { return fmt::format("{:.2f} s", static_cast<double>(ns) / 1e9); }
 std::string clip(std::string s, size_t width) {
   if (s.size() > width) s = s.substr(0, width > 1 ? width - 1 : 0) + "~";
   return s;
@@ -46,7 +43,7 @@ std::string header() {
 }
 std::string row_text(const PagerRow& r) {
   return fmt::format(kHeader, r.pid, clip(tools::printable(short_command(r.command)), 24), bytes(r.budget), bytes(r.hbm), bytes(r.host), bytes(r.nvme),
-                     pct(r.hit_rate), pct(r.prefetch_accuracy), secs(r.stall_ns));
+                     percent(r.hit_rate), percent(r.prefetch_accuracy), duration_text_ns(r.stall_ns));
 }
 
 json strip(json body) {
@@ -122,19 +119,19 @@ void print_details(const json& stats_reply, const json& config, const json& cont
   }
   const json& ff = field(s, "faults_from");
   fmt::print("\nAccesses {}  hits {}  faults {}  hit rate {}\n", row.accesses, s.value("hits", uint64_t{0}), row.faults,
-             pct(row.hit_rate));
+             percent(row.hit_rate));
   fmt::print("  faults served from: host {}, nvme {}, first touch {}, in flight {}\n", ff.value("host", uint64_t{0}),
              ff.value("nvme", uint64_t{0}), ff.value("unpopulated", uint64_t{0}), ff.value("hbm", uint64_t{0}));
   std::string failed_kinds = failed_moves_by_kind(s);
   if (!failed_kinds.empty()) failed_kinds = " (" + failed_kinds + ")";
-  fmt::print("  stall {}, evictions {}, move failures {}{}{}\n", secs(row.stall_ns), s.value("evictions", uint64_t{0}),
+  fmt::print("  stall {}, evictions {}, move failures {}{}{}\n", duration_text_ns(row.stall_ns), s.value("evictions", uint64_t{0}),
              s.value("move_failures", uint64_t{0}), failed_kinds,
              s.value("spill_disabled", false) ? ", spills disabled (NVMe full)" : "");
-  fmt::print("\nPrefetch accuracy {}\n", pct(row.prefetch_accuracy));
+  fmt::print("\nPrefetch accuracy {}\n", percent(row.prefetch_accuracy));
   for (const auto& p : field(s, "prefetchers")) {
     fmt::print("  {:<12} issued {:>12}  used {:>12}  wasted {:>12}  accuracy {}{}\n", text(p, "name"),
                bytes(p.value("issued_bytes", uint64_t{0})), bytes(p.value("used_bytes", uint64_t{0})),
-               bytes(p.value("wasted_bytes", uint64_t{0})), pct(p.value("accuracy", 0.0)),
+               bytes(p.value("wasted_bytes", uint64_t{0})), percent(p.value("accuracy", 0.0)),
                p.value("throttled", false) ? "  (throttled)" : "");
   }
   if (stats_reply.contains("interposer")) print_interposer(field(stats_reply, "interposer"), s);
@@ -181,9 +178,6 @@ void status_one(const Globals& g, pid_t pid, bool as_json) {
 
 // ------------------------------------------------------------------ top
 
-std::atomic<bool> g_stop{false};
-void on_stop_signal(int) { g_stop.store(true); }
-
 // Whether we are the foreground job of the terminal on fd. A background job
 // (`kvpager top > log &`) that changes or reads its terminal is stopped by
 // SIGTTOU / SIGTTIN and never prints a line.
@@ -225,7 +219,7 @@ class Terminal {
   // Waits up to `wait` for a key; true if it was q (or Q).
   bool quit_pressed(milliseconds wait) const {
     const auto until = std::chrono::steady_clock::now() + wait;
-    while (!g_stop.load()) {
+    while (!stop_requested()) {
       auto left = std::chrono::duration_cast<milliseconds>(until - std::chrono::steady_clock::now()).count();
       if (left <= 0) return false;
       if (!keys_ || !in_foreground(STDIN_FILENO)) {  // in the background now: reading would stop us
@@ -264,10 +258,7 @@ struct TopArgs {
 
 void top(const Globals& g, const TopArgs& a) {
   const bool tty = isatty(STDOUT_FILENO);
-  struct sigaction sa {};
-  sa.sa_handler = on_stop_signal;
-  sigaction(SIGINT, &sa, nullptr);
-  sigaction(SIGTERM, &sa, nullptr);
+  stop_on_signals();
   Terminal term(tty);
   const auto interval = milliseconds(static_cast<int64_t>(a.interval_s * 1000.0));
   struct Seen {
@@ -275,7 +266,7 @@ void top(const Globals& g, const TopArgs& a) {
     std::chrono::steady_clock::time_point at;
   };
   std::map<pid_t, Seen> previous;
-  for (uint64_t frame = 1; !g_stop.load(); ++frame) {
+  for (uint64_t frame = 1; !stop_requested(); ++frame) {
     LivePagers live = find_live_pagers(g);
     auto replies = control::call_all(live.pagers, {{"op", "stats"}}, std::max(interval, milliseconds(500)));
     const auto now = std::chrono::steady_clock::now();
