@@ -143,7 +143,9 @@ TEST(TokenStoreProcesses, ConcurrentWritersShareOneDirectory) {
 // names.
 TEST(TokenStoreProcesses, SurvivesSigkillAtRandomPoints) {
   TempDir d;
-  const int kills = 200;
+  // A third of the rounds under ASan (each is about five times slower there);
+  // the recovery paths it checks are the same every round.
+  const int kills = static_cast<int>(scale_down(200, 3));
   std::mt19937_64 rng(20240601);
   size_t published_seen = 0, max_contexts = 0;
   uint64_t leftovers_removed = 0;
@@ -198,7 +200,7 @@ TEST(TokenStoreProcesses, SurvivesSigkillAtRandomPoints) {
   }
   // The kills must have landed while there was something to lose.
   EXPECT_GT(max_contexts, 3u);
-  EXPECT_GT(leftovers_removed, 100u);
+  EXPECT_GT(leftovers_removed, static_cast<uint64_t>(kills) / 2);
   RecordProperty("published_contexts_verified", static_cast<int>(published_seen));
   RecordProperty("leftovers_removed", static_cast<int>(leftovers_removed));
 }
