@@ -221,7 +221,8 @@ int main(int argc, char** argv) {
     if (c == ',' || c == '\\') fsname += '\\';  // libfuse's -o escapes
     fsname += c;
   }
-  std::vector<std::string> fargs{"kvpager-fs", "-o", "default_permissions", "-o", fsname, "-o", "subtype=kvpager"};
+  std::vector<std::string> fargs{"kvpager-fs", "-o", "default_permissions", "-o", fsname, "-o",
+                                 "subtype=" + std::string(tools::kKvpagerFsSubtype)};
   for (const auto& o : a.fuse_opts) {
     fargs.push_back("-o");
     fargs.push_back(o);

@@ -1122,8 +1122,10 @@ TEST_F(FsMount, AStoreDirectoryThatDoesNotExistIsRefusedNotCreated) {
 }
 
 // A second mount on top would hide the first; umount would then remove
-// one and report success with MNT still mounted.
-TEST_F(FsMount, MountingTwiceIsRefusedAndUmountNeverClaimsSuccessWhileMounted) {
+// one and report success with MNT still mounted. And umount runs
+// fusermount3, which for root unmounts any file system: it must touch
+// kvpager-fs mounts only.
+TEST_F(FsMount, MountingTwiceIsRefusedAndUmountRemovesOnlyKvpagerFsAndNeverClaimsSuccessWhileMounted) {
   write_pattern(tmp_.path() + "/in", 5000, 16);
   put(tmp_.path() + "/in", "x");
   mount();
@@ -1136,11 +1138,25 @@ TEST_F(FsMount, MountingTwiceIsRefusedAndUmountNeverClaimsSuccessWhileMounted) {
   EXPECT_EQ(mount_count(mnt_), 1);
   EXPECT_TRUE(same_bytes(tmp_.path() + "/in", path("/contexts/x/kv"))) << "the first mount still serves";
 
-  // Mounts stacked by something else (a bind mount on top; root only).
+  // Another file system on top (a bind mount of a plain directory; root
+  // only): refused, both mounts stay.
   const std::string other = tmp_.path() + "/other";
   fsys::create_directories(other);
   r = kvpager::testing::run_process({"/bin/mount", "--bind", other, mnt_}, {}, 20);
   if (r.exit_code != 0) GTEST_SKIP() << "cannot stack a bind mount here (not root?): " << show(r);
+  ASSERT_EQ(mount_count(mnt_), 2);
+  r = kvpager({"umount", mnt_});
+  EXPECT_EQ(r.exit_code, 1) << show(r);
+  EXPECT_NE(r.err.find("not kvpager-fs (fuse.kvpager): left alone"), std::string::npos) << show(r);
+  EXPECT_EQ(mount_count(mnt_), 2);
+  r = kvpager::testing::run_process({"/bin/umount", mnt_}, {}, 20);
+  ASSERT_EQ(r.exit_code, 0) << show(r);
+  ASSERT_EQ(mount_count(mnt_), 1);
+
+  // The kvpager-fs mount bound on top of itself: fusermount3 -u removes the
+  // top one only, and success would be a lie.
+  r = kvpager::testing::run_process({"/bin/mount", "--bind", mnt_, mnt_}, {}, 20);
+  ASSERT_EQ(r.exit_code, 0) << show(r);
   ASSERT_EQ(mount_count(mnt_), 2);
   r = kvpager({"umount", mnt_});
   EXPECT_EQ(r.exit_code, 1) << show(r);
@@ -1149,6 +1165,20 @@ TEST_F(FsMount, MountingTwiceIsRefusedAndUmountNeverClaimsSuccessWhileMounted) {
   r = kvpager({"umount", mnt_});
   EXPECT_EQ(r.exit_code, 0) << show(r);
   EXPECT_FALSE(is_mounted(mnt_));
+}
+
+// Not a mount of ours at all: a tmpfs (root only) is refused and stays.
+TEST(FsUmount, LeavesAnotherFileSystemMounted) {
+  TempDir tmp;
+  const std::string dir = tmp.path() + "/tiny";
+  fsys::create_directories(dir);
+  ProcessResult r = kvpager::testing::run_process({"/bin/mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", dir}, {}, 20);
+  if (r.exit_code != 0) GTEST_SKIP() << "cannot mount a tmpfs here (not root?): " << show(r);
+  r = run({KVPAGER_BIN, "umount", dir}, tmp.path());
+  EXPECT_EQ(r.exit_code, 1) << show(r);
+  EXPECT_NE(r.err.find(dir + " is a tmpfs mount, not kvpager-fs"), std::string::npos) << show(r);
+  EXPECT_EQ(mount_count(dir), 1);
+  kvpager::testing::run_process({"/bin/umount", dir}, {}, 20);
 }
 
 // Every -o option kvpager-fs takes is in its usage and in `kvpager mount --help`.

@@ -28,7 +28,7 @@ std::string unescape_octal(const std::string& s) {
 
 }  // namespace
 
-int mounts_at(const std::string& dir) {
+std::vector<std::string> mount_types_at(const std::string& dir) {
   std::error_code ec;
   std::filesystem::path p = std::filesystem::weakly_canonical(dir, ec);
   // A dead FUSE mount cannot even be stat()ed (ENOTCONN): its path as written.
@@ -37,14 +37,21 @@ int mounts_at(const std::string& dir) {
   while (want.size() > 1 && want.back() == '/') want.pop_back();
   std::ifstream in("/proc/self/mountinfo");
   std::string line;
-  int n = 0;
+  std::vector<std::string> types;
+  // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL...] - FSTYPE SOURCE SUPER
   while (std::getline(in, line)) {
     std::istringstream fields(line);
     std::string f[5];
     for (auto& x : f) fields >> x;
-    if (unescape_octal(f[4]) == want) ++n;
+    if (unescape_octal(f[4]) != want) continue;
+    std::string tok;
+    while (fields >> tok && tok != "-") {
+    }
+    std::string type;
+    fields >> type;
+    types.push_back(unescape_octal(type));
   }
-  return n;
+  return types;
 }
 
 std::optional<std::string> missing_store(const std::string& dir, std::string_view hint) {

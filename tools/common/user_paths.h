@@ -4,12 +4,20 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace kvpager::tools {
 
-// How many mounts sit at `dir` now (/proc/self/mountinfo): 0 not a mount
-// point, 2 or more stacked mounts.
-int mounts_at(const std::string& dir);
+// The file system types of the mounts at `dir` now (/proc/self/mountinfo),
+// bottom first: empty if it is not a mount point, two or more for stacked
+// mounts. kvpager-fs mounts with -o subtype=kKvpagerFsSubtype, so its
+// mounts' type is "fuse.kvpager" (is_kvpager_fs_type).
+std::vector<std::string> mount_types_at(const std::string& dir);
+inline int mounts_at(const std::string& dir) { return static_cast<int>(mount_types_at(dir).size()); }
+inline constexpr std::string_view kKvpagerFsSubtype = "kvpager";
+inline bool is_kvpager_fs_type(std::string_view type) {
+  return type.starts_with("fuse.") && type.substr(5) == kKvpagerFsSubtype;
+}
 
 // For commands that only read a store (store ls/get/rm/fsck, kvpager-fs):
 // why `dir` cannot be one, when it does not exist ("no store at DIR: it does

@@ -84,8 +84,13 @@ struct MountArgs {
 }
 
 void umount(const MountArgs& a) {
-  const int before = tools::mounts_at(a.mountpoint);
-  if (before == 0) throw RuntimeError(fmt::format("{} is not mounted", a.mountpoint));
+  const std::vector<std::string> types = tools::mount_types_at(a.mountpoint);
+  if (types.empty()) throw RuntimeError(fmt::format("{} is not mounted", a.mountpoint));
+  // fusermount3 run by root unmounts whatever is there: only ours.
+  if (!tools::is_kvpager_fs_type(types.back()))
+    throw RuntimeError(fmt::format("{} is a {} mount, not kvpager-fs (fuse.{}): left alone", a.mountpoint,
+                                   types.back(), tools::kKvpagerFsSubtype));
+  const int before = static_cast<int>(types.size());
   pid_t pid = fork();
   if (pid < 0) throw RuntimeError(fmt::format("fork: {}", std::strerror(errno)));
   if (pid == 0) {
