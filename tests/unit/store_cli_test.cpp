@@ -352,3 +352,51 @@ TEST(StoreCli, BenchRefusesASizeThatIsNotWholeChunks) {
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_FALSE(std::filesystem::exists(d.sub("s"))) << "refused before the store is touched";
 }
+
+// A namespace is part of a context's identity: an export carries it to the
+// next store (unless --namespace says otherwise), ls --namespace shows that
+// namespace only, and a name looked up in the wrong one says where it is.
+TEST(StoreCli, NamespacesTravelWithExportsAndScopeLsGetAndRm) {
+  TempDir d;
+  const std::string a = d.sub("store-a"), b = d.sub("store-b");
+  write_file(d.sub("in.bin"), pattern(9, 100'000));
+  ASSERT_EQ(run_cli("store put " + d.sub("in.bin") + " --context c --namespace tenantA --store " + a).code, 0);
+  ASSERT_EQ(run_cli("store put " + d.sub("in.bin") + " --context c --store " + a).code, 0);
+  ASSERT_EQ(run_cli("store put " + d.sub("in.bin") + " --context only-a --namespace tenantA --store " + a).code, 0);
+
+  auto names = [](const std::string& ls_json) {
+    std::vector<std::string> out;
+    for (const auto& e : nlohmann::json::parse(ls_json))
+      out.push_back(e["namespace"].get<std::string>() + "/" + e["name"].get<std::string>());
+    std::sort(out.begin(), out.end());
+    return out;
+  };
+  CliRun r = run_cli("store ls --json --store " + a);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(names(r.out), (std::vector<std::string>{"/c", "tenantA/c", "tenantA/only-a"}));
+  r = run_cli("store ls --json --namespace tenantA --store " + a);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(names(r.out), (std::vector<std::string>{"tenantA/c", "tenantA/only-a"}));
+  r = run_cli("store ls --json --namespace '' --store " + a);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(names(r.out), (std::vector<std::string>{"/c"}));
+
+  r = run_cli("store get only-a " + d.sub("x") + " --store " + a);
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("no context 'only-a'"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("namespace(s) 'tenantA' have one: give --namespace"), std::string::npos) << r.out;
+  r = run_cli("store rm only-a --store " + a);
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("'tenantA' have one"), std::string::npos) << r.out;
+
+  r = run_cli("store get c " + d.sub("c.kvctx") + " --export --namespace tenantA --store " + a);
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run_cli("store put " + d.sub("c.kvctx") + " --store " + b);
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run_cli("store put " + d.sub("c.kvctx") + " --namespace tenantB --store " + b);
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run_cli("store ls --json --store " + b);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(names(r.out), (std::vector<std::string>{"tenantA/c", "tenantB/c"}))
+      << "the export's namespace, or the one --namespace names";
+}

@@ -3,6 +3,7 @@
 // `store get` on one, copy the file, `store put` on the other.
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -31,6 +32,8 @@ using tools::printable;
 struct StoreArgs {
   std::string dir;  // --store; "" = store_dir from the configuration
   std::string ns;   // --namespace
+  CLI::Option* ns_option = nullptr;
+  bool ns_given() const { return ns_option && ns_option->count() > 0; }
   // put
   std::string file;
   std::string context;
@@ -175,6 +178,7 @@ void cmd_put(const Globals& g, const StoreArgs& a) {
       store::ContextMeta m = meta;
       if (h) {
         if (m.name.empty()) m.name = h->name;
+        if (!a.ns_given()) m.ns = h->ns;
         if (m.token_count == 0) m.token_count = h->token_count;
         if (a.ttl.empty()) m.ttl_ns = h->ttl_ns;
         m.pinned = m.pinned || h->pinned;
@@ -237,12 +241,26 @@ void cmd_put(const Globals& g, const StoreArgs& a) {
              is_export ? " (an export: every chunk verified)" : "");
 }
 
+// "no context 'x' in DIR", and where a context of that name is, when only
+// another namespace has one (a name alone does not find it there).
+std::string no_context(TokenStore& s, const StoreArgs& a) {
+  std::vector<std::string> elsewhere;
+  for (const auto& e : s.list_contexts())
+    if (e.meta.name == a.name && e.meta.ns != a.ns) elsewhere.push_back(fmt::format("'{}'", printable(e.meta.ns)));
+  std::string msg = fmt::format("no context '{}' in {}", printable(a.name), s.dir());
+  if (a.ns.empty() && elsewhere.empty()) return msg;
+  msg += a.ns.empty() ? " (default namespace)" : fmt::format(" (namespace '{}')", printable(a.ns));
+  if (!elsewhere.empty())
+    msg += fmt::format("; namespace(s) {} have one: give --namespace", fmt::join(elsewhere, ", "));
+  return msg;
+}
+
 void cmd_get(const Globals& g, const StoreArgs& a) {
   auto s = open_store(g, a, Use::kRead);
   const std::string name = printable(a.name);
   store::Manifest m;
   Status st = s->read_manifest(a.ns, a.name, &m);
-  if (st == Status::kNotFound) throw RuntimeError(fmt::format("no context '{}' in {}", name, s->dir()));
+  if (st == Status::kNotFound) throw RuntimeError(no_context(*s, a));
   if (!ok(st)) throw RuntimeError(fail_msg(*s, fmt::format("reading context '{}'", name), st));
 
   // A file is written beside FILE and renamed onto it: a failed get leaves
@@ -305,6 +323,7 @@ void cmd_get(const Globals& g, const StoreArgs& a) {
 void cmd_ls(const Globals& g, const StoreArgs& a) {
   auto s = open_store(g, a, Use::kRead);
   auto list = s->list_contexts();
+  if (a.ns_given()) std::erase_if(list, [&](const store::ContextEntry& e) { return e.meta.ns != a.ns; });
   const uint64_t now = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                                  std::chrono::system_clock::now().time_since_epoch())
                                                  .count());
@@ -354,7 +373,7 @@ void cmd_rm(const Globals& g, const StoreArgs& a) {
   auto s = open_store(g, a, Use::kChange);
   const std::string name = printable(a.name);
   Status st = s->remove_context(a.ns, a.name);
-  if (st == Status::kNotFound) throw RuntimeError(fmt::format("no context '{}' in {}", name, s->dir()));
+  if (st == Status::kNotFound) throw RuntimeError(no_context(*s, a));
   if (!ok(st)) throw RuntimeError(fail_msg(*s, fmt::format("removing context '{}'", name), st));
   fmt::print("removed context '{}'\n", name);
 }
@@ -464,7 +483,10 @@ void add_store_command(CLI::App& app, Globals& g) {
   cmd->add_option("--store", a.dir,
                   "Store directory (default: store_dir from the configuration). It must exist, except for put and "
                   "bench, which create it");
-  cmd->add_option("--namespace", a.ns, "Namespace of the context (model / tenant salt)");
+  a.ns_option = cmd->add_option("--namespace", a.ns,
+                                "Namespace of the context (model / tenant salt; default: the default namespace, \"\"). "
+                                "ls: only that namespace's contexts (default: all). put of an export: default the "
+                                "export's");
 
   auto* put = cmd->add_subcommand("put",
                                   "Store FILE (or - for stdin) as a context. A context of that name is replaced (the way "
