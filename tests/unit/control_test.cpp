@@ -618,6 +618,49 @@ TEST_F(ControlServerTest, AnOwnerThatNeverComesChangesNothing) {
   EXPECT_EQ(on_owner([&] { return pager_->config().hbm_budget; }), 16 * MiB);
 }
 
+// The client gave up (its timeout) before the owner came round: the server's
+// own, longer owner timeout must not let the request happen afterwards, when
+// the client has already reported a failure.
+TEST_F(ControlServerTest, ARequestIsNeverCarriedOutAfterTheClientGaveUp) {
+  stop();
+  ControlServer::Options opt;
+  opt.owner_timeout = 10s;
+  start(opt);
+  stats_after(0);
+  pause_service(true);
+  Reply r = control::call(server_->socket_path(), {{"op", "set"}, {"set", {"hbm_budget=4M"}}}, 400ms);
+  EXPECT_EQ(r.code, Errc::kTimeout) << r.error;
+  EXPECT_NE(r.error.find("nothing was changed"), std::string::npos)
+      << "the server's withdrawal, sent before the client's own deadline: " << r.error;
+  pause_service(false);
+  on_owner([&] {
+    server_->service(*pager_);
+    return 0;
+  });
+  EXPECT_EQ(on_owner([&] { return pager_->config().hbm_budget; }), 16 * MiB);
+}
+
+// A request read only after its deadline (the process was stopped with the
+// request in its socket buffer) is refused at once, whatever it asks.
+TEST_F(ControlServerTest, ARequestReadAfterItsDeadlineIsRefused) {
+  stats_after(0);
+  json late = {{"op", "set"}, {"set", {"hbm_budget=4M"}}, {"deadline_unix_ms", control::unix_ms_now() - 1500}};
+  Reply r = call(late);
+  EXPECT_EQ(r.code, Errc::kTimeout) << r.error;
+  EXPECT_NE(r.error.find("after the client's deadline"), std::string::npos) << r.error;
+  on_owner([&] {
+    server_->service(*pager_);
+    return 0;
+  });
+  EXPECT_EQ(on_owner([&] { return pager_->config().hbm_budget; }), 16 * MiB);
+  r = call({{"op", "set"}, {"set", {"hbm_budget=4M"}}, {"deadline_unix_ms", "soon"}});
+  EXPECT_EQ(r.code, Errc::kBadRequest) << r.error;
+  // In time: carried out as usual.
+  r = call({{"op", "set"}, {"set", {"hbm_budget=4M"}}, {"deadline_unix_ms", control::unix_ms_now() + 30'000}});
+  EXPECT_TRUE(r.ok()) << r.error;
+  EXPECT_EQ(on_owner([&] { return pager_->config().hbm_budget; }), 4 * MiB);
+}
+
 TEST_F(ControlServerTest, OneServerPerProcessAndTheSocketGoesWithIt) {
   ControlServer::Options opt;
   opt.runtime_dir = dir_.path() + "/run";

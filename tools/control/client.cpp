@@ -6,6 +6,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -45,7 +46,8 @@ Reply connect_failure(const std::string& socket, int err) {
   }
 }
 
-void open_conn(Conn& c) {
+// deadline_unix_ms: stamped on every request that has none.
+void open_conn(Conn& c, int64_t deadline_unix_ms) {
   const std::string& path = c.ex->socket;
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
@@ -55,7 +57,15 @@ void open_conn(Conn& c) {
   if (c.fd < 0) return c.fail_rest(failure(Errc::kIo, fmt::format("socket: {}", std::strerror(errno))));
   if (connect(c.fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0)
     return c.fail_rest(connect_failure(path, errno));
-  for (const auto& r : c.ex->requests) c.out += to_line(r);
+  for (const auto& r : c.ex->requests) {
+    if (!r.is_object() || r.contains("deadline_unix_ms")) {
+      c.out += to_line(r);
+      continue;
+    }
+    nlohmann::json stamped = r;
+    stamped["deadline_unix_ms"] = deadline_unix_ms;
+    c.out += to_line(stamped);
+  }
 }
 
 Reply parse_reply(const std::string& line) {
@@ -123,6 +133,11 @@ void on_writable(Conn& c) {
 
 void exchange_all(std::span<Exchange> exchanges, std::chrono::milliseconds timeout) {
   const Clock::time_point deadline = Clock::now() + timeout;
+  // The pager must not carry out a request after we have given up on it: it
+  // gets a deadline a little before ours, so that its "withdrawn, nothing
+  // changed" (or a reply it was already working on) still reaches us.
+  const auto margin = std::min<std::chrono::milliseconds>(std::chrono::milliseconds(250), timeout / 4);
+  const int64_t request_deadline = unix_ms_now() + (timeout - margin).count();
   std::vector<Conn> conns(exchanges.size());
   for (size_t i = 0; i < exchanges.size(); ++i) {
     exchanges[i].replies.clear();
@@ -131,7 +146,7 @@ void exchange_all(std::span<Exchange> exchanges, std::chrono::milliseconds timeo
       conns[i].done = true;
       continue;
     }
-    open_conn(conns[i]);
+    open_conn(conns[i], request_deadline);
   }
   std::vector<pollfd> fds;
   std::vector<Conn*> polled;
@@ -155,7 +170,9 @@ void exchange_all(std::span<Exchange> exchanges, std::chrono::milliseconds timeo
   }
   for (Conn& c : conns) {
     if (!c.done)
-      c.fail_rest(failure(Errc::kTimeout, fmt::format("{}: no reply within {} ms", c.ex->socket, timeout.count())));
+      c.fail_rest(failure(Errc::kTimeout, fmt::format("{}: no reply within {} ms (the process is stopped or busy; a "
+                                                      "request it had not taken by then is dropped unapplied)",
+                                                      c.ex->socket, timeout.count())));
     if (c.fd >= 0) close(c.fd);
   }
 }

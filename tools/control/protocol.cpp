@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <vector>
 
 #include "common/stats_json.h"
@@ -47,6 +48,11 @@ Errc errc_from(std::string_view code) {
   for (auto [e, name] : kCodes)
     if (name == code) return e;
   return Errc::kIo;
+}
+
+int64_t unix_ms_now() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
 }
 
 nlohmann::json error_reply(Errc code, std::string_view message) {

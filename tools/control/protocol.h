@@ -14,11 +14,16 @@
 //                                            token store under its name: "bytes", "chunks",
 //                                            "generation", "store"; refused where the process
 //                                            has no store                            (owner)
+// Any request may carry "deadline_unix_ms" (ms since the epoch): the client
+// stops waiting for the reply then. kvpager's client sets it a little before
+// it gives up.
 // Replies: {"ok":true, ...} or {"ok":false,"code":CODE,"error":TEXT}. Every
 // reply carries "pid". Requests marked (owner) are carried out by the thread
 // that drives the pager, from its loop (ControlServer::service); if it does
-// not come round within the server's owner timeout the reply is a "timeout"
-// and nothing was changed.
+// not come round within the server's owner timeout, or before the request's
+// deadline, the reply is a "timeout" and nothing was changed. A request read
+// after its deadline (the process was stopped, its socket thread starved) is
+// never carried out: the client has already reported a failure.
 #pragma once
 
 #include <cstddef>
@@ -53,6 +58,10 @@ std::string_view to_string(Errc e);
 Errc errc_from(std::string_view code);
 
 nlohmann::json error_reply(Errc code, std::string_view message);
+
+// The wall clock in ms since the epoch (deadline_unix_ms): client and
+// server are on one machine.
+int64_t unix_ms_now();
 
 // One message as a line. Never throws: bytes that are not UTF-8 (a command
 // line, a context name, a value the user typed) are replaced, not refused.

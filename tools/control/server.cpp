@@ -48,11 +48,6 @@ std::string own_command_line() {
   return raw;
 }
 
-int64_t unix_ms_now() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
 double ms_between(Clock::time_point a, Clock::time_point b) {
   return std::chrono::duration<double, std::milli>(b - a).count();
 }
@@ -390,8 +385,9 @@ struct ControlServer::Impl {
         std::erase(queue, c.job);
         if (queue.empty()) has_jobs.store(false, std::memory_order_release);
         reply(c, error_reply(Errc::kTimeout,
-                             fmt::format("the pager's owner thread did not take the request within {} ms (it is "
-                                         "busy or stopped); nothing was changed",
+                             fmt::format("the pager's owner thread did not take the request in time (within {} "
+                                         "ms, or by the client's deadline; it is busy or stopped); nothing was "
+                                         "changed",
                                          opt.owner_timeout.count())));
         c.job.reset();
       }
@@ -431,10 +427,24 @@ struct ControlServer::Impl {
     if (op != "set" && op != "hint" && op != "contexts")
       return reply(c, error_reply(Errc::kBadRequest,
                                   fmt::format("unknown op '{}' (known: stats, config, contexts, set, hint)", op)));
+    const Clock::time_point now = Clock::now();
+    Clock::time_point deadline = now + opt.owner_timeout;
+    if (auto it = req.find("deadline_unix_ms"); it != req.end()) {
+      if (!it->is_number_integer())
+        return reply(c, error_reply(Errc::kBadRequest,
+                                    "\"deadline_unix_ms\" must be a whole number of ms since the epoch"));
+      const int64_t left = it->get<int64_t>() - unix_ms_now();
+      if (left <= 0)
+        return reply(c, error_reply(Errc::kTimeout,
+                                    fmt::format("the request was read {} ms after the client's deadline (this process "
+                                                "was stopped or busy); nothing was changed",
+                                                -left)));
+      deadline = std::min(deadline, now + std::chrono::milliseconds(left));
+    }
     auto job = std::make_shared<Job>();
     job->request = std::move(req);
     c.job = job;
-    c.deadline = Clock::now() + opt.owner_timeout;
+    c.deadline = deadline;
     std::lock_guard lock(mu);
     queue.push_back(std::move(job));
     has_jobs.store(true, std::memory_order_release);

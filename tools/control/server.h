@@ -13,8 +13,9 @@
 //  - it carries out queued requests that need the pager itself (set, hint,
 //    contexts) through Pager::apply / Pager::hint / Pager::contexts, and hands
 //    each reply back to the socket thread. If the owner does not come round
-//    within owner_timeout, the request is withdrawn and the client told so:
-//    nothing was changed.
+//    within owner_timeout, or before the deadline the request carries, it is
+//    withdrawn and the client told so: nothing was changed. One read after
+//    its deadline is refused at once.
 // Pager::access is untouched: no lock, no atomic, nothing on the hot path.
 //
 // The socket: <runtime_dir>/<pid>.sock, mode 0600, in a 0700 directory; a
