@@ -146,6 +146,41 @@ TEST(Cli, SetOverridesFlagsAndEnv) {
   EXPECT_EQ(nlohmann::json::parse(r.out)["hbm_budget"]["value"], "2G");
 }
 
+// However a knob is spelled on the command line (--set KEY=V, --<knob> V,
+// run's --budget), the last one given wins.
+TEST(Cli, TheLastSettingOfAKnobOnTheCommandLineWins) {
+  auto value = [](std::vector<std::string> args, const char* knob) {
+    args.insert(args.begin(), kBin);
+    for (const char* w : {"config", "show", "--json"}) args.push_back(w);
+    auto r = run_process(args);
+    EXPECT_EQ(r.exit_code, 0) << r.err;
+    return r.exit_code == 0 ? nlohmann::json::parse(r.out)[knob]["value"].get<std::string>() : "";
+  };
+  EXPECT_EQ(value({"--eviction-policy", "clock", "--set", "eviction_policy=cost"}, "eviction_policy"), "cost");
+  EXPECT_EQ(value({"--set", "eviction_policy=cost", "--eviction-policy", "clock"}, "eviction_policy"), "clock");
+  EXPECT_EQ(value({"--set", "hbm_budget=5G", "--hbm-budget", "4G"}, "hbm_budget"), "4G");
+  EXPECT_EQ(value({"--hbm-budget", "4G", "--set", "hbm_budget=5G"}, "hbm_budget"), "5G");
+  EXPECT_EQ(value({"--hbm-budget", "1G", "--hbm-budget", "2G"}, "hbm_budget"), "2G");
+  EXPECT_EQ(value({"--set", "hbm_budget=1G", "--set", "hbm_budget=2G"}, "hbm_budget"), "2G");
+  // Mixed with other settings, before and after the command words.
+  auto r = run_process({kBin, "--hbm-budget", "1G", "--set", "prefetch_depth=3", "config", "show", "--json",
+                        "--set", "hbm_budget=3G", "--prefetch-depth", "5"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["hbm_budget"]["value"], "3G");
+  EXPECT_EQ(j["prefetch_depth"]["value"], "5");
+  // run's --budget is one more spelling of hbm_budget.
+  for (auto [args, want] : {std::pair{std::vector<std::string>{"--budget", "2G", "--hbm-budget", "1G"}, "1G"},
+                            std::pair{std::vector<std::string>{"--hbm-budget", "1G", "--budget", "2G"}, "2G"}}) {
+    std::vector<std::string> argv{kBin, "run"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    for (const char* w : {"--", "/usr/bin/env"}) argv.push_back(w);
+    auto ran = run_process(argv);
+    ASSERT_EQ(ran.exit_code, 0) << ran.err;
+    EXPECT_NE(("\n" + ran.out).find(std::string("\nKVPAGER_HBM_BUDGET=") + want + "\n"), std::string::npos) << ran.out;
+  }
+}
+
 TEST(Cli, BadValuesExitTwoNamingTheKnobAndSource) {
   auto flag = run_process({kBin, "--chunk-size", "3M", "config", "show"});
   EXPECT_EQ(flag.exit_code, 2);

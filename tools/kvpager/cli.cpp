@@ -18,6 +18,11 @@ ConfigLoader Globals::loader() const {
   return l;
 }
 
+// Every setting flag records its value as it is parsed (trigger_on_parse):
+// CLI11 otherwise runs option callbacks in the order the options were
+// defined, so --set always came before --<knob> whatever the command line
+// said. Now the last setting of a knob on the command line wins, however it
+// was spelled.
 void add_global_options(CLI::App& app, Globals& g) {
   app.add_option("--config", g.config_file, "TOML configuration file (default: $KVPAGER_CONFIG)")
       ->check(CLI::ExistingFile);
@@ -29,7 +34,8 @@ void add_global_options(CLI::App& app, Globals& g) {
          "Set any knob: --set KEY=VALUE (repeatable)")
       ->type_name("KEY=VALUE")
       ->allow_extra_args(false)
-      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->trigger_on_parse();
   for (const Knob& k : knobs()) {
     std::string name(k.name);
     app.add_option_function<std::string>(
@@ -37,7 +43,8 @@ void add_global_options(CLI::App& app, Globals& g) {
            [&g, name, flag = "--" + k.cli_name()](const std::string& v) { g.add_set(name + "=" + v, flag + " " + v); },
            fmt::format("{} [{}] (env {})", k.help, k.range, k.env_name()))
         ->group("Configuration knobs")
-        ->type_name("VALUE");
+        ->type_name("VALUE")
+        ->trigger_on_parse();
   }
 }
 

@@ -136,8 +136,9 @@ void add_run_command(CLI::App& app, Globals& g) {
       "The exit status is CMD's (126/127 if it cannot be started). Usage: kvpager run [OPTIONS] -- CMD ARGS...");
   cmd->add_option_function<std::string>(
          "--budget", [&g](const std::string& v) { g.add_set("hbm_budget=" + v, "--budget " + v); },
-         "HBM budget (same as --hbm-budget)")
-      ->type_name("BYTES");
+         "HBM budget (same as --hbm-budget; the last one given wins)")
+      ->type_name("BYTES")
+      ->trigger_on_parse();  // in command-line order with the global setting flags (cli.cpp)
   cmd->add_option("--lib", a.lib, "libkvpager.so to preload (default: next to kvpager, in ../lib, or the build tree's)")
       ->type_name("PATH");
   cmd->add_option("command", a.command, "The command to run, after --")->required();
