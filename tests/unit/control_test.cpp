@@ -164,6 +164,9 @@ TEST(RuntimeDir, ListingRemovesSocketsOfDeadProcessesOnly) {
   make_dead_socket(socket_path(t.path(), getpid()));        // alive: kept
   std::FILE* f = std::fopen((t.path() + "/notes.txt").c_str(), "w");  // not ours: ignored
   std::fclose(f);
+  // Named like a socket, of a dead and of a live pid, but plain files: never
+  // listed, never removed.
+  for (pid_t p : {gone2, getppid()}) std::fclose(std::fopen(socket_path(t.path(), p).c_str(), "w"));
   Listing l = list_pagers(t.path());
   EXPECT_TRUE(l.error.empty()) << l.error;
   ASSERT_EQ(l.cleaned.size(), 1u);
@@ -173,6 +176,8 @@ TEST(RuntimeDir, ListingRemovesSocketsOfDeadProcessesOnly) {
   EXPECT_FALSE(fs::exists(socket_path(t.path(), gone)));
   EXPECT_FALSE(fs::exists(socket_path(t.path(), gone2) + ".new"));
   EXPECT_TRUE(fs::exists(t.path() + "/notes.txt"));
+  EXPECT_TRUE(fs::exists(socket_path(t.path(), gone2)));
+  EXPECT_TRUE(fs::exists(socket_path(t.path(), getppid())));
 }
 
 TEST(RuntimeDir, SocketOfAReusedPidThatRefusesConnectionsIsStale) {
@@ -182,6 +187,10 @@ TEST(RuntimeDir, SocketOfAReusedPidThatRefusesConnectionsIsStale) {
   make_dead_socket(e.socket);
   EXPECT_TRUE(remove_if_stale(e));
   EXPECT_FALSE(fs::exists(e.socket));
+  // A plain file of that name refuses connections as well: left alone.
+  std::fclose(std::fopen(e.socket.c_str(), "w"));
+  EXPECT_FALSE(remove_if_stale(e));
+  EXPECT_TRUE(fs::exists(e.socket));
 }
 
 TEST(RuntimeDir, MissingDirectoryListsNobody) {

@@ -93,6 +93,13 @@ RuntimeDir resolve_runtime_dir(const Config& cfg, DirUse use) {
   return {fallback, fmt::format("using {}: {} cannot be used ({})", fallback, primary, why)};
 }
 
+namespace {
+bool is_socket(const std::string& path) {
+  struct stat st {};
+  return lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode);
+}
+}  // namespace
+
 Listing list_pagers(const std::string& dir) {
   Listing out;
   std::unique_ptr<DIR, int (*)(DIR*)> d(opendir(dir.c_str()), closedir);
@@ -106,6 +113,9 @@ Listing list_pagers(const std::string& dir) {
     const bool half_made = pid == 0 && (pid = parse_name(name, kNewSuffix)) != 0;
     if (pid == 0) continue;
     std::string path = fmt::format("{}/{}", dir, name);
+    // Named like a pager's socket but something else (a file someone put
+    // there): not a pager, and not ours to remove.
+    if (!is_socket(path)) continue;
     if (process_gone(pid)) {
       if (unlink(path.c_str()) == 0 || errno == ENOENT) {
         if (!half_made) out.cleaned.push_back(pid);
@@ -123,6 +133,7 @@ Listing list_pagers(const std::string& dir) {
 }
 
 bool remove_if_stale(const Endpoint& e) {
+  if (!is_socket(e.socket)) return false;  // connect() on a plain file is ECONNREFUSED too
   bool stale = process_gone(e.pid);
   if (!stale) {
     sockaddr_un addr{};
