@@ -461,6 +461,29 @@ TEST_F(ControlCli, StaleSocketsOfCrashedPagersAreCleaned) {
   EXPECT_TRUE(contains(r.out, " " + alive.pid_text() + " ")) << r.out;
 }
 
+// A stopped pager (SIGSTOP) is found but does not answer: status says so
+// without claiming there is no pager, and a tune that timed out is not
+// carried out when the pager continues.
+TEST_F(ControlCli, AStoppedPagerIsNotAnsweringAndATuneThatTimedOutNeverHappens) {
+  Demo d(tmp_.path(), runtime_);
+  ASSERT_TRUE(d.ready()) << d.log();
+  const std::string before = status_of(d)["config"]["prefetch_depth"]["value"].get<std::string>();
+  ASSERT_NE(before, "7");
+  ASSERT_EQ(kill(d.pid(), SIGSTOP), 0);
+  Result r = kvpager({"status"});
+  EXPECT_EQ(r.exit_code, 1) << show(r);
+  EXPECT_TRUE(contains(r.out, "none of the 1 pager(s) in " + runtime_ + " answered")) << show(r);
+  EXPECT_FALSE(contains(r.out, "no live pagers")) << show(r);
+  EXPECT_TRUE(contains(r.err, "1 of 1 pager(s) did not answer")) << show(r);
+  Result t = kvpager({"tune", "prefetch_depth=7"});
+  EXPECT_EQ(t.exit_code, 1) << show(t);
+  ASSERT_EQ(kill(d.pid(), SIGCONT), 0);
+  // The socket thread now reads the buffered request; the owner serves
+  // every pace (20 ms): give it plenty of turns to (wrongly) carry it out.
+  std::this_thread::sleep_for(500ms * kSlack);
+  EXPECT_EQ(status_of(d)["config"]["prefetch_depth"]["value"], before);
+}
+
 TEST_F(ControlCli, StopSignalsRemoveTheSocketAndPrintTheSummary) {
   for (int sig : {SIGTERM, SIGINT}) {
     Demo d(tmp_.path(), runtime_);

@@ -23,6 +23,9 @@ void print_notes(const LivePagers& live) {
 }
 
 std::string nobody_text(const LivePagers& live) {
+  // Found, but none answered (stopped, busy): their failures are reported
+  // on their own; "no live pagers" would contradict them.
+  if (!live.pagers.empty()) return fmt::format("none of the {} pager(s) in {} answered", live.pagers.size(), live.dir);
   return live.note.empty() ? fmt::format("no live pagers in {}", live.dir)
                            : fmt::format("no live pagers in {} ({})", live.dir, live.note);
 }

@@ -29,7 +29,8 @@ struct LivePagers {
 LivePagers find_live_pagers(const Globals& g);
 void print_notes(const LivePagers& live);
 
-// "no live pagers in DIR" (+ the fallback note).
+// "no live pagers in DIR" (+ the fallback note); "none of the N pager(s) in
+// DIR answered" when some were found (status and top, when none replied).
 std::string nobody_text(const LivePagers& live);
 
 // The one pager a command acts on: --pid, else the only one serving.
