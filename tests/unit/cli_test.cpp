@@ -59,13 +59,29 @@ TEST(Cli, UnknownOptionIsBadUsage) {
   EXPECT_EQ(r.exit_code, 2);
 }
 
-// A mistyped first word is named (CLI11 alone says "A subcommand is required").
+// A mistyped command word is named, at any depth (CLI11 alone says "A
+// subcommand is required").
 TEST(Cli, UnknownCommandOrLeadingOptionIsNamed) {
   for (const char* word : {"bogus", "--bogus", "--bogus=1"}) {
     auto r = run_process({kBin, word});
     EXPECT_EQ(r.exit_code, 2) << word;
     EXPECT_NE(r.err.find(std::string("'") + word + "'"), std::string::npos) << r.err;
     EXPECT_NE(r.err.find("demo"), std::string::npos) << "lists the commands: " << r.err;
+  }
+  // After a command word or a setting too, and with what that command has.
+  struct Case {
+    std::vector<std::string> args;
+    std::string says;
+  };
+  for (const Case& c : {Case{{"store", "lst"}, "kvpager store: unknown command 'lst' (commands: put, get, ls,"},
+                        Case{{"config", "shwo"}, "kvpager config: unknown command 'shwo' (commands: show, knobs;"},
+                        Case{{"--hbm-budget", "1G", "stauts"}, "kvpager: unknown command 'stauts' (commands: config,"},
+                        Case{{"store", "--store", "/tmp"}, "kvpager store: a command is required (commands: put,"}}) {
+    std::vector<std::string> argv{kBin};
+    argv.insert(argv.end(), c.args.begin(), c.args.end());
+    auto r = run_process(argv);
+    EXPECT_EQ(r.exit_code, 2) << c.args.back();
+    EXPECT_NE(r.err.find(c.says), std::string::npos) << r.err;
   }
   auto flag = run_process({kBin, "--hbm-budget", "12XB", "config", "show"});
   EXPECT_EQ(flag.exit_code, 2);

@@ -4,8 +4,41 @@
 #include <algorithm>
 #include <exception>
 #include <string>
+#include <string_view>
 
 #include "cli.h"
+
+namespace {
+
+// "put, get, ls, ...": the commands of `app`.
+std::string command_names(CLI::App& app) {
+  std::string known;
+  for (const CLI::App* sub : app.get_subcommands({})) known += (known.empty() ? "" : ", ") + sub->get_name();
+  return known;
+}
+
+// After a parse that ended in "a subcommand is required": when the deepest
+// command reached wants one, says which word was not one (or that none was
+// given) and what that command has, on stderr, and returns true.
+bool name_unknown_subcommand(CLI::App& app) {
+  CLI::App* at = &app;
+  std::string path = "kvpager";
+  for (auto subs = at->get_subcommands(); !subs.empty(); subs = at->get_subcommands()) {
+    at = subs.front();
+    path += " " + at->get_name();
+  }
+  if (at->get_require_subcommand_min() == 0) return false;
+  const std::string known = command_names(*at);
+  const std::vector<std::string> left = app.remaining(true);
+  const auto word = std::find_if(left.begin(), left.end(), [](const std::string& w) { return !w.starts_with("-"); });
+  if (word == left.end())
+    fmt::print(stderr, "{}: a command is required (commands: {}; see {} --help)\n", path, known, path);
+  else
+    fmt::print(stderr, "{}: unknown command '{}' (commands: {}; see {} --help)\n", path, *word, known, path);
+  return true;
+}
+
+}  // namespace
 
 int main(int argc, char** argv) {
   using namespace kvpager;
@@ -27,20 +60,14 @@ int main(int argc, char** argv) {
   cli::check_unsigned_options(app);
   cli::add_global_options_footer(app);
   app.set_version_flag("--version", std::string("kvpager ") + KVPAGER_VERSION);
-  // CLI11 answers a mistyped first word with "A subcommand is required":
-  // name it instead.
-  if (argc > 1) {
+  // CLI11 answers an unknown option before the command word with "A
+  // subcommand is required": name it instead.
+  if (argc > 1 && std::string_view(argv[1]).starts_with("-")) {
     const std::string first = argv[1];
-    const bool option = first.starts_with("-");
-    const std::string name = option ? first.substr(0, first.find('=')) : first;
-    const auto subs = app.get_subcommands({});
-    const bool known_word = option ? app.get_option_no_throw(name) != nullptr || name == "-h" || name == "--help"
-                                   : std::any_of(subs.begin(), subs.end(), [&](CLI::App* sub) { return sub->check_name(first); });
-    if (!known_word) {
-      std::string known;
-      for (const CLI::App* sub : subs) known += (known.empty() ? "" : ", ") + sub->get_name();
-      fmt::print(stderr, "kvpager: unknown {} '{}' (commands: {}; see kvpager --help)\n", option ? "option" : "command",
-                 first, known);
+    const std::string name = first.substr(0, first.find('='));
+    if (app.get_option_no_throw(name) == nullptr && name != "-h" && name != "--help") {
+      fmt::print(stderr, "kvpager: unknown option '{}' (commands: {}; see kvpager --help)\n", first,
+                 command_names(app));
       return cli::kExitUsage;
     }
   }
@@ -52,6 +79,12 @@ int main(int argc, char** argv) {
     return app.exit(e);
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
+  } catch (const CLI::RequiredError& e) {
+    // CLI11 answers a mistyped word after a command (`store lst`) with "A
+    // subcommand is required" too: name it, and what that command has.
+    if (name_unknown_subcommand(app)) return cli::kExitUsage;
+    app.exit(e);
+    return cli::kExitUsage;
   } catch (const CLI::ParseError& e) {
     app.exit(e);
     return cli::kExitUsage;
