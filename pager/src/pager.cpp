@@ -279,6 +279,7 @@ Status Pager::restore(RegionId id) {
 
 Status Pager::read_context(ContextId id, const std::function<Status(std::span<const std::byte>)>& sink) {
   if (id >= contexts_.size() || !contexts_[id]) return Status::kNotFound;
+  if (bytes_dropped(*contexts_[id])) return Status::kInvalid;
   std::vector<std::byte> buf(cfg_.chunk_size);
   // By index, not by iterator: waiting applies completions, and nothing of
   // that adds or removes regions, but the vector is the context's own.
@@ -335,6 +336,13 @@ void Pager::leave_context(Region& r) {
   }
 }
 
+bool Pager::bytes_dropped(const Context& ctx) const {
+  // Used again after the drop (a launch or copy wrote it anew, the program
+  // touched it) is a new use of the memory. At the drop's own clock tick it
+  // cannot be told: taken as not used (a refused publish, never a wrong one).
+  return ctx.dropped && context_last_access(ctx) <= ctx.dropped_at_ns;
+}
+
 uint64_t Pager::context_last_access(const Context& ctx) const {
   uint64_t last = 0;
   for (RegionId id : ctx.regions)
@@ -351,6 +359,7 @@ std::vector<ContextInfo> Pager::contexts() const {
     info.pinned = ctx->pinned;
     info.regions = static_cast<uint32_t>(ctx->regions.size());
     info.last_access_ns = context_last_access(*ctx);
+    info.dropped = bytes_dropped(*ctx);
     for (RegionId id : ctx->regions) {
       const Region* r = lookup(id);
       info.size_bytes += r->size;
@@ -569,6 +578,8 @@ Status Pager::hint(ContextId id, HintKind kind) {
       // whatever they are now, with no copy in the store. Not parked: what
       // the program writes there next is a new use (spilled only when idle).
       ctx.parked = false;
+      ctx.dropped = true;
+      ctx.dropped_at_ns = std::max(now_, context_last_access(ctx));
       each_chunk([&](Region& r, Chunk& c) {
         if (r.initial != Tier::kHost || c.tier != Tier::kUnpopulated || !c.resting()) return;
         count_moved(Tier::kUnpopulated, Tier::kHost);

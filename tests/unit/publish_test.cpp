@@ -144,5 +144,40 @@ TEST(Publish, UnknownContextsAndFailedWritesLeaveNothingBehind) {
   EXPECT_EQ(r["bytes"], 256 * KiB);
 }
 
+// After a drop hint the context's memory holds nothing of it (discarded, or
+// whatever the program left there): publishing it would replace a good
+// stored copy with that. Refused until the program uses the memory again.
+TEST(Publish, ADroppedContextIsNotPublishedOverItsGoodCopyUntilUsedAgain) {
+  store::testing::TempDir dir;
+  Rig rig(dir.path());
+  RegionId a = rig.dev->alloc(256 * KiB, "s");
+  const auto v1 = pattern(256 * KiB, 6);
+  ASSERT_EQ(rig.dev->write(a, 0, v1), Status::kOk);
+  publish::Published first;
+  ASSERT_EQ(publish::publish_context(*rig.pager, *rig.store, "s", {}, &first), Status::kOk);
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("s"), HintKind::kDrop), Status::kOk);
+  EXPECT_TRUE(rig.pager->contexts().at(0).dropped);
+
+  std::string why;
+  EXPECT_EQ(publish::publish_context(*rig.pager, *rig.store, "s", {}, nullptr, &why), Status::kInvalid);
+  EXPECT_NE(why.find("'s' was dropped"), std::string::npos) << why;
+  nlohmann::json r = publish::control_handler(*rig.store)(*rig.pager, "s");
+  EXPECT_EQ(r["code"], "refused") << r.dump();
+  std::vector<std::byte> got;
+  ASSERT_EQ(rig.store->get_context("", "s", &got), Status::kOk);
+  EXPECT_TRUE(got == v1) << "the earlier publication stays whole";
+  ASSERT_EQ(rig.store->list_contexts().size(), 1u);
+  EXPECT_EQ(rig.store->list_contexts()[0].meta.generation, first.generation);
+
+  // The program writes the memory again (a new session in it): a new use.
+  rig.dev->compute(1000);
+  const auto v2 = pattern(256 * KiB, 7);
+  ASSERT_EQ(rig.dev->write(a, 0, v2), Status::kOk);
+  EXPECT_FALSE(rig.pager->contexts().at(0).dropped);
+  ASSERT_EQ(publish::publish_context(*rig.pager, *rig.store, "s", {}), Status::kOk);
+  ASSERT_EQ(rig.store->get_context("", "s", &got), Status::kOk);
+  EXPECT_TRUE(got == v2);
+}
+
 }  // namespace
 }  // namespace kvpager

@@ -108,7 +108,7 @@ nlohmann::json to_json(const ContextInfo& c) {
   for (size_t t = 0; t < kNumTiers; ++t) tiers[std::string(to_string(static_cast<Tier>(t)))] = c.tier_bytes[t];
   return {{"name", c.name},         {"size_bytes", c.size_bytes}, {"tier_bytes", tiers},
           {"regions", c.regions},   {"parked", c.parked},         {"pinned", c.pinned},
-          {"last_access_ns", c.last_access_ns}, {"hits", c.hits}};
+          {"last_access_ns", c.last_access_ns}, {"hits", c.hits}, {"dropped", c.dropped}};
 }
 
 }  // namespace kvpager

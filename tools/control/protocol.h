@@ -13,7 +13,8 @@
 //   {"op":"hint","context":NAME,"hint":"publish"}  -> writes the context's current bytes into the
 //                                            token store under its name: "bytes", "chunks",
 //                                            "generation", "store"; refused where the process
-//                                            has no store                            (owner)
+//                                            has no store, or for a context dropped and not
+//                                            used since (its bytes are gone)         (owner)
 // Any request may carry "deadline_unix_ms" (ms since the epoch): the client
 // stops waiting for the reply then. kvpager's client sets it a little before
 // it gives up.

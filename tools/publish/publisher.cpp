@@ -31,6 +31,12 @@ Status publish_context(Pager& pager, store::TokenStore& store, std::string_view 
     store_failed = !ok(a);
     return a;
   });
+  if (s == Status::kInvalid) {
+    w->abort();
+    return fail(s, fmt::format("'{}' was dropped (hint drop) and not used since: its bytes are gone; nothing "
+                               "published (an earlier publication of the name stays)",
+                               name));
+  }
   if (!ok(s)) {
     w->abort();
     return fail(s, fmt::format("publishing '{}': {} {}", name, store_failed ? "writing to the store:" : "reading it back:",
@@ -52,6 +58,7 @@ std::function<nlohmann::json(Pager&, std::string_view)> control_handler(store::T
     // Not the request's fault (exit 1, not 2): the store is full or failed,
     // or the program kept the bytes busy.
     if (s == Status::kBusy) return control::error_reply(control::Errc::kBusy, why);
+    if (s == Status::kInvalid) return control::error_reply(control::Errc::kRefused, why);  // a dropped context
     if (!ok(s)) return control::error_reply(control::Errc::kFailed, why);
     return {{"ok", true},
             {"context", std::string(name)},

@@ -42,7 +42,8 @@ struct Published {
   uint64_t generation = 0;
 };
 
-// kNotFound: no live context of that name. kNoSpace: the store is full (the
+// kNotFound: no live context of that name. kInvalid: it was dropped (hint)
+// and not used since, its bytes are gone. kNoSpace: the store is full (the
 // older publication, if any, is kept). Other failures as the mover or the
 // store report them; nothing becomes visible unless everything was written.
 // *why (optional) says what went wrong in words.

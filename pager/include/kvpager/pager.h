@@ -50,6 +50,7 @@ struct ContextInfo {
   bool pinned = false;
   uint64_t last_access_ns = 0;
   uint64_t hits = 0;  // accesses that found a chunk of it in HBM (kvpager-fs info)
+  bool dropped = false;  // dropped (hint) and not used since: its bytes are gone
 };
 
 // How the pager's owner reports writes, which decides whether a chunk brought
@@ -107,7 +108,10 @@ class Pager final : private PrefetchSink, private RestoreCost {
   // waited for, then read where it rests (Mover::read_chunk). Not a use of
   // the context (heat, idle time and prefetchers are unchanged). The first
   // failure, the mover's or the sink's, stops it and is returned; kNotFound
-  // for a bad id. Publishing a context into the token store is built on it.
+  // for a bad id; kInvalid for a context dropped (HintKind::kDrop) and not
+  // used since: its bytes are gone, and reading them would hand out
+  // whatever the memory holds now as the context. Publishing a context into
+  // the token store is built on it.
   Status read_context(ContextId ctx, const std::function<Status(std::span<const std::byte>)>& sink);
   std::vector<ContextInfo> contexts() const;
 
@@ -208,6 +212,7 @@ class Pager final : private PrefetchSink, private RestoreCost {
   void balance_host();
   bool may_spill(const Context& ctx) const;
   uint64_t context_last_access(const Context& ctx) const;
+  bool bytes_dropped(const Context& ctx) const;
   ObjectKey key_for(const Region& r, uint32_t index) const;
 
   // Prefetch mechanism

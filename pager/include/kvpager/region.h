@@ -47,6 +47,10 @@ struct Context {
   bool parked = false;
   uint64_t parked_at_ns = 0;
   bool pinned = false;
+  // The last drop hint (pager clock): its bytes are gone until a region of
+  // it is used again (Pager::bytes_dropped).
+  bool dropped = false;
+  uint64_t dropped_at_ns = 0;
 };
 
 }  // namespace kvpager
