@@ -88,6 +88,20 @@ TEST(Cli, UnknownCommandOrLeadingOptionIsNamed) {
   EXPECT_NE(flag.err.find("--hbm-budget 12XB"), std::string::npos) << "names the flag as typed: " << flag.err;
 }
 
+// The parser's own errors read like every other: "kvpager: ..." and exit 2.
+TEST(Cli, ParserErrorsNameKvpagerAndExitTwo) {
+  for (std::vector<std::string> args : {std::vector<std::string>{"replay", "/nonexistent/trace.jsonl"},
+                                        {"status", "--pid", "-5"},
+                                        {"hint", "--pid", "0", "park", "c"},
+                                        {"store", "get", "c", ""},
+                                        {"store", "put", "/etc/hostname"}}) {
+    args.insert(args.begin(), kBin);
+    auto r = run_process(args);
+    EXPECT_EQ(r.exit_code, 2) << args[1] << ": " << r.err;
+    EXPECT_EQ(r.err.rfind("kvpager: ", 0), 0u) << r.err;
+  }
+}
+
 // CLI11 alone converts "-1" for an unsigned option by wrapping it to 2^64-1.
 TEST(Cli, NegativeOrOverflowingNumbersAreRefusedNotWrapped) {
   for (const char* v : {"-1", "99999999999999999999999", "12abc"}) {

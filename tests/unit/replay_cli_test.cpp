@@ -156,6 +156,12 @@ TEST(ReplayCli, SweepDrawsTheCurves) {
   EXPECT_EQ(pic.rfind("<svg", 0), 0u);
   EXPECT_NE(pic.find(">s3fifo<"), std::string::npos);
   EXPECT_NE(pic.find(">belady<"), std::string::npos);
+  // The extension in capitals is the same file type.
+  const std::string upper = temp("CURVES.SVG");
+  std::filesystem::remove(upper);
+  const Result u = run_cli("replay " + t + " --sweep hbm=512tok..4096tok:2 --policy lru --plot " + upper);
+  ASSERT_EQ(u.status, 0) << u.err;
+  EXPECT_EQ(slurp(upper).rfind("<svg", 0), 0u);
   const Result j = run_cli("replay " + t + " --sweep hbm=512tok..4096tok:4 --policy lru --json");
   ASSERT_EQ(j.status, 0) << j.err;
   const auto doc = nlohmann::json::parse(j.out);

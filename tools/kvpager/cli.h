@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 
 #include <cstdint>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -75,6 +76,9 @@ inline void add_control_commands(CLI::App& app, Globals& g) {
   add_tune_commands(app, g);
   add_run_command(app, g);
 }
+
+// For --pid options: a process id, 1 and up.
+inline const CLI::Range kPidRange{1, std::numeric_limits<int32_t>::max()};
 
 // A share (0..1) as a percentage with one decimal: 0.125 -> "12.5%".
 std::string percent(double share);

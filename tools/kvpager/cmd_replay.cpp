@@ -57,8 +57,9 @@ const char* kSemantics =
     "recompute, serial, without queueing or decode. Belady's MIN (offline, may decline to admit, evicts the\n"
     "block used farthest in the future) over the total capacity is the ceiling; its hits count as served\n"
     "from the top tier. Links: the simulated device's knobs --sim-pcie-gbps, --sim-pcie-latency,\n"
-    "--sim-nvme-read-gbps, --sim-nvme-write-gbps, --sim-nvme-latency. Exit status: 0 ok, 2 bad usage,\n"
-    "1 the trace could not be read (a malformed line stops the run with FILE:LINE unless --skip-bad).";
+    "--sim-nvme-read-gbps, --sim-nvme-write-gbps, --sim-nvme-latency. Exit status: 0 ok, 2 bad usage\n"
+    "(also a trace path that is not an existing file), 1 the trace could not be read or parsed (a\n"
+    "malformed line stops the run with FILE:LINE unless --skip-bad).";
 
 std::string hbytes(uint64_t b) { return human_bytes(static_cast<double>(b)); }
 std::string tokens_str(uint64_t t) {

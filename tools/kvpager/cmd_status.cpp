@@ -350,7 +350,7 @@ void add_status_commands(CLI::App& app, Globals& g) {
       "status",
       "Every live pager (one line each: pid, command, budget, bytes per tier, hit rate, prefetch accuracy,\n"
       "stall time), or the details of one (--pid): tiers, faults, prefetchers, live knobs, contexts.");
-  status->add_option("--pid", pid, "Details of this pager");
+  status->add_option("--pid", pid, "Details of this pager")->check(kPidRange);
   status->add_flag("--json", as_json, "Print JSON");
   status->callback([&g] {
     if (pid) status_one(g, *pid, as_json);

@@ -256,6 +256,7 @@ std::string no_context(TokenStore& s, const StoreArgs& a) {
 }
 
 void cmd_get(const Globals& g, const StoreArgs& a) {
+  if (a.out.empty()) throw CLI::ValidationError("FILE", "an output file name, or - for standard output");
   auto s = open_store(g, a, Use::kRead);
   const std::string name = printable(a.name);
   store::Manifest m;

@@ -129,7 +129,8 @@ void add_tune_commands(CLI::App& app, Globals& g) {
       "Several in one call are applied together or not at all; a refused value leaves the old one and says why.\n"
       "Prints old \u2192 new. Example: kvpager tune prefetchers=correlation prefetch_depth=4\n"
       "(or: kvpager tune --prefetchers correlation --prefetch-depth 4).");
-  auto* pid_opt = tune_cmd->add_option("--pid", t.pid, "The pager to change (default: the only one running)");
+  auto* pid_opt = tune_cmd->add_option("--pid", t.pid, "The pager to change (default: the only one running)")
+                      ->check(kPidRange);
   auto* all_opt = tune_cmd->add_flag("--all", t.all, "Change every live pager");
   pid_opt->excludes(all_opt);
   tune_cmd->add_option("settings", t.assignments,
@@ -142,7 +143,7 @@ void add_tune_commands(CLI::App& app, Globals& g) {
               "spill), drop (discard its bytes), pin / unpin (never evict it), publish (write its current bytes\n"
               "into the token store under its name: kvpager store ls and kvpager-fs show it; publish a context\n"
               "the program is not writing, e.g. after park).");
-  hint_cmd->add_option("--pid", h.pid, "The pager (default: the only one running)");
+  hint_cmd->add_option("--pid", h.pid, "The pager (default: the only one running)")->check(kPidRange);
   hint_cmd->add_option("hint", h.hint, "prefetch, park, drop, pin, unpin or publish")
       ->required()
       ->check(CLI::IsMember({"prefetch", "park", "drop", "pin", "unpin", "publish"}));

@@ -47,6 +47,10 @@ int main(int argc, char** argv) {
       "keeps the hot part in HBM within a budget and stages the rest back ahead of use.\n"
       "Configuration: defaults < TOML file (--config, $KVPAGER_CONFIG) < KVPAGER_* environment < flags.",
       "kvpager"};
+  // Every error starts with "kvpager: ", the parser's too.
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return fmt::format("kvpager: {}\nRun with --help for more information.\n", e.what());
+  });
   app.require_subcommand(1);
   app.fallthrough();
   cli::Globals g;

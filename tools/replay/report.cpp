@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -288,15 +289,26 @@ std::optional<std::string> render_png(const std::string& path, const PlotSpec& p
 
 }  // namespace
 
+namespace {
+// ".svg" or ".SVG": file name extensions are compared without case.
+bool has_extension(std::string_view path, std::string_view ext) {
+  if (path.size() < ext.size()) return false;
+  const std::string_view tail = path.substr(path.size() - ext.size());
+  return std::equal(tail.begin(), tail.end(), ext.begin(), [](char a, char b) {
+    return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
+  });
+}
+}  // namespace
+
 std::optional<std::string> plot_path_problem(const std::string& path) {
-  if (path.ends_with(".svg") || path.ends_with(".png")) return std::nullopt;
+  if (has_extension(path, ".svg") || has_extension(path, ".png")) return std::nullopt;
   return fmt::format("--plot {}: the plot must be a .svg or .png file", path);
 }
 
 std::optional<std::string> write_plot(tools::OutputFile& out, const std::string& path, const PlotSpec& plot) {
   if (auto e = plot_path_problem(path)) return e;
   std::string bytes;
-  if (path.ends_with(".svg")) {
+  if (has_extension(path, ".svg")) {
     bytes = render_svg(plot);
   } else if (auto e = render_png(path, plot, &bytes)) {
     return e;
