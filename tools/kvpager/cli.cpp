@@ -78,6 +78,11 @@ void add_global_options_footer(CLI::App& app) {
 
 std::string percent(double share) { return fmt::format("{:.1f}%", 100.0 * share); }
 
+std::string accuracy_text(uint64_t used, uint64_t wasted) {
+  if (used + wasted == 0) return "-";
+  return percent(static_cast<double>(used) / static_cast<double>(used + wasted));
+}
+
 std::string duration_text(double s) {
   if (s >= 1.0) return fmt::format("{:.2f} s", s);
   if (s >= 1e-3) return fmt::format("{:.1f} ms", s * 1e3);

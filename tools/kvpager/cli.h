@@ -82,6 +82,9 @@ inline const CLI::Range kPidRange{1, std::numeric_limits<int32_t>::max()};
 
 // A share (0..1) as a percentage with one decimal: 0.125 -> "12.5%".
 std::string percent(double share);
+// A prefetcher's accuracy, used / (used + wasted); "-" while neither is
+// known (it issued nothing, or nothing it issued was judged yet).
+std::string accuracy_text(uint64_t used_bytes, uint64_t wasted_bytes);
 // A duration in the unit that reads best: "1.25 s", "12.3 ms", "40 us".
 std::string duration_text(double seconds);
 inline std::string duration_text_ns(uint64_t ns) { return duration_text(static_cast<double>(ns) / 1e9); }

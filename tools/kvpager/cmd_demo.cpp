@@ -103,7 +103,7 @@ void print_summary(const demo::DemoResult& r, double wall_s) {
   for (const auto& p : s.prefetchers) {
     fmt::print("  {:<12} issued {:>12}  used {:>12}  wasted {:>12}  accuracy {}{}\n", p.name,
                human_bytes(static_cast<double>(p.issued_bytes)), human_bytes(static_cast<double>(p.used_bytes)),
-               human_bytes(static_cast<double>(p.wasted_bytes)), percent(p.accuracy()),
+               human_bytes(static_cast<double>(p.wasted_bytes)), accuracy_text(p.used_bytes, p.wasted_bytes),
                p.throttle_events ? fmt::format("  (throttled {}x)", p.throttle_events) : "");
   }
   fmt::print("\nStall time {} over {} turns ({} per turn); virtual time {}; wall time {:.2f} s\n", duration_text_ns(s.stall_ns),

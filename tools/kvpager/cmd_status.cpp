@@ -131,7 +131,8 @@ void print_details(const json& stats_reply, const json& config, const json& cont
   for (const auto& p : field(s, "prefetchers")) {
     fmt::print("  {:<12} issued {:>12}  used {:>12}  wasted {:>12}  accuracy {}{}\n", text(p, "name"),
                bytes(p.value("issued_bytes", uint64_t{0})), bytes(p.value("used_bytes", uint64_t{0})),
-               bytes(p.value("wasted_bytes", uint64_t{0})), percent(p.value("accuracy", 0.0)),
+               bytes(p.value("wasted_bytes", uint64_t{0})),
+               accuracy_text(p.value("used_bytes", uint64_t{0}), p.value("wasted_bytes", uint64_t{0})),
                p.value("throttled", false) ? "  (throttled)" : "");
   }
   if (stats_reply.contains("interposer")) print_interposer(field(stats_reply, "interposer"), s);
