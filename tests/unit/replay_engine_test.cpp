@@ -334,10 +334,16 @@ TEST(ReplaySweep, ParsesAndSpacesGeometrically) {
   auto s = parse_sweep("host=1Mtok..100Mtok:3", 131072, &why);
   ASSERT_TRUE(s) << why;
   EXPECT_EQ(s->tier, 1u);
-  EXPECT_EQ(s->points_tokens(), (std::vector<uint64_t>{1'000'000, 10'000'000, 100'000'000}));
+  EXPECT_EQ(s->points_tokens(1), (std::vector<uint64_t>{1'000'000, 10'000'000, 100'000'000}));
+  EXPECT_EQ(s->points_tokens(512), (std::vector<uint64_t>{999'936, 9'999'872, 99'999'744})) << "whole blocks";
   auto b = parse_sweep("hbm=1G..4G:3", 1024, &why);
   ASSERT_TRUE(b) << why;
-  EXPECT_EQ(b->points_tokens(), (std::vector<uint64_t>{1u << 20, 2u << 20, 4u << 20}));
+  EXPECT_EQ(b->points_tokens(512), (std::vector<uint64_t>{1u << 20, 2u << 20, 4u << 20}));
+  // Narrow for the block: 512, 624, 761, 927, 1130, 1378, 1680, 2048 tokens
+  // hold 1, 1, 1, 1, 2, 2, 3, 4 blocks; each capacity is run and shown once.
+  auto narrow = parse_sweep("hbm=512tok..2048tok:8", 1024, &why);
+  ASSERT_TRUE(narrow) << why;
+  EXPECT_EQ(narrow->points_tokens(512), (std::vector<uint64_t>{512, 1024, 1536, 2048}));
   EXPECT_FALSE(parse_sweep("gpu=1G..4G:3", 1024, &why));
   EXPECT_EQ(why, "--sweep 'gpu=1G..4G:3': unknown tier 'gpu': allowed hbm, host, nvme");
   EXPECT_FALSE(parse_sweep("hbm=4G..1G:3", 1024, &why));

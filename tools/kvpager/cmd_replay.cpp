@@ -383,7 +383,10 @@ void run_replay(const Globals& g, const ReplayArgs& a) {
 
   // A sweep: every policy and Belady at each capacity of one tier.
   const SweepSpec& sw = *plan.sweep;
-  const std::vector<uint64_t> points = sw.points_tokens();
+  const std::vector<uint64_t> points = sw.points_tokens(B);
+  if (points.size() < sw.steps)
+    fmt::print(stderr, "kvpager replay: --sweep: {} of the {} capacities are distinct in whole {}-token blocks\n",
+               points.size(), sw.steps, B);
   std::vector<RunOptions> jobs;
   for (uint64_t tokens : points) {
     auto caps = plan.cap_tokens;

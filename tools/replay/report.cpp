@@ -71,16 +71,18 @@ nlohmann::json to_json(const RunResult& r, uint32_t block_tokens) {
 
 // ------------------------------------------------------------------ sweeps
 
-std::vector<uint64_t> SweepSpec::points_tokens() const {
+std::vector<uint64_t> SweepSpec::points_tokens(uint32_t block_tokens) const {
   std::vector<uint64_t> out;
-  if (steps == 0) return out;
+  if (steps == 0 || block_tokens == 0) return out;
   const double lo = static_cast<double>(lo_tokens), hi = static_cast<double>(hi_tokens);
   for (uint32_t k = 0; k < steps; ++k) {
     const double f = steps == 1 ? 0.0 : static_cast<double>(k) / static_cast<double>(steps - 1);
-    out.push_back(static_cast<uint64_t>(std::llround(lo * std::pow(hi / lo, f))));
+    uint64_t t = k == 0           ? lo_tokens
+                 : k + 1 == steps ? hi_tokens
+                                  : static_cast<uint64_t>(std::llround(lo * std::pow(hi / lo, f)));
+    t = t / block_tokens * block_tokens;
+    if (out.empty() || out.back() != t) out.push_back(t);
   }
-  out.front() = lo_tokens;
-  out.back() = hi_tokens;
   return out;
 }
 

@@ -26,7 +26,10 @@ struct SweepSpec {
   size_t tier = 0;  // index(Tier)
   uint64_t lo_tokens = 0, hi_tokens = 0;
   uint32_t steps = 0;
-  std::vector<uint64_t> points_tokens() const;
+  // The capacities the replay really runs: each point rounded down to whole
+  // blocks of block_tokens (a tier holds whole blocks), duplicates dropped,
+  // ascending. Fewer than `steps` when the range is narrow for the block.
+  std::vector<uint64_t> points_tokens(uint32_t block_tokens) const;
 };
 std::optional<SweepSpec> parse_sweep(std::string_view s, uint64_t kv_bytes_per_token, std::string* why);
 
