@@ -199,16 +199,8 @@ TEST(Cli, TheLastSettingOfAKnobOnTheCommandLineWins) {
   const auto j = nlohmann::json::parse(r.out);
   EXPECT_EQ(j["hbm_budget"]["value"], "3G");
   EXPECT_EQ(j["prefetch_depth"]["value"], "5");
-  // run's --budget is one more spelling of hbm_budget.
-  for (auto [args, want] : {std::pair{std::vector<std::string>{"--budget", "2G", "--hbm-budget", "1G"}, "1G"},
-                            std::pair{std::vector<std::string>{"--hbm-budget", "1G", "--budget", "2G"}, "2G"}}) {
-    std::vector<std::string> argv{kBin, "run"};
-    argv.insert(argv.end(), args.begin(), args.end());
-    for (const char* w : {"--", "/usr/bin/env"}) argv.push_back(w);
-    auto ran = run_process(argv);
-    ASSERT_EQ(ran.exit_code, 0) << ran.err;
-    EXPECT_NE(("\n" + ran.out).find(std::string("\nKVPAGER_HBM_BUDGET=") + want + "\n"), std::string::npos) << ran.out;
-  }
+  // run's --budget: ControlCli.RunPreloadsTheLibraryPassesSettingsAndReturnsTheCommandsStatus
+  // (it needs a stand-in preload library: the sanitized build's own cannot be preloaded).
 }
 
 TEST(Cli, BadValuesExitTwoNamingTheKnobAndSource) {

@@ -649,6 +649,13 @@ TEST_F(ControlCli, RunPreloadsTheLibraryPassesSettingsAndReturnsTheCommandsStatu
     EXPECT_TRUE(contains(r.err, "will pass through")) << show(r);
   }
 
+  // --budget is one more spelling of hbm_budget: the last one given wins.
+  for (auto [first, second] : {std::pair{"--budget", "--hbm-budget"}, std::pair{"--hbm-budget", "--budget"}}) {
+    Result order = run({bin, "run", first, "2G", second, "3G", "--", "/bin/sh", "-c", "echo $KVPAGER_HBM_BUDGET"});
+    EXPECT_EQ(order.exit_code, 0) << show(order);
+    EXPECT_EQ(order.out, "3G\n") << first << " then " << second << ": " << show(order);
+  }
+
   Result cfg_err = run({bin, "run", "--budget", "lots", "--", "/bin/true"});
   EXPECT_EQ(cfg_err.exit_code, 2) << show(cfg_err);
   EXPECT_TRUE(contains(cfg_err.err, "hbm_budget")) << show(cfg_err);
