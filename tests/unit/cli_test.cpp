@@ -143,6 +143,20 @@ TEST(Cli, DemoCountsTheKvItReallyAllocatesAgainstMemory) {
   EXPECT_EQ(r.exit_code, 2) << r.err;
   EXPECT_NE(r.err.find("2.00 TiB"), std::string::npos) << r.err;
   EXPECT_NE(r.err.find("--sessions / --layers"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("warning: the KV built is 2.00 TiB (8192.00 x the HBM budget, not --kv-factor 4)"),
+            std::string::npos) << r.err;
+  // Smaller than asked, as well: 16 x 4 regions of one 2 MiB chunk each.
+  auto small = run_process({kBin, "demo", "--kv-factor", "0.1", "--turns", "1", "--store-dir", store}, {}, 20.0);
+  std::filesystem::remove_all(store);
+  EXPECT_EQ(small.exit_code, 0) << small.err;
+  EXPECT_NE(small.err.find("warning: the KV built is 128.00 MiB (0.50 x the HBM budget, not --kv-factor 0.1)"),
+            std::string::npos) << small.err;
+  auto asked = run_process({kBin, "demo", "--sessions", "2", "--layers", "2", "--hbm-budget", "16M", "--turns", "1",
+                            "--store-dir", store},
+                           {}, 20.0);
+  std::filesystem::remove_all(store);
+  EXPECT_EQ(asked.exit_code, 0) << asked.err;
+  EXPECT_EQ(asked.err.find("warning"), std::string::npos) << "4 regions of 16 MiB are what was asked for: " << asked.err;
 }
 
 TEST(Cli, VersionExitsZero) {

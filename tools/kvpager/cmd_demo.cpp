@@ -145,6 +145,14 @@ void run_demo(const Globals& g, const DemoArgs& a) {
     const auto ram = static_cast<double>(physical_ram());
     const double kv = static_cast<double>(demo::region_bytes_for(a.opt, budget, cfg.chunk_size)) *
                       static_cast<double>(a.opt.sessions) * static_cast<double>(a.opt.layers);
+    // Whole chunks per region: what is built can be far from the factor asked for.
+    const double asked = static_cast<double>(budget) * a.opt.kv_factor;
+    if (kv > 1.25 * asked || kv < 0.8 * asked)
+      fmt::print(stderr,
+                 "kvpager demo: warning: the KV built is {} ({:.2f} x the HBM budget, not --kv-factor {}): each of "
+                 "the {} sessions x {} layers is a whole number of {} chunks, at least one\n",
+                 human_bytes(kv), kv / static_cast<double>(budget), a.opt.kv_factor, a.opt.sessions, a.opt.layers,
+                 human_bytes(static_cast<double>(cfg.chunk_size)));
     if (kv > 0.75 * ram)
       throw ConfigError(fmt::format(
           "the demo's KV ({}: --kv-factor {} x HBM budget {}, over {} sessions x {} layers of at least one {} chunk "
