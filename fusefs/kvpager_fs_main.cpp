@@ -20,6 +20,7 @@
 #include <climits>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <vector>
@@ -188,9 +189,17 @@ int main(int argc, char** argv) {
     refuse(fmt::format("{} is already a mount point (kvpager umount {} first, or choose another directory)",
                        a.mountpoint, a.mountpoint));
   struct stat st {};
-  if (stat(a.mountpoint.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-    usage_error(fmt::format("mount point {}: {}", a.mountpoint,
-                            errno == 0 || S_ISDIR(st.st_mode) ? "not a directory" : std::strerror(errno)));
+  if (stat(a.mountpoint.c_str(), &st) != 0) usage_error(fmt::format("mount point {}: {}", a.mountpoint, std::strerror(errno)));
+  if (!S_ISDIR(st.st_mode)) usage_error(fmt::format("mount point {}: not a directory", a.mountpoint));
+  // libfuse unmounts by this path when a signal ends the daemon, which has
+  // changed to "/" by then: a relative path would no longer name the mount,
+  // and it would stay behind, dead ("Transport endpoint is not connected").
+  {
+    std::error_code ec;
+    const std::filesystem::path abs = std::filesystem::canonical(a.mountpoint, ec);
+    if (ec) usage_error(fmt::format("mount point {}: {}", a.mountpoint, ec.message()));
+    a.mountpoint = abs.string();
+  }
   // A typo must not mount a new, empty store. An existing empty directory
   // becomes one (imports write to it).
   if (auto why = tools::missing_store(a.store, "STORE; for kvpager mount: store_dir / --store")) refuse(*why);

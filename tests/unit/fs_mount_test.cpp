@@ -1067,6 +1067,47 @@ TEST_F(FsMount, UnmountWhileAReaderHoldsAFileOpen) {
   EXPECT_EQ(close(fd), 0);
 }
 
+// libfuse unmounts by the mount point's path when a signal ends the daemon,
+// after the daemon changed to "/": a relative path must still name it. And
+// a mount whose daemon was killed is named as such by kvpager mount, and
+// kvpager umount clears it.
+TEST_F(FsMount, ARelativeMountPointIsUnmountedBySignalsAndADeadMountIsNamed) {
+  write_pattern(tmp_.path() + "/in", 1000, 17);
+  put(tmp_.path() + "/in", "x");
+  const fsys::path m(mnt_);
+  auto start_relative = [&](const std::string& log) {
+    fs_log_ = log;
+    const std::string cmd = "cd '" + m.parent_path().string() + "' && exec '" + KVPAGER_FS_BIN + "' '" + store_ +
+                            "' '" + m.filename().string() + "' -f";
+    daemon_ = std::make_unique<Child>(std::vector<std::string>{"/bin/sh", "-c", cmd}, runtime_, fs_log_);
+    eventually([&] { return is_mounted(mnt_) || daemon_->poll() != -2; }, 10s);
+    return is_mounted(mnt_);
+  };
+  if (!start_relative(tmp_.path() + "/fs-rel1.log")) {
+    const std::string log = slurp(fs_log_);
+    daemon_.reset();
+    if (log.find("cannot mount") != std::string::npos) GTEST_SKIP() << "mounting is not permitted here: " << log;
+    FAIL() << log;
+  }
+  EXPECT_TRUE(same_bytes(tmp_.path() + "/in", path("/contexts/x/kv")));
+  kill(daemon_->pid(), SIGTERM);
+  EXPECT_EQ(daemon_->wait_exit(10s), 0) << slurp(fs_log_);
+  daemon_.reset();
+  EXPECT_FALSE(is_mounted(mnt_)) << "a dead mount stayed behind: " << slurp(fs_log_);
+
+  ASSERT_TRUE(start_relative(tmp_.path() + "/fs-rel2.log")) << slurp(fs_log_);
+  kill(daemon_->pid(), SIGKILL);  // no chance to unmount: the mount stays, dead
+  daemon_->wait_exit(10s);
+  daemon_.reset();
+  ASSERT_EQ(mount_count(mnt_), 1);
+  ProcessResult r = kvpager({"mount", "--store", store_, mnt_});
+  EXPECT_EQ(r.exit_code, 2) << show(r);
+  EXPECT_NE(r.err.find(mnt_ + " is a mount whose daemon has ended: kvpager umount"), std::string::npos) << show(r);
+  r = kvpager({"umount", mnt_});
+  EXPECT_EQ(r.exit_code, 0) << show(r);
+  EXPECT_FALSE(is_mounted(mnt_));
+}
+
 TEST_F(FsMount, KvpagerMountAndUmountWrapTheDaemon) {
   write_pattern(tmp_.path() + "/in", 1000, 15);
   put(tmp_.path() + "/in", "x");

@@ -3,6 +3,7 @@
 // kvpager umount [--lazy] MOUNTPOINT: fusermount3 -u, and waits until the
 // mount is gone.
 #include <fmt/format.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -45,6 +46,17 @@ struct MountArgs {
 };
 
 [[noreturn]] void mount(const Globals& g, const MountArgs& a) {
+  // A mount whose daemon died cannot even be stat()ed (ENOTCONN).
+  if (struct stat st {}; stat(a.mountpoint.c_str(), &st) != 0) {
+    const int err = errno;
+    if (err == ENOTCONN)
+      throw CLI::ValidationError("MOUNTPOINT", fmt::format("{} is a mount whose daemon has ended: kvpager umount {} "
+                                                           "first",
+                                                           a.mountpoint, a.mountpoint));
+    throw CLI::ValidationError("MOUNTPOINT", fmt::format("{}: {}", a.mountpoint, std::strerror(err)));
+  } else if (!S_ISDIR(st.st_mode)) {
+    throw CLI::ValidationError("MOUNTPOINT", fmt::format("{}: not a directory", a.mountpoint));
+  }
   std::string store = a.store;
   if (store.empty()) {
     ConfigLoader loader = g.loader();
@@ -125,7 +137,7 @@ void add_mount_commands(CLI::App& app, Globals& g) {
                                "Runs in the background once mounted, unless -f. A store named by --store, the config file or\n"
                                "KVPAGER_STORE_DIR must exist (a typo is refused); the default one is created. A mount point\n"
                                "that is already mounted is refused. See docs/fs.md");
-  m->add_option("MOUNTPOINT", a.mountpoint, "An existing directory")->required()->check(CLI::ExistingDirectory);
+  m->add_option("MOUNTPOINT", a.mountpoint, "An existing directory")->required();
   m->add_option("--store", a.store, "Store directory (default: store_dir from the configuration)");
   m->add_flag("-f,--foreground", a.foreground, "Stay in the foreground");
   m->add_option("-o,--options", a.options, std::string("Mount options, comma-separated:\n") + fs::kMountOptionsHelp)
