@@ -254,8 +254,15 @@ bool Runtime::start_pager() {
   if (drv_.ctxGetCurrent(&ctx) != CUDA_SUCCESS || !ctx) return false;  // no context: stay unstarted
   state_.store(RuntimeState::kStarting, std::memory_order_release);
   try {
-    store_ = make_store(cfg_);
-    store_io_ = std::make_unique<store::TokenStoreQueue>(*store_);
+    // A store that cannot be used (a read-only file system, a path that
+    // cannot be created) costs the NVMe tier, not the pager: HBM and host RAM
+    // are still paged, nothing is spilled.
+    try {
+      store_ = make_store(cfg_);
+    } catch (const ConfigError& e) {
+      log(3, fmt::format("no NVMe tier: {}; the pager runs on HBM and host RAM, spilling nothing", e.what()));
+    }
+    if (store_) store_io_ = std::make_unique<store::TokenStoreQueue>(*store_);
     mover_ = std::make_unique<CudaMover>(
         drv_, cfg_, ctx, store_.get(), q_, streams_, [this](uint64_t base) { return unsafe_counter(base); },
         store_io_.get());

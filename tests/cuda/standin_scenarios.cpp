@@ -49,6 +49,19 @@ TEST(StandIn, RoutesAllocationsByThreshold) {
   EXPECT_EQ(s.num("managed_bytes"), 0u);
 }
 
+// Env: KVPAGER_STORE_DIR that cannot be created. The NVMe tier is lost, not
+// the pager: allocations are still managed and paged.
+TEST(StandIn, WithoutAUsableStoreThePagerRunsWithoutItsNvmeTier) {
+  Program p;
+  ASSERT_TRUE(kvpager_loaded()) << "run me with LD_PRELOAD=libkvpager.so";
+  CUdeviceptr big = p.must_alloc(8 * kMiB);
+  EXPECT_EQ(p.count_log("cuMemAllocManaged 8388608"), 1u) << "still managed";
+  Stats s = stats();
+  EXPECT_EQ(s.str("state"), "running");
+  EXPECT_EQ(s.num("regions"), 1u);
+  EXPECT_EQ(p.free(big), CUDA_SUCCESS);
+}
+
 // Env: CUDA_STANDIN_MANAGED_OFFSET=256 (managed memory 256 bytes past a page).
 TEST(StandIn, ManagedMemoryThatDoesNotStartOnAPageIsLeftToTheDriver) {
   Program p;

@@ -31,6 +31,8 @@ std::vector<std::string> with(std::vector<std::string> a, const std::vector<std:
 
 const Scenario kScenarios[] = {
     {"RoutesAllocationsByThreshold", {}},
+    {"WithoutAUsableStoreThePagerRunsWithoutItsNvmeTier", {"KVPAGER_STORE_DIR=/proc/kvpager-cannot-be-made"},
+     "no NVMe tier: store_dir = /proc/kvpager-cannot-be-made"},
     {"ManagedMemoryThatDoesNotStartOnAPageIsLeftToTheDriver", {"CUDA_STANDIN_MANAGED_OFFSET=256"},
      "not on a 4096-byte page"},
     {"AllowAndDenySizeRanges", {"KVPAGER_CUDA_DENY_SIZES=4M-6M", "KVPAGER_CUDA_ALLOW_SIZES=512K-1M"}},

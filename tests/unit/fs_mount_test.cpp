@@ -1108,6 +1108,44 @@ TEST_F(FsMount, ARelativeMountPointIsUnmountedBySignalsAndADeadMountIsNamed) {
   EXPECT_FALSE(is_mounted(mnt_));
 }
 
+// A store on a read-only file system is shown read-only: imports and
+// removals get EROFS at once, not EIO after trying (docs/fs.md, Importing).
+// A writable directory that is not a store is refused for what it is.
+TEST_F(FsMount, AStoreOnAReadOnlyFileSystemIsMountedReadOnly) {
+  write_pattern(tmp_.path() + "/in", 300'000, 18);
+  put(tmp_.path() + "/in", "x");
+  const std::string ro = tmp_.path() + "/ro-store";
+  fsys::create_directories(ro);
+  ProcessResult r = kvpager::testing::run_process({"/bin/mount", "--bind", store_, ro}, {}, 20);
+  if (r.exit_code != 0) GTEST_SKIP() << "cannot bind-mount here (not root?): " << show(r);
+  r = kvpager::testing::run_process({"/bin/mount", "-o", "remount,ro,bind", ro}, {}, 20);
+  if (r.exit_code != 0) {
+    kvpager::testing::run_process({"/bin/umount", ro}, {}, 20);
+    GTEST_SKIP() << "cannot remount read-only here: " << show(r);
+  }
+  const std::string writable = store_;
+  store_ = ro;
+  mount();
+  store_ = writable;
+  EXPECT_NE(slurp(fs_log_).find("not writable (Read-only file system): mounted read-only"), std::string::npos)
+      << slurp(fs_log_);
+  EXPECT_TRUE(same_bytes(tmp_.path() + "/in", path("/contexts/x/kv")));
+  const int fd = open(path("/import/y").c_str(), O_WRONLY | O_CREAT, 0644);
+  EXPECT_EQ(fd < 0 ? errno : 0, EROFS);
+  if (fd >= 0) close(fd);
+  EXPECT_EQ(errno_of(unlink(path("/contexts/x/kv").c_str())), EROFS);
+  unmount();
+  kvpager::testing::run_process({"/bin/umount", ro}, {}, 20);
+
+  const std::string junk = tmp_.path() + "/junk";
+  fsys::create_directories(junk);
+  std::ofstream(junk + "/notes.txt") << "not a store";
+  r = run({KVPAGER_FS_BIN, junk, mnt_, "-f"}, runtime_);
+  EXPECT_NE(r.exit_code, 0) << show(r);
+  EXPECT_EQ(r.err.find("not writable"), std::string::npos) << "it is writable: " << show(r);
+  EXPECT_FALSE(is_mounted(mnt_));
+}
+
 TEST_F(FsMount, KvpagerMountAndUmountWrapTheDaemon) {
   write_pattern(tmp_.path() + "/in", 1000, 15);
   put(tmp_.path() + "/in", "x");

@@ -61,10 +61,13 @@ TokenFs::TokenFs(FsOptions opt) : opt_(std::move(opt)), mounted_ns_(wall_ns()) {
     try {
       store_ = std::make_unique<store::TokenStore>(store_options(opt_, false, 4));
     } catch (const ConfigError&) {
-      if (access(opt_.store_dir.c_str(), F_OK) != 0) throw;
       // Someone else's store, or a read-only medium: show it, change nothing.
+      // Anything else (not a store, a newer format) is the error it is.
+      if (access(opt_.store_dir.c_str(), F_OK) != 0 || access(opt_.store_dir.c_str(), W_OK) == 0) throw;
+      const int err = errno;
       opt_.read_only = true;
-      log(fmt::format("{}: not writable by this user: mounted read-only (no imports, no removals)", opt_.store_dir));
+      log(fmt::format("{}: not writable ({}): mounted read-only (no imports, no removals)", opt_.store_dir,
+                      std::strerror(err)));
     }
   }
   if (!store_) store_ = std::make_unique<store::TokenStore>(store_options(opt_, true, 4));

@@ -242,6 +242,10 @@ void TokenStore::open_dirs() {
   }
   root_fd_ = open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (root_fd_ < 0) throw ConfigError(fmt::format("store_dir = {}: cannot open it: {}", dir, access_error(dir, errno)));
+  // A directory that exists but cannot be written (a read-only file system,
+  // another user's) would fail every put later, one EIO at a time.
+  if (!opt_.read_only && faccessat(root_fd_, ".", W_OK, AT_EACCESS) != 0)
+    throw ConfigError(fmt::format("store_dir = {}: not writable: {}", dir, access_error(dir, errno)));
 
   std::vector<std::byte> fmt_bytes;
   if (read_file_at(root_fd_, kFormatFile, &fmt_bytes)) {
