@@ -95,6 +95,12 @@ def resolve(args: argparse.Namespace, device: str) -> dict:
         "quiet": args.quiet,
         "deterministic": not getattr(args, "nondeterministic", False),
     }
+    for flag, key in (("--rr-rounds", "rr_rounds"), ("--random-turns", "random_turns")):
+        if spec[key] < 0:
+            raise UsageError(f"{flag} {spec[key]}: must be 0 or more")
+    if device == "cpu" and dtype == "float16":
+        raise UsageError("--dtype float16: PyTorch on the CPU has no half-precision matmul for this model; "
+                         "use float32 or bfloat16 there")
     return spec
 
 
@@ -170,7 +176,10 @@ def clean_env(preload: bool) -> Dict[str, str]:
 def probe_device(python: str) -> dict:
     """What the machine has, measured in a child that exits before any mode runs
     (so no CUDA context of ours holds memory while the modes run)."""
-    r = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, env=clean_env(False), timeout=300)
+    try:
+        r = subprocess.run([python, "-c", PROBE], capture_output=True, text=True, env=clean_env(False), timeout=300)
+    except OSError as e:
+        raise UsageError(f"--python {python}: cannot run it ({e.strerror})") from None
     if r.returncode != 0:
         raise RuntimeError(f"device probe failed: {r.stderr.strip()[-2000:]}")
     info = json.loads(r.stdout.strip().splitlines()[-1])
@@ -785,10 +794,12 @@ def run_all(args: argparse.Namespace) -> int:
             f"refusing to start: the managed footprint {P.human(plan.footprint_bytes)} exceeds "
             f"{safe['what']} {P.human(safe['free_bytes'])} less the reserve {P.human(safe['reserve_bytes'])}. "
             "Lower --sessions or --context, or use a smaller --preset; the budget B is what should be small")
-    modes = [m.strip() for m in args.modes.split(",")] if args.modes else list(DEFAULT_MODES[device])
+    modes = [m.strip() for m in args.modes.split(",")] if args.modes is not None else list(DEFAULT_MODES[device])
     for m in modes:
         if m not in ALL_MODES:
             raise UsageError(f"--modes: unknown mode '{m}' (known: {', '.join(ALL_MODES)})")
+    if len(set(modes)) != len(modes):
+        raise UsageError(f"--modes {args.modes}: a mode is named twice")
     if args.overhead_repeats < 1:
         raise UsageError("--overhead-repeats must be at least 1")
     if getattr(args, "reference_runs", None) is not None and args.reference_runs < 1:

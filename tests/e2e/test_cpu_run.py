@@ -127,6 +127,18 @@ class CpuRunTest(unittest.TestCase):
         p = agents(*ARGS, "--budget", "1K")
         self.assertEqual(p.returncode, 2)
         self.assertIn("--budget", p.stderr)
+        # Each refused before any mode runs, naming what is wrong (no traceback).
+        for extra, says in ((("--rr-rounds", "-1"), "--rr-rounds -1: must be 0 or more"),
+                            (("--random-turns", "-3"), "--random-turns -3"),
+                            (("--dtype", "float16"), "--dtype float16"),
+                            (("--python", "/nonexistent/python"), "--python /nonexistent/python: cannot run it"),
+                            (("--modes", ""), "unknown mode ''"),
+                            (("--modes", "hbm,hbm"), "a mode is named twice")):
+            p = agents(*ARGS, *extra)
+            self.assertEqual(p.returncode, 2, (extra, p.stderr))
+            self.assertIn(says, p.stderr)
+            self.assertNotIn("Traceback", p.stderr)
+            self.assertNotIn("[hbm]", p.stdout)
 
 
 if __name__ == "__main__":
