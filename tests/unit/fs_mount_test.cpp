@@ -1146,6 +1146,33 @@ TEST_F(FsMount, AStoreOnAReadOnlyFileSystemIsMountedReadOnly) {
   EXPECT_FALSE(is_mounted(mnt_));
 }
 
+// With allow_other another user may enter the mount and read contexts it is
+// allowed to, but not the pagers' state: /stats (metrics, command lines) and
+// /processes are the mounting user's.
+TEST_F(FsMount, WithAllowOtherOtherUsersSeeContextsButNotThePagersState) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root, to read the mount as another user (setpriv)";
+  if (!fsys::exists("/usr/bin/setpriv")) GTEST_SKIP() << "setpriv (util-linux) is not installed";
+  write_pattern(tmp_.path() + "/in", 1000, 19);
+  put(tmp_.path() + "/in", "x");
+  mount({"-o", "allow_other"});
+  auto as_nobody = [&](const std::string& cmd) {
+    return kvpager::testing::run_process(
+        {"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", "/bin/sh", "-c", cmd}, {}, 20);
+  };
+  // The test's own directory (mkdtemp: 0700) must let nobody through to the mount.
+  ASSERT_EQ(chmod(tmp_.path().c_str(), 0711), 0) << std::strerror(errno);
+  ProcessResult r = as_nobody("ls " + mnt_ + "/contexts");
+  EXPECT_EQ(r.exit_code, 0) << show(r);
+  EXPECT_NE(r.out.find("x"), std::string::npos) << show(r);
+  r = as_nobody("cat " + mnt_ + "/stats");
+  EXPECT_NE(r.exit_code, 0) << show(r);
+  EXPECT_NE(r.err.find("Permission denied"), std::string::npos) << show(r);
+  r = as_nobody("ls " + mnt_ + "/processes");
+  EXPECT_NE(r.exit_code, 0) << show(r);
+  EXPECT_NE(r.err.find("Permission denied"), std::string::npos) << show(r);
+  EXPECT_FALSE(slurp(path("/stats")).empty()) << "the mounting user reads it";
+}
+
 TEST_F(FsMount, KvpagerMountAndUmountWrapTheDaemon) {
   write_pattern(tmp_.path() + "/in", 1000, 15);
   put(tmp_.path() + "/in", "x");

@@ -373,8 +373,10 @@ int TokenFs::attr_of(const Node& n, struct stat* st) {
       file(0600, n.imp->received);
       return 0;
     }
-    case NodeKind::kStats: return generated(0444);
-    case NodeKind::kProcessesDir: dir(0555); return 0;
+    // The pagers' metrics and command lines: the mounting user's, as their
+    // control sockets are, also when allow_other lets others in.
+    case NodeKind::kStats: return generated(0400);
+    case NodeKind::kProcessesDir: dir(0500); return 0;
     case NodeKind::kProcessDir: dir(0500); return 0;
     case NodeKind::kProcessStats:
     case NodeKind::kProcessConfig: return generated(0400);
