@@ -76,7 +76,7 @@ const std::string kUsage =
 }
 
 [[noreturn]] void usage_error(const std::string& msg) {
-  fmt::print(stderr, "kvpager-fs: {}\n{}", msg, kUsage);
+  fmt::print(stderr, "kvpager-fs: {} (kvpager-fs --help for usage)\n", msg);
   std::exit(kExitUsage);
 }
 

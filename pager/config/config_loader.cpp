@@ -102,6 +102,11 @@ void ConfigLoader::load_file(const std::string& path) {
         throw ConfigError(fmt::format("{}: {}: unsupported value type", where, name));
       const Knob* k = find_knob(name);
       if (!k || k->name != name) unknown(name, where, nullptr);  // file keys are knob names
+      // A path or a list of names written as a number (store_dir = 5) is a
+      // mistake, not the directory "5".
+      if (k && k->type == KnobType::kString && !node.is_string())
+        throw ConfigError(fmt::format("{}: {} = {}: a string is expected (quoted: {} = \"{}\")", where, name, text,
+                                      name, text));
       set(name, text, ConfigSource::kFile, where);
     }
   };

@@ -133,6 +133,25 @@ TEST(Config, FileTakesNativeTomlTypes) {
   EXPECT_DOUBLE_EQ(c.sim_pcie_gbps, 12.0);
 }
 
+// A path written as a number is a mistake, not the directory "5".
+TEST(Config, AStringKnobInTheFileMustBeAString) {
+  for (const char* line : {"store_dir = 5\n", "runtime_dir = true\n"}) {
+    TempFile f(line);
+    ConfigLoader loader;
+    try {
+      loader.load_file(f.path());
+      ADD_FAILURE() << "accepted " << line;
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("a string is expected"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(f.path() + ":1"), std::string::npos) << e.what();
+    }
+  }
+  TempFile ok("store_dir = \"5\"\n");
+  ConfigLoader loader;
+  loader.load_file(ok.path());
+  EXPECT_EQ(loader.finish().store_dir, "5");
+}
+
 TEST(Config, EveryBadValueIsRefusedNamingTheKnob) {
   for (const auto& [name, sample] : kSamples) {
     ConfigLoader loader;
