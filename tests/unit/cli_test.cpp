@@ -184,6 +184,19 @@ TEST(Cli, ConfigShowTellsWhereEachValueCameFrom) {
   for (const Knob& k : knobs()) EXPECT_TRUE(j.contains(std::string(k.name))) << k.name;
 }
 
+// Values that mean "work it out" say what they stand for.
+TEST(Cli, ConfigShowSaysWhatAutoValuesMean) {
+  auto r = run_process({kBin, "config", "show", "--json", "--store-dir", "", "--host-capacity", "1G"});
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["hbm_budget"]["means"], "auto");
+  EXPECT_EQ(j["nvme_capacity"]["means"], "unlimited");
+  EXPECT_FALSE(j["host_capacity"].contains("means")) << "1G means 1G";
+  EXPECT_EQ(j["store_dir"]["means"].get<std::string>().rfind("-> /", 0), 0u) << j["store_dir"];
+  auto text = run_process({kBin, "config", "show"});
+  EXPECT_NE(text.out.find("0 (unlimited)"), std::string::npos) << text.out;
+}
+
 TEST(Cli, SetOverridesFlagsAndEnv) {
   auto r = run_process({kBin, "--set", "hbm_budget=2G", "config", "show", "--json"}, {"KVPAGER_HBM_BUDGET=1G"});
   ASSERT_EQ(r.exit_code, 0) << r.err;

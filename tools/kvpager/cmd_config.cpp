@@ -3,12 +3,27 @@
 #include <fmt/format.h>
 
 #include <nlohmann/json.hpp>
+#include <vector>
 
 #include "cli.h"
+#include "control/runtime_dir.h"
 
 namespace kvpager::cli {
 
 namespace {
+
+// What a value that means "work it out" stands for: 0 of a knob whose range
+// says "0 (auto)" or "0 (unlimited)", the empty store_dir and runtime_dir
+// (the directories they resolve to). "" for an ordinary value.
+std::string meaning(const Knob& k, const Config& cfg, const std::string& value) {
+  if (value == "0" && k.range.starts_with("0 (")) return std::string(k.range.substr(3, k.range.find(')') - 3));
+  if (k.name == "store_dir" && value.empty()) return "-> " + cfg.effective_store_dir();
+  if (k.name == "runtime_dir" && value.empty()) {
+    control::RuntimeDir rd = control::resolve_runtime_dir(cfg, control::DirUse::kClient);
+    return "-> " + rd.path;
+  }
+  return {};
+}
 
 void show(const Globals& g, bool json) {
   ConfigLoader loader = g.loader();
@@ -17,23 +32,34 @@ void show(const Globals& g, bool json) {
     nlohmann::json out = nlohmann::json::object();
     for (const Knob& k : knobs()) {
       const KnobOrigin& o = loader.origin(k);
-      out[std::string(k.name)] = {{"value", k.format(cfg)},
+      const std::string value = k.format(cfg);
+      out[std::string(k.name)] = {{"value", value},
                                   {"source", std::string(to_string(o.source))},
                                   {"from", o.detail},
                                   {"live", k.live}};
+      if (std::string m = meaning(k, cfg, value); !m.empty()) out[std::string(k.name)]["means"] = m;
     }
     fmt::print("{}\n", out.dump(2));
     return;
   }
-  size_t width = 0;
-  for (const Knob& k : knobs()) width = std::max(width, k.name.size());
+  struct Row {
+    std::string_view name;
+    std::string value, from;
+  };
+  std::vector<Row> rows;
+  size_t name_w = 0, value_w = 14;
   for (const Knob& k : knobs()) {
     const KnobOrigin& o = loader.origin(k);
     std::string value = k.format(cfg);
+    const std::string m = meaning(k, cfg, value);
     if (value.empty()) value = "\"\"";
+    if (!m.empty()) value += " (" + m + ")";
     std::string from = o.source == ConfigSource::kDefault ? "default" : fmt::format("{} ({})", to_string(o.source), o.detail);
-    fmt::print("{:<{}}  {:<14} {}\n", k.name, width, value, from);
+    name_w = std::max(name_w, k.name.size());
+    value_w = std::max(value_w, value.size());
+    rows.push_back({k.name, std::move(value), std::move(from)});
   }
+  for (const Row& r : rows) fmt::print("{:<{}}  {:<{}} {}\n", r.name, name_w, r.value, value_w, r.from);
 }
 
 void list_knobs(bool markdown) {
