@@ -1374,18 +1374,26 @@ namespace {
 std::string run_kvpager(const std::vector<std::string>& args, int* status) {
   const char* bin = std::getenv("STANDIN_KVPAGER_BIN");
   if (!bin) return "";
+  // Everything the child needs is built before fork: this process has
+  // threads (the pager's, the driver's), and a child may only make
+  // async-signal-safe calls; an allocation there can wait forever on a lock
+  // another thread held at the fork (seen with ASan's allocator).
+  std::vector<char*> argv{const_cast<char*>(bin)};
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  std::vector<char*> envp;
+  for (char** e = environ; *e; ++e) {
+    const std::string_view entry(*e);
+    if (!entry.starts_with("LD_PRELOAD=") && !entry.starts_with("LD_LIBRARY_PATH=")) envp.push_back(*e);
+  }
+  envp.push_back(nullptr);
   int out[2];
   if (pipe(out) != 0) return "";
   pid_t pid = fork();
   if (pid == 0) {
-    unsetenv("LD_PRELOAD");
-    unsetenv("LD_LIBRARY_PATH");
     dup2(out[1], 1);
     close(out[0]);
-    std::vector<char*> argv{const_cast<char*>(bin)};
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    execv(bin, argv.data());
+    execve(bin, argv.data(), envp.data());
     _exit(127);
   }
   close(out[1]);
