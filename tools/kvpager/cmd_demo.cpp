@@ -80,7 +80,6 @@ class Serving {
   std::unique_ptr<control::ControlServer> server_;
 };
 
-
 void print_summary(const demo::DemoResult& r, double wall_s) {
   const StatsSnapshot& s = r.stats;
   fmt::print("\nResidency (end of run)\n");

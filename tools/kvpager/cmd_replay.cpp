@@ -307,7 +307,7 @@ void print_runs(const std::vector<RunResult>& runs, bool details) {
                hbytes(r.moved.host_to_hbm), hbytes(r.moved.host_to_nvme), hbytes(r.moved.nvme_to_host));
     for (const auto& pf : r.prefetchers) {
       fmt::print("  {}: staged {}, used {}, wasted {}, accuracy {}{}\n", pf.name, hbytes(pf.issued_bytes),
-                 hbytes(pf.used_bytes), hbytes(pf.wasted_bytes), percent(pf.accuracy()),
+                 hbytes(pf.used_bytes), hbytes(pf.wasted_bytes), accuracy_text(pf.used_bytes, pf.wasted_bytes),
                  pf.throttle_events ? fmt::format(" (throttled {}x)", pf.throttle_events) : "");
     }
     fmt::print("  resumed turns that found their whole prefix in the top tier on arrival: {} of {} ({})\n",

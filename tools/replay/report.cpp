@@ -80,7 +80,7 @@ std::vector<uint64_t> SweepSpec::points_tokens(uint32_t block_tokens) const {
     uint64_t t = k == 0           ? lo_tokens
                  : k + 1 == steps ? hi_tokens
                                   : static_cast<uint64_t>(std::llround(lo * std::pow(hi / lo, f)));
-    t = t / block_tokens * block_tokens;
+    t = blocks_for_tokens(t, block_tokens) * block_tokens;  // as the replay sizes a tier
     if (out.empty() || out.back() != t) out.push_back(t);
   }
   return out;
@@ -289,9 +289,6 @@ std::optional<std::string> render_png(const std::string& path, const PlotSpec& p
   return std::nullopt;
 }
 
-}  // namespace
-
-namespace {
 // ".svg" or ".SVG": file name extensions are compared without case.
 bool has_extension(std::string_view path, std::string_view ext) {
   if (path.size() < ext.size()) return false;
