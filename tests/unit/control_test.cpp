@@ -670,6 +670,54 @@ TEST_F(ControlServerTest, ARequestReadAfterItsDeadlineIsRefused) {
   EXPECT_EQ(on_owner([&] { return pager_->config().hbm_budget; }), 4 * MiB);
 }
 
+// kvpager-fs and `kvpager top` ask the same pagers again and again: a pager
+// that did not answer (here a socket nobody reads, as a stopped process's)
+// gets only the short retry timeout until it answers or the quiet window
+// passes; the others are not held up by it. The timeout that applied is in
+// the error text, so nothing here depends on how fast the machine is.
+TEST_F(ControlServerTest, APagerThatDidNotAnswerGetsTheShortTimeoutUntilItAnswersOrTheWindowPasses) {
+  const std::string silent_path = dir_.path() + "/silent.sock";
+  int lfd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, silent_path.c_str(), sizeof a.sun_path - 1);
+  ASSERT_EQ(bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << std::strerror(errno);
+  ASSERT_EQ(listen(lfd, 16), 0);  // connections wait in the backlog, unanswered
+  stats_after(0);
+  const Endpoint live{getpid(), server_->socket_path()};
+  const Endpoint silent{getpid() + 1, silent_path};
+  const std::vector<Endpoint> both{live, silent};
+  Caller c({.timeout = 500ms, .retry_timeout = 100ms, .quiet_for = 1s});
+
+  auto replies = c.call_all(both, {{"op", "stats"}});
+  EXPECT_TRUE(replies[0].ok()) << replies[0].error;
+  EXPECT_EQ(replies[1].code, Errc::kTimeout) << replies[1].error;
+  EXPECT_NE(replies[1].error.find("within 500 ms"), std::string::npos) << replies[1].error;
+  EXPECT_TRUE(c.quiet(silent.socket));
+  EXPECT_FALSE(c.quiet(live.socket));
+
+  replies = c.call_all(both, {{"op", "stats"}});
+  EXPECT_TRUE(replies[0].ok()) << "the live pager keeps its whole timeout: " << replies[0].error;
+  EXPECT_EQ(replies[1].code, Errc::kTimeout) << replies[1].error;
+  EXPECT_NE(replies[1].error.find("within 100 ms"), std::string::npos) << replies[1].error;
+
+  std::this_thread::sleep_for(1100ms);  // the window has passed: the whole timeout once more
+  EXPECT_FALSE(c.quiet(silent.socket));
+  Reply r = c.call(silent, {{"op", "stats"}});
+  EXPECT_NE(r.error.find("within 500 ms"), std::string::npos) << r.error;
+  close(lfd);
+
+  // An answer ends the short timeouts at once (here the owner is paused, so
+  // a `set` is not answered in time, but the snapshot's stats are).
+  pause_service(true);
+  r = c.call(live, {{"op", "set"}, {"set", {"hbm_budget=4M"}}});
+  EXPECT_EQ(r.code, Errc::kTimeout) << r.error;
+  EXPECT_TRUE(c.quiet(live.socket));
+  EXPECT_TRUE(c.call(live, {{"op", "stats"}}).ok());
+  EXPECT_FALSE(c.quiet(live.socket));
+  pause_service(false);
+}
+
 TEST_F(ControlServerTest, OneServerPerProcessAndTheSocketGoesWithIt) {
   ControlServer::Options opt;
   opt.runtime_dir = dir_.path() + "/run";

@@ -909,6 +909,48 @@ TEST_F(FsMount, StatsIsPrometheusTextForTheStoreAndEveryLivePager) {
   EXPECT_NE(parse_prometheus("# TYPE a gauge\na 1\n# TYPE b gauge\nb 1\na 2\n").error, "");
 }
 
+// A stopped pager (SIGSTOP) answers nothing. Reads that ask it say so
+// (ETIMEDOUT, a scrape error) instead of showing an empty value, and after it
+// once failed to answer it is given a short timeout, so it does not make every
+// read wait the whole control timeout; once it runs again it is heard again.
+TEST_F(FsMount, AStoppedPagerIsNamedAndDoesNotSlowEveryReadDown) {
+  const pid_t demo = start_demo();
+  fsys::create_directories(store_);
+  mount();
+  const std::string pid = std::to_string(demo);
+  ASSERT_TRUE(eventually([&] { return slurp(path("/control/prefetch_depth")) != ""; }, 5s));
+  auto read_errno = [](const std::string& file) {
+    int fd = open(file.c_str(), O_RDONLY);
+    if (fd < 0) return errno;
+    char buf[4096];
+    int e = read(fd, buf, sizeof buf) >= 0 ? 0 : errno;
+    close(fd);
+    return e;
+  };
+  ASSERT_EQ(kill(demo, SIGSTOP), 0);
+  EXPECT_EQ(read_errno(path("/control/prefetch_depth")), ETIMEDOUT) << "not an empty value, as with no pager at all";
+  EXPECT_EQ(read_errno(path("/processes/" + pid + "/stats")), ETIMEDOUT);
+  Exposition e = parse_prometheus(slurp(path("/stats")));
+  ASSERT_EQ(e.error, "");
+  EXPECT_EQ(e.find("kvpager_pager_scrape_errors")->value, 1);
+  EXPECT_EQ(e.find("kvpager_pagers")->value, 0);
+  // The per-process read came after the first silence: it waited the short
+  // timeout only (the daemon logs the failure with the timeout it applied).
+  const std::string log = slurp(fs_log_);
+  EXPECT_NE(log.find("pid " + pid + " stats: "), std::string::npos) << log;
+  EXPECT_NE(log.find("no reply within 200 ms"), std::string::npos) << log;
+  EXPECT_EQ(log.find("pid " + pid + " stats: " + runtime_ + "/" + pid + ".sock: no reply within 3000 ms"), std::string::npos) << log;
+  ASSERT_EQ(kill(demo, SIGCONT), 0);
+  EXPECT_TRUE(eventually(
+      [&] {
+        Exposition now = parse_prometheus(slurp(path("/stats")));
+        return now.error.empty() && now.find("kvpager_pagers")->value == 1 &&
+               now.find("kvpager_pager_scrape_errors")->value == 0;
+      },
+      10s));
+  EXPECT_EQ(read_errno(path("/processes/" + pid + "/stats")), 0);
+}
+
 // ---------------------------------------------------------------- freshness
 
 TEST_F(FsMount, NewContextsAppearWithinASecondAndRemovedOnesDisappear) {

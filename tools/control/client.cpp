@@ -21,6 +21,8 @@ Reply failure(Errc code, std::string message) { return Reply{code, std::move(mes
 // One connection's progress.
 struct Conn {
   Exchange* ex = nullptr;
+  std::chrono::milliseconds timeout{0};
+  Clock::time_point deadline;
   int fd = -1;
   std::string out, in;
   bool done = false;
@@ -132,49 +134,61 @@ void on_writable(Conn& c) {
 }  // namespace
 
 void exchange_all(std::span<Exchange> exchanges, std::chrono::milliseconds timeout) {
-  const Clock::time_point deadline = Clock::now() + timeout;
-  // The pager must not carry out a request after we have given up on it: it
-  // gets a deadline a little before ours, so that its "withdrawn, nothing
-  // changed" (or a reply it was already working on) still reaches us.
-  const auto margin = std::min<std::chrono::milliseconds>(std::chrono::milliseconds(250), timeout / 4);
-  const int64_t request_deadline = unix_ms_now() + (timeout - margin).count();
+  const Clock::time_point start = Clock::now();
+  const int64_t start_unix_ms = unix_ms_now();
   std::vector<Conn> conns(exchanges.size());
   for (size_t i = 0; i < exchanges.size(); ++i) {
+    Conn& c = conns[i];
     exchanges[i].replies.clear();
-    conns[i].ex = &exchanges[i];
+    c.ex = &exchanges[i];
+    c.timeout = exchanges[i].timeout.count() > 0 ? exchanges[i].timeout : timeout;
+    c.deadline = start + c.timeout;
     if (exchanges[i].requests.empty()) {
-      conns[i].done = true;
+      c.done = true;
       continue;
     }
-    open_conn(conns[i], request_deadline);
+    // The pager must not carry out a request after we have given up on it: it
+    // gets a deadline a little before ours, so that its "withdrawn, nothing
+    // changed" (or a reply it was already working on) still reaches us.
+    const auto margin = std::min<std::chrono::milliseconds>(std::chrono::milliseconds(250), c.timeout / 4);
+    open_conn(c, start_unix_ms + (c.timeout - margin).count());
   }
+  auto give_up = [](Conn& c) {
+    c.fail_rest(failure(Errc::kTimeout, fmt::format("{}: no reply within {} ms (the process is stopped or busy; a "
+                                                    "request it had not taken by then is dropped unapplied)",
+                                                    c.ex->socket, c.timeout.count())));
+  };
   std::vector<pollfd> fds;
   std::vector<Conn*> polled;
   for (;;) {
     fds.clear();
     polled.clear();
+    const Clock::time_point now = Clock::now();
+    Clock::time_point next = Clock::time_point::max();
     for (Conn& c : conns) {
       if (c.done) continue;
+      if (now >= c.deadline) {
+        give_up(c);
+        continue;
+      }
+      next = std::min(next, c.deadline);
       fds.push_back({c.fd, static_cast<short>(POLLIN | (c.out.empty() ? 0 : POLLOUT)), 0});
       polled.push_back(&c);
     }
     if (fds.empty()) break;
-    auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) break;
-    int n = poll(fds.data(), fds.size(), static_cast<int>(std::min<int64_t>(left, 60'000)));
-    if (n < 0 && errno != EINTR) break;
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(next - now).count();
+    int n = poll(fds.data(), fds.size(), static_cast<int>(std::clamp<int64_t>(left, 1, 60'000)));
+    if (n < 0 && errno != EINTR) {
+      for (Conn* c : polled) give_up(*c);
+      break;
+    }
     for (size_t i = 0; i < polled.size(); ++i) {
       if (fds[i].revents & POLLOUT) on_writable(*polled[i]);
       if (fds[i].revents & (POLLIN | POLLHUP | POLLERR)) on_readable(*polled[i]);
     }
   }
-  for (Conn& c : conns) {
-    if (!c.done)
-      c.fail_rest(failure(Errc::kTimeout, fmt::format("{}: no reply within {} ms (the process is stopped or busy; a "
-                                                      "request it had not taken by then is dropped unapplied)",
-                                                      c.ex->socket, timeout.count())));
+  for (Conn& c : conns)
     if (c.fd >= 0) close(c.fd);
-  }
 }
 
 Reply call(const std::string& socket, const nlohmann::json& request, std::chrono::milliseconds timeout) {
@@ -193,6 +207,43 @@ std::vector<Reply> call_all(std::span<const Endpoint> pagers, const nlohmann::js
   out.reserve(exs.size());
   for (auto& ex : exs) out.push_back(std::move(ex.replies.front()));
   return out;
+}
+
+bool Caller::quiet(const std::string& socket) {
+  std::lock_guard lock(mu_);
+  auto it = silent_since_.find(socket);
+  if (it == silent_since_.end()) return false;
+  if (Clock::now() - it->second < opt_.quiet_for) return true;
+  silent_since_.erase(it);
+  return false;
+}
+
+std::vector<Reply> Caller::call_all(std::span<const Endpoint> pagers, const nlohmann::json& request) {
+  std::vector<Exchange> exs;
+  exs.reserve(pagers.size());
+  for (const Endpoint& e : pagers)
+    exs.push_back(Exchange{e.socket, {request}, {}, quiet(e.socket) ? opt_.retry_timeout : opt_.timeout});
+  exchange_all(exs, opt_.timeout);
+  std::vector<Reply> out;
+  out.reserve(exs.size());
+  const Clock::time_point now = Clock::now();
+  std::lock_guard lock(mu_);
+  for (auto& ex : exs) {
+    Reply& r = ex.replies.front();
+    if (r.code == Errc::kTimeout) {
+      // The window starts at the first silence and is not prolonged by retries:
+      // a stopped pager is given the whole timeout again every quiet_for.
+      silent_since_.try_emplace(ex.socket, now);
+    } else {
+      silent_since_.erase(ex.socket);
+    }
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+Reply Caller::call(const Endpoint& pager, const nlohmann::json& request) {
+  return std::move(call_all(std::span<const Endpoint>(&pager, 1), request).front());
 }
 
 }  // namespace kvpager::control

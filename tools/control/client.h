@@ -5,6 +5,8 @@
 #pragma once
 
 #include <chrono>
+#include <map>
+#include <mutex>
 #include <span>
 #include <string>
 #include <vector>
@@ -28,6 +30,7 @@ struct Exchange {
   std::string socket;
   std::vector<nlohmann::json> requests;
   std::vector<Reply> replies;  // filled by exchange_all(), one per request
+  std::chrono::milliseconds timeout{0};  // this exchange's own limit (0: exchange_all's)
 };
 
 // Runs every exchange at once (one connection each, multiplexed on this
@@ -42,5 +45,35 @@ std::vector<Reply> call_all(std::span<const Endpoint> pagers, const nlohmann::js
                             std::chrono::milliseconds timeout);
 
 inline constexpr std::chrono::milliseconds kDefaultTimeout{5000};
+
+// For callers that ask the same pagers again and again (kvpager-fs on every
+// read of a generated file, `kvpager top` every frame). A pager that did not
+// answer in time is most likely stopped (SIGSTOP, a debugger) and will not
+// answer the next request either: for `quiet_for` after it failed to answer it
+// is given only `retry_timeout`, so that one stopped process does not make
+// every read wait the whole `timeout`. It gets the whole timeout again as soon
+// as it answers, or once `quiet_for` has passed. Thread-safe.
+class Caller {
+ public:
+  struct Options {
+    std::chrono::milliseconds timeout{3000};
+    std::chrono::milliseconds retry_timeout{200};
+    std::chrono::milliseconds quiet_for{10'000};
+  };
+  explicit Caller(Options o) : opt_(o) {}
+
+  std::vector<Reply> call_all(std::span<const Endpoint> pagers, const nlohmann::json& request);
+  Reply call(const Endpoint& pager, const nlohmann::json& request);
+
+  // Whether `socket` is being given only the retry timeout now.
+  bool quiet(const std::string& socket);
+  const Options& options() const { return opt_; }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  Options opt_;
+  std::mutex mu_;
+  std::map<std::string, Clock::time_point> silent_since_;  // socket -> when it last failed to answer
+};
 
 }  // namespace kvpager::control

@@ -267,9 +267,11 @@ void top(const Globals& g, const TopArgs& a) {
     std::chrono::steady_clock::time_point at;
   };
   std::map<pid_t, Seen> previous;
+  // A stopped pager must not slow every frame down to its timeout.
+  control::Caller pagers({.timeout = std::max(interval, milliseconds(500))});
   for (uint64_t frame = 1; !stop_requested(); ++frame) {
     LivePagers live = find_live_pagers(g);
-    auto replies = control::call_all(live.pagers, {{"op", "stats"}}, std::max(interval, milliseconds(500)));
+    auto replies = pagers.call_all(live.pagers, {{"op", "stats"}});
     const auto now = std::chrono::steady_clock::now();
     struct Line {
       PagerRow row;

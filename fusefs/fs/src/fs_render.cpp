@@ -75,8 +75,7 @@ int TokenFs::render(const Node& n, std::string* out) {
     case NodeKind::kProcessStats:
     case NodeKind::kProcessConfig: {
       const std::string op = n.ref.kind == NodeKind::kProcessStats ? "stats" : "config";
-      control::Reply r = control::call(control::socket_path(opt_.runtime_dir, n.ref.pid), {{"op", op}},
-                                       opt_.control_timeout);
+      control::Reply r = pagers_.call({n.ref.pid, control::socket_path(opt_.runtime_dir, n.ref.pid)}, {{"op", op}});
       if (!r.ok()) {
         if (r.code != control::Errc::kGone) log(fmt::format("pid {} {}: {}", n.ref.pid, op, r.error));
         return errno_of(r);
@@ -90,13 +89,18 @@ int TokenFs::render(const Node& n, std::string* out) {
       std::vector<control::Endpoint> pagers;
       if (n.ref.pid != 0) pagers.push_back({n.ref.pid, control::socket_path(opt_.runtime_dir, n.ref.pid)});
       else pagers = live_pagers();
-      auto replies = control::call_all(pagers, {{"op", "config"}}, opt_.control_timeout);
+      auto replies = pagers_.call_all(pagers, {{"op", "config"}});
       std::map<int32_t, std::string> values;
+      int unanswered = 0;  // why a live pager did not say
       for (size_t i = 0; i < pagers.size(); ++i) {
         const json& v = field(field(field(replies[i].body, "config"), n.ref.knob.c_str()), "value");
         if (replies[i].ok() && v.is_string()) values[pagers[i].pid] = v.get<std::string>();
         else if (n.ref.pid != 0) return replies[i].ok() ? ENOENT : errno_of(replies[i]);
+        else if (!replies[i].ok() && replies[i].code != control::Errc::kGone && unanswered == 0)
+          unanswered = errno_of(replies[i]);
       }
+      // Empty means "no pager runs", never "none of them answered".
+      if (values.empty() && unanswered != 0) return unanswered;
       out->clear();
       std::set<std::string> distinct;
       for (const auto& [pid, v] : values) distinct.insert(v);
@@ -138,8 +142,8 @@ std::string TokenFs::render_info(const std::shared_ptr<CtxPub>& pub) {
   // whole context is in the store (the NVMe tier).
   json live = nullptr;
   if (meta.owner_pid != 0 && pager_live(static_cast<int32_t>(meta.owner_pid))) {
-    control::Reply r = control::call(control::socket_path(opt_.runtime_dir, static_cast<int32_t>(meta.owner_pid)),
-                                     {{"op", "contexts"}}, opt_.control_timeout);
+    const auto owner = static_cast<int32_t>(meta.owner_pid);
+    control::Reply r = pagers_.call({owner, control::socket_path(opt_.runtime_dir, owner)}, {{"op", "contexts"}});
     for (const json& c : r.ok() ? field(r.body, "contexts") : json::array()) {
       if (c.is_object() && c.value("name", std::string()) == pub->name) live = c;
     }
@@ -213,7 +217,7 @@ std::string TokenFs::render_stats() {
 
   // Every live pager, from its control socket (all asked at once).
   auto pagers = live_pagers();
-  auto replies = control::call_all(pagers, {{"op", "stats"}}, opt_.control_timeout);
+  auto replies = pagers_.call_all(pagers, {{"op", "stats"}});
   size_t failed = 0;
   std::vector<std::pair<std::string, const json*>> up;  // pid label, stats
   auto& info = p.family("kvpager_pager_info", "gauge", "One per live pager: its command and device");
@@ -304,7 +308,7 @@ int TokenFs::write_knob(const std::string& knob, std::string_view raw, int32_t p
   if (pid != 0) pagers.push_back({pid, control::socket_path(opt_.runtime_dir, pid)});
   else pagers = live_pagers();
   const json set = {{"op", "set"}, {"set", json::array({knob + "=" + value})}};
-  auto replies = control::call_all(pagers, set, opt_.control_timeout);
+  auto replies = pagers_.call_all(pagers, set);
   int err = 0;
   std::vector<std::pair<control::Endpoint, std::string>> changed;  // to undo: pager, old value
   size_t applied = 0;
@@ -325,8 +329,7 @@ int TokenFs::write_knob(const std::string& knob, std::string_view raw, int32_t p
   if (err != 0) {
     // All or nothing: pagers that took the value get their old one back.
     for (const auto& [e, old] : changed) {
-      control::Reply r = control::call(e.socket, {{"op", "set"}, {"set", json::array({knob + "=" + old})}},
-                                       opt_.control_timeout);
+      control::Reply r = pagers_.call(e, {{"op", "set"}, {"set", json::array({knob + "=" + old})}});
       if (!r.ok()) log(fmt::format("could not restore {} = '{}' on pid {}: {}", knob, old, e.pid, r.error));
     }
   }

@@ -697,7 +697,7 @@ int TokenFs::remove_context(const std::shared_ptr<CtxPub>& pub, pid_t caller) {
 int TokenFs::check_unpinned(const std::string& name) {
   auto pagers = live_pagers();
   if (pagers.empty()) return 0;
-  auto replies = control::call_all(pagers, {{"op", "contexts"}}, opt_.control_timeout);
+  auto replies = pagers_.call_all(pagers, {{"op", "contexts"}});
   for (size_t i = 0; i < pagers.size(); ++i) {
     const control::Reply& r = replies[i];
     if (r.code == control::Errc::kGone || r.code == control::Errc::kDenied) continue;  // not ours to ask

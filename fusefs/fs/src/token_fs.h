@@ -48,6 +48,7 @@
 #include <nlohmann/json.hpp>
 
 #include "chunk_reader.h"
+#include "control/client.h"
 #include "control/runtime_dir.h"
 #include "kvpager/fs/paths.h"
 #include "kvpager/store/token_store.h"
@@ -67,7 +68,7 @@ struct FsOptions {
   double attr_timeout = 10.0;
   uint32_t read_window = 8;       // chunks read ahead of a sequential kv reader
   uint64_t read_ahead_budget = 256 * MiB;  // chunk bytes all readers may hold before read-ahead pauses
-  std::chrono::milliseconds control_timeout{3000};
+  control::Caller::Options control;  // how long live pagers are waited for (and stopped ones)
   std::chrono::milliseconds poll_interval{250};  // catalog refresh without (or besides) inotify
   uid_t uid = 0;
   gid_t gid = 0;
@@ -230,6 +231,7 @@ class TokenFs {
   int check_unpinned(const std::string& name);
 
   FsOptions opt_;
+  control::Caller pagers_{opt_.control};  // every question to a live pager goes through it
   fuse_session* se_ = nullptr;
   const uint64_t mounted_ns_;
 
