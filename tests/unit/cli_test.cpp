@@ -279,6 +279,30 @@ TEST(Cli, DemoSaysItIsSimulatedAndReportsTheRun) {
   std::filesystem::remove_all(store);
 }
 
+// Host RAM capacity is a target: a context used within spill_idle stays in
+// host RAM above it. The residency table says so rather than showing a tier
+// over its size without a word.
+TEST(Cli, DemoSaysWhenHostRamIsAboveItsTarget) {
+  std::string store = std::filesystem::temp_directory_path() / ("kvpager-demo3-" + std::to_string(getpid()));
+  std::vector<std::string> args = {kBin, "demo", "--turns", "12", "--sessions", "8", "--store-dir", store,
+                                   "--sim-hbm-capacity", "64M", "--no-hints"};
+  auto line_of = [](const std::string& out, const std::string& start) {
+    size_t at = out.find(start);
+    return at == std::string::npos ? std::string() : out.substr(at, out.find('\n', at) - at);
+  };
+  args.insert(args.end(), {"--host-capacity", "64M", "--spill-idle", "24h"});  // nothing may spill
+  auto over = run_process(args);
+  ASSERT_EQ(over.exit_code, 0) << over.err;
+  EXPECT_NE(line_of(over.out, "  host ").find("above its target"), std::string::npos) << over.out;
+  args.resize(args.size() - 4);
+  args.insert(args.end(), {"--host-capacity", "1G"});  // everything fits
+  auto fits = run_process(args);
+  ASSERT_EQ(fits.exit_code, 0) << fits.err;
+  EXPECT_NE(line_of(fits.out, "  host "), "") << fits.out;
+  EXPECT_EQ(line_of(fits.out, "  host ").find("above its target"), std::string::npos) << fits.out;
+  std::filesystem::remove_all(store);
+}
+
 TEST(Cli, DemoIsDeterministic) {
   std::string store = std::filesystem::temp_directory_path() / ("kvpager-demo2-" + std::to_string(getpid()));
   std::vector<std::string> args = {kBin, "demo", "--turns", "10", "--sessions", "8", "--json",
