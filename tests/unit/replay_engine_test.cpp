@@ -114,6 +114,34 @@ TEST(ReplayEngine, RecomputesWhenLoadingCostsMore) {
   expect_accounted(r);
 }
 
+// The hits a request has from one tier are one transfer: the latency is paid
+// once for all of them, so the choice is per tier and request, latency
+// included. Here a token costs 0.5 ns to load (+ 3 ns latency) and 1 ns to
+// recompute: one 4-token block from host RAM is cheaper to recompute (5 > 4
+// ns), two of them are cheaper to load (7 < 8 ns). Comparing a block's
+// transfer time alone (2 < 4 ns) used to load the single one.
+TEST(ReplayEngine, LoadOrRecomputeIsDecidedPerTierWithItsLatency) {
+  RunOptions o = single_tier("lru", 1);
+  o.cost = CostModel{1, 1e9, 2.0, 3, 1, 1, 0};
+  o.capacity_blocks = {1, 1, 0};
+  const RunResult one = run(prepare(make_trace(line(0, 4, {1}) + line(1, 4, {2}) + line(2, 4, {1}), 4)), o);
+  EXPECT_EQ(one.hit_tokens_from[1], 4u);
+  EXPECT_EQ(one.tokens_loaded, 0u);
+  EXPECT_EQ(one.moved.host_to_hbm, 0u);
+  EXPECT_NEAR(one.ttft_p99_s, 4e-9, 1e-15);  // every request recomputes its 4 tokens
+  expect_accounted(one);
+
+  o.capacity_blocks = {2, 2, 0};
+  const RunResult two =
+      run(prepare(make_trace(line(0, 8, {1, 2}) + line(1, 8, {3, 4}) + line(2, 8, {1, 2}), 4)), o);
+  EXPECT_EQ(two.hit_tokens_from[1], 8u);
+  EXPECT_EQ(two.tokens_loaded, 8u);
+  EXPECT_EQ(two.moved.host_to_hbm, 8u);
+  EXPECT_NEAR(two.ttft_p50_s, 8e-9, 1e-15);   // the two misses
+  EXPECT_NEAR(two.ttft_mean_s, (8 + 8 + 7) * 1e-9 / 3, 1e-15);  // and the loaded hits: 3 + 8 x 0.5 ns
+  expect_accounted(two);
+}
+
 // Tail admission declines a partly filled block when the tier is full; its
 // next use is a miss "not admitted", and what it would have evicted stays.
 TEST(ReplayEngine, TailAdmissionDeclinesPartialBlocks) {

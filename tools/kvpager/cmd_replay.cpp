@@ -1,7 +1,7 @@
 // kvpager replay: trace-driven capacity planning. Runs a request trace
 // (Mooncake JSONL) through the pager core's own eviction/admission policies
 // and prefetchers over hypothetical tier sizes, next to Belady's MIN (the
-// ceiling) and an infinite cache, and reports hit rates, where hits were
+// block-hit optimum) and an infinite cache, and reports hit rates, where hits were
 // served from, why misses missed, bytes per link, TTFT and prefill GPU time.
 #include <fmt/format.h>
 #include <unistd.h>
@@ -45,18 +45,23 @@ struct ReplayArgs {
 };
 
 const char* kSemantics =
-    "Semantics. Block j of a request covers tokens [j*B, min((j+1)*B, input_length)), B = --block-tokens;\n"
-    "equal hash ids mean reusable KV. At arrival a request references its blocks in order; its hit tokens\n"
-    "are the tokens of the leading run of blocks resident in some tier (prefix caching cannot use a block\n"
-    "after a gap). Hit rate = hit tokens / input tokens, also split by the tier that served each hit. After\n"
-    "the request every referenced block is resident (unless admission control declines it or the request\n"
-    "alone exceeds the cache). Tiers are exclusive: a hit below the top tier is promoted to it, each full\n"
-    "tier's victim moves one tier down, the bottom tier's victim is dropped. A block takes B tokens of KV.\n"
-    "Cost model: each hit costs the cheaper of loading it (bytes / link bandwidth + one latency per tier\n"
-    "per request) and recomputing it (tokens / prefill speed); misses are recomputed; TTFT = loads +\n"
-    "recompute, serial, without queueing or decode. Belady's MIN (offline, may decline to admit, evicts the\n"
-    "block used farthest in the future) over the total capacity is the ceiling; its hits count as served\n"
-    "from the top tier. Links: the simulated device's knobs --sim-pcie-gbps, --sim-pcie-latency,\n"
+    "Semantics. Block j of a request covers tokens [j*B, min((j+1)*B, input_length)), B = --block-tokens, so\n"
+    "a request has exactly ceil(input_length / B) hash ids; equal hash ids mean reusable KV. At arrival a\n"
+    "request references its blocks in order; its hit tokens are the tokens of the leading run of blocks\n"
+    "resident in some tier (prefix caching cannot use a block after a gap). Hit rate = hit tokens / input\n"
+    "tokens, also split by the tier each block is in when it is referenced (the request's earlier blocks\n"
+    "are promoted first and may push later ones down). After the request every referenced block is\n"
+    "resident (unless admission control declines it or the request alone exceeds the cache: then its last\n"
+    "blocks stay). Tiers are exclusive: a hit below the top tier is promoted to it, each full tier's victim\n"
+    "moves one tier down, the bottom tier's victim is dropped. A block takes B tokens of KV.\n"
+    "Cost model: the hits a request has from one tier are either all loaded (one latency, then bytes /\n"
+    "bandwidth; from NVMe: NVMe + PCIe latency, at the slower link's speed) or all recomputed (tokens /\n"
+    "prefill speed), whichever is cheaper; misses are recomputed; TTFT = loads + recompute, serial, without\n"
+    "queueing or decode. Belady's MIN (offline, may decline to admit, evicts the block used farthest in the\n"
+    "future) over the total capacity maximises block hits: with chained ids and full blocks it is the\n"
+    "ceiling (partial blocks or ids shared by different prefixes can let a policy edge past it); its hits\n"
+    "count as served from the top tier. Capacities: K/M/G/T bytes are powers of 1024; k/M/G tokens powers\n"
+    "of 1000. Links: the simulated device's knobs --sim-pcie-gbps (1e9 B/s), --sim-pcie-latency,\n"
     "--sim-nvme-read-gbps, --sim-nvme-write-gbps, --sim-nvme-latency. Exit status: 0 ok, 2 bad usage\n"
     "(also a trace path that is not an existing file), 1 the trace could not be read or parsed (a\n"
     "malformed line stops the run with FILE:LINE unless --skip-bad).";

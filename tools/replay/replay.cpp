@@ -105,37 +105,40 @@ class Accounting {
   Accounting(const CostModel& cost, RunResult& r) : cost_(cost), r_(r) {}
 
   void begin() {
-    load_ns_.fill(0);
-    loaded_.fill(false);
+    hit_tokens_.fill(0);
     recompute_tokens_ = 0;
   }
-  // A hit served from `from`. Loads it when that is cheaper than
-  // recomputing; returns whether it was loaded.
-  bool hit(Tier from, uint32_t tokens) {
-    const size_t t = index(from);
+  // A hit served from `from`: its bytes are there. Whether it is loaded or
+  // recomputed is decided per tier when the request ends (end()).
+  void hit(Tier from, uint32_t tokens) {
     r_.hit_tokens += tokens;
-    r_.hit_tokens_from[t] += tokens;
-    const uint64_t bytes = uint64_t{tokens} * cost_.kv_bytes_per_token;
-    const double load = cost_.load_ns(from, bytes);
-    if (from == Tier::kHbm || load < cost_.recompute_ns(tokens)) {
-      r_.tokens_loaded += tokens;
-      load_ns_[t] += load;
-      loaded_[t] = true;
-      add_move(r_.moved, from, Tier::kHbm, bytes);
-      return true;
-    }
-    recompute(tokens);
-    return false;
+    r_.hit_tokens_from[index(from)] += tokens;
+    hit_tokens_[index(from)] += tokens;
   }
-  void recompute(uint32_t tokens) {
+  void recompute(uint64_t tokens) {
     recompute_tokens_ += tokens;
     r_.tokens_recomputed += tokens;
   }
+  // The hits a request has from one tier are loaded in one transfer (latency
+  // once, then bytes / bandwidth) or all recomputed, whichever is cheaper: the
+  // cost per token is the same for all of them, so there is nothing between.
   void end() {
-    double ns = cost_.recompute_ns(recompute_tokens_);
-    for (size_t t = 0; t < kTiers; ++t)
-      if (loaded_[t]) ns += cost_.latency_ns(tier_at(t)) + load_ns_[t];
-    ttft_ns_.push_back(ns);
+    double ns = 0;
+    for (size_t t = 0; t < kTiers; ++t) {
+      const uint64_t tokens = hit_tokens_[t];
+      if (tokens == 0) continue;
+      const Tier from = tier_at(t);
+      const uint64_t bytes = tokens * cost_.kv_bytes_per_token;
+      const double load = from == Tier::kHbm ? 0.0 : cost_.latency_ns(from) + cost_.load_ns(from, bytes);
+      if (from == Tier::kHbm || load < cost_.recompute_ns(tokens)) {
+        r_.tokens_loaded += tokens;
+        add_move(r_.moved, from, Tier::kHbm, bytes);
+        ns += load;
+      } else {
+        recompute(tokens);
+      }
+    }
+    ttft_ns_.push_back(ns + cost_.recompute_ns(recompute_tokens_));
   }
   void finish() {
     r_.prefill_gpu_s = cost_.recompute_ns(r_.tokens_recomputed) / 1e9;
@@ -157,8 +160,7 @@ class Accounting {
  private:
   const CostModel& cost_;
   RunResult& r_;
-  std::array<double, kTiers> load_ns_{};
-  std::array<bool, kTiers> loaded_{};
+  std::array<uint64_t, kTiers> hit_tokens_{};  // this request's, per tier
   uint64_t recompute_tokens_ = 0;
   std::vector<double> ttft_ns_;
 };
@@ -244,7 +246,8 @@ class Engine final : private PrefetchSink, private RestoreCost {
     const bool resident = t != Tier::kUnpopulated;
     Tier loaded_from = Tier::kHbm;  // where a copy of its bytes is (computed: only in HBM)
     if (resident && in_run) {
-      if (acct_.hit(t, tokens)) loaded_from = t;
+      acct_.hit(t, tokens);
+      loaded_from = t;  // loaded or recomputed, its bytes are still there
     } else {
       in_run = false;
       if (resident) r_.miss_after_gap += tokens;
