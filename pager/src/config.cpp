@@ -217,10 +217,10 @@ struct UintKnob {
   }
 };
 
-// Doubles in [Lo, Hi]; LoOpen excludes Lo. The bounds are whole numbers
-// (template arguments of type double need clang >= 18; clang 14 builds the
-// fuzz targets).
-template <auto M, int Lo, int Hi, bool LoOpen>
+// Doubles in [Lo/1000, Hi]; LoOpen excludes the low bound. The bounds are
+// integers (template arguments of type double need clang >= 18; clang 14
+// builds the fuzz targets), the low one in thousandths.
+template <auto M, int LoMilli, int Hi, bool LoOpen>
 struct DoubleKnob {
   static std::optional<std::string> parse(Config& c, std::string_view v) {
     auto n = parse_number(v);
@@ -228,10 +228,10 @@ struct DoubleKnob {
     c.*M = n->first;
     return check(c);
   }
-  static std::string range() { return fmt::format("{}{}..{}", LoOpen ? "> " : "", Lo, Hi); }
+  static std::string range() { return fmt::format("{}{}..{}", LoOpen ? "> " : "", LoMilli / 1000.0, Hi); }
   static std::string format(const Config& c) { return fmt::format("{}", c.*M); }
   static std::optional<std::string> check(const Config& c) {
-    const double v = c.*M, lo = Lo, hi = Hi;
+    const double v = c.*M, lo = LoMilli / 1000.0, hi = Hi;
     if (!(v <= hi) || (LoOpen ? !(v > lo) : !(v >= lo))) return fmt::format("out of range: allowed {}", range());
     return std::nullopt;
   }
@@ -422,15 +422,15 @@ constexpr Knob kKnobs[] = {
     make<BytesKnob<&Config::sim_hbm_capacity, 64 * KiB, 1024 * GiB, false, false>>(
         "sim.hbm_capacity", KnobType::kBytes, false, "64K..1T",
         "Simulated device: size of its HBM (the budget cannot exceed it)."),
-    make<DoubleKnob<&Config::sim_pcie_gbps, 0, 10000, true>>(
-        "sim.pcie_gbps", KnobType::kDouble, false, "> 0..10000",
+    make<DoubleKnob<&Config::sim_pcie_gbps, 1, 10000, false>>(
+        "sim.pcie_gbps", KnobType::kDouble, false, "0.001..10000",
         "Simulated device: HBM<->host bandwidth per direction, GB/s."),
     make<DurationKnob<&Config::sim_pcie_latency_ns, 0, 1'000'000'000>>(
         "sim.pcie_latency", KnobType::kDuration, false, "0..1s", "Simulated device: HBM<->host latency per move."),
-    make<DoubleKnob<&Config::sim_nvme_read_gbps, 0, 10000, true>>(
-        "sim.nvme_read_gbps", KnobType::kDouble, false, "> 0..10000", "Simulated device: NVMe read bandwidth, GB/s."),
-    make<DoubleKnob<&Config::sim_nvme_write_gbps, 0, 10000, true>>(
-        "sim.nvme_write_gbps", KnobType::kDouble, false, "> 0..10000", "Simulated device: NVMe write bandwidth, GB/s."),
+    make<DoubleKnob<&Config::sim_nvme_read_gbps, 1, 10000, false>>(
+        "sim.nvme_read_gbps", KnobType::kDouble, false, "0.001..10000", "Simulated device: NVMe read bandwidth, GB/s."),
+    make<DoubleKnob<&Config::sim_nvme_write_gbps, 1, 10000, false>>(
+        "sim.nvme_write_gbps", KnobType::kDouble, false, "0.001..10000", "Simulated device: NVMe write bandwidth, GB/s."),
     make<DurationKnob<&Config::sim_nvme_latency_ns, 0, 1'000'000'000>>(
         "sim.nvme_latency", KnobType::kDuration, false, "0..1s", "Simulated device: NVMe latency per move."),
     make<DurationKnob<&Config::sim_fault_ns, 0, 1'000'000'000>>(

@@ -111,6 +111,24 @@ TEST(Cli, NegativeOrOverflowingNumbersAreRefusedNotWrapped) {
   }
 }
 
+// CLI::Range lets NaN through (every comparison with it is false): `top
+// --interval nan` refreshed flat out and `demo --kv-factor nan` failed later
+// with a KV size of 8 EiB. Floating-point options take numbers in range only.
+TEST(Cli, FloatingPointOptionsRefuseNanAndSayTheirRange) {
+  const std::vector<std::vector<std::string>> cases = {
+      {"demo", "--turns", "1", "--kv-factor"}, {"top", "--iterations", "1", "--interval"}};
+  for (const auto& base : cases) {
+    for (const char* v : {"nan", "-nan", "inf", "abc", "1s", "1e99"}) {
+      std::vector<std::string> args{kBin};
+      args.insert(args.end(), base.begin(), base.end());
+      args.push_back(v);
+      auto r = run_process(args, {}, 20.0);
+      EXPECT_EQ(r.exit_code, 2) << base[0] << " " << v << ": " << r.out << r.err;
+      EXPECT_NE(r.err.find(std::string("'") + v + "' is not a number from"), std::string::npos) << r.err;
+    }
+  }
+}
+
 // ld.so only warns about a file it cannot preload and runs the command
 // unpaged: `run --lib` checks it is libkvpager.so first.
 TEST(Cli, RunRefusesALibThatIsNotLibkvpager) {

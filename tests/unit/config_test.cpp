@@ -346,6 +346,26 @@ TEST(Config, ResolvesAutoValues) {
   EXPECT_EQ(r.host_capacity, 256 * GiB);
 }
 
+// The simulated links' time per move is bytes / bandwidth in whole
+// nanoseconds: below 1 MB/s a run's virtual clock overflowed and a slower
+// link made the demo *faster*. NaN is no number in range either.
+TEST(Config, SimulatedBandwidthsStartAtOneMegabytePerSecond) {
+  for (const char* knob : {"sim.pcie_gbps", "sim.nvme_read_gbps", "sim.nvme_write_gbps"}) {
+    const Knob& k = *find_knob(knob);
+    Config c;
+    EXPECT_EQ(k.set(c, "0.001"), std::nullopt) << knob;
+    for (const char* bad : {"0.0009", "1e-15", "1e-300", "0", "nan", "-nan", "inf"}) {
+      auto why = k.set(c, bad);
+      ASSERT_TRUE(why.has_value()) << knob << " = " << bad;
+      EXPECT_NE(why->find("0.001..10000"), std::string::npos) << *why;
+    }
+  }
+  for (const char* knob : {"high_watermark", "low_watermark", "prefetch_waste_ceiling"}) {
+    Config c;
+    EXPECT_TRUE(find_knob(knob)->set(c, "nan").has_value()) << knob;
+  }
+}
+
 TEST(Config, KnobNamesMapToEnvAndFlags) {
   const Knob* k = find_knob("sim.pcie_gbps");
   ASSERT_NE(k, nullptr);

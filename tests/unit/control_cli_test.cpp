@@ -65,6 +65,7 @@ struct DemoShape {
   uint32_t sessions = 4;
   uint32_t layers = 2;
   std::string budget = "16M";
+  std::string program = KVPAGER_BIN;  // what argv[0] says (a link to kvpager, say)
 };
 
 // A `kvpager demo --serve` process with a small simulated card.
@@ -81,7 +82,7 @@ class Demo {
       int fd = open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
       dup2(fd, STDOUT_FILENO);
       dup2(fd, STDERR_FILENO);
-      std::vector<std::string> a = {KVPAGER_BIN,        "demo",          "--serve",
+      std::vector<std::string> a = {shape.program,      "demo",          "--serve",
                                     "--sessions",       std::to_string(shape.sessions),
                                     "--layers",         std::to_string(shape.layers),
                                     "--sim-hbm-capacity", "16M",
@@ -484,6 +485,27 @@ TEST_F(ControlCli, AStoppedPagerIsNotAnsweringAndATuneThatTimedOutNeverHappens) 
   EXPECT_EQ(status_of(d)["config"]["prefetch_depth"]["value"], before);
 }
 
+// A pager's command line is any bytes: status and top show control
+// characters escaped, so a name cannot move the cursor or fake a line.
+TEST_F(ControlCli, ControlCharactersInAPagersCommandAreShownEscaped) {
+  const std::string link = tmp_.path() + "/evil\x1b[31mRED\nFAKE";
+  ASSERT_EQ(symlink(KVPAGER_BIN, link.c_str()), 0) << std::strerror(errno);
+  DemoShape shape;
+  shape.program = link;
+  Demo d(tmp_.path(), runtime_, shape);
+  ASSERT_TRUE(d.ready()) << d.log();
+  for (std::vector<std::string> args : {std::vector<std::string>{"status", "--pid", d.pid_text()},
+                                        {"status"}, {"top", "--iterations", "1", "--interval", "0.1"}}) {
+    Result r = kvpager(args);
+    EXPECT_EQ(r.exit_code, 0) << show(r);
+    EXPECT_FALSE(contains(r.out, "\x1b[31m")) << "raw escape sequence: " << show(r);
+    EXPECT_FALSE(contains(r.out, "\nFAKE")) << "raw newline: " << show(r);
+    if (args[0] == "top" || args.size() > 1) {  // the list view clips the command to 24 characters
+      EXPECT_TRUE(contains(r.out, "\\x1b[31mRED\\nFAKE")) << show(r);
+    }
+  }
+}
+
 TEST_F(ControlCli, StopSignalsRemoveTheSocketAndPrintTheSummary) {
   for (int sig : {SIGTERM, SIGINT}) {
     Demo d(tmp_.path(), runtime_);
@@ -660,9 +682,19 @@ TEST_F(ControlCli, RunPreloadsTheLibraryPassesSettingsAndReturnsTheCommandsStatu
   EXPECT_EQ(cfg_err.exit_code, 2) << show(cfg_err);
   EXPECT_TRUE(contains(cfg_err.err, "hbm_budget")) << show(cfg_err);
 
+  // A program that cannot run is named as such, with no word about how it
+  // would have run (it used to be "will pass through and ... runs unchanged").
   Result missing = run({bin, "run", "--", "/no/such/program"});
   EXPECT_EQ(missing.exit_code, 127) << show(missing);
-  EXPECT_TRUE(contains(missing.err, "/no/such/program")) << show(missing);
+  EXPECT_TRUE(contains(missing.err, "cannot run /no/such/program: No such file or directory")) << show(missing);
+  EXPECT_FALSE(contains(missing.err, "runs unchanged")) << show(missing);
+  Result not_on_path = run({bin, "run", "--", "kvpager-no-such-program-on-path"});
+  EXPECT_EQ(not_on_path.exit_code, 127) << show(not_on_path);
+  Result directory = run({bin, "run", "--", tmp_.path()});
+  EXPECT_EQ(directory.exit_code, 126) << show(directory);
+  EXPECT_FALSE(contains(directory.err, "runs unchanged")) << show(directory);
+  Result on_path = run({bin, "run", "--", "sh", "-c", "exit 5"});  // found through PATH
+  EXPECT_EQ(on_path.exit_code, 5) << show(on_path);
 }
 
 TEST_F(ControlCli, RunWithoutTheLibrarySaysWhereItLooked) {

@@ -66,6 +66,18 @@ void check_unsigned_options(CLI::App& app) {
   for (CLI::App* sub : app.get_subcommands({})) check_unsigned_options(*sub);
 }
 
+CLI::Validator number_range(double lo, double hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& v) -> std::string {
+        double x = 0;
+        auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+        if (v.empty() || ec != std::errc() || end != v.data() + v.size() || !(x >= lo && x <= hi))
+          return fmt::format("'{}' is not a number from {} to {}", v, lo, hi);
+        return {};
+      },
+      fmt::format("in [{} - {}]", lo, hi), "number_range");
+}
+
 void add_global_options_footer(CLI::App& app) {
   static const std::string kFooter =
       "\nAlso accepted, before or after the command word: --config FILE, --set KEY=VALUE and --<knob> VALUE for\n"

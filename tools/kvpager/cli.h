@@ -77,6 +77,10 @@ inline void add_control_commands(CLI::App& app, Globals& g) {
   add_run_command(app, g);
 }
 
+// A number from lo to hi, for floating-point options: CLI::Range lets NaN
+// through (every comparison with it is false) and calls "abc" out of range.
+CLI::Validator number_range(double lo, double hi);
+
 // For --pid options: a process id, 1 and up.
 inline const CLI::Range kPidRange{1, std::numeric_limits<int32_t>::max()};
 

@@ -271,7 +271,7 @@ void add_demo_command(CLI::App& app, Globals& g) {
                 ->capture_default_str();
   cmd->add_option("--seed", a.opt.seed, "Schedule and data seed")->capture_default_str();
   cmd->add_option("--kv-factor", a.opt.kv_factor, "Total KV as a multiple of the HBM budget")
-      ->check(CLI::Range(0.1, 64.0))
+      ->check(number_range(0.1, 64.0))
       ->capture_default_str();
   cmd->add_flag("--no-hints", a.no_hints, "Do not prefetch the next session or park idle ones");
   cmd->add_flag("--json", a.json, "Print the results as JSON");

@@ -474,7 +474,7 @@ void add_replay_command(CLI::App& app, Globals& g) {
   cmd->add_option("--prefill-tps", a.prefill_tps,
                   "Prefill speed in tokens/s, the cost of recomputing (default: the model's estimate for one "
                   "H100-class GPU at 40% MFU)")
-      ->check(CLI::Range(1e-3, 1e12));
+      ->check(number_range(1e-3, 1e12));
   cmd->add_option("--hbm", a.capacity[0], "HBM tier capacity: bytes (60G) or tokens (5Mtok); 'unlimited'");
   cmd->add_option("--host", a.capacity[1], "Host RAM tier capacity: bytes (1T) or tokens");
   cmd->add_option("--nvme", a.capacity[2], "NVMe tier capacity: bytes (30T) or tokens");
@@ -486,7 +486,7 @@ void add_replay_command(CLI::App& app, Globals& g) {
                   "oracle hints each resumed turn LEAD ahead, default 2s: the bound)")
       ->capture_default_str();
   cmd->add_option("--prestage-share", a.prestage_share, "Share of the top tier that staged, unused blocks may take")
-      ->check(CLI::Range(0.0, 1.0))
+      ->check(number_range(0.0, 1.0))
       ->capture_default_str();
   cmd->add_option("--sweep", a.sweep,
                   "TIER=LO..HI:STEPS: hit rate vs capacity of one tier, geometric steps (e.g. hbm=1G..80G:12)");

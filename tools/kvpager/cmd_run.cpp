@@ -3,6 +3,7 @@
 // KVPAGER_* environment variables. kvpager replaces itself with CMD (exec),
 // so CMD's exit status, signals and terminal are its own.
 #include <fmt/format.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -10,6 +11,7 @@
 #include <fstream>
 #include <cstring>
 #include <filesystem>
+#include <string_view>
 
 #include "cli.h"
 
@@ -88,6 +90,36 @@ std::string find_preload(const std::string& given) {
       kPreloadName, looked));
 }
 
+// What execvp would run for `name`: 0 if it finds an executable file (PATH
+// searched for a name without a slash), else the errno it would fail with.
+int program_error(const std::string& name) {
+  auto check = [](const std::string& path) {
+    struct stat st {};
+    if (stat(path.c_str(), &st) != 0) return errno;
+    if (S_ISDIR(st.st_mode)) return EACCES;
+    return access(path.c_str(), X_OK) == 0 ? 0 : errno;
+  };
+  if (name.empty()) return ENOENT;
+  if (name.find('/') != std::string::npos) return check(name);
+  const char* path = std::getenv("PATH");
+  std::string_view dirs = path ? path : "/usr/local/bin:/usr/bin:/bin";
+  int err = ENOENT;
+  for (;;) {
+    const size_t colon = dirs.find(':');
+    std::string dir(dirs.substr(0, colon));
+    int e = check((dir.empty() ? std::string(".") : dir) + "/" + name);
+    if (e == 0) return 0;
+    if (e == EACCES) err = EACCES;  // as execvp: a match that is not executable, unless another one is
+    if (colon == std::string_view::npos) return err;
+    dirs.remove_prefix(colon + 1);
+  }
+}
+
+[[noreturn]] void cannot_run(const std::string& program, int err) {
+  fmt::print(stderr, "kvpager run: cannot run {}: {}\n", program, std::strerror(err));
+  std::exit(err == ENOENT ? kExitNotFound : kExitCannotExecute);
+}
+
 struct RunArgs {
   std::string lib;
   std::vector<std::string> command;
@@ -97,6 +129,8 @@ struct RunArgs {
   ConfigLoader loader = g.loader();
   Config cfg = loader.finish();
   const std::string lib = find_preload(a.lib);
+  // Say so before anything that would describe how it runs.
+  if (int err = program_error(a.command.front())) cannot_run(a.command.front(), err);
   std::string why;
   if (!gpu_available(&why)) {
     fmt::print(stderr,
@@ -120,9 +154,7 @@ struct RunArgs {
   std::fflush(stdout);
   std::fflush(stderr);
   execvp(argv[0], argv.data());
-  int err = errno;
-  fmt::print(stderr, "kvpager run: cannot run {}: {}\n", a.command.front(), std::strerror(err));
-  std::exit(err == ENOENT ? kExitNotFound : kExitCannotExecute);
+  cannot_run(a.command.front(), errno);
 }
 
 }  // namespace

@@ -31,6 +31,16 @@ std::string clip(std::string s, size_t width) {
 }
 
 // "/usr/local/bin/kvpager demo --serve" -> "kvpager demo --serve"
+// A command line inside key="value" output: one line, its quotes escaped.
+std::string quoted_value(const std::string& cmd) {
+  std::string out;
+  for (char ch : tools::printable(cmd)) {
+    if (ch == '"') out += '\\';
+    out += ch;
+  }
+  return out;
+}
+
 std::string short_command(const std::string& cmd) {
   size_t end = cmd.find(' ');
   size_t slash = cmd.rfind('/', end);
@@ -105,7 +115,7 @@ void print_interposer(const json& in, const json& stats) {
 void print_details(const json& stats_reply, const json& config, const json& contexts) {
   PagerRow row = row_from(stats_reply);
   const json& s = field(stats_reply, "stats");
-  fmt::print("pid {}  {}\n", row.pid, row.command);
+  fmt::print("pid {}  {}\n", row.pid, tools::printable(row.command));
   fmt::print("  uid {}, up {:.1f} s, device: {}, snapshot {:.0f} ms old\n", stats_reply.value("uid", 0),
              stats_reply.value("uptime_s", 0.0), text(stats_reply, "device"),
              stats_reply.value("snapshot_age_ms", 0.0));
@@ -334,7 +344,7 @@ void top(const Globals& g, const TopArgs& a) {
         fmt::print("{} pid={} budget={} hbm={} host={} nvme={} hit_rate={:.4f} prefetch_accuracy={:.4f} stall_s={:.3f} "
                    "accesses_per_s={:.0f} faults_per_s={:.0f} command=\"{}\"\n",
                    clock, r.pid, r.budget, r.hbm, r.host, r.nvme, r.hit_rate, r.prefetch_accuracy,
-                   static_cast<double>(r.stall_ns) / 1e9, l.acc_per_s, l.faults_per_s, r.command);
+                   static_cast<double>(r.stall_ns) / 1e9, l.acc_per_s, l.faults_per_s, quoted_value(r.command));
       }
       for (const auto& f : failures) fmt::print(stderr, "kvpager: {}\n", f);
       std::fflush(stdout);
@@ -366,7 +376,7 @@ void add_status_commands(CLI::App& app, Globals& g) {
       "Live pagers, refreshing, sorted by HBM use; q quits. When stdout is not a terminal, prints plain\n"
       "key=value lines each refresh instead.");
   top_cmd->add_option("--interval", top_args.interval_s, "Seconds between refreshes")
-      ->check(CLI::Range(0.05, 3600.0))
+      ->check(number_range(0.05, 3600.0))
       ->capture_default_str();
   top_cmd->add_option("--iterations", top_args.iterations, "Stop after this many refreshes (0: until q or Ctrl-C)")
       ->capture_default_str();
