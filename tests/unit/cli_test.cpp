@@ -321,6 +321,24 @@ TEST(Cli, DemoSaysWhenHostRamIsAboveItsTarget) {
   std::filesystem::remove_all(store);
 }
 
+// A plain demo stopped by a signal ends after the current turn: the summary
+// so far, an exit status that says it was cut short, and no spilled objects
+// left in the store (they used to stay until the store was next opened).
+TEST(Cli, ADemoStoppedBySignalPrintsItsSummaryAndLeavesNoSpills) {
+  const std::string store = std::filesystem::temp_directory_path() / ("kvpager-demo4-" + std::to_string(getpid()));
+  const std::string demo = std::string(kBin) + " demo --turns 100000000 --sessions 8 --sim-hbm-capacity 32M --store-dir " + store;
+  auto r = run_process({"/bin/sh", "-c", demo + " & pid=$!; sleep 2; kill -TERM $pid; wait $pid; echo exit=$?"}, {}, 60.0);
+  EXPECT_NE(r.out.find("exit=143"), std::string::npos) << r.out << r.err;
+  EXPECT_NE(r.out.find("Integrity:"), std::string::npos) << "the summary: " << r.out;
+  EXPECT_NE(r.err.find("stopped"), std::string::npos) << r.err;
+  size_t left = 0;
+  std::error_code ec;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(store + "/writers", ec))
+    left += e.is_regular_file() ? 1u : 0u;
+  EXPECT_EQ(left, 0u) << "spilled objects left in " << store << "/writers";
+  std::filesystem::remove_all(store);
+}
+
 TEST(Cli, DemoIsDeterministic) {
   std::string store = std::filesystem::temp_directory_path() / ("kvpager-demo2-" + std::to_string(getpid()));
   std::vector<std::string> args = {kBin, "demo", "--turns", "10", "--sessions", "8", "--json",

@@ -353,6 +353,65 @@ TEST(StoreCli, BenchRefusesASizeThatIsNotWholeChunks) {
   EXPECT_FALSE(std::filesystem::exists(d.sub("s"))) << "refused before the store is touched";
 }
 
+// Starts `store bench --size 512M`, sends `sig` once its first object is on
+// disk, and returns what it printed and "exit=STATUS".
+std::string bench_stopped_by(const std::string& store, const char* sig) {
+  const std::string cmd = "env -u KVPAGER_SRC " + std::string(KVPAGER_BIN) + " store bench --size 512M --store " + store +
+                          " 2>&1 & pid=$!; while kill -0 $pid 2>/dev/null && [ -z \"$(find " + store +
+                          " -type f -size +1M 2>/dev/null | head -1)\" ]; do sleep 0.01; done; kill -" + sig +
+                          " $pid; wait $pid; echo exit=$?";
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  if (!p) return out;
+  char buf[4096];
+  while (size_t n = std::fread(buf, 1, sizeof buf, p)) out.append(buf, n);
+  pclose(p);
+  return out;
+}
+
+size_t objects_under(const std::string& dir) {
+  size_t n = 0;
+  for (const auto& e : std::filesystem::recursive_directory_iterator(dir))
+    n += e.is_regular_file() && e.file_size() > 1024 * 1024 ? 1u : 0u;
+  return n;
+}
+
+// A bench stopped by a signal (Ctrl-C; here SIGTERM once its first object
+// is on disk) removes what it wrote and says so; it used to leave every
+// object in the store until the store was next opened. A size the file
+// system cannot hold is refused before anything is written.
+TEST(StoreCli, AStoppedBenchRemovesWhatItWroteAndATooLargeOneIsRefused) {
+  TempDir d;
+  const std::string store = d.sub("s");
+  const std::string out = bench_stopped_by(store, "TERM");
+  EXPECT_NE(out.find("exit=143"), std::string::npos) << out;
+  EXPECT_NE(out.find("stopped by Terminated; the objects it wrote are removed"), std::string::npos) << out;
+  EXPECT_EQ(objects_under(store), 0u) << "objects left in " << store;
+
+  CliRun r = run_cli("store bench --size 64P --store " + store);
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("free"), std::string::npos) << r.out;
+}
+
+// What a killed writer leaves is reclaimed by the next open of the store;
+// fsck (which opens it) says that it did, instead of "0 dead writer(s)" for
+// a store it has just cleaned.
+TEST(StoreCli, FsckSaysWhatOpeningTheStoreReclaimed) {
+  TempDir d;
+  const std::string store = d.sub("s");
+  const std::string out = bench_stopped_by(store, "KILL");
+  ASSERT_NE(out.find("exit=137"), std::string::npos) << out;
+  ASSERT_GT(objects_under(store), 0u) << "the killed bench left its objects";
+  CliRun r = run_cli("store fsck --store " + store);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("opening the store removed "), std::string::npos) << r.out;
+  EXPECT_EQ(objects_under(store), 0u);
+  r = run_cli("store fsck --json --store " + store);
+  auto j = nlohmann::json::parse(r.out.substr(r.out.find('{')), nullptr, false);
+  ASSERT_TRUE(j.is_object()) << r.out;
+  EXPECT_EQ(j["removed_at_open"], 0) << "nothing left to reclaim the second time";
+}
+
 // A namespace is part of a context's identity: an export carries it to the
 // next store (unless --namespace says otherwise), ls --namespace shows that
 // namespace only, and a name looked up in the wrong one says where it is.

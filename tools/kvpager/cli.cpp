@@ -102,18 +102,20 @@ std::string duration_text(double s) {
 }
 
 namespace {
-std::atomic<bool> g_stop{false};
-void on_stop_signal(int) { g_stop.store(true); }
+std::atomic<int> g_stop_signal{0};
+void on_stop_signal(int sig) { g_stop_signal.store(sig); }
 }  // namespace
 
 void stop_on_signals() {
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
+  sa.sa_flags = static_cast<int>(SA_RESETHAND);  // a second Ctrl-C ends the process as usual
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
 }
 
-bool stop_requested() { return g_stop.load(); }
+bool stop_requested() { return g_stop_signal.load() != 0; }
+int stop_signal() { return g_stop_signal.load(); }
 
 bool gpu_available(std::string* why) {
   auto say = [&](std::string s) {

@@ -94,11 +94,13 @@ std::string duration_text(double seconds);
 inline std::string duration_text_ns(uint64_t ns) { return duration_text(static_cast<double>(ns) / 1e9); }
 
 // SIGINT and SIGTERM set a flag instead of ending the process, so a long
-// running subcommand (demo --serve, top) can leave cleanly: restore the
-// terminal, remove its socket. Idempotent.
+// running subcommand (demo, top) can leave cleanly: restore the terminal,
+// remove its socket and its spilled objects, print what it did. A second
+// one ends the process at once. Idempotent.
 void stop_on_signals();
-// Whether one of them arrived since stop_on_signals().
+// Whether one of them arrived since stop_on_signals(), and which (0: none).
 bool stop_requested();
+int stop_signal();
 
 // Whether a CUDA device is usable here: loads libcuda.so.1 (if present) and
 // asks it. Never links against CUDA. `why` says what was found.

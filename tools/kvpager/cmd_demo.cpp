@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <memory>
 #include <thread>
 
@@ -116,7 +117,7 @@ void print_summary(const demo::DemoResult& r, double wall_s) {
   fmt::print("\n");
 }
 
-void run_demo(const Globals& g, const DemoArgs& a) {
+void run_demo(Globals& g, const DemoArgs& a) {
   std::string why;
   bool gpu = gpu_available(&why);
   std::string device_line =
@@ -165,7 +166,9 @@ void run_demo(const Globals& g, const DemoArgs& a) {
   }
 
   // The NVMe tier is the token store in store_dir; the pager's spills are
-  // this process's private objects there, removed when it ends.
+  // this process's private objects there, removed when it ends -- also when
+  // Ctrl-C stops it (a turn ends first; the summary says how far it got).
+  stop_on_signals();
   store::TokenStore store(store::StoreOptions::from_config(cfg));
   SimMover mover(cfg, &store);
   Pager pager(cfg, mover);
@@ -227,6 +230,12 @@ void run_demo(const Globals& g, const DemoArgs& a) {
     if (serving) serving->pace(turn_start);
   }
   if (progress) fmt::print(stderr, "\r{:40}\r", "");
+  if (stop_requested() && prefilled && !serving)
+    fmt::print(stderr, "kvpager demo: stopped by {} after {} of {} turns\n", strsignal(stop_signal()),
+               work.result().turns, opt.turns);
+  // A run cut short by a signal says so in its exit status (a server
+  // stopped by one has done its job: --serve ends with 0).
+  if (stop_requested() && !serving) g.exit_code = 128 + stop_signal();
   double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   pager.drain();
   demo::DemoResult r = work.result();
@@ -263,7 +272,9 @@ void add_demo_command(CLI::App& app, Globals& g) {
   auto* cmd = app.add_subcommand(
       "demo",
       "The main job without a GPU: agent sessions whose KV is 4x the HBM budget, on the simulated device.\n"
-      "Prints per-tier residency, hit rate, prefetch accuracy and stall time.");
+      "Prints per-tier residency, hit rate, prefetch accuracy and stall time. Ctrl-C (or SIGTERM) ends the run\n"
+      "after the current turn with the summary so far and removes its spilled objects (exit 128 + the signal;\n"
+      "with --serve, 0); a second one ends it at once.");
   cmd->add_option("--sessions", a.opt.sessions, "Agent sessions")->check(CLI::Range(1u, 4096u))->capture_default_str();
   cmd->add_option("--layers", a.opt.layers, "KV regions per session")->check(CLI::Range(1u, 256u))->capture_default_str();
   a.turns = cmd->add_option("--turns", a.opt.turns, "Turns to run (with --serve: until stopped unless given)")

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -381,6 +382,9 @@ void cmd_rm(const Globals& g, const StoreArgs& a) {
 
 void cmd_fsck(const Globals& g, Globals& gm, const StoreArgs& a) {
   auto s = open_store(g, a, a.repair ? Use::kChange : Use::kRead);
+  // A writable open reclaims dead writers' files first: say so, or fsck
+  // would report a store it has just cleaned as having had nothing to clean.
+  const uint64_t removed_at_open = s->stats().leftovers_removed;
   std::optional<Progress> progress;
   auto report = s->fsck(a.repair, [&](uint64_t done, uint64_t total) {
     if (!progress) progress.emplace("checked objects", total);
@@ -400,6 +404,7 @@ void cmd_fsck(const Globals& g, Globals& gm, const StoreArgs& a) {
                           {"orphan_objects", report.orphan_objects},
                           {"leftovers", report.leftovers},
                           {"removed", report.removed},
+                          {"removed_at_open", removed_at_open},
                           {"problems", report.problems},
                           {"clean_after", after.clean()}};
     fmt::print("{}\n", out.dump(2));
@@ -407,6 +412,8 @@ void cmd_fsck(const Globals& g, Globals& gm, const StoreArgs& a) {
     const size_t shown = std::min<size_t>(report.problems.size(), 50);
     for (size_t i = 0; i < shown; ++i) fmt::print("{}\n", printable(report.problems[i]));
     if (report.problems.size() > shown) fmt::print("... and {} more\n", report.problems.size() - shown);
+    if (removed_at_open)
+      fmt::print("opening the store removed {} leftover file(s) of dead writers (as every open does)\n", removed_at_open);
     fmt::print("{}: {} object(s) ({}) and {} manifest(s) checked: {} bad object(s), {} bad manifest(s), {} missing, "
                "{} orphan(s), {} dead writer(s){}\n",
                s->dir(), report.objects_checked, human_bytes(static_cast<double>(report.bytes_checked)),
@@ -421,7 +428,7 @@ void cmd_fsck(const Globals& g, Globals& gm, const StoreArgs& a) {
   if (damaged) gm.exit_code = kExitRuntime;
 }
 
-void cmd_bench(const Globals& g, const StoreArgs& a) {
+void cmd_bench(Globals& g, const StoreArgs& a) {
   // Whole chunks, as the movers write them: a size the bench would round
   // is refused, so that the report is about the bytes asked for.
   const uint64_t block = store::StoreOptions::from_config(g.config()).max_io_bytes;
@@ -436,13 +443,28 @@ void cmd_bench(const Globals& g, const StoreArgs& a) {
                                                      format_bytes(*size / block * block),
                                                      format_bytes((*size / block + 1) * block)));
   auto s = open_store(g, a, Use::kCreate);
+  // It writes all of it before reading it back: refuse what cannot fit.
+  if (struct statvfs fsv {}; statvfs(s->dir().c_str(), &fsv) == 0) {
+    const uint64_t free_bytes = uint64_t{fsv.f_bavail} * fsv.f_frsize;
+    if (*size > free_bytes)
+      throw CLI::ValidationError("--size", fmt::format("{}: the file system of {} has {} free", a.bench_size, s->dir(),
+                                                       human_bytes(static_cast<double>(free_bytes))));
+  }
   store::BenchOptions o;
   o.total_bytes = *size;
   o.block_bytes = s->options().max_io_bytes;
   o.copy = a.bench_copy;
+  // Ctrl-C stops it and removes what it wrote (it used to leave them all).
+  stop_on_signals();
+  o.stop = [] { return stop_requested(); };
   store::BenchResult r;
   Status st = s->bench(o, &r);
   if (!ok(st)) throw RuntimeError(fail_msg(*s, "bench", st));
+  if (r.stopped) {
+    fmt::print(stderr, "kvpager store bench: stopped by {}; the objects it wrote are removed\n", strsignal(stop_signal()));
+    g.exit_code = 128 + stop_signal();
+    return;
+  }
   store::StoreStats ss = s->stats();
   if (a.json) {
     nlohmann::json out = {{"store", s->dir()},

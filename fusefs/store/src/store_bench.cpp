@@ -53,10 +53,15 @@ Status TokenStore::bench(const BenchOptions& o, BenchResult* out) {
 
   std::vector<Completion> done(qd);
   Status failed = Status::kOk;
+  bool stopped = false;
   // Submits op(i) for i in [0, n) keeping the queue full; on_done per completion.
   auto run = [&](auto&& submit, auto&& on_done) {
     uint64_t next = 0, finished = 0;
     while (finished < n && ok(failed)) {
+      if (o.stop && o.stop()) {
+        stopped = true;
+        break;
+      }
       while (next < n) {
         Status r = submit(next);
         if (r == Status::kAgain) break;
@@ -75,7 +80,7 @@ Status TokenStore::bench(const BenchOptions& o, BenchResult* out) {
         ++finished;
       }
     }
-    while (pending() > 0) {  // after a failure: collect the rest
+    while (pending() > 0) {  // after a failure or a stop: collect the rest
       size_t got = wait(done);
       for (size_t i = 0; i < got; ++i) on_done(done[i]);
     }
@@ -109,7 +114,7 @@ Status TokenStore::bench(const BenchOptions& o, BenchResult* out) {
     }
   };
   auto timed = [&](bool put) {
-    if (!ok(failed)) return 0.0;
+    if (!ok(failed) || stopped) return 0.0;
     auto t0 = std::chrono::steady_clock::now();
     pass(put);
     return seconds_since(t0);
@@ -122,6 +127,7 @@ Status TokenStore::bench(const BenchOptions& o, BenchResult* out) {
   res.rewrite_s = timed(true);  // the same keys again: the pager re-spilling written chunks
   res.read_s = timed(false);
   for (uint64_t i = 0; i < n; ++i) erase(key(i));
+  res.stopped = stopped;
   if (out) *out = res;
   return failed;
 }

@@ -142,12 +142,16 @@ struct BenchOptions {
   uint64_t total_bytes = 1 * GiB;
   uint64_t block_bytes = 2 * MiB;
   bool copy = false;  // through caller memory (memcpy) instead of the store's registered buffers
+  // Asked between completions: true stops the bench (what it wrote is
+  // removed; BenchResult::stopped says so).
+  std::function<bool()> stop;
 };
 struct BenchResult {
   uint64_t bytes = 0, objects = 0;
   double write_s = 0;    // new keys: every object a new file
   double rewrite_s = 0;  // the same keys again (a re-spill): files are replaced, and reused
   double read_s = 0;
+  bool stopped = false;  // BenchOptions::stop said so: the times are not complete
   double write_gbps() const { return write_s > 0 ? static_cast<double>(bytes) / write_s / 1e9 : 0; }
   double rewrite_gbps() const { return rewrite_s > 0 ? static_cast<double>(bytes) / rewrite_s / 1e9 : 0; }
   double read_gbps() const { return read_s > 0 ? static_cast<double>(bytes) / read_s / 1e9 : 0; }
