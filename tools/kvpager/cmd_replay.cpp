@@ -47,9 +47,9 @@ struct ReplayArgs {
 const char* kSemantics =
     "Semantics. Block j of a request covers tokens [j*B, min((j+1)*B, input_length)), B = --block-tokens, so\n"
     "a request has exactly ceil(input_length / B) hash ids; equal hash ids mean reusable KV. At arrival a\n"
-    "request references its blocks in order; its hit tokens are the tokens of the leading run of blocks\n"
-    "resident in some tier (prefix caching cannot use a block after a gap). Hit rate = hit tokens / input\n"
-    "tokens, also split by the tier each block is in when it is referenced (the request's earlier blocks\n"
+    "request references its blocks in order; its hit tokens are the tokens of the\n"
+    "leading run of blocks resident in some tier (prefix caching cannot use a block after a gap). Hit rate\n"
+    "= hit tokens / input tokens, also split by the tier each block is in when it is referenced (its earlier blocks\n"
     "are promoted first and may push later ones down). After the request every referenced block is\n"
     "resident (unless admission control declines it or the request alone exceeds the cache: then its last\n"
     "blocks stay). Tiers are exclusive: a hit below the top tier is promoted to it, each full tier's victim\n"
