@@ -75,6 +75,9 @@ void ConfigLoader::load_file(const std::string& path) {
   if (stat(path.c_str(), &st) != 0)
     throw ConfigError(fmt::format("{}: configuration file: {}", path, std::strerror(errno)));
   if (!S_ISREG(st.st_mode)) throw ConfigError(fmt::format("{}: configuration file: not a regular file", path));
+  // toml++ says only "could not be opened" (at line 0:0): say why.
+  if (access(path.c_str(), R_OK) != 0)
+    throw ConfigError(fmt::format("{}: configuration file: {}", path, std::strerror(errno)));
   toml::table root;
   try {
     root = toml::parse_file(path);

@@ -267,6 +267,21 @@ TEST(Cli, BadValuesExitTwoNamingTheKnobAndSource) {
   EXPECT_EQ(missing.exit_code, 2);
 }
 
+// A configuration file this user may not read is refused with the reason
+// (toml++ alone said "File could not be opened for reading" at "0:0").
+TEST(Cli, AnUnreadableConfigFileIsRefusedWithTheReason) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root, to read a file as another user (setpriv)";
+  if (!std::filesystem::exists("/usr/bin/setpriv")) GTEST_SKIP() << "setpriv (util-linux) is not installed";
+  const std::string file = std::filesystem::temp_directory_path() / ("kvpager-unreadable-" + std::to_string(getpid()) + ".toml");
+  std::ofstream(file) << "hbm_budget = \"1G\"\n";
+  std::filesystem::permissions(file, std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+  auto r = run_process({"/usr/bin/setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--", kBin, "--config",
+                        file, "config", "show"});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find(file + ": configuration file: Permission denied"), std::string::npos) << r.err;
+  std::filesystem::remove(file);
+}
+
 TEST(Cli, DemoSaysItIsSimulatedAndReportsTheRun) {
   std::string store = std::filesystem::temp_directory_path() / ("kvpager-demo-" + std::to_string(getpid()));
   auto r = run_process({kBin, "demo", "--turns", "12", "--sessions", "8", "--store-dir", store,
@@ -284,6 +299,12 @@ TEST(Cli, DemoSaysItIsSimulatedAndReportsTheRun) {
   auto doc = nlohmann::json::parse(j.out);
   EXPECT_EQ(doc["turns"], 12);
   EXPECT_EQ(doc["simulated"], true);
+  EXPECT_EQ(doc["device"].get<std::string>().rfind("kvpager demo:", 0), std::string::npos)
+      << "what the device is, not the line printed about it: " << doc["device"];
+  // --pace paces a --serve run; alone it would be ignored without a word.
+  auto pace = run_process({kBin, "demo", "--turns", "1", "--pace", "5", "--store-dir", store});
+  EXPECT_EQ(pace.exit_code, 2) << pace.out;
+  EXPECT_NE(pace.err.find("--pace requires --serve"), std::string::npos) << pace.err;
   EXPECT_EQ(doc["corrupt_chunks"], 0);
   EXPECT_EQ(doc["hbm_budget"], 64 * MiB);
   EXPECT_EQ(doc["total_kv_bytes"], 4 * 64 * MiB) << "the demo's KV is 4x the budget";

@@ -121,11 +121,11 @@ void run_demo(Globals& g, const DemoArgs& a) {
   std::string why;
   bool gpu = gpu_available(&why);
   std::string device_line =
-      gpu ? fmt::format("kvpager demo: {} found; this demo runs the pager on its simulated device "
+      gpu ? fmt::format("{} found; this demo runs the pager on its simulated device "
                         "(use `kvpager run` for the GPU)", why)
-          : fmt::format("kvpager demo: no GPU here ({}): running the pager on its simulated device "
+          : fmt::format("no GPU here ({}): running the pager on its simulated device "
                         "(real bytes, virtual clock)", why);
-  fmt::print(a.json ? stderr : stdout, "{}\n", device_line);
+  fmt::print(a.json ? stderr : stdout, "kvpager demo: {}\n", device_line);
   std::fflush(stdout);
 
   ConfigLoader loader = g.loader();
@@ -286,11 +286,12 @@ void add_demo_command(CLI::App& app, Globals& g) {
       ->capture_default_str();
   cmd->add_flag("--no-hints", a.no_hints, "Do not prefetch the next session or park idle ones");
   cmd->add_flag("--json", a.json, "Print the results as JSON");
-  cmd->add_flag("--serve", a.serve,
-                "Keep running and serve the control socket (kvpager status/top/tune/hint); SIGINT or SIGTERM stops "
-                "it, prints the summary and removes the socket");
+  auto* serve = cmd->add_flag("--serve", a.serve,
+                              "Keep running and serve the control socket (kvpager status/top/tune/hint); SIGINT or "
+                              "SIGTERM stops it, prints the summary and removes the socket");
   cmd->add_option("--pace", a.pace_ms, "With --serve: wall-clock milliseconds per turn")
       ->check(CLI::Range(1u, 60000u))
+      ->needs(serve)  // without it the run goes as fast as it can: a pace would be ignored
       ->capture_default_str();
   cmd->callback([&g] { run_demo(g, a); });
 }
