@@ -267,6 +267,19 @@ TEST(Cli, BadValuesExitTwoNamingTheKnobAndSource) {
   EXPECT_EQ(missing.exit_code, 2);
 }
 
+// Output that cannot be written is a failure: `config show > /dev/full`
+// used to exit 0 with nothing written.
+TEST(Cli, OutputThatCannotBeWrittenFailsTheCommand) {
+  if (!std::filesystem::exists("/dev/full")) GTEST_SKIP() << "no /dev/full here";
+  const std::string store = std::filesystem::temp_directory_path() / ("kvpager-full-" + std::to_string(getpid()));
+  for (const std::string& cmd : {std::string(" config show"), " demo --turns 1 --json --sim-hbm-capacity 32M --store-dir " + store}) {
+    auto r = run_process({"/bin/sh", "-c", std::string(kBin) + cmd + " > /dev/full"}, {}, 60.0);
+    EXPECT_EQ(r.exit_code, 1) << cmd << ": " << r.err;
+    EXPECT_NE(r.err.find("writing the output failed: No space left on device"), std::string::npos) << r.err;
+  }
+  std::filesystem::remove_all(store);
+}
+
 // A configuration file this user may not read is refused with the reason
 // (toml++ alone said "File could not be opened for reading" at "0:0").
 TEST(Cli, AnUnreadableConfigFileIsRefusedWithTheReason) {

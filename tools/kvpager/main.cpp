@@ -2,6 +2,9 @@
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <exception>
 #include <string>
 #include <string_view>
@@ -100,6 +103,13 @@ int main(int argc, char** argv) {
     return cli::kExitRuntime;
   } catch (const std::exception& e) {
     fmt::print(stderr, "kvpager: unexpected error: {}\n", e.what());
+    return cli::kExitRuntime;
+  }
+  // Output that could not be written (a full disk, /dev/full) is a failure:
+  // `kvpager status --json > file` must not report success with no file.
+  errno = 0;
+  if (std::fflush(stdout) != 0 || std::ferror(stdout)) {
+    fmt::print(stderr, "kvpager: writing the output failed: {}\n", errno ? std::strerror(errno) : "write error");
     return cli::kExitRuntime;
   }
   return g.exit_code;
