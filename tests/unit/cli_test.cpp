@@ -127,6 +127,8 @@ TEST(Cli, FloatingPointOptionsRefuseNanAndSayTheirRange) {
       EXPECT_NE(r.err.find(std::string("'") + v + "' is not a number from"), std::string::npos) << r.err;
     }
   }
+  auto plus = run_process({kBin, "top", "--iterations", "1", "--interval", "+0.1"}, {}, 20.0);
+  EXPECT_EQ(plus.exit_code, 0) << "a leading + is a number too: " << plus.err;
 }
 
 // ld.so only warns about a file it cannot preload and runs the command

@@ -154,9 +154,11 @@ void exchange_all(std::span<Exchange> exchanges, std::chrono::milliseconds timeo
     open_conn(c, start_unix_ms + (c.timeout - margin).count());
   }
   auto give_up = [](Conn& c) {
-    c.fail_rest(failure(Errc::kTimeout, fmt::format("{}: no reply within {} ms (the process is stopped or busy; a "
-                                                    "request it had not taken by then is dropped unapplied)",
-                                                    c.ex->socket, c.timeout.count())));
+    Reply r = failure(Errc::kTimeout, fmt::format("{}: no reply within {} ms (the process is stopped or busy; a "
+                                                  "request it had not taken by then is dropped unapplied)",
+                                                  c.ex->socket, c.timeout.count()));
+    r.unanswered = true;
+    c.fail_rest(r);
   };
   std::vector<pollfd> fds;
   std::vector<Conn*> polled;
@@ -179,7 +181,8 @@ void exchange_all(std::span<Exchange> exchanges, std::chrono::milliseconds timeo
     const auto left = std::chrono::ceil<std::chrono::milliseconds>(next - now).count();
     int n = poll(fds.data(), fds.size(), static_cast<int>(std::clamp<int64_t>(left, 1, 60'000)));
     if (n < 0 && errno != EINTR) {
-      for (Conn* c : polled) give_up(*c);
+      const Reply r = failure(Errc::kIo, fmt::format("poll: {}", std::strerror(errno)));
+      for (Conn* c : polled) c->fail_rest(r);
       break;
     }
     for (size_t i = 0; i < polled.size(); ++i) {
@@ -228,9 +231,11 @@ std::vector<Reply> Caller::call_all(std::span<const Endpoint> pagers, const nloh
   out.reserve(exs.size());
   const Clock::time_point now = Clock::now();
   std::lock_guard lock(mu_);
+  // Sockets of pagers nobody asks any more (they exited) do not stay forever.
+  std::erase_if(silent_since_, [&](const auto& e) { return now - e.second >= opt_.quiet_for; });
   for (auto& ex : exs) {
     Reply& r = ex.replies.front();
-    if (r.code == Errc::kTimeout) {
+    if (r.unanswered) {
       // The window starts at the first silence and is not prolonged by retries:
       // a stopped pager is given the whole timeout again every quiet_for.
       silent_since_.try_emplace(ex.socket, now);

@@ -22,6 +22,7 @@ struct Reply {
   Errc code = Errc::kOk;
   std::string error;    // why, when !ok()
   nlohmann::json body;  // the pager's reply (also for refusals it explained)
+  bool unanswered = false;  // no reply came in time: the client gave up (not a pager's own kTimeout reply)
   bool ok() const { return code == Errc::kOk; }
 };
 
@@ -52,7 +53,9 @@ inline constexpr std::chrono::milliseconds kDefaultTimeout{5000};
 // answer the next request either: for `quiet_for` after it failed to answer it
 // is given only `retry_timeout`, so that one stopped process does not make
 // every read wait the whole `timeout`. It gets the whole timeout again as soon
-// as it answers, or once `quiet_for` has passed. Thread-safe.
+// as it answers, or once `quiet_for` has passed. A pager that answered "timed
+// out" itself (its program thread did not take a `set` in time) did answer:
+// only silence counts. Thread-safe.
 class Caller {
  public:
   struct Options {

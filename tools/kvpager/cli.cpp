@@ -70,7 +70,8 @@ CLI::Validator number_range(double lo, double hi) {
   return CLI::Validator(
       [lo, hi](std::string& v) -> std::string {
         double x = 0;
-        auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+        const char* begin = v.data() + (v.starts_with('+') ? 1 : 0);  // from_chars takes no '+'
+        auto [end, ec] = std::from_chars(begin, v.data() + v.size(), x);
         if (v.empty() || ec != std::errc() || end != v.data() + v.size() || !(x >= lo && x <= hi))
           return fmt::format("'{}' is not a number from {} to {}", v, lo, hi);
         return {};
@@ -106,10 +107,10 @@ std::atomic<int> g_stop_signal{0};
 void on_stop_signal(int sig) { g_stop_signal.store(sig); }
 }  // namespace
 
-void stop_on_signals() {
+void stop_on_signals(bool second_one_ends_it) {
   struct sigaction sa {};
   sa.sa_handler = on_stop_signal;
-  sa.sa_flags = static_cast<int>(SA_RESETHAND);  // a second Ctrl-C ends the process as usual
+  if (second_one_ends_it) sa.sa_flags = static_cast<int>(SA_RESETHAND);
   sigaction(SIGINT, &sa, nullptr);
   sigaction(SIGTERM, &sa, nullptr);
 }

@@ -95,9 +95,11 @@ inline std::string duration_text_ns(uint64_t ns) { return duration_text(static_c
 
 // SIGINT and SIGTERM set a flag instead of ending the process, so a long
 // running subcommand (demo, top) can leave cleanly: restore the terminal,
-// remove its socket and its spilled objects, print what it did. A second
-// one ends the process at once. Idempotent.
-void stop_on_signals();
+// remove its socket and its spilled objects, print what it did. With
+// second_one_ends_it, a second signal ends the process at once (for work
+// that may take a while to reach a stop; not for one that must restore the
+// terminal). Idempotent.
+void stop_on_signals(bool second_one_ends_it = false);
 // Whether one of them arrived since stop_on_signals(), and which (0: none).
 bool stop_requested();
 int stop_signal();

@@ -43,9 +43,8 @@ class Serving {
       : pager_(pager), dev_(dev), pace_(pace_ms) {
     control::RuntimeDir rd = control::resolve_runtime_dir(cfg, control::DirUse::kServe);
     if (!rd.note.empty()) fmt::print(stderr, "kvpager demo: runtime_dir: {}\n", rd.note);
-    // Before the socket appears: whoever finds it may stop us at once, and
-    // the socket must still be removed.
-    stop_on_signals();
+    // run_demo took SIGINT/SIGTERM before this: whoever finds the socket may
+    // stop us at once, and the socket must still be removed.
     try {
       control::ControlServer::Options o;
       o.runtime_dir = rd.path;
@@ -168,7 +167,7 @@ void run_demo(Globals& g, const DemoArgs& a) {
   // The NVMe tier is the token store in store_dir; the pager's spills are
   // this process's private objects there, removed when it ends -- also when
   // Ctrl-C stops it (a turn ends first; the summary says how far it got).
-  stop_on_signals();
+  stop_on_signals(/*second_one_ends_it=*/true);
   store::TokenStore store(store::StoreOptions::from_config(cfg));
   SimMover mover(cfg, &store);
   Pager pager(cfg, mover);

@@ -102,7 +102,7 @@ int program_error(const std::string& name) {
   if (name.empty()) return ENOENT;
   if (name.find('/') != std::string::npos) return check(name);
   const char* path = std::getenv("PATH");
-  std::string_view dirs = path ? path : "/usr/local/bin:/usr/bin:/bin";
+  std::string_view dirs = path ? path : "/bin:/usr/bin";  // glibc execvp's default
   int err = ENOENT;
   for (;;) {
     const size_t colon = dirs.find(':');

@@ -413,7 +413,7 @@ void cmd_fsck(const Globals& g, Globals& gm, const StoreArgs& a) {
     for (size_t i = 0; i < shown; ++i) fmt::print("{}\n", printable(report.problems[i]));
     if (report.problems.size() > shown) fmt::print("... and {} more\n", report.problems.size() - shown);
     if (removed_at_open)
-      fmt::print("opening the store removed {} leftover file(s) of dead writers (as every open does)\n", removed_at_open);
+      fmt::print("opening the store removed {} leftover file(s) (dead writers' files, old orphans: as every open does)\n", removed_at_open);
     fmt::print("{}: {} object(s) ({}) and {} manifest(s) checked: {} bad object(s), {} bad manifest(s), {} missing, "
                "{} orphan(s), {} dead writer(s){}\n",
                s->dir(), report.objects_checked, human_bytes(static_cast<double>(report.bytes_checked)),
@@ -455,7 +455,7 @@ void cmd_bench(Globals& g, const StoreArgs& a) {
   o.block_bytes = s->options().max_io_bytes;
   o.copy = a.bench_copy;
   // Ctrl-C stops it and removes what it wrote (it used to leave them all).
-  stop_on_signals();
+  stop_on_signals(/*second_one_ends_it=*/true);
   o.stop = [] { return stop_requested(); };
   store::BenchResult r;
   Status st = s->bench(o, &r);
