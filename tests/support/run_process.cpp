@@ -8,6 +8,9 @@
 
 #include <chrono>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <map>
 
 extern char** environ;
@@ -87,6 +90,19 @@ ProcessResult run_process(const std::vector<std::string>& argv, const std::vecto
   if (WIFEXITED(status)) res.exit_code = WEXITSTATUS(status);
   if (WIFSIGNALED(status)) res.signal = WTERMSIG(status);
   return res;
+}
+
+bool all_threads_stopped(int pid) {
+  size_t threads = 0, stopped = 0;
+  std::error_code ec;
+  for (const auto& t : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", ec)) {
+    std::ifstream in(t.path() / "stat");
+    std::string stat((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    const size_t paren = stat.rfind(')');  // the command may hold spaces and parentheses
+    ++threads;
+    if (paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'T') ++stopped;
+  }
+  return threads > 0 && stopped == threads;
 }
 
 }  // namespace kvpager::testing

@@ -21,4 +21,9 @@ struct ProcessResult {
 ProcessResult run_process(const std::vector<std::string>& argv, const std::vector<std::string>& env = {},
                           double timeout_s = 120.0);
 
+// Whether every thread of `pid` is stopped (state T in /proc/PID/task/*/stat).
+// kill(SIGSTOP) returns before they are: a test that needs a process that
+// answers nothing waits for this.
+bool all_threads_stopped(int pid);
+
 }  // namespace kvpager::testing

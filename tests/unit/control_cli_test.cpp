@@ -471,6 +471,8 @@ TEST_F(ControlCli, AStoppedPagerIsNotAnsweringAndATuneThatTimedOutNeverHappens) 
   const std::string before = status_of(d)["config"]["prefetch_depth"]["value"].get<std::string>();
   ASSERT_NE(before, "7");
   ASSERT_EQ(kill(d.pid(), SIGSTOP), 0);
+  for (int i = 0; i < 1000 && !kvpager::testing::all_threads_stopped(d.pid()); ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_TRUE(kvpager::testing::all_threads_stopped(d.pid())) << "kill() returns before every thread has stopped";
   Result r = kvpager({"status"});
   EXPECT_EQ(r.exit_code, 1) << show(r);
   EXPECT_TRUE(contains(r.out, "none of the 1 pager(s) in " + runtime_ + " answered")) << show(r);

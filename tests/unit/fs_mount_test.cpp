@@ -927,20 +927,9 @@ TEST_F(FsMount, AStoppedPagerIsNamedAndDoesNotSlowEveryReadDown) {
     close(fd);
     return e;
   };
-  // kill() returns before every thread has stopped: wait until each shows
-  // state T, or a loaded machine lets the socket thread answer once more.
-  auto all_stopped = [&] {
-    size_t threads = 0, stopped = 0;
-    for (const auto& t : fsys::directory_iterator("/proc/" + pid + "/task")) {
-      const std::string stat = slurp(t.path().string() + "/stat");
-      const size_t paren = stat.rfind(')');
-      ++threads;
-      stopped += paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'T' ? 1u : 0u;
-    }
-    return threads > 0 && stopped == threads;
-  };
   ASSERT_EQ(kill(demo, SIGSTOP), 0);
-  ASSERT_TRUE(eventually(all_stopped, 10s));
+  // Else a loaded machine lets its socket thread answer once more.
+  ASSERT_TRUE(eventually([&] { return kvpager::testing::all_threads_stopped(demo); }, 10s));
   EXPECT_EQ(read_errno(path("/control/prefetch_depth")), ETIMEDOUT) << "not an empty value, as with no pager at all";
   EXPECT_EQ(read_errno(path("/processes/" + pid + "/stats")), ETIMEDOUT);
   Exposition e = parse_prometheus(slurp(path("/stats")));
