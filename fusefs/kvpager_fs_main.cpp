@@ -188,9 +188,7 @@ int main(int argc, char** argv) {
   if (tools::mounts_at(a.mountpoint) > 0)
     refuse(fmt::format("{} is already a mount point (kvpager umount {} first, or choose another directory)",
                        a.mountpoint, a.mountpoint));
-  struct stat st {};
-  if (stat(a.mountpoint.c_str(), &st) != 0) usage_error(fmt::format("mount point {}: {}", a.mountpoint, std::strerror(errno)));
-  if (!S_ISDIR(st.st_mode)) usage_error(fmt::format("mount point {}: not a directory", a.mountpoint));
+  if (auto why = tools::mount_point_problem(a.mountpoint)) usage_error("mount point " + *why);
   // libfuse unmounts by this path when a signal ends the daemon, which has
   // changed to "/" by then: a relative path would no longer name the mount,
   // and it would stay behind, dead ("Transport endpoint is not connected").
@@ -203,7 +201,8 @@ int main(int argc, char** argv) {
   // A typo must not mount a new, empty store. An existing empty directory
   // becomes one (imports write to it).
   if (auto why = tools::missing_store(a.store, "STORE; for kvpager mount: store_dir / --store")) refuse(*why);
-  if (stat(a.store.c_str(), &st) == 0 && !S_ISDIR(st.st_mode)) usage_error(fmt::format("store {}: not a directory", a.store));
+  if (struct stat st {}; stat(a.store.c_str(), &st) == 0 && !S_ISDIR(st.st_mode))
+    usage_error(fmt::format("store {}: not a directory", a.store));
   opt.store_dir = a.store;  // made absolute once the store is open (it may be new)
   opt.ns = a.ns;
   opt.read_only = a.read_only;

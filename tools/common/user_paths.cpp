@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -58,6 +59,16 @@ std::optional<std::string> missing_store(const std::string& dir, std::string_vie
   struct stat st{};
   if (stat(dir.c_str(), &st) == 0 || errno != ENOENT) return std::nullopt;  // other problems: the store says which
   return fmt::format("no store at {}: it does not exist ({})", dir, hint);
+}
+
+std::optional<std::string> mount_point_problem(const std::string& dir) {
+  struct stat st {};
+  if (stat(dir.c_str(), &st) != 0) {
+    if (errno == ENOTCONN) return fmt::format("{} is a mount whose daemon has ended: kvpager umount {} first", dir, dir);
+    return fmt::format("{}: {}", dir, std::strerror(errno));
+  }
+  if (!S_ISDIR(st.st_mode)) return fmt::format("{}: not a directory", dir);
+  return std::nullopt;
 }
 
 }  // namespace kvpager::tools

@@ -25,4 +25,9 @@ inline bool is_kvpager_fs_type(std::string_view type) {
 // nullopt when it exists (an empty directory may still become a store).
 std::optional<std::string> missing_store(const std::string& dir, std::string_view hint);
 
+// Why `dir` cannot be mounted on (it must be an existing directory): "DIR:
+// not a directory", "DIR: <errno text>", or, for a mount whose daemon died
+// (ENOTCONN), that it must be unmounted first. nullopt when it can.
+std::optional<std::string> mount_point_problem(const std::string& dir);
+
 }  // namespace kvpager::tools

@@ -3,7 +3,6 @@
 // kvpager umount [--lazy] MOUNTPOINT: fusermount3 -u, and waits until the
 // mount is gone.
 #include <fmt/format.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -46,17 +45,9 @@ struct MountArgs {
 };
 
 [[noreturn]] void mount(const Globals& g, const MountArgs& a) {
-  // A mount whose daemon died cannot even be stat()ed (ENOTCONN).
-  if (struct stat st {}; stat(a.mountpoint.c_str(), &st) != 0) {
-    const int err = errno;
-    if (err == ENOTCONN)
-      throw CLI::ValidationError("MOUNTPOINT", fmt::format("{} is a mount whose daemon has ended: kvpager umount {} "
-                                                           "first",
-                                                           a.mountpoint, a.mountpoint));
-    throw CLI::ValidationError("MOUNTPOINT", fmt::format("{}: {}", a.mountpoint, std::strerror(err)));
-  } else if (!S_ISDIR(st.st_mode)) {
-    throw CLI::ValidationError("MOUNTPOINT", fmt::format("{}: not a directory", a.mountpoint));
-  }
+  // Checked here too: a mount whose daemon died (ENOTCONN) is named before
+  // kvpager-fs would call it just "already a mount point".
+  if (auto why = tools::mount_point_problem(a.mountpoint)) throw CLI::ValidationError("MOUNTPOINT", *why);
   std::string store = a.store;
   if (store.empty()) {
     ConfigLoader loader = g.loader();
