@@ -75,7 +75,7 @@ int TokenFs::render(const Node& n, std::string* out) {
     case NodeKind::kProcessStats:
     case NodeKind::kProcessConfig: {
       const std::string op = n.ref.kind == NodeKind::kProcessStats ? "stats" : "config";
-      control::Reply r = pagers_.call({n.ref.pid, control::socket_path(opt_.runtime_dir, n.ref.pid)}, {{"op", op}});
+      control::Reply r = pagers_.call(pager(n.ref.pid), {{"op", op}});
       if (!r.ok()) {
         if (r.code != control::Errc::kGone) log(fmt::format("pid {} {}: {}", n.ref.pid, op, r.error));
         return errno_of(r);
@@ -86,9 +86,7 @@ int TokenFs::render(const Node& n, std::string* out) {
     case NodeKind::kControlKnob:
     case NodeKind::kProcessKnob: {
       // The value each pager has: one line if they agree, "PID VALUE" lines if not.
-      std::vector<control::Endpoint> pagers;
-      if (n.ref.pid != 0) pagers.push_back({n.ref.pid, control::socket_path(opt_.runtime_dir, n.ref.pid)});
-      else pagers = live_pagers();
+      const std::vector<control::Endpoint> pagers = pagers_of(n.ref.pid);
       auto replies = pagers_.call_all(pagers, {{"op", "config"}});
       std::map<int32_t, std::string> values;
       int unanswered = 0;  // why a live pager did not say
@@ -142,8 +140,7 @@ std::string TokenFs::render_info(const std::shared_ptr<CtxPub>& pub) {
   // whole context is in the store (the NVMe tier).
   json live = nullptr;
   if (meta.owner_pid != 0 && pager_live(static_cast<int32_t>(meta.owner_pid))) {
-    const auto owner = static_cast<int32_t>(meta.owner_pid);
-    control::Reply r = pagers_.call({owner, control::socket_path(opt_.runtime_dir, owner)}, {{"op", "contexts"}});
+    control::Reply r = pagers_.call(pager(static_cast<int32_t>(meta.owner_pid)), {{"op", "contexts"}});
     for (const json& c : r.ok() ? field(r.body, "contexts") : json::array()) {
       if (c.is_object() && c.value("name", std::string()) == pub->name) live = c;
     }
@@ -304,9 +301,7 @@ int TokenFs::write_knob(const std::string& knob, std::string_view raw, int32_t p
     log(fmt::format("{} = '{}' refused: {}", knob, value, *why));
     return EINVAL;
   }
-  std::vector<control::Endpoint> pagers;
-  if (pid != 0) pagers.push_back({pid, control::socket_path(opt_.runtime_dir, pid)});
-  else pagers = live_pagers();
+  const std::vector<control::Endpoint> pagers = pagers_of(pid);
   const json set = {{"op", "set"}, {"set", json::array({knob + "=" + value})}};
   auto replies = pagers_.call_all(pagers, set);
   int err = 0;

@@ -260,7 +260,7 @@ std::shared_ptr<ProcBlock> TokenFs::proc_block(int32_t pid) {
 std::vector<control::Endpoint> TokenFs::live_pagers() const { return control::list_pagers(opt_.runtime_dir).live; }
 
 bool TokenFs::pager_live(int32_t pid) const {
-  if (access(control::socket_path(opt_.runtime_dir, pid).c_str(), F_OK) != 0) return false;
+  if (access(pager(pid).socket.c_str(), F_OK) != 0) return false;
   return kill(pid, 0) == 0 || errno == EPERM;
 }
 

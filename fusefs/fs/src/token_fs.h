@@ -213,6 +213,9 @@ class TokenFs {
 
   // Live pagers.
   std::vector<control::Endpoint> live_pagers() const;
+  // The pager `pid` serves (its control socket), and for pid 0 every live one.
+  control::Endpoint pager(int32_t pid) const { return {pid, control::socket_path(opt_.runtime_dir, pid)}; }
+  std::vector<control::Endpoint> pagers_of(int32_t pid) const { return pid != 0 ? std::vector{pager(pid)} : live_pagers(); }
   bool pager_live(int32_t pid) const;
   std::shared_ptr<ProcBlock> proc_block(int32_t pid);
 
