@@ -44,6 +44,14 @@ using nlohmann::json;
 
 using kvpager::testing::TempDir;
 
+// The address of the Unix socket at `path` (for bind/connect).
+sockaddr_un unix_address(const std::string& path) {
+  sockaddr_un a{};
+  a.sun_family = AF_UNIX;
+  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+  return a;
+}
+
 mode_t mode_of(const std::string& p) {
   struct stat st {};
   EXPECT_EQ(stat(p.c_str(), &st), 0) << p;
@@ -53,9 +61,7 @@ mode_t mode_of(const std::string& p) {
 // A socket file nobody listens on (bound, then closed).
 void make_dead_socket(const std::string& path) {
   int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+  sockaddr_un a = unix_address(path);
   ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << std::strerror(errno);
   close(fd);
 }
@@ -205,9 +211,7 @@ TEST(Client, AnEndlessReplyIsRefusedNotBuffered) {
   TempDir dir;
   const std::string path = dir.path() + "/endless.sock";
   int lfd = socket(AF_UNIX, SOCK_STREAM, 0);
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+  sockaddr_un a = unix_address(path);
   ASSERT_EQ(bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0) << std::strerror(errno);
   ASSERT_EQ(listen(lfd, 1), 0);
   std::atomic<uint64_t> sent{0};
@@ -551,9 +555,7 @@ TEST_F(ControlServerTest, ManyClientsAtOnce) {
 
 TEST_F(ControlServerTest, MalformedRequestsGetAnErrorAndTheConnectionSurvives) {
   int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-  sockaddr_un a{};
-  a.sun_family = AF_UNIX;
-  std::strncpy(a.sun_path, server_->socket_path().c_str(), sizeof a.sun_path - 1);
+  sockaddr_un a = unix_address(server_->socket_path());
   ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
   std::string req = "this is not json\n{\"op\":42}\n{\"op\":\"fly\"}\n{\"op\":\"set\",\"set\":\"x\"}\n{\"op\":\"stats\"}\n";
   // Not UTF-8 inside a string: refused as malformed JSON.
@@ -591,9 +593,7 @@ TEST_F(ControlServerTest, TooManyClientsAreToldSo) {
   std::vector<int> held;
   for (int i = 0; i < 2; ++i) {
     int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    sockaddr_un a{};
-    a.sun_family = AF_UNIX;
-    std::strncpy(a.sun_path, server_->socket_path().c_str(), sizeof a.sun_path - 1);
+    sockaddr_un a = unix_address(server_->socket_path());
     ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
     held.push_back(fd);
   }
@@ -676,9 +676,7 @@ class MutePeer {
  public:
   explicit MutePeer(const std::string& path) {
     lfd_ = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_un a{};
-    a.sun_family = AF_UNIX;
-    std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+    sockaddr_un a = unix_address(path);
     ok_ = bind(lfd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 && listen(lfd_, 16) == 0;
     thread_ = std::thread([this] { serve(); });
   }

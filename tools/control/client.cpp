@@ -215,10 +215,7 @@ std::vector<Reply> call_all(std::span<const Endpoint> pagers, const nlohmann::js
 bool Caller::quiet(const std::string& socket) {
   std::lock_guard lock(mu_);
   auto it = silent_since_.find(socket);
-  if (it == silent_since_.end()) return false;
-  if (Clock::now() - it->second < opt_.quiet_for) return true;
-  silent_since_.erase(it);
-  return false;
+  return it != silent_since_.end() && Clock::now() - it->second < opt_.quiet_for;
 }
 
 std::vector<Reply> Caller::call_all(std::span<const Endpoint> pagers, const nlohmann::json& request) {
@@ -231,7 +228,7 @@ std::vector<Reply> Caller::call_all(std::span<const Endpoint> pagers, const nloh
   out.reserve(exs.size());
   const Clock::time_point now = Clock::now();
   std::lock_guard lock(mu_);
-  // Sockets of pagers nobody asks any more (they exited) do not stay forever.
+  // Windows that have passed end here (also those of pagers nobody asks any more).
   std::erase_if(silent_since_, [&](const auto& e) { return now - e.second >= opt_.quiet_for; });
   for (auto& ex : exs) {
     Reply& r = ex.replies.front();

@@ -70,7 +70,6 @@ class Caller {
 
   // Whether `socket` is being given only the retry timeout now.
   bool quiet(const std::string& socket);
-  const Options& options() const { return opt_; }
 
  private:
   using Clock = std::chrono::steady_clock;

@@ -103,6 +103,8 @@ void stop_on_signals(bool second_one_ends_it = false);
 // Whether one of them arrived since stop_on_signals(), and which (0: none).
 bool stop_requested();
 int stop_signal();
+// The exit status of a run that signal cut short, as a shell reports it: 128 + the signal.
+inline int stopped_exit_code() { return 128 + stop_signal(); }
 
 // Whether a CUDA device is usable here: loads libcuda.so.1 (if present) and
 // asks it. Never links against CUDA. `why` says what was found.

@@ -229,12 +229,14 @@ void run_demo(Globals& g, const DemoArgs& a) {
     if (serving) serving->pace(turn_start);
   }
   if (progress) fmt::print(stderr, "\r{:40}\r", "");
-  if (stop_requested() && prefilled && !serving)
-    fmt::print(stderr, "kvpager demo: stopped by {} after {} of {} turns\n", strsignal(stop_signal()),
-               work.result().turns, opt.turns);
-  // A run cut short by a signal says so in its exit status (a server
+  // A run cut short by a signal says so, also in its exit status (a server
   // stopped by one has done its job: --serve ends with 0).
-  if (stop_requested() && !serving) g.exit_code = 128 + stop_signal();
+  if (stop_requested() && !serving) {
+    if (prefilled)
+      fmt::print(stderr, "kvpager demo: stopped by {} after {} of {} turns\n", strsignal(stop_signal()),
+                 work.result().turns, opt.turns);
+    g.exit_code = stopped_exit_code();
+  }
   double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   pager.drain();
   demo::DemoResult r = work.result();

@@ -462,7 +462,7 @@ void cmd_bench(Globals& g, const StoreArgs& a) {
   if (!ok(st)) throw RuntimeError(fail_msg(*s, "bench", st));
   if (r.stopped) {
     fmt::print(stderr, "kvpager store bench: stopped by {}; the objects it wrote are removed\n", strsignal(stop_signal()));
-    g.exit_code = 128 + stop_signal();
+    g.exit_code = stopped_exit_code();
     return;
   }
   store::StoreStats ss = s->stats();
