@@ -19,6 +19,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <regex>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -648,6 +649,12 @@ TEST_F(ControlCli, TopPrintsPlainLinesWhenNotATerminal) {
   for (std::string line; std::getline(lines, line);) {
     EXPECT_TRUE(contains(line, "pid=" + d.pid_text() + " ")) << line;
     EXPECT_TRUE(contains(line, "hbm=")) << line;
+    // A rate needs a previous sample: none is shown, not a made-up 0.
+    const bool first = rows == 0;
+    EXPECT_EQ(contains(line, " accesses_per_s=- faults_per_s=- "), first) << line;
+    if (!first) {
+      EXPECT_TRUE(std::regex_search(line, std::regex(" accesses_per_s=[0-9]+ faults_per_s=[0-9]+ "))) << line;
+    }
     ++rows;
   }
   EXPECT_EQ(rows, 3u) << r.out;

@@ -161,6 +161,26 @@ TEST(RuntimeDir, FallsBackAndSaysSoWhenTheDefaultIsUnusable) {
   EXPECT_EQ(mode_of(rd.path), 0700u);
 }
 
+// `kvpager status` and `config show` only look: they name the directory a
+// server would make, and make nothing.
+TEST(RuntimeDir, AClientNamesTheServersDirectoryWithoutCreatingIt) {
+  TempDir t;
+  const char* old = std::getenv("XDG_RUNTIME_DIR");
+  std::string saved = old ? old : "";
+  setenv("XDG_RUNTIME_DIR", t.path().c_str(), 1);
+  Config cfg;
+  RuntimeDir client = resolve_runtime_dir(cfg, DirUse::kClient);
+  const bool made_by_client = fs::exists(t.path() + "/kvpager");
+  RuntimeDir server = resolve_runtime_dir(cfg, DirUse::kServe);
+  if (old) setenv("XDG_RUNTIME_DIR", saved.c_str(), 1);
+  else unsetenv("XDG_RUNTIME_DIR");
+  EXPECT_EQ(client.path, t.path() + "/kvpager");
+  EXPECT_TRUE(client.note.empty()) << client.note;
+  EXPECT_FALSE(made_by_client);
+  EXPECT_EQ(server.path, client.path);
+  EXPECT_EQ(mode_of(server.path), 0700u);
+}
+
 TEST(RuntimeDir, ListingRemovesSocketsOfDeadProcessesOnly) {
   TempDir t;
   pid_t gone = dead_pid();

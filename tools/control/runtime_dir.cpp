@@ -47,6 +47,37 @@ pid_t parse_name(std::string_view name, std::string_view suffix) {
   return static_cast<pid_t>(pid);
 }
 
+// Why an existing path cannot be our directory, "" when it can; a
+// server (tighten) makes its mode 0700.
+std::string own_dir_problem(const std::string& path, const struct stat& st, bool tighten) {
+  if (!S_ISDIR(st.st_mode)) return "it exists and is not a directory (or is a symbolic link)";
+  if (st.st_uid != geteuid())
+    return fmt::format("it is owned by uid {}, not by this user (uid {})", st.st_uid, geteuid());
+  if (tighten && (st.st_mode & 0777) != 0700 && chmod(path.c_str(), 0700) != 0)
+    return fmt::format("cannot make it private (mode 0700): {}", errno_text(errno));
+  if (access(path.c_str(), W_OK | X_OK) != 0) return fmt::format("it is not writable: {}", errno_text(errno));
+  return "";
+}
+
+// What prepare_private_dir would say, without creating or changing
+// anything: a missing directory is fine where its nearest existing parent
+// lets us create it.
+std::string private_dir_problem(const std::string& path) {
+  struct stat st {};
+  if (lstat(path.c_str(), &st) == 0) return own_dir_problem(path, st, false);
+  if (errno != ENOENT) return fmt::format("cannot stat it: {}", errno_text(errno));
+  std::string parent = path;
+  while (true) {
+    const size_t slash = parent.find_last_of('/');
+    parent = slash == 0 || slash == std::string::npos ? "/" : parent.substr(0, slash);
+    if (stat(parent.c_str(), &st) == 0) break;
+    if (errno != ENOENT || parent == "/") return fmt::format("cannot create it: {}", errno_text(errno));
+  }
+  if (!S_ISDIR(st.st_mode)) return fmt::format("cannot create it: {}", errno_text(ENOTDIR));
+  if (access(parent.c_str(), W_OK | X_OK) != 0) return fmt::format("cannot create it: {}", errno_text(errno));
+  return "";
+}
+
 }  // namespace
 
 std::string prepare_private_dir(const std::string& path) {
@@ -54,13 +85,7 @@ std::string prepare_private_dir(const std::string& path) {
   if (int err = make_dirs(path, 0700); err != 0) return fmt::format("cannot create it: {}", errno_text(err));
   struct stat st {};
   if (lstat(path.c_str(), &st) != 0) return fmt::format("cannot stat it: {}", errno_text(errno));
-  if (!S_ISDIR(st.st_mode)) return "it exists and is not a directory (or is a symbolic link)";
-  if (st.st_uid != geteuid())
-    return fmt::format("it is owned by uid {}, not by this user (uid {})", st.st_uid, geteuid());
-  if ((st.st_mode & 0777) != 0700 && chmod(path.c_str(), 0700) != 0)
-    return fmt::format("cannot make it private (mode 0700): {}", errno_text(errno));
-  if (access(path.c_str(), W_OK | X_OK) != 0) return fmt::format("it is not writable: {}", errno_text(errno));
-  return "";
+  return own_dir_problem(path, st, true);
 }
 
 std::string socket_path(const std::string& dir, pid_t pid) { return fmt::format("{}/{}{}", dir, pid, kSuffix); }
@@ -81,12 +106,15 @@ RuntimeDir resolve_runtime_dir(const Config& cfg, DirUse use) {
   }
   const char* xdg = std::getenv("XDG_RUNTIME_DIR");
   std::string primary = (xdg && *xdg) ? std::string(xdg) + "/kvpager" : std::string("/run/kvpager");
-  std::string why = primary.size() + longest_name > kMaxSocketPath ? "path too long for a socket"
-                                                                    : prepare_private_dir(primary);
+  // A client looks without creating anything: it meets a server where that
+  // server could make its directory.
+  auto usable = use == DirUse::kServe ? prepare_private_dir : private_dir_problem;
+  std::string why = primary.size() + longest_name > kMaxSocketPath ? "path too long for a socket" : usable(primary);
   if (why.empty()) return {primary, ""};
   std::string fallback = fmt::format("/tmp/kvpager-{}", geteuid());
+  if (use == DirUse::kClient) return {fallback, fmt::format("using {}: {} cannot be used ({})", fallback, primary, why)};
   std::string fallback_why = prepare_private_dir(fallback);
-  if (!fallback_why.empty() && use == DirUse::kServe)
+  if (!fallback_why.empty())
     throw ConfigError(fmt::format("runtime_dir: neither {} ({}) nor {} ({}) can be used; set runtime_dir "
                                   "(KVPAGER_RUNTIME_DIR) to a directory of yours",
                                   primary, why, fallback, fallback_why));

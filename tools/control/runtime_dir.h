@@ -23,7 +23,7 @@ struct RuntimeDir {
 
 enum class DirUse : unsigned char {
   kServe,   // creates the directory (0700) and checks it is ours
-  kClient,  // an explicitly configured directory is used as it is
+  kClient,  // creates and changes nothing: the directory a server would use
 };
 
 // Resolves the runtime directory for cfg. Throws ConfigError naming

@@ -11,6 +11,8 @@
 #include <chrono>
 #include <ctime>
 #include <map>
+#include <optional>
+#include <string>
 #include <thread>
 
 #include "common/printable.h"
@@ -267,6 +269,9 @@ struct TopArgs {
   uint64_t iterations = 0;
 };
 
+// A rate needs two samples: "-" until a pager's second refresh.
+std::string rate_text(std::optional<double> per_s) { return per_s ? fmt::format("{:.0f}", *per_s) : "-"; }
+
 void top(const Globals& g, const TopArgs& a) {
   const bool tty = isatty(STDOUT_FILENO);
   stop_on_signals();
@@ -285,7 +290,7 @@ void top(const Globals& g, const TopArgs& a) {
     const auto now = std::chrono::steady_clock::now();
     struct Line {
       PagerRow row;
-      double acc_per_s, faults_per_s;
+      std::optional<double> acc_per_s, faults_per_s;  // none until a pager's second sample
     };
     std::vector<Line> lines;
     std::vector<std::string> failures;
@@ -297,7 +302,7 @@ void top(const Globals& g, const TopArgs& a) {
         continue;
       }
       PagerRow row = row_from(replies[i].body);
-      double acc = 0, flt = 0;
+      std::optional<double> acc, flt;
       if (auto it = previous.find(row.pid); it != previous.end()) {
         double dt = std::chrono::duration<double>(now - it->second.at).count();
         if (dt > 0) {
@@ -328,7 +333,7 @@ void top(const Globals& g, const TopArgs& a) {
       size_t room = height > 4 ? height - 4 : 1;
       for (const auto& l : lines) {
         if (room-- == 0) break;
-        put(row_text(l.row) + fmt::format("  {:>10.0f}  {:>9.0f}", l.acc_per_s, l.faults_per_s));
+        put(row_text(l.row) + fmt::format("  {:>10}  {:>9}", rate_text(l.acc_per_s), rate_text(l.faults_per_s)));
       }
       if (lines.empty()) put(nobody_text(live));
       for (const auto& f : failures) put(f);
@@ -342,9 +347,10 @@ void top(const Globals& g, const TopArgs& a) {
       for (const auto& l : lines) {
         const PagerRow& r = l.row;
         fmt::print("{} pid={} budget={} hbm={} host={} nvme={} hit_rate={:.4f} prefetch_accuracy={:.4f} stall_s={:.3f} "
-                   "accesses_per_s={:.0f} faults_per_s={:.0f} command=\"{}\"\n",
+                   "accesses_per_s={} faults_per_s={} command=\"{}\"\n",
                    clock, r.pid, r.budget, r.hbm, r.host, r.nvme, r.hit_rate, r.prefetch_accuracy,
-                   static_cast<double>(r.stall_ns) / 1e9, l.acc_per_s, l.faults_per_s, quoted_value(r.command));
+                   static_cast<double>(r.stall_ns) / 1e9, rate_text(l.acc_per_s), rate_text(l.faults_per_s),
+                   quoted_value(r.command));
       }
       for (const auto& f : failures) fmt::print(stderr, "kvpager: {}\n", f);
       std::fflush(stdout);
@@ -374,7 +380,7 @@ void add_status_commands(CLI::App& app, Globals& g) {
   auto* top_cmd = app.add_subcommand(
       "top",
       "Live pagers, refreshing, sorted by HBM use; q quits. When stdout is not a terminal, prints plain\n"
-      "key=value lines each refresh instead.");
+      "key=value lines each refresh instead. The rates (ACCESS/S, FAULTS/S) are - on a pager's first refresh.");
   top_cmd->add_option("--interval", top_args.interval_s, "Seconds between refreshes")
       ->check(number_range(0.05, 3600.0))
       ->capture_default_str();
