@@ -427,6 +427,37 @@ TEST(TokenStore, OverCapacityTheLeastRecentlyUsedUnpinnedContextsGoWhole) {
   EXPECT_EQ(s.put(chunk_key("", "spill", 0), pattern(1, ctx_bytes)), Status::kNoSpace);
 }
 
+// A context is written as many chunk puts in flight at once (queue depth
+// 32): each must count what the others will add, or together they pass the
+// capacity check that each passed alone (`store put` once stored 19 MiB under
+// a 12 MiB nvme_capacity, and 14 MiB after evicting one context of three).
+TEST(TokenStore, PutsInFlightCountAgainstTheCapacity) {
+  TempDir d;
+  StoreOptions o = opts(d.path());
+  TokenStore probe(o);
+  const uint64_t chunk_file = probe.file_bytes(o.max_io_bytes);
+  o.capacity_bytes = 6 * chunk_file;
+  TokenStore s(o);
+  // Larger than the whole capacity, in chunks each of which fits alone.
+  EXPECT_EQ(s.put_context(meta("huge"), pattern(1, 10 * o.max_io_bytes)), Status::kNoSpace);
+  Manifest m;
+  EXPECT_EQ(s.read_manifest("", "huge", &m), Status::kNotFound);
+  EXPECT_LE(s.used_bytes(), o.capacity_bytes);
+  // Three contexts of two chunks fill it; a fourth makes room by evicting
+  // the least recently used, as many as it needs, and ends within capacity.
+  for (int i = 0; i < 3; ++i) {
+    const std::string name = "c" + std::to_string(i);
+    ASSERT_EQ(s.put_context(meta(name), pattern(static_cast<uint64_t>(i), 2 * o.max_io_bytes)), Status::kOk);
+    age_context(d.path(), name, 100 - i);
+  }
+  ASSERT_EQ(s.put_context(meta("big"), pattern(9, 4 * o.max_io_bytes)), Status::kOk);
+  std::vector<std::string> names;
+  for (const auto& e : s.list_contexts()) names.push_back(e.meta.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"big", "c2"}));
+  EXPECT_EQ(s.stats().contexts_evicted, 2u);
+  EXPECT_LE(s.used_bytes(), o.capacity_bytes);
+}
+
 TEST(TokenStore, ExpiredContextsGoButPinnedOnesStay) {
   TempDir d;
   TokenStore s(opts(d.path()));

@@ -151,6 +151,7 @@ struct TokenStore::Job {
   uint64_t dst_len = 0;
   uint64_t len = 0;       // payload bytes
   uint64_t file_len = 0;  // put: bytes written
+  uint64_t reserved = 0;  // put: what it adds to used_ once published, held in reserved_ until it ends
   uint64_t pos = 0;       // next file offset
   uint64_t seg_start = 0, seg_end = 0;  // file range the buffer holds / is being filled
   uint64_t expect_len = kUnknownLen;
@@ -183,7 +184,7 @@ struct TokenStore::Job {
     src = nullptr;
     dst = nullptr;
     dst_len = 0;
-    len = file_len = pos = seg_start = seg_end = 0;
+    len = file_len = reserved = pos = seg_start = seg_end = 0;
     expect_len = kUnknownLen;
     check_sum = false;
     expect_sum = 0;
@@ -807,12 +808,12 @@ void TokenStore::recycle(std::string name, uint64_t size, const ObjectKey* key) 
 // UINT64_MAX). True if it fits.
 bool TokenStore::drop_spares(uint64_t bytes) {
   const uint64_t cap = opt_.capacity_bytes;
-  while (!spares_.empty() && (bytes == UINT64_MAX || (cap != 0 && used_ + bytes > cap))) {
+  while (!spares_.empty() && (bytes == UINT64_MAX || (cap != 0 && used_ + reserved_ + bytes > cap))) {
     unlinkat(writer_fd_, spares_.back().name.c_str(), 0);
     used_ -= std::min(used_, spares_.back().size);
     spares_.pop_back();
   }
-  return cap == 0 || used_ + bytes <= cap;
+  return cap == 0 || used_ + reserved_ + bytes <= cap;
 }
 
 // The put segment [seg_start, seg_end) of the file into the buffer: header
@@ -844,8 +845,11 @@ Status TokenStore::start_put(Sink sink, uint64_t tag, ContextWriter* owner, Area
   } else if (auto it = shared_.find(key); it != shared_.end() && it->second.on_disk) {
     old = file_bytes(it->second.payload);
   }
-  if (fl > old) {
-    s = make_room(fl - old);
+  // Puts in flight hold their growth, so a burst of them cannot pass the
+  // capacity check together.
+  const uint64_t growth = fl > old ? fl - old : 0;
+  if (growth > 0) {
+    s = make_room(growth);
     if (!ok(s)) return s;
   }
 
@@ -874,6 +878,8 @@ Status TokenStore::start_put(Sink sink, uint64_t tag, ContextWriter* owner, Area
   j.src = bytes.data();
   j.len = len;
   j.file_len = fl;
+  j.reserved = growth;
+  reserved_ += growth;
   j.hdr = h;
   j.have_hdr = true;
   j.seg_end = std::min(buf_bytes_, fl);
@@ -1076,6 +1082,8 @@ void TokenStore::finish(Job& j, Status s) {
     unlinkat(writer_fd_, j.temp.c_str(), 0);  // never a partial object
     j.temp.clear();
   }
+  reserved_ -= std::min(reserved_, j.reserved);
+  j.reserved = 0;
   if (!j.put && ok(s)) {
     ++st_.gets;
     st_.get_bytes += j.len;
@@ -1545,11 +1553,11 @@ size_t TokenStore::expire() {
 
 Status TokenStore::make_room(uint64_t bytes) {
   const uint64_t cap = opt_.capacity_bytes;
-  if (cap == 0 || used_ + bytes <= cap) return Status::kOk;
+  if (cap == 0 || used_ + reserved_ + bytes <= cap) return Status::kOk;
   if (bytes > cap) return Status::kNoSpace;
   if (drop_spares(bytes)) return Status::kOk;
   expire();
-  while (used_ + bytes > cap) {
+  while (used_ + reserved_ + bytes > cap) {
     // The least recently used unpinned context goes whole.
     const std::string* victim = nullptr;
     uint64_t oldest = UINT64_MAX;

@@ -376,6 +376,7 @@ class TokenStore final : public Store {
   std::vector<Spare> spares_;
   std::unordered_map<ObjectKey, uint32_t, ObjectKeyHash> reading_;  // own private objects being read
   uint64_t used_ = 0;  // includes spares
+  uint64_t reserved_ = 0;  // growth of the puts in flight (Job::reserved), checked with used_ against the capacity
   uint64_t others_private_ = 0;  // other live writers' private bytes at the scan
   bool nospace_ = false;
   StoreStats st_;
