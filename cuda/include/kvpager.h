@@ -15,7 +15,10 @@
  *             kernels until it is prefetched again, unless a kernel argument
  *             points right into it (then it is restored before the launch);
  *   drop      its bytes are no longer needed anywhere;
- *   pin/unpin keep it where it is / release that;
+ *   pin/unpin keep it where it is / release that (pinned contexts may hold
+ *             at most low_watermark of the HBM budget, so that every other
+ *             access finds room: a pin past it answers KVPAGER_NO_ROOM; a
+ *             pinned context answers park and drop with KVPAGER_BUSY);
  *   publish   write its current bytes into the token store under its name
  *             (below).
  *
@@ -40,7 +43,8 @@ enum {
   KVPAGER_INVALID = 2,    /* bad argument: no name, a range outside one allocation or under a chunk */
   KVPAGER_NOT_FOUND = 3,  /* no such context, or the pager has not started (no managed allocation yet) */
   KVPAGER_BUSY = 4,       /* pinned, or already copied to the store under another name */
-  KVPAGER_ERROR = 5
+  KVPAGER_ERROR = 5,
+  KVPAGER_NO_ROOM = 6     /* pin: pinned contexts would hold more than low_watermark of the HBM budget */
 };
 
 typedef int (*kvpager_hint_fn)(int op, unsigned long long addr, unsigned long long size, const char* name);

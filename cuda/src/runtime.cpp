@@ -521,6 +521,7 @@ int hint_result(Status s) {
     case Status::kNotFound: return kHintNotFound;
     case Status::kBusy: return kHintBusy;
     case Status::kInvalid: return kHintInvalid;
+    case Status::kNoSpace: return kHintNoRoom;
     default: return kHintError;
   }
 }

@@ -75,6 +75,7 @@ enum HintResult : int {
   kHintNotFound = 3,
   kHintBusy = 4,
   kHintError = 5,
+  kHintNoRoom = 6,
 };
 
 // Graph executables and what their nodes reference (scanned once at

@@ -551,6 +551,7 @@ Status Pager::hint(ContextId id, HintKind kind) {
       ctx.parked = false;
       break;
     case HintKind::kPark:
+      if (ctx.pinned) return Status::kBusy;  // as drop: a pinned context stays where it is
       ctx.parked = true;
       ctx.parked_at_ns = std::max(now_, context_last_access(ctx));
       each_chunk([&](Region& r, Chunk& c) {
@@ -589,13 +590,17 @@ Status Pager::hint(ContextId id, HintKind kind) {
       });
       break;
     }
-    case HintKind::kPin:
+    case HintKind::kPin: {
+      uint64_t more = 0;
+      each_chunk([&](Region& r, Chunk& c) { more += c.pinned ? 0 : r.chunk_size; });
+      if (more > 0 && pinned_bytes() + more > pin_limit(cfg_)) return Status::kNoSpace;
       ctx.pinned = true;
       each_chunk([&](Region&, Chunk& c) {
         if (c.in_policy) make_unevictable(c);
         c.pinned = true;
       });
       break;
+    }
     case HintKind::kUnpin:
       ctx.pinned = false;
       each_chunk([&](Region&, Chunk& c) {
@@ -609,6 +614,17 @@ Status Pager::hint(ContextId id, HintKind kind) {
   balance();
   return Status::kOk;
 }
+
+uint64_t Pager::pinned_bytes() const {
+  uint64_t n = 0;
+  for (const auto& r : regions_) {
+    if (!r) continue;
+    for (uint32_t i = 0; i < r->nchunks; ++i) n += r->chunks[i].pinned ? r->chunk_size : 0;  // HBM counts whole chunks
+  }
+  return n;
+}
+
+uint64_t Pager::pin_limit(const Config& resolved) { return fraction_of(resolved.hbm_budget, resolved.low_watermark); }
 
 // ---------------------------------------------------------------- moves
 
@@ -979,6 +995,12 @@ Status Pager::apply(const Config& next, std::string* why) {
     return fail(fmt::format("hbm_budget = {}: out of range: the device ({}) offers {}",
                             format_bytes(resolved.hbm_budget), mover_.name(),
                             format_bytes(mover_.device_hbm_bytes())));
+  if (const uint64_t pinned = pinned_bytes(); pinned > pin_limit(resolved))
+    return fail(fmt::format("hbm_budget = {}, low_watermark = {}: pinned contexts hold {}, more than low_watermark "
+                            "of the budget ({}), and every other access would find no room; unpin first",
+                            format_bytes(resolved.hbm_budget), resolved.low_watermark,
+                            human_bytes(static_cast<double>(pinned)),
+                            human_bytes(static_cast<double>(pin_limit(resolved)))));
   const bool policy_changed =
       resolved.eviction_policy != cfg_.eviction_policy || resolved.cost_sample != cfg_.cost_sample;
   const bool prefetchers_changed = resolved.prefetchers != cfg_.prefetchers;

@@ -1347,6 +1347,20 @@ TEST(StandIn, PublishWritesAContextSpreadOverEveryTierIntoTheStoreByteExact) {
 }
 
 // Env: defaults.
+// Env: KVPAGER_HBM_BUDGET=12M (pins may hold 0.85 of it: 10.2M)
+TEST(StandIn, APinThatWouldLeaveNoRoomIsRefusedAndAPinnedContextIsNotParked) {
+  Program p;
+  CUdeviceptr a = p.must_alloc(8 * kMiB), b = p.must_alloc(4 * kMiB);
+  ASSERT_EQ(kvpager_tag_context(a, 8 * kMiB, "a"), KVPAGER_OK);
+  ASSERT_EQ(kvpager_tag_context(b, 4 * kMiB, "b"), KVPAGER_OK);
+  ASSERT_EQ(kvpager_pin_context("a"), KVPAGER_OK);
+  EXPECT_EQ(kvpager_pin_context("b"), KVPAGER_NO_ROOM) << "12M pinned of a 12M budget";
+  EXPECT_EQ(kvpager_park_context("a"), KVPAGER_BUSY);
+  EXPECT_EQ(kvpager_park_context("b"), KVPAGER_OK);
+  ASSERT_EQ(kvpager_unpin_context("a"), KVPAGER_OK);
+  EXPECT_EQ(kvpager_pin_context("b"), KVPAGER_OK);
+}
+
 TEST(StandIn, PublishOfAnUnknownContextIsNotFound) {
   Program p;
   EXPECT_EQ(kvpager_publish_context("pub"), KVPAGER_NOT_FOUND) << "no pager yet: nothing to publish";

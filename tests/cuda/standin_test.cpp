@@ -86,6 +86,7 @@ const Scenario kScenarios[] = {
     {"PublishWritesAContextSpreadOverEveryTierIntoTheStoreByteExact",
      {"KVPAGER_HOST_CAPACITY=8M", "KVPAGER_SPILL_IDLE=1h", "KVPAGER_HBM_BUDGET=12M"}},
     {"PublishOfAnUnknownContextIsNotFound", {}},
+    {"APinThatWouldLeaveNoRoomIsRefusedAndAPinnedContextIsNotParked", {"KVPAGER_HBM_BUDGET=12M"}},
     {"FreeingARegionNeverDiscardsItAheadOfQueuedWork", {}},
     {"ADroppedRangeIsDiscardedAfterQueuedWorkAndPagedAgainWhenReused", {"KVPAGER_HBM_BUDGET=12M"}},
     {"PublishThroughTheControlSocketReachesTheStore", with(kSpills, {"STANDIN_KVPAGER_BIN=" KVPAGER_BIN})},

@@ -529,6 +529,29 @@ TEST_F(ControlServerTest, HintsReachTheNamedContext) {
   ASSERT_TRUE(call({{"op", "hint"}, {"context", "session-2"}, {"hint", "pin"}}).ok());
   Reply drop = call({{"op", "hint"}, {"context", "session-2"}, {"hint", "drop"}});
   EXPECT_EQ(drop.code, Errc::kBusy) << drop.error;
+  Reply park = call({{"op", "hint"}, {"context", "session-2"}, {"hint", "park"}});
+  EXPECT_EQ(park.code, Errc::kBusy) << "a pinned context is not parked: " << park.error;
+}
+
+// What a hint cannot do is refused with the reason, never answered "ok":
+// a second 8 MiB pin under a 16 MiB budget would leave pins 16 of 16 MiB,
+// and a prefetch hint with the hint prefetcher off would do nothing.
+TEST_F(ControlServerTest, AHintThatCannotTakeEffectIsRefusedWithTheReason) {
+  ASSERT_TRUE(call({{"op", "hint"}, {"context", "session-0"}, {"hint", "pin"}}).ok());
+  Reply pin = call({{"op", "hint"}, {"context", "session-1"}, {"hint", "pin"}});
+  EXPECT_EQ(pin.code, Errc::kRefused);
+  EXPECT_NE(pin.error.find("at most low_watermark (0.85) of hbm_budget (16M), 13.60 MiB"), std::string::npos)
+      << pin.error;
+  EXPECT_NE(pin.error.find("8.00 MiB pinned already"), std::string::npos) << pin.error;
+  EXPECT_FALSE(on_owner([&] { return pager_->contexts()[1].pinned; }));
+
+  ASSERT_TRUE(call({{"op", "set"}, {"set", {"prefetchers=sequential"}}}).ok());
+  Reply prefetch = call({{"op", "hint"}, {"context", "session-1"}, {"hint", "prefetch"}});
+  EXPECT_EQ(prefetch.code, Errc::kRefused);
+  EXPECT_NE(prefetch.error.find("the hint prefetcher is off (prefetchers = sequential)"), std::string::npos)
+      << prefetch.error;
+  ASSERT_TRUE(call({{"op", "set"}, {"set", {"prefetchers=sequential,hint"}}}).ok());
+  EXPECT_TRUE(call({{"op", "hint"}, {"context", "session-1"}, {"hint", "prefetch"}}).ok());
 }
 
 // The publish hint needs somewhere to publish: refused without a publisher;

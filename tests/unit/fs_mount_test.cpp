@@ -300,7 +300,7 @@ class FsMount : public ::testing::Test {
     const std::string log = tmp_.path() + "/demo-" + std::to_string(demos_.size()) + ".log";
     if (store_dir.empty()) store_dir = tmp_.path() + "/demo-store";
     demos_.push_back(std::make_unique<Child>(
-        std::vector<std::string>{KVPAGER_BIN, "demo", "--serve", "--sessions", "4", "--layers", "2",
+        std::vector<std::string>{KVPAGER_BIN, "demo", "--serve", "--sessions", "8", "--layers", "2",
                                  "--sim-hbm-capacity", "16M", "--hbm-budget", "8M", "--chunk-size", "256K",
                                  "--store-dir", store_dir, "--pace", "20"},
         runtime_, log));
@@ -672,7 +672,7 @@ TEST_F(FsMount, AContextALivePagerPublishesAppearsAndRemovalIsRefusedWhilePinned
 
   ASSERT_EQ(stat(path("/contexts/session-1/kv").c_str(), &st), 0);
   const uint64_t size = static_cast<uint64_t>(st.st_size);
-  EXPECT_EQ(size, 2u * 4 * kMiB) << "two layers of 4 MiB (32 MiB of KV over 4 sessions)";
+  EXPECT_EQ(size, 2u * 2 * kMiB) << "two layers of 2 MiB (32 MiB of KV over 8 sessions)";
   r = kvpager({"hint", "--pid", pid, "pin", "session-1"});
   ASSERT_EQ(r.exit_code, 0) << show(r);
   json info = json::parse(slurp(path("/contexts/session-1/info")), nullptr, false);

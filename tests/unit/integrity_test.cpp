@@ -63,9 +63,6 @@ TEST(Integrity, RandomInterleavingsNeverCorruptAByte) {
       std::memcpy(out.data() + i, &v, std::min<size_t>(8, out.size() - i));
     }
   };
-  // kNoSpace is the right answer when pinned chunks fill HBM (pins are
-  // honoured even against the budget). Check that this is why, unpin
-  // everything and let the caller retry.
   auto pinned_in_hbm = [&] {
     uint64_t bytes = 0;
     for (auto& r : regions) {
@@ -75,19 +72,20 @@ TEST(Integrity, RandomInterleavingsNeverCorruptAByte) {
     }
     return bytes;
   };
-  auto pinned_full = [&](Status st) {
-    if (st != Status::kNoSpace) return false;
-    EXPECT_GT(pinned_in_hbm() + cfg.chunk_size, pager.config().hbm_budget) << "kNoSpace with room for another chunk";
-    for (auto& r : regions) pager.hint(r.ctx, HintKind::kUnpin);
-    return true;
+  // Pins keep room for every other access (Pager::pin_limit), so an access
+  // never finds HBM full of pinned chunks.
+  auto read = [&](Shadow& s, uint64_t off, std::span<std::byte> out) { return rig.dev.read(s.id, off, out); };
+  auto write = [&](Shadow& s, uint64_t off, std::span<const std::byte> in) { return rig.dev.write(s.id, off, in); };
+  auto context_bytes = [&](ContextId ctx) {
+    uint64_t bytes = 0;
+    for (auto& r : regions)
+      if (r.ctx == ctx) bytes += pager.region(r.id)->nchunks * cfg.chunk_size;
+    return bytes;
   };
-  auto read = [&](Shadow& s, uint64_t off, std::span<std::byte> out) {
-    Status st = rig.dev.read(s.id, off, out);
-    return pinned_full(st) ? rig.dev.read(s.id, off, out) : st;
-  };
-  auto write = [&](Shadow& s, uint64_t off, std::span<const std::byte> in) {
-    Status st = rig.dev.write(s.id, off, in);
-    return pinned_full(st) ? rig.dev.write(s.id, off, in) : st;
+  auto pinned = [&](ContextId ctx) {
+    for (const ContextInfo& c : pager.contexts())
+      if (c.id == ctx) return c.pinned;
+    return false;
   };
   auto check_range = [&](Shadow& s, uint64_t off, uint64_t len) {
     buf.resize(len);
@@ -116,10 +114,15 @@ TEST(Integrity, RandomInterleavingsNeverCorruptAByte) {
       Config next = pager.config();
       next.hbm_budget = uniform(2, 16) * cfg.chunk_size;
       std::string why;
-      ASSERT_EQ(pager.apply(next, &why), Status::kOk) << why;
+      if (pager.pinned_bytes() > Pager::pin_limit(next)) {  // would leave no room beside the pins
+        ASSERT_EQ(pager.apply(next, &why), Status::kInvalid);
+        ASSERT_NE(why.find("pinned"), std::string::npos) << why;
+      } else {
+        ASSERT_EQ(pager.apply(next, &why), Status::kOk) << why;
+      }
       pager.drain();
-      // Down to the new budget, unless pinned chunks alone hold more.
-      ASSERT_LE(pager.committed_bytes(Tier::kHbm), std::max(next.hbm_budget, pinned_in_hbm()));
+      ASSERT_LE(pinned_in_hbm(), Pager::pin_limit(pager.config()));
+      ASSERT_LE(pager.committed_bytes(Tier::kHbm), pager.config().hbm_budget);
     } else if (dice < 955) {  // policy change
       Config next = pager.config();
       next.eviction_policy = static_cast<PolicyKind>(uniform(0, 2));
@@ -127,8 +130,12 @@ TEST(Integrity, RandomInterleavingsNeverCorruptAByte) {
     } else {  // a hint
       switch (uniform(0, 4)) {
         case 0: ASSERT_EQ(pager.hint(s.ctx, HintKind::kPrefetch), Status::kOk); break;
-        case 1: ASSERT_EQ(pager.hint(s.ctx, HintKind::kPark), Status::kOk); break;
-        case 2: ASSERT_EQ(pager.hint(s.ctx, HintKind::kPin), Status::kOk); break;
+        case 1: ASSERT_EQ(pager.hint(s.ctx, HintKind::kPark), pinned(s.ctx) ? Status::kBusy : Status::kOk); break;
+        case 2: {
+          const bool fits = pinned(s.ctx) || pager.pinned_bytes() + context_bytes(s.ctx) <= Pager::pin_limit(pager.config());
+          ASSERT_EQ(pager.hint(s.ctx, HintKind::kPin), fits ? Status::kOk : Status::kNoSpace);
+          break;
+        }
         case 3: ASSERT_EQ(pager.hint(s.ctx, HintKind::kUnpin), Status::kOk); break;
         case 4:
           if (uniform(0, 9) == 0) {  // rarely: dropping throws the bytes away

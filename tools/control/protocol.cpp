@@ -102,9 +102,23 @@ nlohmann::json apply_hint(Pager& pager, std::string_view context, std::string_vi
                        fmt::format("unknown hint '{}': allowed prefetch, park, drop, pin, unpin, publish", hint));
   ContextId id = pager.find_context(context);
   if (id == kNoContext) return error_reply(Errc::kNotFound, fmt::format("no context named '{}'", context));
+  if (*kind == HintKind::kPrefetch && !(pager.config().prefetchers & kPrefetchHint))
+    return error_reply(Errc::kRefused, fmt::format("prefetch '{}': the hint prefetcher is off (prefetchers = {}): "
+                                                   "kvpager tune prefetchers=...,hint to use it",
+                                                   context, find_knob("prefetchers")->format(pager.config())));
   Status s = pager.hint(id, *kind);
   if (s == Status::kBusy)
     return error_reply(Errc::kBusy, fmt::format("context '{}' is pinned: unpin it first", context));
+  if (*kind == HintKind::kPin && s == Status::kNoSpace) {
+    const Config& c = pager.config();
+    return error_reply(Errc::kRefused,
+                       fmt::format("pin '{}': pinned contexts may hold at most low_watermark ({}) of hbm_budget ({}), "
+                                   "{}, so that every other access finds room; {} pinned already: unpin another "
+                                   "context or raise hbm_budget",
+                                   context, c.low_watermark, format_bytes(c.hbm_budget),
+                                   human_bytes(static_cast<double>(Pager::pin_limit(c))),
+                                   human_bytes(static_cast<double>(pager.pinned_bytes()))));
+  }
   if (!ok(s)) return error_reply(Errc::kRefused, fmt::format("{} '{}': {}", hint, context, to_string(s)));
   return {{"ok", true}, {"context", std::string(context)}, {"hint", std::string(hint)}};
 }

@@ -139,10 +139,12 @@ void add_tune_commands(CLI::App& app, Globals& g) {
 
   static HintArgs h;
   auto* hint_cmd = app.add_subcommand(
-      "hint", "Tell a running pager about a context: prefetch (stage it into HBM), park (demote it, let it\n"
-              "spill), drop (discard its bytes), pin / unpin (never evict it), publish (write its current bytes\n"
-              "into the token store under its name: kvpager store ls and kvpager-fs show it; publish a context\n"
-              "the program is not writing, e.g. after park).");
+      "hint", "Tell a running pager about a context: prefetch (stage it into HBM; needs the hint prefetcher),\n"
+              "park (demote it, let it spill), drop (discard its bytes), pin / unpin (never evict it; pinned\n"
+              "contexts may hold at most low_watermark of hbm_budget, so that other accesses find room; a pinned\n"
+              "context is neither parked nor dropped), publish (write its current bytes into the token store\n"
+              "under its name: kvpager store ls and kvpager-fs show it; publish a context the program is not\n"
+              "writing, e.g. after park). A hint that cannot take effect is refused with the reason and changes nothing.");
   hint_cmd->add_option("--pid", h.pid, "The pager (default: the only one running)")->check(kPidRange);
   hint_cmd->add_option("hint", h.hint, "prefetch, park, drop, pin, unpin or publish")
       ->required()

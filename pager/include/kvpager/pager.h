@@ -143,8 +143,15 @@ class Pager final : private PrefetchSink, private RestoreCost {
   // The program used the region without saying which chunks (a launch read
   // the allocation it belongs to): it is not idle.
   void touch(RegionId id);
-  // A hint about a whole context.
+  // A hint about a whole context. kBusy: park or drop of a pinned context.
+  // kNoSpace: a pin that would take the pinned bytes past pin_limit().
   Status hint(ContextId ctx, HintKind kind);
+  // Bytes of pinned chunks (whole chunks, as HBM counts them), and the most
+  // they may be: low_watermark of the HBM budget. The rest of HBM serves
+  // every other access; with HBM full of pinned chunks, an access elsewhere
+  // would find no room (kNoSpace).
+  uint64_t pinned_bytes() const;
+  static uint64_t pin_limit(const Config& resolved);
 
   // Background work: collect finished moves, keep the watermarks, spill idle
   // contexts, issue queued prefetches. Call it periodically.
