@@ -335,6 +335,23 @@ TEST_F(ControlCli, TuneSeveralKnobsOnEveryPager) {
   EXPECT_EQ(status_of(a)["config"]["prefetchers"]["value"], "sequential,correlation,hint");
 }
 
+// Each pager decides for itself: one with a pinned session refuses a budget
+// below its pins while the other takes it. The output says so at the end
+// (before, the refusal came first and the successes after, with no total).
+TEST_F(ControlCli, TuneAllSaysOnHowManyPagersItTookEffect) {
+  Demo a(tmp_.path(), runtime_);
+  Demo b(tmp_.path(), runtime_, {8, 1, "16M"});  // a session is 8M
+  ASSERT_TRUE(a.ready() && b.ready()) << a.log() << b.log();
+  ASSERT_EQ(kvpager({"hint", "--pid", b.pid_text(), "pin", "session-1"}).exit_code, 0);
+  Result r = kvpager({"tune", "--all", "hbm_budget=8M"});
+  EXPECT_EQ(r.exit_code, 2) << show(r);
+  EXPECT_TRUE(contains(r.out, "pid " + a.pid_text() + ": hbm_budget 16M \u2192 8M")) << show(r);
+  EXPECT_TRUE(contains(r.err, "pid " + b.pid_text() + ": hbm_budget = 8M, low_watermark = 0.85: pinned contexts hold "
+                                  "8.00 MiB")) << show(r);
+  EXPECT_TRUE(contains(r.err, "applied on 1 of 2 pagers; the others changed nothing")) << show(r);
+  EXPECT_EQ(status_of(b)["config"]["hbm_budget"]["value"], "16M");
+}
+
 // A live knob's flag was silently ignored by tune (it configured the client,
 // which has no use for it); it now means what KEY=VALUE means.
 TEST_F(ControlCli, TuneTakesALiveKnobsFlagAsASetting) {
@@ -355,6 +372,25 @@ TEST_F(ControlCli, TuneTakesALiveKnobsFlagAsASetting) {
   EXPECT_EQ(fixed.exit_code, 2) << show(fixed);
   EXPECT_TRUE(contains(fixed.err, "chunk_size cannot change while a pager runs")) << show(fixed);
   EXPECT_EQ(status_of(d)["config"]["prefetch_depth"]["value"], "6") << "refusals changed nothing";
+
+  // --config FILE: its live knobs are applied (the command line's win), its
+  // start-up knobs named and left alone; before, the file was read and dropped.
+  const std::string file = tmp_.path() + "/live.toml";
+  std::ofstream(file) << "prefetch_depth = 11\neviction_policy = \"s3fifo\"\nchunk_size = \"2M\"\n";
+  Result from_file = kvpager({"tune", "--pid", d.pid_text(), "--config", file, "eviction_policy=cost"});
+  ASSERT_EQ(from_file.exit_code, 0) << show(from_file);
+  EXPECT_TRUE(contains(from_file.out, "prefetch_depth 6 \u2192 11")) << from_file.out;
+  EXPECT_TRUE(contains(from_file.out, "eviction_policy clock \u2192 cost")) << from_file.out;
+  EXPECT_TRUE(contains(from_file.err, file + ": not changed in running pagers (start-up knobs): chunk_size"))
+      << show(from_file);
+  EXPECT_EQ(status_of(d)["config"]["prefetch_depth"]["value"], "11");
+  EXPECT_EQ(status_of(d)["config"]["eviction_policy"]["value"], "cost");
+
+  // A hint changes no knob: a setting given to it is refused, not ignored.
+  Result hint = kvpager({"hint", "--prefetch-depth", "3", "park", "session-1"});
+  EXPECT_EQ(hint.exit_code, 2) << show(hint);
+  EXPECT_TRUE(contains(hint.err, "hint changes no setting (prefetch_depth=3): use kvpager tune")) << show(hint);
+  EXPECT_EQ(status_of(d)["config"]["prefetch_depth"]["value"], "11");
 }
 
 TEST_F(ControlCli, InvalidValuesAreRefusedNamingTheKnobAndChangeNothing) {

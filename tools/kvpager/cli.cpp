@@ -84,7 +84,7 @@ void add_global_options_footer(CLI::App& app) {
       "\nAlso accepted, before or after the command word: --config FILE, --set KEY=VALUE and --<knob> VALUE for\n"
       "every configuration knob (kvpager --help lists them; kvpager config show prints the values in effect).";
   for (CLI::App* sub : app.get_subcommands({})) {
-    sub->footer(kFooter);
+    if (sub->get_footer().empty()) sub->footer(kFooter);  // one that says otherwise keeps its own
     add_global_options_footer(*sub);
   }
 }

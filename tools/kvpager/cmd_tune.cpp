@@ -3,7 +3,9 @@
 // kvpager hint [--pid N] HINT CONTEXT: prefetch / park / drop / pin / unpin /
 // publish a context of a running pager.
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
+#include "kvpager/config_loader.h"
 #include "live.h"
 
 namespace kvpager::cli {
@@ -45,9 +47,33 @@ std::vector<std::string> take_knob_flags(Globals& g) {
   return settings;
 }
 
+// `kvpager tune --config FILE`: the live knobs the file sets, as KEY=VALUE
+// (before the command line's, which win). Its start-up knobs cannot change
+// in a running pager: named on stderr and left alone, so a pager's own
+// start-up file can be re-applied after an edit. Only an explicit --config:
+// $KVPAGER_CONFIG says how pagers start, not what to change in running ones.
+std::vector<std::string> take_config_file(Globals& g) {
+  std::vector<std::string> settings, skipped;
+  if (g.config_file.empty()) return settings;
+  ConfigLoader file;
+  file.load_file(g.config_file);  // ConfigError naming FILE:LINE
+  for (const Knob& k : knobs()) {
+    if (file.origin(k).source != ConfigSource::kFile) continue;
+    if (k.live) settings.push_back(fmt::format("{}={}", k.name, k.format(file.config())));
+    else if (k.name != "runtime_dir") skipped.push_back(std::string(k.name));
+  }
+  if (!skipped.empty())
+    fmt::print(stderr, "kvpager: {}: not changed in running pagers (start-up knobs): {}\n", g.config_file,
+               fmt::join(skipped, ", "));
+  if (settings.empty()) throw ConfigError(fmt::format("{}: sets no live knob (kvpager config knobs)", g.config_file));
+  return settings;
+}
+
 void tune(Globals& g, TuneArgs a) {
   std::vector<std::string> flags = take_knob_flags(g);
   a.assignments.insert(a.assignments.begin(), flags.begin(), flags.end());
+  std::vector<std::string> from_file = take_config_file(g);
+  a.assignments.insert(a.assignments.begin(), from_file.begin(), from_file.end());
   if (a.assignments.empty())
     throw CLI::ValidationError("settings", "nothing to change: give KEY=VALUE (or --<knob> VALUE) for a live knob (kvpager config knobs)");
   // What can be known without a pager is checked first: the knob exists, may
@@ -74,17 +100,24 @@ void tune(Globals& g, TuneArgs a) {
   json request = {{"op", "set"}, {"set", a.assignments}};
   auto replies = control::call_all(targets, request, control::kDefaultTimeout);
   int worst = kExitOk;
+  size_t took = 0;
   for (size_t i = 0; i < replies.size(); ++i) {
     const auto& r = replies[i];
     if (!r.ok()) {
+      std::fflush(stdout);  // the lines stay in pid order on a terminal
       fmt::print(stderr, "kvpager: pid {}: {}\n", targets[i].pid, r.error);
       worst = std::max(worst, exit_for(r.code));
       continue;
     }
+    ++took;
     for (const auto& c : field(r.body, "changes")) {
       fmt::print("pid {}: {} {} \u2192 {}\n", targets[i].pid, text(c, "knob"), text(c, "old"),
                  text(c, "new"));
     }
+  }
+  if (targets.size() > 1 && took < targets.size()) {
+    std::fflush(stdout);
+    fmt::print(stderr, "kvpager: applied on {} of {} pagers; the others changed nothing\n", took, targets.size());
   }
   g.exit_code = worst;
 }
@@ -98,6 +131,12 @@ struct HintArgs {
 };
 
 void hint(Globals& g, const HintArgs& a) {
+  // A setting given here would be silently ignored: hints change no knob.
+  std::vector<std::string> knobs_given = take_knob_flags(g);
+  if (!knobs_given.empty() || !g.config_file.empty())
+    throw CLI::ValidationError("settings", fmt::format("hint changes no setting ({}): use kvpager tune",
+                                                       knobs_given.empty() ? "--config " + g.config_file
+                                                                           : fmt::format("{}", fmt::join(knobs_given, " "))));
   LivePagers live = find_live_pagers(g);
   print_notes(live);
   control::Endpoint e = choose_one(live, a.pid, "");
@@ -126,9 +165,11 @@ void add_tune_commands(CLI::App& app, Globals& g) {
   auto* tune_cmd = app.add_subcommand(
       "tune",
       "Change tunables of running pagers without a restart: KEY=VALUE for any live knob (kvpager config knobs).\n"
-      "Several in one call are applied together or not at all; a refused value leaves the old one and says why.\n"
+      "Several in one call are applied together or not at all on each pager (with --all, each pager decides:\n"
+      "the output ends with how many took them); a refused value leaves the old one and says why.\n"
       "Prints old \u2192 new. Example: kvpager tune prefetchers=correlation prefetch_depth=4\n"
-      "(or: kvpager tune --prefetchers correlation --prefetch-depth 4).");
+      "(or: kvpager tune --prefetchers correlation --prefetch-depth 4). With --config FILE, the live knobs\n"
+      "the file sets are applied too (the command line's win); its start-up knobs are named and left alone.");
   auto* pid_opt = tune_cmd->add_option("--pid", t.pid, "The pager to change (default: the only one running)")
                       ->check(kPidRange);
   auto* all_opt = tune_cmd->add_flag("--all", t.all, "Change every live pager");
@@ -150,6 +191,9 @@ void add_tune_commands(CLI::App& app, Globals& g) {
       ->required()
       ->check(CLI::IsMember({"prefetch", "park", "drop", "pin", "unpin", "publish"}));
   hint_cmd->add_option("context", h.context, "Context name (kvpager status --pid N lists them)")->required();
+  hint_cmd->footer(
+      "\nA hint changes no setting: --config, --set and --<knob> are refused here (kvpager tune changes knobs);\n"
+      "--runtime-dir says where the pagers are.");
   hint_cmd->callback([&g] { hint(g, h); });
 }
 
