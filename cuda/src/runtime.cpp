@@ -193,7 +193,7 @@ Runtime* Runtime::get() {
       r->cfg_ = ConfigLoader::standard("", {}).finish();
       r->allow_ = *parse_size_ranges(r->cfg_.cuda_allow_sizes);
       r->deny_ = *parse_size_ranges(r->cfg_.cuda_deny_sizes);
-      r->log_level_ = level_of(r->cfg_.log_level);
+      r->log_level_.store(level_of(r->cfg_.log_level), std::memory_order_relaxed);
     } catch (const ConfigError& e) {
       r->log(4, fmt::format("{}\nkvpager: configuration refused: the pager is off, CUDA calls pass through", e.what()));
       state_.store(RuntimeState::kDisabled, std::memory_order_release);
@@ -226,7 +226,7 @@ void Runtime::on_fork_child() {
 }
 
 void Runtime::log(int level, const std::string& msg) const {
-  if (level < log_level_) return;
+  if (level < log_level_.load(std::memory_order_relaxed)) return;
   std::string line = fmt::format("kvpager[{}]: {}\n", getpid(), msg);
   ssize_t n = ::write(2, line.data(), line.size());
   (void)n;
@@ -297,6 +297,7 @@ bool Runtime::start_pager() {
         for (const auto& [name, value] : cs) j[name] = value;
       return j;
     };
+    o.applied = [this](const Config& c) { log_level_.store(level_of(c.log_level), std::memory_order_relaxed); };
     control_ = std::make_unique<control::ControlServer>(std::move(o), *pager_);
   } catch (const std::exception& e) {  // the pager runs on; it is just not visible
     log(3, fmt::format("no control socket ({}): kvpager status/tune will not see this process", e.what()));

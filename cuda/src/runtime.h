@@ -206,7 +206,7 @@ class Runtime {
 
   Config cfg_;
   std::vector<SizeRange> allow_, deny_;
-  int log_level_ = 2;  // 0 trace .. 5 off
+  std::atomic<int> log_level_{2};  // 0 trace .. 5 off; log_level is live (kvpager tune)
   Driver drv_;
   Quiescence& q_;
   RegionMap map_;

@@ -1463,6 +1463,47 @@ TEST(StandIn, ThePreloadedProgramIsVisibleToStatusAndTunable) {
   })) << json;
 }
 
+// log_level is live: `kvpager tune log_level=...` reaches the interposer's
+// own messages (it kept the level it started with). Its stderr goes to a file
+// meanwhile; the managed ceiling's refusal is a warning.
+// Env: KVPAGER_CUDA_MANAGED_LIMIT=16M, STANDIN_KVPAGER_BIN, KVPAGER_RUNTIME_DIR (private).
+TEST(StandIn, ALiveLogLevelChangeReachesTheInterposersOwnMessages) {
+  Program p;
+  p.must_alloc(8 * kMiB);
+  std::string json;
+  ASSERT_TRUE(status_shows_regions(1, &json)) << json;
+  const std::string pid = std::to_string(getpid());
+  char path[] = "/tmp/kvpager-standin-stderr-XXXXXX";
+  const int file = mkstemp(path);
+  ASSERT_GE(file, 0);
+  unlink(path);
+  const int saved = dup(2);
+  auto logged = [&] {
+    std::string text(4096, '\0');
+    const ssize_t n = pread(file, text.data(), text.size(), 0);
+    text.resize(n > 0 ? static_cast<size_t>(n) : 0);
+    return text;
+  };
+  auto refused_alloc = [&] {
+    dup2(file, 2);
+    CUdeviceptr c = 0;
+    const CUresult r = p.alloc(&c, 16 * kMiB);
+    dup2(saved, 2);
+    return r;
+  };
+  int status = -1;
+  std::string out = run_kvpager({"tune", "--pid", pid, "log_level=error"}, &status);
+  ASSERT_EQ(status, 0) << out;
+  EXPECT_EQ(refused_alloc(), CUDA_ERROR_OUT_OF_MEMORY);
+  EXPECT_EQ(logged(), "") << "a warning under log_level = error";
+  out = run_kvpager({"tune", "--pid", pid, "log_level=warn"}, &status);
+  ASSERT_EQ(status, 0) << out;
+  EXPECT_EQ(refused_alloc(), CUDA_ERROR_OUT_OF_MEMORY);
+  EXPECT_NE(logged().find("allocation of 16M refused"), std::string::npos) << logged();
+  close(saved);
+  close(file);
+}
+
 // Env: KVPAGER_HOST_CAPACITY=2M, KVPAGER_SPILL_IDLE=1h, STANDIN_KVPAGER_BIN, KVPAGER_RUNTIME_DIR (private).
 // `kvpager hint publish` reaches the preloaded program's pager through its
 // control socket and publishes a parked, spilled context.

@@ -83,6 +83,8 @@ const Scenario kScenarios[] = {
     {"AStreamCaptureHoldsSpillsBackUntilItEnds", kSpills},
     {"TheSpillFenceWaitsForEveryStreamThatUsedTheRegion", kSpills},
     {"ThePreloadedProgramIsVisibleToStatusAndTunable", {"STANDIN_KVPAGER_BIN=" KVPAGER_BIN}},
+    {"ALiveLogLevelChangeReachesTheInterposersOwnMessages",
+     {"KVPAGER_CUDA_MANAGED_LIMIT=16M", "STANDIN_KVPAGER_BIN=" KVPAGER_BIN}},
     {"PublishWritesAContextSpreadOverEveryTierIntoTheStoreByteExact",
      {"KVPAGER_HOST_CAPACITY=8M", "KVPAGER_SPILL_IDLE=1h", "KVPAGER_HBM_BUDGET=12M"}},
     {"PublishOfAnUnknownContextIsNotFound", {}},

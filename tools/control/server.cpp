@@ -221,6 +221,7 @@ struct ControlServer::Impl {
       json reply;
       try {
         reply = run_owner_request(pager, job->request, opt.publish);
+        if (opt.applied && job->request.at("op") == "set" && reply.value("ok", false)) opt.applied(pager.config());
       } catch (const std::exception& e) {  // never let a request take the owner down
         reply = error_reply(Errc::kIo, fmt::format("request failed: {}", e.what()));
       }

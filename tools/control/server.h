@@ -62,6 +62,10 @@ class ControlServer {
     // snapshot on the owner thread and answered as the stats reply's
     // "interposer". Unset: no such field (a pager on the simulated device).
     std::function<nlohmann::json()> interposer_stats;
+    // Called on the owner thread after a "set" changed the pager's
+    // configuration, before the client is answered: for settings the
+    // pager's owner keeps a copy of (libkvpager.so's log level).
+    std::function<void(const Config&)> applied;
   };
 
   // Binds, publishes a first snapshot of `pager` and starts the socket
