@@ -570,7 +570,9 @@ TEST(TokenStore, ABadManifestReadsAsCorruptAndFsckRemovesIt) {
   EXPECT_EQ(again.list_contexts().size(), 1u);
   FsckReport r = again.fsck(true);
   EXPECT_EQ(r.bad_manifests, 1u);
-  EXPECT_EQ(r.orphan_objects, 1u) << "m's object is now named by nothing (young: kept)";
+  EXPECT_EQ(r.orphan_objects, 0u);
+  EXPECT_EQ(r.young_orphans, 1u) << "m's object is now named by nothing (young: kept)";
+  EXPECT_EQ(r.left_alone.size(), 1u);
   ASSERT_EQ(again.get_context("", "fine", &out), Status::kOk);
 }
 

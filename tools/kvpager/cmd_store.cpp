@@ -402,16 +402,21 @@ void cmd_fsck(const Globals& g, Globals& gm, const StoreArgs& a) {
                           {"bad_manifests", report.bad_manifests},
                           {"missing_objects", report.missing_objects},
                           {"orphan_objects", report.orphan_objects},
+                          {"young_orphans", report.young_orphans},
+                          {"foreign_entries", report.foreign_entries},
                           {"leftovers", report.leftovers},
                           {"removed", report.removed},
                           {"removed_at_open", removed_at_open},
                           {"problems", report.problems},
+                          {"left_alone", report.left_alone},
                           {"clean_after", after.clean()}};
     fmt::print("{}\n", out.dump(2));
   } else {
-    const size_t shown = std::min<size_t>(report.problems.size(), 50);
-    for (size_t i = 0; i < shown; ++i) fmt::print("{}\n", printable(report.problems[i]));
-    if (report.problems.size() > shown) fmt::print("... and {} more\n", report.problems.size() - shown);
+    for (const auto* lines : {&report.problems, &report.left_alone}) {
+      const size_t shown = std::min<size_t>(lines->size(), 50);
+      for (size_t i = 0; i < shown; ++i) fmt::print("{}\n", printable((*lines)[i]));
+      if (lines->size() > shown) fmt::print("... and {} more\n", lines->size() - shown);
+    }
     if (removed_at_open)
       fmt::print("opening the store removed {} leftover file(s) (dead writers' files, old orphans: as every open does)\n", removed_at_open);
     fmt::print("{}: {} object(s) ({}) and {} manifest(s) checked: {} bad object(s), {} bad manifest(s), {} missing, "
@@ -420,12 +425,19 @@ void cmd_fsck(const Globals& g, Globals& gm, const StoreArgs& a) {
                report.manifests_checked, report.bad_objects, report.bad_manifests, report.missing_objects,
                report.orphan_objects, report.leftovers, a.repair ? fmt::format("; {} file(s) removed", report.removed) : "");
     if (!after.clean())
-      fmt::print("{} problem(s) remain{}\n", after.problems.size(), a.repair ? "" : " (kvpager store fsck --repair removes them)");
+      fmt::print("{} problem(s) remain ({})\n", after.problems.size(),
+                 a.repair ? "--repair could not remove them" : "kvpager store fsck --repair removes them");
+    // Not damage, so not in the exit status; but say why they stay.
+    if (report.young_orphans)
+      fmt::print("{} orphan(s) left alone: younger than the orphan grace ({}), so a writer may still be publishing "
+                 "them; --repair removes those still named by nothing from {} on\n",
+                 report.young_orphans, short_duration(s->options().orphan_grace_ns), when(report.young_until_ns));
+    if (report.foreign_entries)
+      fmt::print("{} entry(ies) the store did not make left alone: the store never removes them; remove them by hand\n",
+                 report.foreign_entries);
   }
-  // Young orphans (a context being published right now) are not damage.
-  const bool damaged = std::any_of(after.problems.begin(), after.problems.end(),
-                                   [](const std::string& p) { return p.find("(young") == std::string::npos; });
-  if (damaged) gm.exit_code = kExitRuntime;
+  // Exit 1 while damage remains; what fsck leaves alone on purpose is not damage.
+  if (!after.clean()) gm.exit_code = kExitRuntime;
 }
 
 void cmd_bench(Globals& g, const StoreArgs& a) {
@@ -541,7 +553,9 @@ void add_store_command(CLI::App& app, Globals& g) {
   rm->callback([&g] { cmd_rm(g, a); });
 
   auto* fsck = cmd->add_subcommand("fsck", "Verify every checksum and manifest; exit 1 if something is damaged");
-  fsck->add_flag("--repair", a.repair, "Remove bad objects, broken contexts, old orphans and dead writers' leftovers");
+  fsck->add_flag("--repair", a.repair,
+                 "Remove bad objects, broken contexts, old orphans and dead writers' leftovers (not orphans younger "
+                 "than the orphan grace, nor entries the store did not make: those are listed and left alone)");
   fsck->add_flag("--json", a.json, "Print JSON");
   fsck->callback([&g] { cmd_fsck(g, g, a); });
 

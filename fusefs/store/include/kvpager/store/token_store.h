@@ -131,9 +131,20 @@ struct ContextEntry {
 };
 
 struct FsckReport {
+  // bytes_checked: the payload of every object read, bad ones included (a
+  // file whose header cannot be read: its size).
   uint64_t objects_checked = 0, bytes_checked = 0, manifests_checked = 0;
-  std::vector<std::string> problems;  // one line each
-  uint64_t bad_objects = 0, bad_manifests = 0, missing_objects = 0, orphan_objects = 0, leftovers = 0;
+  std::vector<std::string> problems;  // damage, one line each: what repair removes
+  // Not damage, left alone on purpose (repair never removes them), one line
+  // each: orphans younger than orphan_grace (a live writer may be publishing
+  // them) and entries the store did not make (a directory in objects/, a
+  // stray file there): those are for a person to remove.
+  std::vector<std::string> left_alone;
+  uint64_t bad_objects = 0, bad_manifests = 0, missing_objects = 0, leftovers = 0;
+  uint64_t orphan_objects = 0;        // old enough to remove
+  uint64_t young_orphans = 0;         // left alone until young_until_ns (wall clock)
+  uint64_t young_until_ns = 0;        // when the youngest of them passes the grace
+  uint64_t foreign_entries = 0;       // left alone
   uint64_t removed = 0;               // files removed (repair)
   bool clean() const { return problems.empty(); }
 };
@@ -247,7 +258,8 @@ class TokenStore final : public Store {
 
   // Verifies every manifest and every object's checksum; repair removes bad
   // objects, manifests that name missing or bad objects, old orphans and dead
-  // writers' leftovers.
+  // writers' leftovers (FsckReport::problems). Young orphans and entries the
+  // store did not make are only listed (FsckReport::left_alone).
   FsckReport fsck(bool repair, const std::function<void(uint64_t done, uint64_t total)>& progress = {});
 
   // Writes total_bytes in block_bytes private objects at the queue depth,
