@@ -260,61 +260,72 @@ void cmd_get(const Globals& g, const StoreArgs& a) {
   if (a.out.empty()) throw CLI::ValidationError("FILE", "an output file name, or - for standard output");
   auto s = open_store(g, a, Use::kRead);
   const std::string name = printable(a.name);
+  // Before FILE is opened (a FIFO waits for its reader).
   store::Manifest m;
-  Status st = s->read_manifest(a.ns, a.name, &m);
-  if (st == Status::kNotFound) throw RuntimeError(no_context(*s, a));
-  if (!ok(st)) throw RuntimeError(fail_msg(*s, fmt::format("reading context '{}'", name), st));
+  if (Status st = s->read_manifest(a.ns, a.name, &m); st == Status::kNotFound) throw RuntimeError(no_context(*s, a));
+  else if (!ok(st)) throw RuntimeError(fail_msg(*s, fmt::format("reading context '{}'", name), st));
 
   // A file is written beside FILE and renamed onto it: a failed get leaves
   // FILE as it was. A device or FIFO is written into (common/output_file.h).
   tools::OutputFile out;
   std::string err;
   if (!out.open(a.out, &err)) throw RuntimeError(err);
-  Progress progress("get", m.total_bytes());
-  uint64_t done = 0;
+  std::optional<Progress> progress;
+  uint64_t done = 0, written = 0;
   int werr = 0;
+  bool found = false;     // the manifest was read
+  bool reopened = true;   // a failed reopen: err says why
   auto write_out = [&](std::span<const std::byte> p) {
+    written += p.size();
     if (out.write(p)) return Status::kOk;
     werr = errno;
     return Status::kIoError;
   };
-  if (a.export_file) {
+  // Before each attempt (another one when the context is replaced while it
+  // is read): start FILE afresh, so that it never mixes two publications.
+  auto begin = [&](const store::Manifest& cur) {
+    found = true;
+    if (written > 0) {
+      if (out.direct()) return Status::kAgain;  // a stream cannot take back what it got
+      out.discard();
+      reopened = out.open(a.out, &err);
+      if (!reopened) return Status::kIoError;
+      written = 0;
+    }
+    done = 0;
+    progress.emplace("get", cur.total_bytes());
+    if (!a.export_file) return Status::kOk;
     // The self-describing form (fusefs/fs/include/kvpager/fs/export_format.h):
     // settings and every chunk's checksum first, so the receiving side
     // (store put, or a copy into a kvpager-fs mount's /import) verifies it.
     fs::ExportHeader h;
-    h.ns = m.meta.ns;
-    h.name = m.meta.name;
-    h.pinned = m.meta.pinned;
-    h.created_ns = m.meta.created_ns;
-    h.token_count = m.meta.token_count;
-    h.ttl_ns = m.meta.ttl_ns;
-    for (const auto& c : m.chunks) h.chunks.push_back({c.bytes, c.checksum});
-    st = write_out(fs::encode_export_header(h));
-  }
-  store::Manifest used;
-  if (ok(st)) {
-    st = s->get_context(
-        a.ns, a.name,
-        [&](uint64_t, std::span<const std::byte> p) {
-          Status ws = write_out(p);
-          done += p.size();
-          progress.update(done);
-          return ws;
-        },
-        &used);
-  }
-  // Republished between the two reads: the header describes other chunks.
-  if (ok(st) && a.export_file && used.meta.generation != m.meta.generation) {
-    st = Status::kBusy;
-    werr = 0;
-  }
+    h.ns = cur.meta.ns;
+    h.name = cur.meta.name;
+    h.pinned = cur.meta.pinned;
+    h.created_ns = cur.meta.created_ns;
+    h.token_count = cur.meta.token_count;
+    h.ttl_ns = cur.meta.ttl_ns;
+    for (const auto& c : cur.chunks) h.chunks.push_back({c.bytes, c.checksum});
+    return write_out(fs::encode_export_header(h));
+  };
+  Status st = s->get_context(
+      a.ns, a.name,
+      [&](uint64_t, std::span<const std::byte> p) {
+        Status ws = write_out(p);
+        done += p.size();
+        progress->update(done);
+        return ws;
+      },
+      nullptr, begin);
+  progress.reset();
   const bool to_descriptor = out.descriptor();  // stdout: no "wrote" line in the same stream
   if (ok(st) && !out.commit(&err)) throw RuntimeError(err);
   out.discard();  // after a failure: FILE stays as it was
+  if (!reopened) throw RuntimeError(err);
   if (werr) throw RuntimeError(fmt::format("writing {}: {}", out.target(), std::strerror(werr)));
-  if (st == Status::kBusy)
-    throw RuntimeError(fmt::format("context '{}' was replaced while it was exported; try again", name));
+  if (st == Status::kNotFound && !found) throw RuntimeError(no_context(*s, a));
+  if (st == Status::kAgain)
+    throw RuntimeError(fmt::format("context '{}' was replaced while reading; retry", name));
   if (st == Status::kNotFound)
     throw RuntimeError(fmt::format("context '{}' in {} is incomplete (a chunk is missing); run `kvpager store fsck`",
                                    name, s->dir()));

@@ -241,9 +241,16 @@ class TokenStore final : public Store {
   // Streams the chunks to sink in order (pipelined, every chunk verified
   // against its header and the manifest). A sink error stops the read and is
   // returned. Records the access.
+  // A chunk that is gone because the context was replaced (or removed) while
+  // it was read is kAgain; a chunk missing from the current publication is
+  // kNotFound (the context is incomplete). With begin, a replaced context is
+  // read again from its start, up to kContextReadAttempts times in all:
+  // begin(manifest) is called before each attempt's first chunk and must drop
+  // what sink got before (a status other than kOk ends the read with it).
+  static constexpr int kContextReadAttempts = 3;
   Status get_context(std::string_view ns, std::string_view name,
                      const std::function<Status(uint64_t index, std::span<const std::byte>)>& sink,
-                     Manifest* manifest = nullptr);
+                     Manifest* manifest = nullptr, const std::function<Status(const Manifest&)>& begin = {});
   Status get_context(std::string_view ns, std::string_view name, std::vector<std::byte>* out);
   Status remove_context(std::string_view ns, std::string_view name);
   Status set_pinned(std::string_view ns, std::string_view name, bool pinned);
@@ -319,6 +326,11 @@ class TokenStore final : public Store {
   void forget_if_unreferenced(const ObjectKey& key);
   void unlink_shared(const ObjectKey& key);
   Status drop_context(const std::string& file, DropReason why);
+  // One attempt of get_context; *loaded: the manifest was read.
+  Status read_context_once(const std::string& file, std::string_view ns, std::string_view name,
+                           const std::function<Status(const Manifest&)>& begin,
+                           const std::function<Status(uint64_t, std::span<const std::byte>)>& sink, Manifest* m,
+                           bool* loaded);
   Status republish(std::string_view ns, std::string_view name, const std::function<void(ContextMeta&)>& edit);
   Status errno_status(int e);
   Status note_nospace();
