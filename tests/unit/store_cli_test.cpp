@@ -314,6 +314,27 @@ TEST(StoreCli, PutOntoAnExistingNameSaysItReplacesIt) {
   EXPECT_NE(r.out.find("replaced"), std::string::npos) << r.out;
 }
 
+// The flags define the replacing context; settings of the old one that it
+// lacks are not kept, and the replaced line says which, and how to keep them.
+TEST(StoreCli, PutSaysWhichSettingsOfTheReplacedContextItDrops) {
+  TempDir d;
+  const std::string s = d.sub("store");
+  write_file(d.sub("a"), pattern(13, 10));
+  ASSERT_EQ(run_cli("store put " + d.sub("a") + " --context pp --pin --ttl 1h --tokens 5 --store " + s).code, 0);
+  CliRun r = run_cli("store put " + d.sub("a") + " --context pp --store " + s);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("; the old one was pinned, TTL 1h, 5 tokens: give --pin/--ttl/--tokens to keep them"),
+            std::string::npos)
+      << r.out;
+  auto j = nlohmann::json::parse(run_cli("store ls --json --store " + s).out);
+  EXPECT_EQ(j[0]["pinned"], false) << "the flags define the new context";
+  r = run_cli("store put " + d.sub("a") + " --context pp --ttl 2h --store " + s);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out.find("the old one was"), std::string::npos) << "it had nothing the new one lacks: " << r.out;
+  r = run_cli("store put " + d.sub("a") + " --context pp --store " + s);
+  EXPECT_NE(r.out.find("; the old one was TTL 2h: give --ttl to keep it"), std::string::npos) << r.out;
+}
+
 // Names are any bytes but NUL; a terminal must not act on them.
 TEST(StoreCli, HumanOutputEscapesControlCharactersAndJsonKeepsThem) {
   TempDir d;

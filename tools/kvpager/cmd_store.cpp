@@ -109,6 +109,33 @@ std::string short_duration(uint64_t ns) {
   return fmt::format("{}d", s / 86400);
 }
 
+// 1h, 90min, 45s: exact, in a form --ttl takes.
+std::string ttl_text(uint64_t ns) {
+  if (ns % 1'000'000'000 != 0) return format_duration(ns);
+  const uint64_t s = ns / 1'000'000'000;
+  if (s % 3600 == 0) return fmt::format("{}h", s / 3600);
+  if (s % 60 == 0) return fmt::format("{}min", s / 60);
+  return fmt::format("{}s", s);
+}
+
+// A replaced context's settings are not carried over (the flags define the
+// new one); "; the old one was pinned, TTL 1h: give --pin/--ttl to keep
+// them" when it had some the new one lacks, so that none is lost unnoticed.
+std::string settings_dropped(const store::ContextMeta& old, const store::ContextMeta& now) {
+  std::vector<std::string> had, flags;
+  auto lost = [&](bool gone, std::string what, const char* flag) {
+    if (!gone) return;
+    had.push_back(std::move(what));
+    flags.push_back(flag);
+  };
+  lost(old.pinned && !now.pinned, "pinned", "--pin");
+  lost(old.ttl_ns && !now.ttl_ns, "TTL " + ttl_text(old.ttl_ns), "--ttl");
+  lost(old.token_count && !now.token_count, fmt::format("{} tokens", old.token_count), "--tokens");
+  if (had.empty()) return "";
+  return fmt::format("; the old one was {}: give {} to keep {}", fmt::join(had, ", "), fmt::join(flags, "/"),
+                     had.size() == 1 ? "it" : "them");
+}
+
 std::string fail_msg(const TokenStore& s, std::string_view what, Status st) {
   return fmt::format("{} ({}): {}", what, s.dir(), to_string(st));
 }
@@ -238,8 +265,9 @@ void cmd_put(const Globals& g, const StoreArgs& a) {
       replaced ? fmt::format("replaced context '{}' (was {} bytes, generation {:016x})", printable(stored_name),
                              replaced->total_bytes(), replaced->meta.generation)
                : fmt::format("stored context '{}'", printable(stored_name));
-  fmt::print("{}: {} in {} chunk(s){}\n", verb, human_bytes(static_cast<double>(w->bytes())), w->chunks(),
-             is_export ? " (an export: every chunk verified)" : "");
+  fmt::print("{}: {} in {} chunk(s){}{}\n", verb, human_bytes(static_cast<double>(w->bytes())), w->chunks(),
+             is_export ? " (an export: every chunk verified)" : "",
+             replaced ? settings_dropped(replaced->meta, w->meta()) : "");
 }
 
 // "no context 'x' in DIR", and where a context of that name is, when only
@@ -536,7 +564,9 @@ void add_store_command(CLI::App& app, Globals& g) {
 
   auto* put = cmd->add_subcommand("put",
                                   "Store FILE (or - for stdin) as a context. A context of that name is replaced (the way "
-                                  "to update one); the output then says `replaced context NAME (was N bytes, generation G)`");
+                                  "to update one); the output then says `replaced context NAME (was N bytes, generation G)`, "
+                                  "and which of its settings (pin, TTL, tokens) the new one lacks: the flags given here "
+                                  "define the new one");
   put->add_option("FILE", a.file, "File to store")->required()->check(CLI::ExistingFile | CLI::IsMember({"-"}));
   put->add_option("--context", a.context, "Context name (default for an export: the name it carries)");
   put->add_flag("--pin", a.pin, "Never drop it for capacity or TTL");
