@@ -314,6 +314,33 @@ TEST(StoreCli, PutOntoAnExistingNameSaysItReplacesIt) {
   EXPECT_NE(r.out.find("replaced"), std::string::npos) << r.out;
 }
 
+// A put that makes room under nvme_capacity by evicting other contexts says
+// which ones went, and how many bytes, instead of letting them vanish.
+TEST(StoreCli, PutSaysWhichContextsItEvictedToStayWithinTheCapacity) {
+  TempDir d;
+  const std::string s = d.sub("store");
+  // 2 MiB: one object of 2 MiB + its 4 KiB header; four fit in 12M.
+  write_file(d.sub("2m"), pattern(14, 2 * 1024 * 1024));
+  const std::string put = "--nvme-capacity 12M store put " + d.sub("2m") + " --store " + s + " --context ";
+  for (const char* name : {"x1", "x2"}) ASSERT_EQ(run_cli(put + name).code, 0) << name;
+  ASSERT_EQ(run_cli(put + "keep --pin").code, 0);
+  CliRun r = run_cli(put + "x3");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out.find("evicted"), std::string::npos) << "room without evicting: " << r.out;
+  // 6 MiB more: the two least recently used unpinned contexts go.
+  write_file(d.sub("6m"), pattern(15, 6 * 1024 * 1024));
+  r = run_cli("--nvme-capacity 12M store put " + d.sub("6m") + " --context big --store " + s);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("evicted 2 least recently used context(s) (4.00 MiB) to stay within nvme_capacity = 12M: "
+                       "'x1', 'x2'"),
+            std::string::npos)
+      << r.out;
+  r = run_cli("store ls --json --store " + s);
+  std::vector<std::string> left;
+  for (const auto& e : nlohmann::json::parse(r.out)) left.push_back(e["name"]);
+  EXPECT_EQ(left, (std::vector<std::string>{"big", "keep", "x3"}));
+}
+
 // The flags define the replacing context; settings of the old one that it
 // lacks are not kept, and the replaced line says which, and how to keep them.
 TEST(StoreCli, PutSaysWhichSettingsOfTheReplacedContextItDrops) {

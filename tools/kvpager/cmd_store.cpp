@@ -100,6 +100,12 @@ class Progress {
   std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now(), last_;
 };
 
+// The wall clock, as the store keeps last-access times.
+uint64_t wall_now_ns() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+}
+
 // 90s, 15min, 2h, 3d: idle times and TTLs at a glance.
 std::string short_duration(uint64_t ns) {
   const uint64_t s = ns / 1'000'000'000;
@@ -134,6 +140,44 @@ std::string settings_dropped(const store::ContextMeta& old, const store::Context
   if (had.empty()) return "";
   return fmt::format("; the old one was {}: give {} to keep {}", fmt::join(had, ", "), fmt::join(flags, "/"),
                      had.size() == 1 ? "it" : "them");
+}
+
+// "'x1', 'x2' (namespace 'n')": contexts named in one line.
+std::string context_names(const std::vector<store::ContextEntry>& list) {
+  std::vector<std::string> names;
+  for (const auto& e : list)
+    names.push_back(e.meta.ns.empty() ? fmt::format("'{}'", printable(e.meta.name))
+                                      : fmt::format("'{}' (namespace '{}')", printable(e.meta.name),
+                                                    printable(e.meta.ns)));
+  return fmt::format("{}", fmt::join(names, ", "));
+}
+
+// Under nvme_capacity a put makes room by dropping other contexts: say
+// which, so that none vanishes unnoticed. before: the contexts before the put.
+void report_dropped(TokenStore& s, const std::vector<store::ContextEntry>& before, const store::StoreStats& was,
+                    const store::ContextMeta& put) {
+  const store::StoreStats now = s.stats();
+  const uint64_t evicted = now.contexts_evicted - was.contexts_evicted;
+  const uint64_t expired = now.contexts_expired - was.contexts_expired;
+  if (evicted == 0 && expired == 0) return;
+  std::vector<store::ContextEntry> gone = before;
+  const auto after = s.list_contexts();
+  std::erase_if(gone, [&](const store::ContextEntry& e) {
+    return (e.meta.ns == put.ns && e.meta.name == put.name) ||
+           std::any_of(after.begin(), after.end(),
+                       [&](const store::ContextEntry& a) { return a.meta.ns == e.meta.ns && a.meta.name == e.meta.name; });
+  });
+  const uint64_t wall = wall_now_ns();
+  auto idle_past_ttl = [&](const store::ContextEntry& e) {
+    return e.meta.ttl_ns != 0 && wall >= e.last_access_ns && wall - e.last_access_ns >= e.meta.ttl_ns;
+  };
+  std::vector<store::ContextEntry> lru, ttl;
+  for (const auto& e : gone) (idle_past_ttl(e) ? ttl : lru).push_back(e);
+  if (evicted)
+    fmt::print("evicted {} least recently used context(s) ({}) to stay within nvme_capacity = {}: {}\n", evicted,
+               human_bytes(static_cast<double>(now.evicted_bytes - was.evicted_bytes)),
+               format_bytes(s.options().capacity_bytes), context_names(lru));
+  if (expired) fmt::print("dropped {} context(s) idle past their TTL: {}\n", expired, context_names(ttl));
 }
 
 std::string fail_msg(const TokenStore& s, std::string_view what, Status st) {
@@ -188,6 +232,10 @@ void cmd_put(const Globals& g, const StoreArgs& a) {
 
   auto s = open_store(g, a, Use::kCreate, /*durable=*/true);  // what a user puts by hand survives a power cut
   const uint64_t chunk = s->options().max_io_bytes;
+  // Making room may drop other contexts (nvme_capacity): remember them, to name them.
+  const std::vector<store::ContextEntry> before =
+      s->options().capacity_bytes ? s->list_contexts() : std::vector<store::ContextEntry>{};
+  const store::StoreStats stats_before = s->stats();
   std::vector<std::byte> buf(chunk);
   ssize_t first = read_full(fd, buf.data(), buf.size());
   if (first < 0) throw RuntimeError(fmt::format("reading {}: {}", a.file, std::strerror(static_cast<int>(-first))));
@@ -268,6 +316,7 @@ void cmd_put(const Globals& g, const StoreArgs& a) {
   fmt::print("{}: {} in {} chunk(s){}{}\n", verb, human_bytes(static_cast<double>(w->bytes())), w->chunks(),
              is_export ? " (an export: every chunk verified)" : "",
              replaced ? settings_dropped(replaced->meta, w->meta()) : "");
+  report_dropped(*s, before, stats_before, w->meta());
 }
 
 // "no context 'x' in DIR", and where a context of that name is, when only
@@ -365,9 +414,7 @@ void cmd_ls(const Globals& g, const StoreArgs& a) {
   auto s = open_store(g, a, Use::kRead);
   auto list = s->list_contexts();
   if (a.ns_given()) std::erase_if(list, [&](const store::ContextEntry& e) { return e.meta.ns != a.ns; });
-  const uint64_t now = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                                 std::chrono::system_clock::now().time_since_epoch())
-                                                 .count());
+  const uint64_t now = wall_now_ns();
   if (a.json) {
     nlohmann::json out = nlohmann::json::array();
     for (const auto& e : list) {
