@@ -130,6 +130,11 @@ TEST(StoreCli, FailuresExitWithTheRightCodeAndLeaveNoPartialFile) {
   EXPECT_NE(r.out.find("store_dir"), std::string::npos) << r.out;
   // Runtime failures: 1.
   EXPECT_EQ(run_cli("store get nope " + d.sub("o.bin") + " --store " + s).code, 1);
+  // A directory for FILE is bad usage, said as such.
+  std::filesystem::create_directory(d.sub("adir"));
+  r = run_cli("store get c1 " + d.sub("adir") + " --store " + s);
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("adir is a directory: name the file to write"), std::string::npos) << r.out;
   EXPECT_FALSE(std::filesystem::exists(d.sub("o.bin")));
 
   // A corrupted chunk: get fails, leaves no output file; fsck says so (1),
@@ -491,6 +496,8 @@ TEST(StoreCli, NamespacesTravelWithExportsAndScopeLsGetAndRm) {
   CliRun r = run_cli("store ls --json --store " + a);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(names(r.out), (std::vector<std::string>{"/c", "tenantA/c", "tenantA/only-a"}));
+  r = run_cli("store ls --help");
+  EXPECT_NE(r.out.find("--namespace"), std::string::npos) << "ls --help shows what docs/store.md shows: " << r.out;
   r = run_cli("store ls --json --namespace tenantA --store " + a);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(names(r.out), (std::vector<std::string>{"tenantA/c", "tenantA/only-a"}));

@@ -33,8 +33,10 @@ using tools::printable;
 struct StoreArgs {
   std::string dir;  // --store; "" = store_dir from the configuration
   std::string ns;   // --namespace
-  CLI::Option* ns_option = nullptr;
-  bool ns_given() const { return ns_option && ns_option->count() > 0; }
+  std::vector<CLI::Option*> ns_options;  // store's --namespace, and ls's own (shown in its --help)
+  bool ns_given() const {
+    return std::any_of(ns_options.begin(), ns_options.end(), [](CLI::Option* o) { return o->count() > 0; });
+  }
   // put
   std::string file;
   std::string context;
@@ -335,6 +337,9 @@ std::string no_context(TokenStore& s, const StoreArgs& a) {
 
 void cmd_get(const Globals& g, const StoreArgs& a) {
   if (a.out.empty()) throw CLI::ValidationError("FILE", "an output file name, or - for standard output");
+  if (struct stat st{}; stat(a.out.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+    throw CLI::ValidationError("FILE", fmt::format("{} is a directory: name the file to write (e.g. {}/{})", a.out,
+                                                   a.out, printable(a.name)));
   auto s = open_store(g, a, Use::kRead);
   const std::string name = printable(a.name);
   // Before FILE is opened (a FIFO waits for its reader).
@@ -604,10 +609,10 @@ void add_store_command(CLI::App& app, Globals& g) {
   cmd->add_option("--store", a.dir,
                   "Store directory (default: store_dir from the configuration). It must exist, except for put and "
                   "bench, which create it");
-  a.ns_option = cmd->add_option("--namespace", a.ns,
+  a.ns_options.push_back(cmd->add_option("--namespace", a.ns,
                                 "Namespace of the context (model / tenant salt; default: the default namespace, \"\"). "
                                 "ls: only that namespace's contexts (default: all). put of an export: default the "
-                                "export's");
+                                "export's"));
 
   auto* put = cmd->add_subcommand("put",
                                   "Store FILE (or - for stdin) as a context. A context of that name is replaced (the way "
@@ -634,6 +639,7 @@ void add_store_command(CLI::App& app, Globals& g) {
 
   auto* ls = cmd->add_subcommand("ls", "List the contexts");
   ls->add_flag("--json", a.json, "Print JSON");
+  a.ns_options.push_back(ls->add_option("--namespace", a.ns, "Only the contexts of this namespace (default: all)"));
   ls->callback([&g] { cmd_ls(g, a); });
 
   auto* rm = cmd->add_subcommand("rm", "Remove context NAME");
