@@ -344,6 +344,15 @@ TEST_F(FsMount, LsCatCpRmAndImportRoundTripByteExactAtOddSizes) {
     EXPECT_EQ(st.st_mode & 07777, 0400u);
     EXPECT_EQ(st.st_uid, getuid());
 
+    json before = json::parse(slurp(ctx + "/info"), nullptr, false);
+    ASSERT_TRUE(before.is_object());
+    if (sizes[i] > 0) {  // (an empty context has nothing to verify)
+      // Nothing read yet: the note must not claim a verification that has not happened.
+      EXPECT_EQ(before["checksum"]["state"], "unverified");
+      EXPECT_NE(before["checksum"]["note"].get<std::string>().find("not every chunk has been read"), std::string::npos)
+          << before.dump();
+    }
+
     // cp exports it, byte for byte.
     const std::string out = tmp_.path() + "/out";
     ProcessResult r = run({"/bin/cp", ctx + "/kv", out}, runtime_);
@@ -356,6 +365,7 @@ TEST_F(FsMount, LsCatCpRmAndImportRoundTripByteExactAtOddSizes) {
     EXPECT_EQ(info["tier_bytes"]["nvme"], sizes[i]);
     EXPECT_EQ(info["owner_uid"], getuid());
     EXPECT_EQ(info["checksum"]["state"], "verified");  // every chunk was just read and checked
+    EXPECT_NE(info["checksum"]["note"].get<std::string>().find("every chunk was read"), std::string::npos);
 
     const auto chunks = list(ctx + "/chunks");  // generated as readdir goes: 513 for the largest
     EXPECT_EQ(chunks.size(), info["chunks"].get<size_t>());

@@ -130,6 +130,11 @@ TEST(StoreCli, FailuresExitWithTheRightCodeAndLeaveNoPartialFile) {
   EXPECT_NE(r.out.find("store_dir"), std::string::npos) << r.out;
   // Runtime failures: 1.
   EXPECT_EQ(run_cli("store get nope " + d.sub("o.bin") + " --store " + s).code, 1);
+  // A directory for FILE is bad usage, said as such.
+  std::filesystem::create_directory(d.sub("adir"));
+  r = run_cli("store get c1 " + d.sub("adir") + " --store " + s);
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("adir is a directory: name the file to write"), std::string::npos) << r.out;
   EXPECT_FALSE(std::filesystem::exists(d.sub("o.bin")));
 
   // A corrupted chunk: get fails, leaves no output file; fsck says so (1),
@@ -314,6 +319,54 @@ TEST(StoreCli, PutOntoAnExistingNameSaysItReplacesIt) {
   EXPECT_NE(r.out.find("replaced"), std::string::npos) << r.out;
 }
 
+// A put that makes room under nvme_capacity by evicting other contexts says
+// which ones went, and how many bytes, instead of letting them vanish.
+TEST(StoreCli, PutSaysWhichContextsItEvictedToStayWithinTheCapacity) {
+  TempDir d;
+  const std::string s = d.sub("store");
+  // 2 MiB: one object of 2 MiB + its 4 KiB header; four fit in 12M.
+  write_file(d.sub("2m"), pattern(14, 2 * 1024 * 1024));
+  const std::string put = "--nvme-capacity 12M store put " + d.sub("2m") + " --store " + s + " --context ";
+  for (const char* name : {"x1", "x2"}) ASSERT_EQ(run_cli(put + name).code, 0) << name;
+  ASSERT_EQ(run_cli(put + "keep --pin").code, 0);
+  CliRun r = run_cli(put + "x3");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out.find("evicted"), std::string::npos) << "room without evicting: " << r.out;
+  // 6 MiB more: the two least recently used unpinned contexts go.
+  write_file(d.sub("6m"), pattern(15, 6 * 1024 * 1024));
+  r = run_cli("--nvme-capacity 12M store put " + d.sub("6m") + " --context big --store " + s);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("evicted 2 least recently used context(s) (4.00 MiB) to stay within nvme_capacity = 12M: "
+                       "'x1', 'x2'"),
+            std::string::npos)
+      << r.out;
+  r = run_cli("store ls --json --store " + s);
+  std::vector<std::string> left;
+  for (const auto& e : nlohmann::json::parse(r.out)) left.push_back(e["name"]);
+  EXPECT_EQ(left, (std::vector<std::string>{"big", "keep", "x3"}));
+}
+
+// The flags define the replacing context; settings of the old one that it
+// lacks are not kept, and the replaced line says which, and how to keep them.
+TEST(StoreCli, PutSaysWhichSettingsOfTheReplacedContextItDrops) {
+  TempDir d;
+  const std::string s = d.sub("store");
+  write_file(d.sub("a"), pattern(13, 10));
+  ASSERT_EQ(run_cli("store put " + d.sub("a") + " --context pp --pin --ttl 1h --tokens 5 --store " + s).code, 0);
+  CliRun r = run_cli("store put " + d.sub("a") + " --context pp --store " + s);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("; the old one was pinned, TTL 1h, 5 tokens: give --pin/--ttl/--tokens to keep them"),
+            std::string::npos)
+      << r.out;
+  auto j = nlohmann::json::parse(run_cli("store ls --json --store " + s).out);
+  EXPECT_EQ(j[0]["pinned"], false) << "the flags define the new context";
+  r = run_cli("store put " + d.sub("a") + " --context pp --ttl 2h --store " + s);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out.find("the old one was"), std::string::npos) << "it had nothing the new one lacks: " << r.out;
+  r = run_cli("store put " + d.sub("a") + " --context pp --store " + s);
+  EXPECT_NE(r.out.find("; the old one was TTL 2h: give --ttl to keep it"), std::string::npos) << r.out;
+}
+
 // Names are any bytes but NUL; a terminal must not act on them.
 TEST(StoreCli, HumanOutputEscapesControlCharactersAndJsonKeepsThem) {
   TempDir d;
@@ -443,6 +496,8 @@ TEST(StoreCli, NamespacesTravelWithExportsAndScopeLsGetAndRm) {
   CliRun r = run_cli("store ls --json --store " + a);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(names(r.out), (std::vector<std::string>{"/c", "tenantA/c", "tenantA/only-a"}));
+  r = run_cli("store ls --help");
+  EXPECT_NE(r.out.find("--namespace"), std::string::npos) << "ls --help shows what docs/store.md shows: " << r.out;
   r = run_cli("store ls --json --namespace tenantA --store " + a);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(names(r.out), (std::vector<std::string>{"tenantA/c", "tenantA/only-a"}));
@@ -468,4 +523,82 @@ TEST(StoreCli, NamespacesTravelWithExportsAndScopeLsGetAndRm) {
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(names(r.out), (std::vector<std::string>{"tenantA/c", "tenantB/c"}))
       << "the export's namespace, or the one --namespace names";
+}
+
+namespace {
+// The JSON document in a command's output (stderr, merged in, may carry
+// log lines around it).
+nlohmann::json json_in(const std::string& out) {
+  const size_t b = out.find('{'), e = out.rfind('}');
+  if (b == std::string::npos || e == std::string::npos || e < b) return nlohmann::json();
+  return nlohmann::json::parse(out.substr(b, e - b + 1), nullptr, false);
+}
+}  // namespace
+
+// fsck tells damage (what --repair removes; exit 1 while some remains) from
+// what it leaves alone on purpose (exit 0): an orphan a writer may still be
+// publishing (it says when it becomes removable), and entries the store did
+// not make, which it names for a person to remove. Its totals count every
+// object it read, bad ones too.
+TEST(StoreCli, FsckTellsDamageFromWhatItLeavesAlone) {
+  TempDir d;
+  const std::string s = d.sub("store");
+  const auto npos = std::string::npos;
+  write_file(d.sub("big"), pattern(20, 3 * 1024 * 1024));
+  write_file(d.sub("small"), pattern(21, 1000));
+  ASSERT_EQ(run_cli("store put " + d.sub("big") + " --context c --store " + s).code, 0);
+  ASSERT_EQ(run_cli("store put " + d.sub("small") + " --context o --store " + s).code, 0);
+  // o's object is named by nothing now, as while a writer publishes: young.
+  ASSERT_TRUE(std::filesystem::remove(s + "/contexts/" + key_hex(context_id("", "o")) + ".m"));
+  std::filesystem::create_directories(s + "/objects/ab/sub");
+  write_file(s + "/objects/zz", bytes_of("stray"));
+
+  CliRun r = run_cli("store fsck --store " + s);
+  EXPECT_EQ(r.code, 0) << "nothing here is damage: " << r.out;
+  EXPECT_NE(r.out.find("objects/ab/sub: a directory the store did not make: left alone; remove it by hand"), npos)
+      << r.out;
+  EXPECT_NE(r.out.find("objects/zz: a file the store did not make: left alone; remove it by hand"), npos) << r.out;
+  EXPECT_NE(r.out.find("younger than the orphan grace"), npos) << r.out;
+  EXPECT_NE(r.out.find("--repair removes those still named by nothing from "), npos) << r.out;
+  EXPECT_EQ(r.out.find("problem(s) remain"), npos) << "nothing --repair would remove: " << r.out;
+  EXPECT_EQ(r.out.find("not an object name"), npos) << r.out;
+  r = run_cli("store fsck --repair --json --store " + s);
+  EXPECT_EQ(r.code, 0) << r.out;
+  auto j = json_in(r.out);
+  ASSERT_TRUE(j.is_object()) << r.out;
+  EXPECT_TRUE(j["problems"].empty()) << r.out;
+  EXPECT_EQ(j["young_orphans"], 1);
+  EXPECT_EQ(j["orphan_objects"], 0);
+  EXPECT_EQ(j["foreign_entries"], 2);
+  EXPECT_EQ(j["left_alone"].size(), 3u);
+  EXPECT_EQ(j["removed"], 0) << "left alone means left alone";
+  EXPECT_TRUE(std::filesystem::exists(s + "/objects/ab/sub"));
+  EXPECT_TRUE(std::filesystem::exists(s + "/objects/zz"));
+  EXPECT_EQ(j["objects_checked"], 3);
+  EXPECT_EQ(j["bytes_checked"], 3 * 1024 * 1024 + 1000);
+
+  // Damage: a flipped payload byte in one of c's objects, and a misnamed file
+  // where objects live. Both are counted in the totals (the bad object with
+  // its payload, the misnamed file with its size), and fsck exits 1 until
+  // --repair removes them.
+  bool flipped = false;
+  for (const std::string& f : files_under(s + "/objects"))
+    if (!flipped && std::filesystem::file_size(s + "/objects/" + f) > 1024 * 1024)
+      flipped = flip_byte(s + "/objects/" + f, 5000);
+  ASSERT_TRUE(flipped);
+  write_file(s + "/objects/ab/junk", pattern(22, 100));
+  r = run_cli("store fsck --json --store " + s);
+  EXPECT_EQ(r.code, 1) << r.out;
+  j = json_in(r.out);
+  ASSERT_TRUE(j.is_object()) << r.out;
+  EXPECT_EQ(j["bad_objects"], 2) << r.out;
+  EXPECT_EQ(j["objects_checked"], 4) << r.out;
+  EXPECT_EQ(j["bytes_checked"], 3 * 1024 * 1024 + 1000 + 100) << r.out;
+  r = run_cli("store fsck --store " + s);
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("problem(s) remain (kvpager store fsck --repair removes them)"), npos) << r.out;
+  r = run_cli("store fsck --repair --store " + s);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_FALSE(std::filesystem::exists(s + "/objects/ab/junk"));
+  EXPECT_EQ(run_cli("store fsck --store " + s).code, 0);
 }

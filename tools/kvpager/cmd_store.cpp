@@ -33,8 +33,10 @@ using tools::printable;
 struct StoreArgs {
   std::string dir;  // --store; "" = store_dir from the configuration
   std::string ns;   // --namespace
-  CLI::Option* ns_option = nullptr;
-  bool ns_given() const { return ns_option && ns_option->count() > 0; }
+  std::vector<CLI::Option*> ns_options;  // store's --namespace, and ls's own (shown in its --help)
+  bool ns_given() const {
+    return std::any_of(ns_options.begin(), ns_options.end(), [](CLI::Option* o) { return o->count() > 0; });
+  }
   // put
   std::string file;
   std::string context;
@@ -100,6 +102,12 @@ class Progress {
   std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now(), last_;
 };
 
+// The wall clock, as the store keeps last-access times.
+uint64_t wall_now_ns() {
+  return static_cast<uint64_t>(
+      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+}
+
 // 90s, 15min, 2h, 3d: idle times and TTLs at a glance.
 std::string short_duration(uint64_t ns) {
   const uint64_t s = ns / 1'000'000'000;
@@ -107,6 +115,71 @@ std::string short_duration(uint64_t ns) {
   if (s < 7200) return fmt::format("{}min", s / 60);
   if (s < 2 * 86400) return fmt::format("{}h", s / 3600);
   return fmt::format("{}d", s / 86400);
+}
+
+// 1h, 90min, 45s: exact, in a form --ttl takes.
+std::string ttl_text(uint64_t ns) {
+  if (ns % 1'000'000'000 != 0) return format_duration(ns);
+  const uint64_t s = ns / 1'000'000'000;
+  if (s % 3600 == 0) return fmt::format("{}h", s / 3600);
+  if (s % 60 == 0) return fmt::format("{}min", s / 60);
+  return fmt::format("{}s", s);
+}
+
+// A replaced context's settings are not carried over (the flags define the
+// new one); "; the old one was pinned, TTL 1h: give --pin/--ttl to keep
+// them" when it had some the new one lacks, so that none is lost unnoticed.
+std::string settings_dropped(const store::ContextMeta& old, const store::ContextMeta& now) {
+  std::vector<std::string> had, flags;
+  auto lost = [&](bool gone, std::string what, const char* flag) {
+    if (!gone) return;
+    had.push_back(std::move(what));
+    flags.push_back(flag);
+  };
+  lost(old.pinned && !now.pinned, "pinned", "--pin");
+  lost(old.ttl_ns && !now.ttl_ns, "TTL " + ttl_text(old.ttl_ns), "--ttl");
+  lost(old.token_count && !now.token_count, fmt::format("{} tokens", old.token_count), "--tokens");
+  if (had.empty()) return "";
+  return fmt::format("; the old one was {}: give {} to keep {}", fmt::join(had, ", "), fmt::join(flags, "/"),
+                     had.size() == 1 ? "it" : "them");
+}
+
+// "'x1', 'x2' (namespace 'n')": contexts named in one line.
+std::string context_names(const std::vector<store::ContextEntry>& list) {
+  std::vector<std::string> names;
+  for (const auto& e : list)
+    names.push_back(e.meta.ns.empty() ? fmt::format("'{}'", printable(e.meta.name))
+                                      : fmt::format("'{}' (namespace '{}')", printable(e.meta.name),
+                                                    printable(e.meta.ns)));
+  return fmt::format("{}", fmt::join(names, ", "));
+}
+
+// Under nvme_capacity a put makes room by dropping other contexts: say
+// which, so that none vanishes unnoticed. before: the contexts before the put.
+void report_dropped(TokenStore& s, const std::vector<store::ContextEntry>& before, const store::StoreStats& was,
+                    const store::ContextMeta& put) {
+  const store::StoreStats now = s.stats();
+  const uint64_t evicted = now.contexts_evicted - was.contexts_evicted;
+  const uint64_t expired = now.contexts_expired - was.contexts_expired;
+  if (evicted == 0 && expired == 0) return;
+  std::vector<store::ContextEntry> gone = before;
+  const auto after = s.list_contexts();
+  std::erase_if(gone, [&](const store::ContextEntry& e) {
+    return (e.meta.ns == put.ns && e.meta.name == put.name) ||
+           std::any_of(after.begin(), after.end(),
+                       [&](const store::ContextEntry& a) { return a.meta.ns == e.meta.ns && a.meta.name == e.meta.name; });
+  });
+  const uint64_t wall = wall_now_ns();
+  auto idle_past_ttl = [&](const store::ContextEntry& e) {
+    return e.meta.ttl_ns != 0 && wall >= e.last_access_ns && wall - e.last_access_ns >= e.meta.ttl_ns;
+  };
+  std::vector<store::ContextEntry> lru, ttl;
+  for (const auto& e : gone) (idle_past_ttl(e) ? ttl : lru).push_back(e);
+  if (evicted)
+    fmt::print("evicted {} least recently used context(s) ({}) to stay within nvme_capacity = {}: {}\n", evicted,
+               human_bytes(static_cast<double>(now.evicted_bytes - was.evicted_bytes)),
+               format_bytes(s.options().capacity_bytes), context_names(lru));
+  if (expired) fmt::print("dropped {} context(s) idle past their TTL: {}\n", expired, context_names(ttl));
 }
 
 std::string fail_msg(const TokenStore& s, std::string_view what, Status st) {
@@ -161,6 +234,10 @@ void cmd_put(const Globals& g, const StoreArgs& a) {
 
   auto s = open_store(g, a, Use::kCreate, /*durable=*/true);  // what a user puts by hand survives a power cut
   const uint64_t chunk = s->options().max_io_bytes;
+  // Making room may drop other contexts (nvme_capacity): remember them, to name them.
+  const std::vector<store::ContextEntry> before =
+      s->options().capacity_bytes ? s->list_contexts() : std::vector<store::ContextEntry>{};
+  const store::StoreStats stats_before = s->stats();
   std::vector<std::byte> buf(chunk);
   ssize_t first = read_full(fd, buf.data(), buf.size());
   if (first < 0) throw RuntimeError(fmt::format("reading {}: {}", a.file, std::strerror(static_cast<int>(-first))));
@@ -238,8 +315,10 @@ void cmd_put(const Globals& g, const StoreArgs& a) {
       replaced ? fmt::format("replaced context '{}' (was {} bytes, generation {:016x})", printable(stored_name),
                              replaced->total_bytes(), replaced->meta.generation)
                : fmt::format("stored context '{}'", printable(stored_name));
-  fmt::print("{}: {} in {} chunk(s){}\n", verb, human_bytes(static_cast<double>(w->bytes())), w->chunks(),
-             is_export ? " (an export: every chunk verified)" : "");
+  fmt::print("{}: {} in {} chunk(s){}{}\n", verb, human_bytes(static_cast<double>(w->bytes())), w->chunks(),
+             is_export ? " (an export: every chunk verified)" : "",
+             replaced ? settings_dropped(replaced->meta, w->meta()) : "");
+  report_dropped(*s, before, stats_before, w->meta());
 }
 
 // "no context 'x' in DIR", and where a context of that name is, when only
@@ -258,63 +337,77 @@ std::string no_context(TokenStore& s, const StoreArgs& a) {
 
 void cmd_get(const Globals& g, const StoreArgs& a) {
   if (a.out.empty()) throw CLI::ValidationError("FILE", "an output file name, or - for standard output");
+  if (struct stat st{}; stat(a.out.c_str(), &st) == 0 && S_ISDIR(st.st_mode))
+    throw CLI::ValidationError("FILE", fmt::format("{} is a directory: name the file to write (e.g. {}/{})", a.out,
+                                                   a.out, printable(a.name)));
   auto s = open_store(g, a, Use::kRead);
   const std::string name = printable(a.name);
+  // Before FILE is opened (a FIFO waits for its reader).
   store::Manifest m;
-  Status st = s->read_manifest(a.ns, a.name, &m);
-  if (st == Status::kNotFound) throw RuntimeError(no_context(*s, a));
-  if (!ok(st)) throw RuntimeError(fail_msg(*s, fmt::format("reading context '{}'", name), st));
+  if (Status st = s->read_manifest(a.ns, a.name, &m); st == Status::kNotFound) throw RuntimeError(no_context(*s, a));
+  else if (!ok(st)) throw RuntimeError(fail_msg(*s, fmt::format("reading context '{}'", name), st));
 
   // A file is written beside FILE and renamed onto it: a failed get leaves
   // FILE as it was. A device or FIFO is written into (common/output_file.h).
   tools::OutputFile out;
   std::string err;
   if (!out.open(a.out, &err)) throw RuntimeError(err);
-  Progress progress("get", m.total_bytes());
-  uint64_t done = 0;
+  std::optional<Progress> progress;
+  uint64_t done = 0, written = 0;
   int werr = 0;
+  bool found = false;     // the manifest was read
+  bool reopened = true;   // a failed reopen: err says why
   auto write_out = [&](std::span<const std::byte> p) {
+    written += p.size();
     if (out.write(p)) return Status::kOk;
     werr = errno;
     return Status::kIoError;
   };
-  if (a.export_file) {
+  // Before each attempt (another one when the context is replaced while it
+  // is read): start FILE afresh, so that it never mixes two publications.
+  auto begin = [&](const store::Manifest& cur) {
+    found = true;
+    if (written > 0) {
+      if (out.direct()) return Status::kAgain;  // a stream cannot take back what it got
+      out.discard();
+      reopened = out.open(a.out, &err);
+      if (!reopened) return Status::kIoError;
+      written = 0;
+    }
+    done = 0;
+    progress.emplace("get", cur.total_bytes());
+    if (!a.export_file) return Status::kOk;
     // The self-describing form (fusefs/fs/include/kvpager/fs/export_format.h):
     // settings and every chunk's checksum first, so the receiving side
     // (store put, or a copy into a kvpager-fs mount's /import) verifies it.
     fs::ExportHeader h;
-    h.ns = m.meta.ns;
-    h.name = m.meta.name;
-    h.pinned = m.meta.pinned;
-    h.created_ns = m.meta.created_ns;
-    h.token_count = m.meta.token_count;
-    h.ttl_ns = m.meta.ttl_ns;
-    for (const auto& c : m.chunks) h.chunks.push_back({c.bytes, c.checksum});
-    st = write_out(fs::encode_export_header(h));
-  }
-  store::Manifest used;
-  if (ok(st)) {
-    st = s->get_context(
-        a.ns, a.name,
-        [&](uint64_t, std::span<const std::byte> p) {
-          Status ws = write_out(p);
-          done += p.size();
-          progress.update(done);
-          return ws;
-        },
-        &used);
-  }
-  // Republished between the two reads: the header describes other chunks.
-  if (ok(st) && a.export_file && used.meta.generation != m.meta.generation) {
-    st = Status::kBusy;
-    werr = 0;
-  }
+    h.ns = cur.meta.ns;
+    h.name = cur.meta.name;
+    h.pinned = cur.meta.pinned;
+    h.created_ns = cur.meta.created_ns;
+    h.token_count = cur.meta.token_count;
+    h.ttl_ns = cur.meta.ttl_ns;
+    for (const auto& c : cur.chunks) h.chunks.push_back({c.bytes, c.checksum});
+    return write_out(fs::encode_export_header(h));
+  };
+  Status st = s->get_context(
+      a.ns, a.name,
+      [&](uint64_t, std::span<const std::byte> p) {
+        Status ws = write_out(p);
+        done += p.size();
+        progress->update(done);
+        return ws;
+      },
+      nullptr, begin);
+  progress.reset();
   const bool to_descriptor = out.descriptor();  // stdout: no "wrote" line in the same stream
   if (ok(st) && !out.commit(&err)) throw RuntimeError(err);
   out.discard();  // after a failure: FILE stays as it was
+  if (!reopened) throw RuntimeError(err);
   if (werr) throw RuntimeError(fmt::format("writing {}: {}", out.target(), std::strerror(werr)));
-  if (st == Status::kBusy)
-    throw RuntimeError(fmt::format("context '{}' was replaced while it was exported; try again", name));
+  if (st == Status::kNotFound && !found) throw RuntimeError(no_context(*s, a));
+  if (st == Status::kAgain)
+    throw RuntimeError(fmt::format("context '{}' was replaced while reading; retry", name));
   if (st == Status::kNotFound)
     throw RuntimeError(fmt::format("context '{}' in {} is incomplete (a chunk is missing); run `kvpager store fsck`",
                                    name, s->dir()));
@@ -326,9 +419,7 @@ void cmd_ls(const Globals& g, const StoreArgs& a) {
   auto s = open_store(g, a, Use::kRead);
   auto list = s->list_contexts();
   if (a.ns_given()) std::erase_if(list, [&](const store::ContextEntry& e) { return e.meta.ns != a.ns; });
-  const uint64_t now = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
-                                                 std::chrono::system_clock::now().time_since_epoch())
-                                                 .count());
+  const uint64_t now = wall_now_ns();
   if (a.json) {
     nlohmann::json out = nlohmann::json::array();
     for (const auto& e : list) {
@@ -402,16 +493,21 @@ void cmd_fsck(const Globals& g, Globals& gm, const StoreArgs& a) {
                           {"bad_manifests", report.bad_manifests},
                           {"missing_objects", report.missing_objects},
                           {"orphan_objects", report.orphan_objects},
+                          {"young_orphans", report.young_orphans},
+                          {"foreign_entries", report.foreign_entries},
                           {"leftovers", report.leftovers},
                           {"removed", report.removed},
                           {"removed_at_open", removed_at_open},
                           {"problems", report.problems},
+                          {"left_alone", report.left_alone},
                           {"clean_after", after.clean()}};
     fmt::print("{}\n", out.dump(2));
   } else {
-    const size_t shown = std::min<size_t>(report.problems.size(), 50);
-    for (size_t i = 0; i < shown; ++i) fmt::print("{}\n", printable(report.problems[i]));
-    if (report.problems.size() > shown) fmt::print("... and {} more\n", report.problems.size() - shown);
+    for (const auto* lines : {&report.problems, &report.left_alone}) {
+      const size_t shown = std::min<size_t>(lines->size(), 50);
+      for (size_t i = 0; i < shown; ++i) fmt::print("{}\n", printable((*lines)[i]));
+      if (lines->size() > shown) fmt::print("... and {} more\n", lines->size() - shown);
+    }
     if (removed_at_open)
       fmt::print("opening the store removed {} leftover file(s) (dead writers' files, old orphans: as every open does)\n", removed_at_open);
     fmt::print("{}: {} object(s) ({}) and {} manifest(s) checked: {} bad object(s), {} bad manifest(s), {} missing, "
@@ -420,12 +516,19 @@ void cmd_fsck(const Globals& g, Globals& gm, const StoreArgs& a) {
                report.manifests_checked, report.bad_objects, report.bad_manifests, report.missing_objects,
                report.orphan_objects, report.leftovers, a.repair ? fmt::format("; {} file(s) removed", report.removed) : "");
     if (!after.clean())
-      fmt::print("{} problem(s) remain{}\n", after.problems.size(), a.repair ? "" : " (kvpager store fsck --repair removes them)");
+      fmt::print("{} problem(s) remain ({})\n", after.problems.size(),
+                 a.repair ? "--repair could not remove them" : "kvpager store fsck --repair removes them");
+    // Not damage, so not in the exit status; but say why they stay.
+    if (report.young_orphans)
+      fmt::print("{} orphan(s) left alone: younger than the orphan grace ({}), so a writer may still be publishing "
+                 "them; --repair removes those still named by nothing from {} on\n",
+                 report.young_orphans, short_duration(s->options().orphan_grace_ns), when(report.young_until_ns));
+    if (report.foreign_entries)
+      fmt::print("{} entry(ies) the store did not make left alone: the store never removes them; remove them by hand\n",
+                 report.foreign_entries);
   }
-  // Young orphans (a context being published right now) are not damage.
-  const bool damaged = std::any_of(after.problems.begin(), after.problems.end(),
-                                   [](const std::string& p) { return p.find("(young") == std::string::npos; });
-  if (damaged) gm.exit_code = kExitRuntime;
+  // Exit 1 while damage remains; what fsck leaves alone on purpose is not damage.
+  if (!after.clean()) gm.exit_code = kExitRuntime;
 }
 
 void cmd_bench(Globals& g, const StoreArgs& a) {
@@ -506,14 +609,16 @@ void add_store_command(CLI::App& app, Globals& g) {
   cmd->add_option("--store", a.dir,
                   "Store directory (default: store_dir from the configuration). It must exist, except for put and "
                   "bench, which create it");
-  a.ns_option = cmd->add_option("--namespace", a.ns,
+  a.ns_options.push_back(cmd->add_option("--namespace", a.ns,
                                 "Namespace of the context (model / tenant salt; default: the default namespace, \"\"). "
                                 "ls: only that namespace's contexts (default: all). put of an export: default the "
-                                "export's");
+                                "export's"));
 
   auto* put = cmd->add_subcommand("put",
                                   "Store FILE (or - for stdin) as a context. A context of that name is replaced (the way "
-                                  "to update one); the output then says `replaced context NAME (was N bytes, generation G)`");
+                                  "to update one); the output then says `replaced context NAME (was N bytes, generation G)`, "
+                                  "and which of its settings (pin, TTL, tokens) the new one lacks: the flags given here "
+                                  "define the new one");
   put->add_option("FILE", a.file, "File to store")->required()->check(CLI::ExistingFile | CLI::IsMember({"-"}));
   put->add_option("--context", a.context, "Context name (default for an export: the name it carries)");
   put->add_flag("--pin", a.pin, "Never drop it for capacity or TTL");
@@ -534,6 +639,7 @@ void add_store_command(CLI::App& app, Globals& g) {
 
   auto* ls = cmd->add_subcommand("ls", "List the contexts");
   ls->add_flag("--json", a.json, "Print JSON");
+  a.ns_options.push_back(ls->add_option("--namespace", a.ns, "Only the contexts of this namespace (default: all)"));
   ls->callback([&g] { cmd_ls(g, a); });
 
   auto* rm = cmd->add_subcommand("rm", "Remove context NAME");
@@ -541,7 +647,9 @@ void add_store_command(CLI::App& app, Globals& g) {
   rm->callback([&g] { cmd_rm(g, a); });
 
   auto* fsck = cmd->add_subcommand("fsck", "Verify every checksum and manifest; exit 1 if something is damaged");
-  fsck->add_flag("--repair", a.repair, "Remove bad objects, broken contexts, old orphans and dead writers' leftovers");
+  fsck->add_flag("--repair", a.repair,
+                 "Remove bad objects, broken contexts, old orphans and dead writers' leftovers (not orphans younger "
+                 "than the orphan grace, nor entries the store did not make: those are listed and left alone)");
   fsck->add_flag("--json", a.json, "Print JSON");
   fsck->callback([&g] { cmd_fsck(g, g, a); });
 

@@ -165,10 +165,16 @@ std::string TokenFs::render_info(const std::shared_ptr<CtxPub>& pub) {
                         : pub->missing ? "incomplete"
                         : pub->verified_count == pub->chunks.size() ? "verified"
                                                                      : "unverified";
+    // The note explains the state it stands beside.
+    const char* note = state == "verified"     ? "every chunk was read through this mount and matched its checksum"
+                       : state == "unverified" ? "not every chunk has been read through this mount yet; each is "
+                                                 "checked against its checksum as it is read"
+                       : state == "corrupt"    ? "a chunk failed its checksum; its bytes are never served"
+                                               : "a chunk is missing from the store; reading it fails";
     j["checksum"] = {{"algorithm", "xxh3-64 per chunk"},
                      {"state", state},
                      {"chunks_verified", pub->verified_count},
-                     {"note", "verified: every chunk was read through this mount and matched its checksum"}};
+                     {"note", note}};
   }
   return j.dump(2, ' ', false, json::error_handler_t::replace) + "\n";
 }

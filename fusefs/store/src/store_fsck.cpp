@@ -6,12 +6,42 @@
 
 #include <algorithm>
 #include <cstring>
+#include <string_view>
 #include <unordered_set>
 
 #include "fs_util.h"
 #include "kvpager/store/token_store.h"
 
 namespace kvpager::store {
+
+namespace {
+
+// d_type, or lstat's where the file system does not fill it in; DT_UNKNOWN
+// for an entry gone meanwhile.
+unsigned char entry_type(int dirfd, const char* name, unsigned char type) {
+  if (type != DT_UNKNOWN) return type;
+  struct stat st{};
+  if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0) return DT_UNKNOWN;
+  return static_cast<unsigned char>(IFTODT(st.st_mode));
+}
+
+const char* type_name(unsigned char type) {
+  switch (type) {
+    case DT_DIR: return "a directory";
+    case DT_REG: return "a file";
+    case DT_LNK: return "a symbolic link";
+    default: return "a special file";
+  }
+}
+
+// objects/<hh>: two lowercase hex digits, as object_path() names them.
+bool object_dir_name(std::string_view n) {
+  return n.size() == 2 && std::all_of(n.begin(), n.end(), [](char c) {
+           return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+         });
+}
+
+}  // namespace
 
 FsckReport TokenStore::fsck(bool repair, const std::function<void(uint64_t, uint64_t)>& progress) {
   FsckReport r;
@@ -20,6 +50,13 @@ FsckReport TokenStore::fsck(bool repair, const std::function<void(uint64_t, uint
   auto problem = [&](std::string line) { r.problems.push_back(std::move(line)); };
   auto remove = [&](int dirfd, const std::string& path) {
     if (unlinkat(dirfd, path.c_str(), 0) == 0) ++r.removed;
+  };
+  // Not the store's: never removed (it may be anything, a directory tree
+  // included), named so that a person can.
+  auto foreign = [&](const std::string& path, unsigned char type) {
+    ++r.foreign_entries;
+    r.left_alone.push_back(
+        fmt::format("{}: {} the store did not make: left alone; remove it by hand", path, type_name(type)));
   };
 
   // Writers that died without anyone cleaning up after them (only possible
@@ -42,7 +79,12 @@ FsckReport TokenStore::fsck(bool repair, const std::function<void(uint64_t, uint
 
   // Manifests.
   std::vector<std::string> files;
-  for_each_entry(contexts_fd_, ".", [&](const char* n, unsigned char) { files.emplace_back(n); });
+  for_each_entry(contexts_fd_, ".", [&](const char* n, unsigned char type) {
+    type = entry_type(contexts_fd_, n, type);
+    if (type == DT_UNKNOWN) return;
+    if (type == DT_REG) files.emplace_back(n);
+    else foreign(fmt::format("contexts/{}", n), type);
+  });
   std::sort(files.begin(), files.end());
   struct Good {
     std::string file;
@@ -74,13 +116,24 @@ FsckReport TokenStore::fsck(bool repair, const std::function<void(uint64_t, uint
 
   // Objects: every file under objects/ read whole and verified.
   std::vector<std::pair<ObjectKey, std::string>> objects;  // key, path
-  for_each_entry(objects_fd_, ".", [&](const char* sub, unsigned char) {
-    int dfd = openat(objects_fd_, sub, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  // Only files in objects/<hh>/ are the store's; a misnamed one there is a
+  // bad object, anything else is foreign.
+  for_each_entry(objects_fd_, ".", [&](const char* sub, unsigned char type) {
+    type = entry_type(objects_fd_, sub, type);
+    if (type == DT_UNKNOWN) return;
+    if (type != DT_DIR || !object_dir_name(sub)) return foreign(fmt::format("objects/{}", sub), type);
+    int dfd = openat(objects_fd_, sub, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (dfd < 0) return;
-    for_each_entry(dfd, ".", [&](const char* n, unsigned char) {
+    for_each_entry(dfd, ".", [&](const char* n, unsigned char t) {
       const std::string path = std::string(sub) + "/" + n;
+      t = entry_type(dfd, n, t);
+      if (t == DT_UNKNOWN) return;
+      if (t != DT_REG) return foreign("objects/" + path, t);
       auto key = parse_key_hex(n);
       if (!key || object_path(*key) != path) {
+        struct stat st{};
+        ++r.objects_checked;
+        if (fstatat(dfd, n, &st, 0) == 0) r.bytes_checked += static_cast<uint64_t>(st.st_size);
         problem(fmt::format("objects/{}: not an object name", path));
         ++r.bad_objects;
         if (repair) remove(objects_fd_, path);
@@ -105,6 +158,10 @@ FsckReport TokenStore::fsck(bool repair, const std::function<void(uint64_t, uint
           e = Seen{true, h.payload_bytes, h.checksum};
           r.bytes_checked += h.payload_bytes;
         } else if (s != Status::kNotFound) {  // gone meanwhile: not a problem
+          struct stat st{};
+          if (h.payload_bytes) r.bytes_checked += h.payload_bytes;
+          else if (fstatat(objects_fd_, objects[i].second.c_str(), &st, 0) == 0)
+            r.bytes_checked += static_cast<uint64_t>(st.st_size);
           ++r.bad_objects;
           problem(fmt::format("objects/{}: {}", objects[i].second, to_string(s)));
           if (repair) remove(objects_fd_, objects[i].second);
@@ -160,11 +217,22 @@ FsckReport TokenStore::fsck(bool repair, const std::function<void(uint64_t, uint
           return std::any_of(g->m.chunks.begin(), g->m.chunks.end(), [&](const ManifestChunk& c) { return c.key == key; });
         }))
       continue;  // reported with its context
-    ++r.orphan_objects;
     struct stat st{};
-    const bool old = fstatat(objects_fd_, path.c_str(), &st, 0) == 0 && mtime_ns(st) + opt_.orphan_grace_ns <= now;
-    problem(fmt::format("objects/{}: named by no context{}", path, old ? "" : " (young: may be being published)"));
-    if (repair && old) remove(objects_fd_, path);
+    if (fstatat(objects_fd_, path.c_str(), &st, 0) != 0) continue;  // gone meanwhile
+    const uint64_t removable_ns = mtime_ns(st) + opt_.orphan_grace_ns;
+    if (removable_ns > now) {
+      // Possibly a live writer's publication in progress: a repair now could
+      // break it. The grace tells a finished one from an abandoned one.
+      ++r.young_orphans;
+      r.young_until_ns = std::max(r.young_until_ns, removable_ns);
+      r.left_alone.push_back(fmt::format("objects/{}: named by no context, but younger than the orphan grace "
+                                         "(a writer may be publishing it): removable in {}s",
+                                         path, (removable_ns - now + 999'999'999) / 1'000'000'000));
+      continue;
+    }
+    ++r.orphan_objects;
+    problem(fmt::format("objects/{}: named by no context", path));
+    if (repair) remove(objects_fd_, path);
   }
   if (repair && r.removed > 0) {
     // What this handle knows is stale now: start from the disk again.

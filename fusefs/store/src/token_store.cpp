@@ -1377,8 +1377,31 @@ Status TokenStore::read_pipelined(
 
 Status TokenStore::get_context(std::string_view ns, std::string_view name,
                                const std::function<Status(uint64_t, std::span<const std::byte>)>& sink,
-                               Manifest* manifest) {
+                               Manifest* manifest, const std::function<Status(const Manifest&)>& begin) {
   const std::string file = manifest_file(ns, name);
+  for (int attempt = 1;; ++attempt) {
+    Manifest m;
+    bool loaded = false;
+    Status s = read_context_once(file, ns, name, begin, sink, &m, &loaded);
+    bool replaced = false;
+    if (s == Status::kNotFound && loaded) {
+      // A chunk is gone. Damage only if the publication read is still the
+      // current one; otherwise its replacement dropped it (a race, not damage).
+      Manifest now;
+      replaced = !ok(load_manifest_file(file, &now, nullptr, nullptr)) || now.meta.generation != m.meta.generation;
+      if (replaced) s = Status::kAgain;
+    }
+    if (!replaced || !begin || attempt == kContextReadAttempts) {
+      if (manifest) *manifest = std::move(m);
+      return s;
+    }
+  }
+}
+
+Status TokenStore::read_context_once(const std::string& file, std::string_view ns, std::string_view name,
+                                     const std::function<Status(const Manifest&)>& begin,
+                                     const std::function<Status(uint64_t, std::span<const std::byte>)>& sink,
+                                     Manifest* out, bool* loaded) {
   UniqueFd fd(openat(contexts_fd_, file.c_str(), O_RDONLY | O_CLOEXEC));
   if (!fd.valid()) {
     if (errno == ENOENT) {
@@ -1401,9 +1424,15 @@ Status TokenStore::get_context(std::string_view ns, std::string_view name,
   const timespec times[2] = {{0, UTIME_OMIT}, {0, UTIME_NOW}};
   futimens(fd.get(), times);
   if (auto it = contexts_.find(file); it != contexts_.end()) it->second.last_access_ns = wall_ns();
+  *loaded = true;
+  *out = std::move(*m);
+  if (begin) {
+    Status b = begin(*out);
+    if (!ok(b)) return b;
+  }
 
-  const auto& chunks = m->chunks;
-  Status s = read_pipelined(
+  const auto& chunks = out->chunks;
+  return read_pipelined(
       chunks.size(),
       [&](size_t i) { return ReadSpec{chunks[i].key, chunks[i].bytes, chunks[i].checksum, false}; },
       [&](size_t i, Status got, std::span<const std::byte> payload, const ObjectHeader&) {
@@ -1411,16 +1440,21 @@ Status TokenStore::get_context(std::string_view ns, std::string_view name,
         if (!ok(got)) return got;
         return sink(i, payload);
       });
-  if (manifest) *manifest = std::move(*m);
-  return s;
 }
 
 Status TokenStore::get_context(std::string_view ns, std::string_view name, std::vector<std::byte>* out) {
   out->clear();
-  Status s = get_context(ns, name, [&](uint64_t, std::span<const std::byte> p) {
-    out->insert(out->end(), p.begin(), p.end());
-    return Status::kOk;
-  });
+  Status s = get_context(
+      ns, name,
+      [&](uint64_t, std::span<const std::byte> p) {
+        out->insert(out->end(), p.begin(), p.end());
+        return Status::kOk;
+      },
+      nullptr,
+      [&](const Manifest&) {
+        out->clear();  // a replaced context is read again from its start
+        return Status::kOk;
+      });
   if (!ok(s)) out->clear();
   return s;
 }

@@ -131,9 +131,20 @@ struct ContextEntry {
 };
 
 struct FsckReport {
+  // bytes_checked: the payload of every object read, bad ones included (a
+  // file whose header cannot be read: its size).
   uint64_t objects_checked = 0, bytes_checked = 0, manifests_checked = 0;
-  std::vector<std::string> problems;  // one line each
-  uint64_t bad_objects = 0, bad_manifests = 0, missing_objects = 0, orphan_objects = 0, leftovers = 0;
+  std::vector<std::string> problems;  // damage, one line each: what repair removes
+  // Not damage, left alone on purpose (repair never removes them), one line
+  // each: orphans younger than orphan_grace (a live writer may be publishing
+  // them) and entries the store did not make (a directory in objects/, a
+  // stray file there): those are for a person to remove.
+  std::vector<std::string> left_alone;
+  uint64_t bad_objects = 0, bad_manifests = 0, missing_objects = 0, leftovers = 0;
+  uint64_t orphan_objects = 0;        // old enough to remove
+  uint64_t young_orphans = 0;         // left alone until young_until_ns (wall clock)
+  uint64_t young_until_ns = 0;        // when the youngest of them passes the grace
+  uint64_t foreign_entries = 0;       // left alone
   uint64_t removed = 0;               // files removed (repair)
   bool clean() const { return problems.empty(); }
 };
@@ -230,9 +241,16 @@ class TokenStore final : public Store {
   // Streams the chunks to sink in order (pipelined, every chunk verified
   // against its header and the manifest). A sink error stops the read and is
   // returned. Records the access.
+  // A chunk that is gone because the context was replaced (or removed) while
+  // it was read is kAgain; a chunk missing from the current publication is
+  // kNotFound (the context is incomplete). With begin, a replaced context is
+  // read again from its start, up to kContextReadAttempts times in all:
+  // begin(manifest) is called before each attempt's first chunk and must drop
+  // what sink got before (a status other than kOk ends the read with it).
+  static constexpr int kContextReadAttempts = 3;
   Status get_context(std::string_view ns, std::string_view name,
                      const std::function<Status(uint64_t index, std::span<const std::byte>)>& sink,
-                     Manifest* manifest = nullptr);
+                     Manifest* manifest = nullptr, const std::function<Status(const Manifest&)>& begin = {});
   Status get_context(std::string_view ns, std::string_view name, std::vector<std::byte>* out);
   Status remove_context(std::string_view ns, std::string_view name);
   Status set_pinned(std::string_view ns, std::string_view name, bool pinned);
@@ -247,7 +265,8 @@ class TokenStore final : public Store {
 
   // Verifies every manifest and every object's checksum; repair removes bad
   // objects, manifests that name missing or bad objects, old orphans and dead
-  // writers' leftovers.
+  // writers' leftovers (FsckReport::problems). Young orphans and entries the
+  // store did not make are only listed (FsckReport::left_alone).
   FsckReport fsck(bool repair, const std::function<void(uint64_t done, uint64_t total)>& progress = {});
 
   // Writes total_bytes in block_bytes private objects at the queue depth,
@@ -307,6 +326,11 @@ class TokenStore final : public Store {
   void forget_if_unreferenced(const ObjectKey& key);
   void unlink_shared(const ObjectKey& key);
   Status drop_context(const std::string& file, DropReason why);
+  // One attempt of get_context; *loaded: the manifest was read.
+  Status read_context_once(const std::string& file, std::string_view ns, std::string_view name,
+                           const std::function<Status(const Manifest&)>& begin,
+                           const std::function<Status(uint64_t, std::span<const std::byte>)>& sink, Manifest* m,
+                           bool* loaded);
   Status republish(std::string_view ns, std::string_view name, const std::function<void(ContextMeta&)>& edit);
   Status errno_status(int e);
   Status note_nospace();
