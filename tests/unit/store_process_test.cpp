@@ -104,7 +104,9 @@ TEST(TokenStoreProcesses, ConcurrentWritersShareOneDirectory) {
                                     },
                                     &m);
           if (st == Status::kOk && out != pattern(m.meta.token_count, m.total_bytes())) code = 12;
-          if (st != Status::kOk && st != Status::kNotFound) code = 13;
+          // kAgain: replaced while read (a streaming read without a restart
+          // callback cannot start over).
+          if (st != Status::kOk && st != Status::kNotFound && st != Status::kAgain) code = 13;
           // Our own names are ours alone.
           if (s.get_context("", own.name, &out) != Status::kOk || out != pattern(seed, n)) code = 14;
           // Private objects replaced in place.
