@@ -1,12 +1,14 @@
 #include "kvpager/config_loader.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <toml++/toml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
@@ -154,9 +156,30 @@ ConfigLoader ConfigLoader::standard(const std::string& config_file, const std::v
   return loader;
 }
 
+// A problem between knobs ("low_watermark = 0.85: must be below
+// high_watermark = 0.5") names both; the user set one of them somewhere, and
+// the message says where each came from.
+std::string ConfigLoader::with_origins(const std::string& problem) const {
+  std::vector<std::string> where;
+  for (const Knob& k : knobs()) {
+    const std::string pattern = std::string(k.name) + " = ";
+    for (size_t at = problem.find(pattern); at != std::string::npos; at = problem.find(pattern, at + 1)) {
+      const char before = at == 0 ? ' ' : problem[at - 1];
+      if (std::isalnum(static_cast<unsigned char>(before)) || before == '_' || before == '.') continue;
+      const KnobOrigin& o = origin(k);
+      where.push_back(fmt::format("{} from {}", k.name, o.source == ConfigSource::kDefault ? "the default" : o.detail));
+      break;
+    }
+  }
+  return where.empty() ? problem : fmt::format("{} ({})", problem, fmt::join(where, "; "));
+}
+
 Config ConfigLoader::finish() const {
-  validate_or_throw(cfg_);
-  return cfg_;
+  auto errors = validate(cfg_);
+  if (errors.empty()) return cfg_;
+  std::string msg = "invalid configuration:";
+  for (const auto& e : errors) msg += "\n  " + with_origins(e);
+  throw ConfigError(msg);
 }
 
 }  // namespace kvpager

@@ -280,6 +280,38 @@ TEST(Config, CrossKnobRulesAreChecked) {
   EXPECT_TRUE(validate(n).empty());
 }
 
+// A rule between knobs names both; the one the user set is named with where
+// it was set (a file's high_watermark = 0.5 was reported as a problem of
+// low_watermark, which nobody had set, without the file).
+TEST(Config, ACrossKnobProblemSaysWhereEachKnobCameFrom) {
+  TempFile f("\nhigh_watermark = 0.5\n");
+  ConfigLoader file;
+  file.load_file(f.path());
+  try {
+    file.finish();
+    FAIL() << "0.85 >= 0.5 accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("must be below high_watermark = 0.5 (high_watermark from " + f.path() +
+                                         ":2; low_watermark from the default)"),
+              std::string::npos)
+        << e.what();
+  }
+  std::string var = "KVPAGER_LOW_WATERMARK=0.9";
+  char* env[] = {var.data(), nullptr};
+  ConfigLoader both;
+  both.load_env(env);
+  both.set("high_watermark", "0.8", ConfigSource::kCli, "--high-watermark 0.8");
+  try {
+    both.finish();
+    FAIL() << "0.9 >= 0.8 accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("(high_watermark from --high-watermark 0.8; low_watermark from "
+                                         "KVPAGER_LOW_WATERMARK)"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(Config, ValidateCatchesValuesSetInCode) {
   Config c;
   c.chunk_size = 3 * MiB;

@@ -54,6 +54,8 @@ class ConfigLoader {
   const std::vector<std::string>& warnings() const { return warnings_; }
 
  private:
+  std::string with_origins(const std::string& problem) const;
+
   Config cfg_;
   std::vector<KnobOrigin> origins_;  // parallel to knobs()
   std::string file_;
