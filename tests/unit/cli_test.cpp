@@ -177,6 +177,16 @@ TEST(Cli, DemoCountsTheKvItReallyAllocatesAgainstMemory) {
   std::filesystem::remove_all(store);
   EXPECT_EQ(asked.exit_code, 0) << asked.err;
   EXPECT_EQ(asked.err.find("warning"), std::string::npos) << "4 regions of 16 MiB are what was asked for: " << asked.err;
+  // The budget is what the pager keeps, whole chunks: 3M is 2M, and the KV
+  // is 4 x 2M, as asked (it built 16 MiB and warned "5.33 x the HBM budget",
+  // against 3M, beside "HBM budget 2.00 MiB").
+  auto odd = run_process({kBin, "demo", "--sessions", "2", "--layers", "2", "--hbm-budget", "3M", "--turns", "1",
+                          "--store-dir", store},
+                         {}, 20.0);
+  std::filesystem::remove_all(store);
+  EXPECT_EQ(odd.exit_code, 0) << odd.err;
+  EXPECT_EQ(odd.err.find("warning"), std::string::npos) << odd.err;
+  EXPECT_NE(odd.out.find("8.00 MiB of KV; HBM budget 2.00 MiB"), std::string::npos) << odd.out;
 }
 
 TEST(Cli, VersionExitsZero) {
@@ -215,6 +225,11 @@ TEST(Cli, ConfigShowSaysWhatAutoValuesMean) {
   EXPECT_EQ(j["store_dir"]["means"].get<std::string>().rfind("-> /", 0), 0u) << j["store_dir"];
   auto text = run_process({kBin, "config", "show"});
   EXPECT_NE(text.out.find("0 (unlimited)"), std::string::npos) << text.out;
+  // The pager keeps the budget in whole chunks: 3M with 2M chunks is 2M
+  // (tune printed 2M, config show said 3M without a word).
+  auto odd = run_process({kBin, "config", "show", "--json", "--hbm-budget", "3M"});
+  ASSERT_EQ(odd.exit_code, 0) << odd.err;
+  EXPECT_EQ(nlohmann::json::parse(odd.out)["hbm_budget"]["means"], "-> 2M: whole chunks of chunk_size 2M");
 }
 
 TEST(Cli, SetOverridesFlagsAndEnv) {

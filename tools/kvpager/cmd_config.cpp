@@ -3,6 +3,8 @@
 #include <fmt/format.h>
 
 #include <nlohmann/json.hpp>
+
+#include <algorithm>
 #include <vector>
 
 #include "cli.h"
@@ -14,9 +16,14 @@ namespace {
 
 // What a value that means "work it out" stands for: 0 of a knob whose range
 // says "0 (auto)" or "0 (unlimited)", the empty store_dir and runtime_dir
-// (the directories they resolve to). "" for an ordinary value.
+// (the directories they resolve to), an hbm_budget the pager rounds down to
+// whole chunks. "" for an ordinary value.
 std::string meaning(const Knob& k, const Config& cfg, const std::string& value) {
   if (value == "0" && k.range.starts_with("0 (")) return std::string(k.range.substr(3, k.range.find(')') - 3));
+  if (k.name == "hbm_budget" && cfg.hbm_budget % cfg.chunk_size != 0)
+    return fmt::format("-> {}: whole chunks of chunk_size {}",
+                       format_bytes(std::max(cfg.chunk_size, cfg.hbm_budget / cfg.chunk_size * cfg.chunk_size)),
+                       format_bytes(cfg.chunk_size));
   if (k.name == "store_dir" && value.empty()) return "-> " + cfg.effective_store_dir();
   if (k.name == "runtime_dir" && value.empty()) {
     control::RuntimeDir rd = control::resolve_runtime_dir(cfg, control::DirUse::kClient);

@@ -129,7 +129,8 @@ void run_demo(Globals& g, const DemoArgs& a) {
 
   ConfigLoader loader = g.loader();
   Config cfg = loader.finish();
-  const uint64_t budget = cfg.hbm_budget ? cfg.hbm_budget : cfg.sim_hbm_capacity;
+  // The budget the pager will keep: whole chunks (Config::resolved).
+  const uint64_t budget = cfg.resolved(cfg.sim_hbm_capacity, physical_ram()).hbm_budget;
   if (cfg.hbm_budget == 0) cfg.hbm_budget = budget;
   if (loader.origin(*find_knob("host_capacity")).source == ConfigSource::kDefault) {
     // Unless told otherwise, host RAM holds only part of the rest so the
