@@ -17,7 +17,8 @@
  *   drop      its bytes are no longer needed anywhere;
  *   pin/unpin keep it where it is / release that (pinned contexts may hold
  *             at most low_watermark of the HBM budget, so that every other
- *             access finds room: a pin past it answers KVPAGER_NO_ROOM; a
+ *             access finds room: a pin past it, or a tag that adds a range
+ *             to a pinned context past it, answers KVPAGER_NO_ROOM; a
  *             pinned context answers park and drop with KVPAGER_BUSY);
  *   publish   write its current bytes into the token store under its name
  *             (below).
@@ -44,7 +45,7 @@ enum {
   KVPAGER_NOT_FOUND = 3,  /* no such context, or the pager has not started (no managed allocation yet) */
   KVPAGER_BUSY = 4,       /* pinned, or already copied to the store under another name */
   KVPAGER_ERROR = 5,
-  KVPAGER_NO_ROOM = 6     /* pin: pinned contexts would hold more than low_watermark of the HBM budget */
+  KVPAGER_NO_ROOM = 6     /* pin or tag: pinned contexts would hold more than low_watermark of the HBM budget */
 };
 
 typedef int (*kvpager_hint_fn)(int op, unsigned long long addr, unsigned long long size, const char* name);

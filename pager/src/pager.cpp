@@ -228,6 +228,12 @@ Status Pager::set_context(RegionId id, std::string_view name) {
     const Chunk& c = r->chunks[i];
     if (c.store_copy || c.tier == Tier::kNvme) return Status::kBusy;
   }
+  // Joining a pinned context pins the region: within pin_limit, as a pin hint.
+  if (const ContextId target = find_context(name); target != kNoContext && contexts_[target]->pinned) {
+    uint64_t more = 0;
+    for (uint32_t i = 0; i < r->nchunks; ++i) more += r->chunks[i].pinned ? 0 : r->chunk_size;
+    if (more > 0 && pinned_bytes() + more > pin_limit(cfg_)) return Status::kNoSpace;
+  }
   const bool was_pinned = contexts_[r->ctx]->pinned;
   leave_context(*r);
   Context& ctx = join_context(*r, name);
@@ -995,7 +1001,8 @@ Status Pager::apply(const Config& next, std::string* why) {
     return fail(fmt::format("hbm_budget = {}: out of range: the device ({}) offers {}",
                             format_bytes(resolved.hbm_budget), mover_.name(),
                             format_bytes(mover_.device_hbm_bytes())));
-  if (const uint64_t pinned = pinned_bytes(); pinned > pin_limit(resolved))
+  // Only a change of the limit is checked: other knobs stay settable as they were.
+  if (const uint64_t pinned = pinned_bytes(); pin_limit(resolved) < pin_limit(cfg_) && pinned > pin_limit(resolved))
     return fail(fmt::format("hbm_budget = {}, low_watermark = {}: pinned contexts hold {}, more than low_watermark "
                             "of the budget ({}), and every other access would find no room; unpin first",
                             format_bytes(resolved.hbm_budget), resolved.low_watermark,

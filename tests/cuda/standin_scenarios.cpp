@@ -1355,6 +1355,7 @@ TEST(StandIn, APinThatWouldLeaveNoRoomIsRefusedAndAPinnedContextIsNotParked) {
   ASSERT_EQ(kvpager_tag_context(b, 4 * kMiB, "b"), KVPAGER_OK);
   ASSERT_EQ(kvpager_pin_context("a"), KVPAGER_OK);
   EXPECT_EQ(kvpager_pin_context("b"), KVPAGER_NO_ROOM) << "12M pinned of a 12M budget";
+  EXPECT_EQ(kvpager_tag_context(b, 4 * kMiB, "a"), KVPAGER_NO_ROOM) << "joining the pinned context is pinning";
   EXPECT_EQ(kvpager_park_context("a"), KVPAGER_BUSY);
   EXPECT_EQ(kvpager_park_context("b"), KVPAGER_OK);
   ASSERT_EQ(kvpager_unpin_context("a"), KVPAGER_OK);

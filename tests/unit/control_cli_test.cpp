@@ -329,6 +329,7 @@ TEST_F(ControlCli, TuneSeveralKnobsOnEveryPager) {
     EXPECT_EQ(s["config"]["prefetch_depth"]["value"], "8");
     EXPECT_EQ(s["config"]["eviction_policy"]["value"], "clock");
   }
+  EXPECT_TRUE(contains(r.out, "applied on 2 of 2 pager(s)\n")) << r.out;
   Result one = kvpager({"tune", "--pid", b.pid_text(), "prefetchers=sequential"});
   ASSERT_EQ(one.exit_code, 0) << show(one);
   EXPECT_EQ(status_of(b)["config"]["prefetchers"]["value"], "sequential");
@@ -348,7 +349,7 @@ TEST_F(ControlCli, TuneAllSaysOnHowManyPagersItTookEffect) {
   EXPECT_TRUE(contains(r.out, "pid " + a.pid_text() + ": hbm_budget 16M \u2192 8M")) << show(r);
   EXPECT_TRUE(contains(r.err, "pid " + b.pid_text() + ": hbm_budget = 8M, low_watermark = 0.85: pinned contexts hold "
                                   "8.00 MiB")) << show(r);
-  EXPECT_TRUE(contains(r.err, "applied on 1 of 2 pagers; the others changed nothing")) << show(r);
+  EXPECT_TRUE(contains(r.err, "applied on 1 of 2 pager(s); the others did not take it (above)")) << show(r);
   EXPECT_EQ(status_of(b)["config"]["hbm_budget"]["value"], "16M");
 }
 
@@ -391,6 +392,14 @@ TEST_F(ControlCli, TuneTakesALiveKnobsFlagAsASetting) {
   EXPECT_EQ(hint.exit_code, 2) << show(hint);
   EXPECT_TRUE(contains(hint.err, "hint changes no setting (prefetch_depth=3): use kvpager tune")) << show(hint);
   EXPECT_EQ(status_of(d)["config"]["prefetch_depth"]["value"], "11");
+  // A file that only says where the pagers are is fine for both.
+  const std::string where = tmp_.path() + "/where.toml";
+  std::ofstream(where) << "runtime_dir = \"" << runtime_ << "\"\n";
+  Result located = kvpager({"tune", "--pid", d.pid_text(), "--config", where, "prefetch_depth=12"});
+  EXPECT_EQ(located.exit_code, 0) << show(located);
+  EXPECT_EQ(located.err, "") << show(located);
+  Result hinted = kvpager({"hint", "--pid", d.pid_text(), "--config", where, "unpin", "session-1"});
+  EXPECT_EQ(hinted.exit_code, 0) << show(hinted);
 }
 
 TEST_F(ControlCli, InvalidValuesAreRefusedNamingTheKnobAndChangeNothing) {

@@ -130,6 +130,8 @@ TEST(Pager, PinsKeepRoomForEveryOtherAccess) {
   EXPECT_EQ(rig.pager->pinned_bytes(), 12 * 64 * KiB);
   EXPECT_EQ(rig.pager->hint(rig.pager->find_context("two"), HintKind::kPin), Status::kNoSpace) << "14 chunks > 13";
   EXPECT_EQ(rig.pager->hint(rig.pager->find_context("twelve"), HintKind::kPin), Status::kOk) << "pinned already";
+  EXPECT_EQ(rig.pager->set_context(two, "twelve"), Status::kNoSpace) << "joining a pinned context pins too";
+  EXPECT_EQ(rig.pager->region(two)->ctx, rig.pager->find_context("two"));
   for (uint32_t i = 0; i < 12; ++i) ASSERT_EQ(rig.pager->access(twelve, i, true), Status::kOk);
   for (int round = 0; round < 2; ++round)
     for (uint32_t i = 0; i < 16; ++i) ASSERT_EQ(rig.pager->access(big, i, false), Status::kOk) << "room is left";
@@ -143,6 +145,9 @@ TEST(Pager, PinsKeepRoomForEveryOtherAccess) {
   Config lower = rig.pager->config();
   lower.low_watermark = 0.5;
   EXPECT_EQ(rig.pager->apply(lower, &why), Status::kInvalid) << "the limit is low_watermark of the budget";
+  Config deeper = rig.pager->config();
+  deeper.prefetch_depth = 7;
+  EXPECT_EQ(rig.pager->apply(deeper, &why), Status::kOk) << "the pins do not block other knobs: " << why;
   EXPECT_EQ(rig.pager->config().hbm_budget, 1 * MiB) << "a refused change changes nothing";
 
   // Park leaves a pinned context where it is, so it says so, as drop does.

@@ -344,6 +344,26 @@ TEST(StoreCli, PutSaysWhichContextsItEvictedToStayWithinTheCapacity) {
   std::vector<std::string> left;
   for (const auto& e : nlohmann::json::parse(r.out)) left.push_back(e["name"]);
   EXPECT_EQ(left, (std::vector<std::string>{"big", "keep", "x3"}));
+
+  // Replacing x3 (the least recently used) by 4 MiB evicts x3's own old
+  // version, and big: x3 is named as such (it was left out of the list).
+  write_file(d.sub("4m"), pattern(16, 4 * 1024 * 1024));
+  r = run_cli("--nvme-capacity 12M store put " + d.sub("4m") + " --context x3 --store " + s);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("to stay within nvme_capacity = 12M: 'big', 'x3' (the version this put replaces)\n"),
+            std::string::npos)
+      << r.out;
+  // A put that fails for room still names what it evicted trying.
+  write_file(d.sub("11m"), pattern(17, 11 * 1024 * 1024));
+  r = run_cli("--nvme-capacity 12M store put " + d.sub("11m") + " --context huge --store " + s);
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("evicted 1 least recently used context(s) (4.00 MiB) to stay within nvme_capacity = 12M: "
+                       "'x3'\nkvpager: storing context 'huge'"),
+            std::string::npos)
+      << r.out;
+  left.clear();
+  for (const auto& e : nlohmann::json::parse(run_cli("store ls --json --store " + s).out)) left.push_back(e["name"]);
+  EXPECT_EQ(left, (std::vector<std::string>{"keep"}));
 }
 
 // The flags define the replacing context; settings of the old one that it

@@ -398,6 +398,20 @@ TEST(TokenStore, AContextReplacedWhileItIsReadIsReadAgainNotCalledIncomplete) {
   begins = 0;
   EXPECT_EQ(reader.get_context("", "race", sink, nullptr, begin), Status::kNotFound);
   EXPECT_EQ(begins, 1) << "not read again: nothing replaced it";
+
+  // Removed while read: tried again, then no such context (kNotFound, and no
+  // manifest: `store get` says "no context", not "incomplete").
+  ASSERT_EQ(writer.put_context(meta("race"), pattern(++seed, 3000), 1000), Status::kOk);
+  auto removing = [&](uint64_t i, std::span<const std::byte>) {
+    if (i == 0) {
+      EXPECT_EQ(writer.remove_context("", "race"), Status::kOk);
+    }
+    return Status::kOk;
+  };
+  begins = 0;
+  EXPECT_EQ(reader.get_context("", "race", removing, nullptr, begin), Status::kNotFound);
+  EXPECT_EQ(begins, 1);
+  EXPECT_EQ(reader.read_manifest("", "race", &used), Status::kNotFound);
 }
 
 TEST(TokenStore, UncommittedContextLeavesNothing) {

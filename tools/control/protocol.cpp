@@ -102,10 +102,6 @@ nlohmann::json apply_hint(Pager& pager, std::string_view context, std::string_vi
                        fmt::format("unknown hint '{}': allowed prefetch, park, drop, pin, unpin, publish", hint));
   ContextId id = pager.find_context(context);
   if (id == kNoContext) return error_reply(Errc::kNotFound, fmt::format("no context named '{}'", context));
-  if (*kind == HintKind::kPrefetch && !(pager.config().prefetchers & kPrefetchHint))
-    return error_reply(Errc::kRefused, fmt::format("prefetch '{}': the hint prefetcher is off (prefetchers = {}): "
-                                                   "kvpager tune prefetchers=...,hint to use it",
-                                                   context, find_knob("prefetchers")->format(pager.config())));
   Status s = pager.hint(id, *kind);
   if (s == Status::kBusy)
     return error_reply(Errc::kBusy, fmt::format("context '{}' is pinned: unpin it first", context));
@@ -120,7 +116,13 @@ nlohmann::json apply_hint(Pager& pager, std::string_view context, std::string_vi
                                    human_bytes(static_cast<double>(pager.pinned_bytes()))));
   }
   if (!ok(s)) return error_reply(Errc::kRefused, fmt::format("{} '{}': {}", hint, context, to_string(s)));
-  return {{"ok", true}, {"context", std::string(context)}, {"hint", std::string(hint)}};
+  nlohmann::json reply = {{"ok", true}, {"context", std::string(context)}, {"hint", std::string(hint)}};
+  // It still ends a park, but what the user asked for, staging, will not happen.
+  if (*kind == HintKind::kPrefetch && !(pager.config().prefetchers & kPrefetchHint))
+    reply["note"] = fmt::format("no longer parked, but nothing is staged ahead: the hint prefetcher is off "
+                                "(prefetchers = {}; kvpager tune prefetchers=...,hint)",
+                                find_knob("prefetchers")->format(pager.config()));
+  return reply;
 }
 
 nlohmann::json contexts_json(const Pager& pager) {

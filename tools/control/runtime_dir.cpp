@@ -69,9 +69,9 @@ std::string private_dir_problem(const std::string& path) {
   std::string parent = path;
   while (true) {
     const size_t slash = parent.find_last_of('/');
-    parent = slash == 0 || slash == std::string::npos ? "/" : parent.substr(0, slash);
+    parent = slash == std::string::npos ? "." : slash == 0 ? "/" : parent.substr(0, slash);
     if (stat(parent.c_str(), &st) == 0) break;
-    if (errno != ENOENT || parent == "/") return fmt::format("cannot create it: {}", errno_text(errno));
+    if (errno != ENOENT || parent == "/" || parent == ".") return fmt::format("cannot create it: {}", errno_text(errno));
   }
   if (!S_ISDIR(st.st_mode)) return fmt::format("cannot create it: {}", errno_text(ENOTDIR));
   if (access(parent.c_str(), W_OK | X_OK) != 0) return fmt::format("cannot create it: {}", errno_text(errno));

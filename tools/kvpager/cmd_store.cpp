@@ -145,12 +145,13 @@ std::string settings_dropped(const store::ContextMeta& old, const store::Context
 }
 
 // "'x1', 'x2' (namespace 'n')": contexts named in one line.
-std::string context_names(const std::vector<store::ContextEntry>& list) {
+// 'a', 'b' (namespace 'n'), ...; `replaced` is marked as the version the put replaces.
+std::string context_names(const std::vector<store::ContextEntry>& list, const store::ContextEntry* replaced) {
   std::vector<std::string> names;
   for (const auto& e : list)
-    names.push_back(e.meta.ns.empty() ? fmt::format("'{}'", printable(e.meta.name))
-                                      : fmt::format("'{}' (namespace '{}')", printable(e.meta.name),
-                                                    printable(e.meta.ns)));
+    names.push_back(fmt::format("'{}'{}{}", printable(e.meta.name),
+                                e.meta.ns.empty() ? "" : fmt::format(" (namespace '{}')", printable(e.meta.ns)),
+                                &e == replaced ? " (the version this put replaces)" : ""));
   return fmt::format("{}", fmt::join(names, ", "));
 }
 
@@ -162,24 +163,41 @@ void report_dropped(TokenStore& s, const std::vector<store::ContextEntry>& befor
   const uint64_t evicted = now.contexts_evicted - was.contexts_evicted;
   const uint64_t expired = now.contexts_expired - was.contexts_expired;
   if (evicted == 0 && expired == 0) return;
+  // Gone: no context of that name and generation is left. The put's own
+  // name was replaced anyway; its old version counts only when dropping it
+  // is what made room (the others gone are fewer than the drops).
   std::vector<store::ContextEntry> gone = before;
   const auto after = s.list_contexts();
   std::erase_if(gone, [&](const store::ContextEntry& e) {
-    return (e.meta.ns == put.ns && e.meta.name == put.name) ||
-           std::any_of(after.begin(), after.end(),
-                       [&](const store::ContextEntry& a) { return a.meta.ns == e.meta.ns && a.meta.name == e.meta.name; });
+    return std::any_of(after.begin(), after.end(), [&](const store::ContextEntry& a) {
+      return a.meta.ns == e.meta.ns && a.meta.name == e.meta.name && a.meta.generation == e.meta.generation;
+    });
   });
+  auto own = std::find_if(gone.begin(), gone.end(), [&](const store::ContextEntry& e) {
+    return e.meta.ns == put.ns && e.meta.name == put.name;
+  });
+  std::optional<uint64_t> own_generation;
+  if (own != gone.end()) {
+    if (gone.size() - 1 < evicted + expired) own_generation = own->meta.generation;
+    else gone.erase(own);
+  }
   const uint64_t wall = wall_now_ns();
   auto idle_past_ttl = [&](const store::ContextEntry& e) {
     return e.meta.ttl_ns != 0 && wall >= e.last_access_ns && wall - e.last_access_ns >= e.meta.ttl_ns;
   };
   std::vector<store::ContextEntry> lru, ttl;
   for (const auto& e : gone) (idle_past_ttl(e) ? ttl : lru).push_back(e);
+  auto replaced_in = [&](const std::vector<store::ContextEntry>& list) -> const store::ContextEntry* {
+    for (const auto& e : list)
+      if (own_generation && e.meta.ns == put.ns && e.meta.name == put.name && e.meta.generation == *own_generation)
+        return &e;
+    return nullptr;
+  };
   if (evicted)
     fmt::print("evicted {} least recently used context(s) ({}) to stay within nvme_capacity = {}: {}\n", evicted,
                human_bytes(static_cast<double>(now.evicted_bytes - was.evicted_bytes)),
-               format_bytes(s.options().capacity_bytes), context_names(lru));
-  if (expired) fmt::print("dropped {} context(s) idle past their TTL: {}\n", expired, context_names(ttl));
+               format_bytes(s.options().capacity_bytes), context_names(lru, replaced_in(lru)));
+  if (expired) fmt::print("dropped {} context(s) idle past their TTL: {}\n", expired, context_names(ttl, replaced_in(ttl)));
 }
 
 std::string fail_msg(const TokenStore& s, std::string_view what, Status st) {
@@ -308,8 +326,12 @@ void cmd_put(const Globals& g, const StoreArgs& a) {
     throw RuntimeError(fmt::format("{} is not a valid context export ({}); nothing was stored", a.file, bad));
   }
   if (ok(status)) status = w->commit();
-  if (!ok(status))
+  if (!ok(status)) {
+    // What it dropped to make room is gone even though the put failed.
+    if (w) report_dropped(*s, before, stats_before, w->meta());
+    std::fflush(stdout);  // before the error on stderr
     throw RuntimeError(fail_msg(*s, fmt::format("storing context '{}'", printable(stored_name)), status));
+  }
   // Replacing is how a context is updated; say so, so that it is never a surprise.
   const std::string verb =
       replaced ? fmt::format("replaced context '{}' (was {} bytes, generation {:016x})", printable(stored_name),
@@ -405,7 +427,9 @@ void cmd_get(const Globals& g, const StoreArgs& a) {
   out.discard();  // after a failure: FILE stays as it was
   if (!reopened) throw RuntimeError(err);
   if (werr) throw RuntimeError(fmt::format("writing {}: {}", out.target(), std::strerror(werr)));
-  if (st == Status::kNotFound && !found) throw RuntimeError(no_context(*s, a));
+  store::Manifest now;
+  if (st == Status::kNotFound && (!found || s->read_manifest(a.ns, a.name, &now) == Status::kNotFound))
+    throw RuntimeError(no_context(*s, a) + (found ? " (removed while it was read)" : ""));
   if (st == Status::kAgain)
     throw RuntimeError(fmt::format("context '{}' was replaced while reading; retry", name));
   if (st == Status::kNotFound)

@@ -65,7 +65,6 @@ std::vector<std::string> take_config_file(Globals& g) {
   if (!skipped.empty())
     fmt::print(stderr, "kvpager: {}: not changed in running pagers (start-up knobs): {}\n", g.config_file,
                fmt::join(skipped, ", "));
-  if (settings.empty()) throw ConfigError(fmt::format("{}: sets no live knob (kvpager config knobs)", g.config_file));
   return settings;
 }
 
@@ -115,9 +114,12 @@ void tune(Globals& g, TuneArgs a) {
                  text(c, "new"));
     }
   }
-  if (targets.size() > 1 && took < targets.size()) {
+  if (a.all && took == targets.size()) {
+    fmt::print("applied on {} of {} pager(s)\n", took, targets.size());
+  } else if (a.all) {
     std::fflush(stdout);
-    fmt::print(stderr, "kvpager: applied on {} of {} pagers; the others changed nothing\n", took, targets.size());
+    fmt::print(stderr, "kvpager: applied on {} of {} pager(s); the others did not take it (above)\n", took,
+               targets.size());
   }
   g.exit_code = worst;
 }
@@ -132,11 +134,11 @@ struct HintArgs {
 
 void hint(Globals& g, const HintArgs& a) {
   // A setting given here would be silently ignored: hints change no knob.
+  // (--config and --runtime-dir still say where the pagers are.)
   std::vector<std::string> knobs_given = take_knob_flags(g);
-  if (!knobs_given.empty() || !g.config_file.empty())
-    throw CLI::ValidationError("settings", fmt::format("hint changes no setting ({}): use kvpager tune",
-                                                       knobs_given.empty() ? "--config " + g.config_file
-                                                                           : fmt::format("{}", fmt::join(knobs_given, " "))));
+  if (!knobs_given.empty())
+    throw CLI::ValidationError(
+        "settings", fmt::format("hint changes no setting ({}): use kvpager tune", fmt::join(knobs_given, " ")));
   LivePagers live = find_live_pagers(g);
   print_notes(live);
   control::Endpoint e = choose_one(live, a.pid, "");
@@ -156,6 +158,10 @@ void hint(Globals& g, const HintArgs& a) {
                r.body.value("generation", std::string("?")), r.body.value("store", std::string("?")));
   else
     fmt::print("pid {}: {} {}\n", e.pid, a.hint, a.context);
+  if (r.body.contains("note")) {
+    std::fflush(stdout);
+    fmt::print(stderr, "kvpager: pid {}: {}\n", e.pid, r.body.value("note", std::string()));
+  }
 }
 
 }  // namespace
@@ -180,7 +186,7 @@ void add_tune_commands(CLI::App& app, Globals& g) {
 
   static HintArgs h;
   auto* hint_cmd = app.add_subcommand(
-      "hint", "Tell a running pager about a context: prefetch (stage it into HBM; needs the hint prefetcher),\n"
+      "hint", "Tell a running pager about a context: prefetch (stage it into HBM; with the hint prefetcher),\n"
               "park (demote it, let it spill), drop (discard its bytes), pin / unpin (never evict it; pinned\n"
               "contexts may hold at most low_watermark of hbm_budget, so that other accesses find room; a pinned\n"
               "context is neither parked nor dropped), publish (write its current bytes into the token store\n"
@@ -192,8 +198,8 @@ void add_tune_commands(CLI::App& app, Globals& g) {
       ->check(CLI::IsMember({"prefetch", "park", "drop", "pin", "unpin", "publish"}));
   hint_cmd->add_option("context", h.context, "Context name (kvpager status --pid N lists them)")->required();
   hint_cmd->footer(
-      "\nA hint changes no setting: --config, --set and --<knob> are refused here (kvpager tune changes knobs);\n"
-      "--runtime-dir says where the pagers are.");
+      "\nA hint changes no setting: --set and --<knob> are refused here (kvpager tune changes knobs);\n"
+      "--config FILE and --runtime-dir say where the pagers are (runtime_dir).");
   hint_cmd->callback([&g] { hint(g, h); });
 }
 

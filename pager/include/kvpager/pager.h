@@ -94,7 +94,9 @@ class Pager final : private PrefetchSink, private RestoreCost {
   // kUnsupported if the mover cannot follow.
   Status split_region(RegionId id, uint64_t offset, RegionId* tail);
   // Moves a region into the named context (created if needed). kBusy if any
-  // of its chunks has a copy in the store (its store name would change).
+  // of its chunks has a copy in the store (its store name would change);
+  // kNoSpace if the context is pinned and the region would take the pinned
+  // bytes past pin_limit().
   Status set_context(RegionId id, std::string_view name);
   // Brings every chunk of the region that is in the NVMe tier (or on its way
   // there) back to host RAM, and waits: afterwards nothing of it needs the

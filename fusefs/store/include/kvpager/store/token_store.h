@@ -244,7 +244,8 @@ class TokenStore final : public Store {
   // A chunk that is gone because the context was replaced (or removed) while
   // it was read is kAgain; a chunk missing from the current publication is
   // kNotFound (the context is incomplete). With begin, a replaced context is
-  // read again from its start, up to kContextReadAttempts times in all:
+  // read again from its start, up to kContextReadAttempts times in all (a
+  // context removed meanwhile then ends kNotFound, as a missing one does):
   // begin(manifest) is called before each attempt's first chunk and must drop
   // what sink got before (a status other than kOk ends the read with it).
   static constexpr int kContextReadAttempts = 3;
