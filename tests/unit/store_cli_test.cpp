@@ -332,38 +332,41 @@ TEST(StoreCli, PutSaysWhichContextsItEvictedToStayWithinTheCapacity) {
   CliRun r = run_cli(put + "x3");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(r.out.find("evicted"), std::string::npos) << "room without evicting: " << r.out;
+  // A put of `mib` MiB of fresh bytes as `name` under the 12M capacity.
+  auto put_mib = [&](int mib, const std::string& name) {
+    const std::string file = d.sub(std::to_string(mib) + "m");
+    write_file(file, pattern(static_cast<uint64_t>(100 + mib), static_cast<size_t>(mib) * 1024 * 1024));
+    return run_cli("--nvme-capacity 12M store put " + file + " --context " + name + " --store " + s);
+  };
+  auto names = [&] {
+    std::vector<std::string> left;
+    for (const auto& e : nlohmann::json::parse(run_cli("store ls --json --store " + s).out)) left.push_back(e["name"]);
+    return left;
+  };
   // 6 MiB more: the two least recently used unpinned contexts go.
-  write_file(d.sub("6m"), pattern(15, 6 * 1024 * 1024));
-  r = run_cli("--nvme-capacity 12M store put " + d.sub("6m") + " --context big --store " + s);
+  r = put_mib(6, "big");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("evicted 2 least recently used context(s) (4.00 MiB) to stay within nvme_capacity = 12M: "
                        "'x1', 'x2'"),
             std::string::npos)
       << r.out;
-  r = run_cli("store ls --json --store " + s);
-  std::vector<std::string> left;
-  for (const auto& e : nlohmann::json::parse(r.out)) left.push_back(e["name"]);
-  EXPECT_EQ(left, (std::vector<std::string>{"big", "keep", "x3"}));
+  EXPECT_EQ(names(), (std::vector<std::string>{"big", "keep", "x3"}));
 
   // Replacing x3 (the least recently used) by 4 MiB evicts x3's own old
   // version, and big: x3 is named as such (it was left out of the list).
-  write_file(d.sub("4m"), pattern(16, 4 * 1024 * 1024));
-  r = run_cli("--nvme-capacity 12M store put " + d.sub("4m") + " --context x3 --store " + s);
+  r = put_mib(4, "x3");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("to stay within nvme_capacity = 12M: 'big', 'x3' (the version this put replaces)\n"),
             std::string::npos)
       << r.out;
   // A put that fails for room still names what it evicted trying.
-  write_file(d.sub("11m"), pattern(17, 11 * 1024 * 1024));
-  r = run_cli("--nvme-capacity 12M store put " + d.sub("11m") + " --context huge --store " + s);
+  r = put_mib(11, "huge");
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_NE(r.out.find("evicted 1 least recently used context(s) (4.00 MiB) to stay within nvme_capacity = 12M: "
                        "'x3'\nkvpager: storing context 'huge'"),
             std::string::npos)
       << r.out;
-  left.clear();
-  for (const auto& e : nlohmann::json::parse(run_cli("store ls --json --store " + s).out)) left.push_back(e["name"]);
-  EXPECT_EQ(left, (std::vector<std::string>{"keep"}));
+  EXPECT_EQ(names(), (std::vector<std::string>{"keep"}));
 }
 
 // The flags define the replacing context; settings of the old one that it
