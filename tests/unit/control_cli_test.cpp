@@ -570,6 +570,9 @@ TEST_F(ControlCli, StopSignalsRemoveTheSocketAndPrintTheSummary) {
 TEST_F(ControlCli, AStopSignalEndsTheDemoDuringItsPrefill) {
   Demo d(tmp_.path(), runtime_, DemoShape{4096, 1, "16M"});
   ASSERT_TRUE(d.ready()) << d.log();  // the socket is there before the prefill starts
+  // Served during the prefill too (tune timed out until the first turn).
+  Result t = kvpager({"tune", "--pid", d.pid_text(), "prefetch_depth=6"});
+  EXPECT_EQ(t.exit_code, 0) << show(t);
   EXPECT_EQ(d.stop(SIGINT), 0) << d.log();
   EXPECT_TRUE(contains(d.log(), "stopped during the prefill")) << d.log();
   EXPECT_FALSE(contains(d.log(), "(4096 of 4096 sessions built)")) << d.log();

@@ -56,6 +56,9 @@ class Serving {
     }
   }
   const std::string& socket() const { return server_->socket_path(); }
+  // Between the prefill's sessions: tune and hints are answered from the
+  // start, as the banner promises (they timed out for the whole prefill).
+  void service() { server_->service(pager_); }
   // Waits out the rest of this turn's slot.
   void pace(std::chrono::steady_clock::time_point turn_start) {
     using namespace std::chrono;
@@ -202,11 +205,12 @@ void run_demo(Globals& g, const DemoArgs& a) {
   const bool progress = isatty(STDERR_FILENO) && !a.json;
   auto t0 = std::chrono::steady_clock::now();
   // The prefill of a large demo takes a while: it shows progress, and a stop
-  // signal (--serve) ends it there. The control socket is served from the
-  // first turn on, once every session exists (hints name them).
+  // signal (--serve) ends it there. The control socket is served between its
+  // sessions (a hint names a session once it is built).
   uint32_t built = 0;
   const bool prefilled = work.prefill([&](uint32_t done) {
     built = done;
+    if (serving) serving->service();
     if (progress) fmt::print(stderr, "\r  prefill {}/{} sessions", done, opt.sessions);
     return !stop_requested();
   });
