@@ -991,6 +991,26 @@ TEST_F(FsMount, NewContextsAppearWithinASecondAndRemovedOnesDisappear) {
   EXPECT_TRUE(eventually([&] { return same_bytes(tmp_.path() + "/in2", path("/contexts/later/kv")); }, 1000ms));
 }
 
+// The store directory removed and made again under the mount: the mount
+// kept serving the removed one, empty, and said nothing. It still cannot
+// follow (its handles are the old directory's), but it says so: in its log
+// and in /stats.
+TEST_F(FsMount, AStoreDirectoryReplacedUnderTheMountIsSaidLoudly) {
+  write_pattern(tmp_.path() + "/in", 1 * kMiB, 3);
+  put(tmp_.path() + "/in", "first");
+  mount();
+  auto lost = [&] { return slurp(path("/stats")).find("\nkvpager_fs_store_dir_lost 1\n") != std::string::npos; };
+  EXPECT_FALSE(lost()) << slurp(path("/stats"));
+  const std::string moved = tmp_.path() + "/old-store";
+  ASSERT_EQ(rename(store_.c_str(), moved.c_str()), 0);
+  ASSERT_EQ(mkdir(store_.c_str(), 0755), 0);
+  EXPECT_TRUE(eventually(lost, 2000ms)) << slurp(path("/stats"));
+  // Removed, or already replaced, when the watcher looked.
+  EXPECT_TRUE(std::regex_search(slurp(fs_log_), std::regex("the store directory .*/store was (removed|replaced by another) "
+                                                           "while mounted: .*unmount it and mount again")))
+      << slurp(fs_log_);
+}
+
 TEST_F(FsMount, ConcurrentReadersSeeWholePublicationsWhileContextsAreWritten) {
   const uint64_t size = 6 * kMiB + 333;
   write_pattern(tmp_.path() + "/v1", size, 11);

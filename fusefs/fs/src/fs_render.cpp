@@ -199,6 +199,9 @@ std::string TokenFs::render_stats() {
       .sample({}, totals.pinned);
   p.family("kvpager_store_used_bytes", "gauge", "Bytes the store's files take on disk").sample({}, used);
   p.family("kvpager_store_capacity_bytes", "gauge", "nvme_capacity (0: unlimited)").sample({}, opt_.capacity);
+  p.family("kvpager_fs_store_dir_lost", "gauge",
+           "Whether the store directory was removed or replaced while mounted (then unmount and mount again)")
+      .sample({}, uint64_t{store_lost_.load() ? 1u : 0u});
   p.family("kvpager_fs_contexts", "gauge", "Contexts this mount shows (its namespace)").sample({}, shown);
   p.family("kvpager_fs_hidden_contexts", "gauge", "Contexts of this namespace whose names cannot be file names")
       .sample({}, totals.hidden);

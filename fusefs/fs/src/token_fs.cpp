@@ -781,6 +781,8 @@ void TokenFs::watch_loop() {
   if (ifd < 0)
     log(fmt::format("cannot watch {} (inotify: {}): changes are seen by polling alone, every {} ms", dir,
                     std::strerror(err), opt_.poll_interval.count()));
+  struct stat opened {};
+  const bool identity = stat(opt_.store_dir.c_str(), &opened) == 0;
   auto next_poll = std::chrono::steady_clock::now() + opt_.poll_interval;
   while (!stopping_.load()) {
     bool due = false;
@@ -802,9 +804,22 @@ void TokenFs::watch_loop() {
     if (std::chrono::steady_clock::now() >= next_poll) due = true;
     if (!due || stopping_.load()) continue;
     next_poll = std::chrono::steady_clock::now() + opt_.poll_interval;
+    if (identity && store_dir_replaced(opened.st_dev, opened.st_ino)) continue;  // nothing new can come
     refresh();
   }
   if (ifd >= 0) close(ifd);
+}
+
+bool TokenFs::store_dir_replaced(dev_t dev, ino_t ino) {
+  if (store_lost_.load()) return true;
+  struct stat now {};
+  const bool there = stat(opt_.store_dir.c_str(), &now) == 0;
+  if (there && now.st_dev == dev && now.st_ino == ino) return false;
+  store_lost_.store(true);
+  log(fmt::format("the store directory {} was {} while mounted: this mount still serves the one it opened, which "
+                  "no writer can reach any more; unmount it and mount again",
+                  opt_.store_dir, there ? "replaced by another" : "removed"));
+  return true;
 }
 
 }  // namespace kvpager::fs

@@ -224,6 +224,10 @@ class TokenFs {
 
  private:
   void watch_loop();
+  // True once the store directory is no longer the one this mount opened
+  // (removed, or replaced by another at its path): said once, loudly.
+  bool store_dir_replaced(dev_t dev, ino_t ino);
+  std::atomic<bool> store_lost_{false};
   void notify_loop();
   void queue_inval_entry(fuse_ino_t parent, std::string name);
   void queue_inval_inode(fuse_ino_t ino);
