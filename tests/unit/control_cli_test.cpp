@@ -67,6 +67,7 @@ struct DemoShape {
   uint32_t layers = 2;
   std::string budget = "16M";
   std::string program = KVPAGER_BIN;  // what argv[0] says (a link to kvpager, say)
+  bool wait_prefill = true;  // ready() once every session is built (the socket answers from the start)
 };
 
 // A `kvpager demo --serve` process with a small simulated card.
@@ -108,6 +109,14 @@ class Demo {
       std::this_thread::sleep_for(10ms);
     }
     ready_ = fs::exists(socket_);
+    // Tests name sessions and count them: wait until the prefill built all.
+    while (ready_ && shape.wait_prefill) {
+      Result r = kvpager({"status", "--pid", pid_text(), "--json"});
+      json j = json::parse(r.out, nullptr, false);
+      if (j.is_object() && j["stats"]["contexts"] == shape.sessions) break;
+      ready_ = Clock::now() < deadline;
+      std::this_thread::sleep_for(20ms);
+    }
   }
   ~Demo() {
     if (pid_ > 0) {
@@ -568,7 +577,9 @@ TEST_F(ControlCli, StopSignalsRemoveTheSocketAndPrintTheSummary) {
 // A large demo's prefill takes seconds (here 4096 sessions); a stop signal
 // used to wait for all of it before the summary.
 TEST_F(ControlCli, AStopSignalEndsTheDemoDuringItsPrefill) {
-  Demo d(tmp_.path(), runtime_, DemoShape{4096, 1, "16M"});
+  DemoShape big{4096, 1, "16M"};
+  big.wait_prefill = false;
+  Demo d(tmp_.path(), runtime_, big);
   ASSERT_TRUE(d.ready()) << d.log();  // the socket is there before the prefill starts
   // Served during the prefill too (tune timed out until the first turn).
   Result t = kvpager({"tune", "--pid", d.pid_text(), "prefetch_depth=6"});

@@ -307,6 +307,14 @@ class FsMount : public ::testing::Test {
     const pid_t pid = demos_.back()->pid();
     const std::string sock = runtime_ + "/" + std::to_string(pid) + ".sock";
     EXPECT_TRUE(eventually([&] { return fsys::exists(sock); }, 20s)) << slurp(log);
+    // The socket answers during the prefill; tests name its sessions.
+    EXPECT_TRUE(eventually(
+        [&] {
+          json j = json::parse(kvpager({"status", "--pid", std::to_string(pid), "--json"}).out, nullptr, false);
+          return j.is_object() && j["stats"]["contexts"] == 8;
+        },
+        20s))
+        << slurp(log);
     return pid;
   }
 
