@@ -433,6 +433,13 @@ TEST_F(ControlCli, InvalidValuesAreRefusedNamingTheKnobAndChangeNothing) {
   }
   Result not_kv = kvpager({"tune", "--pid", d.pid_text(), "prefetch_depth"});
   EXPECT_EQ(not_kv.exit_code, 2) << show(not_kv);
+  // An unknown name lists what tune can change, not every knob.
+  Result unknown = kvpager({"tune", "--pid", d.pid_text(), "foo=1"});
+  EXPECT_EQ(unknown.exit_code, 2) << show(unknown);
+  EXPECT_TRUE(contains(unknown.err, "unknown knob 'foo' (live knobs: ")) << show(unknown);
+  EXPECT_FALSE(contains(unknown.err, "chunk_size")) << "not live: " << show(unknown);
+  Result nameless = kvpager({"hint", "--pid", d.pid_text(), "park", ""});
+  EXPECT_EQ(nameless.exit_code, 2) << "bad usage: " << show(nameless);
   json s = status_of(d);
   EXPECT_EQ(s["config"]["prefetch_depth"]["value"], "4");
   EXPECT_EQ(s["config"]["hbm_budget"]["value"], "16M");

@@ -29,14 +29,14 @@ constexpr std::array<std::pair<Errc, std::string_view>, 10> kCodes{{
 constexpr std::array<HintKind, 5> kHints{HintKind::kPrefetch, HintKind::kPark, HintKind::kDrop, HintKind::kPin,
                                          HintKind::kUnpin};
 
+}  // namespace
+
 std::string live_knob_names() {
   std::string out;
   for (const Knob& k : knobs())
     if (k.live) out += (out.empty() ? "" : ", ") + std::string(k.name);
   return out;
 }
-
-}  // namespace
 
 std::string_view to_string(Errc e) {
   for (auto [code, name] : kCodes)

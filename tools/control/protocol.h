@@ -69,6 +69,8 @@ int64_t unix_ms_now();
 std::string to_line(const nlohmann::json& message);
 
 // The owner-side operations, run on the thread that drives the pager.
+// "prefetch_depth, hbm_budget, ...": the knobs a running pager takes.
+std::string live_knob_names();
 nlohmann::json apply_settings(Pager& pager, const nlohmann::json& assignments);
 nlohmann::json apply_hint(Pager& pager, std::string_view context, std::string_view hint);
 nlohmann::json contexts_json(const Pager& pager);

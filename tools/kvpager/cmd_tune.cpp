@@ -83,7 +83,10 @@ void tune(Globals& g, TuneArgs a) {
     const size_t eq = s.find('=');
     if (eq == std::string::npos || eq == 0)
       throw CLI::ValidationError("KEY=VALUE", fmt::format("'{}' is not KEY=VALUE", s));
-    scratch.set_assignment(s, ConfigSource::kCli, s);  // unknown knob or bad value: ConfigError naming it
+    if (!find_knob(s.substr(0, eq)))
+      throw ConfigError(fmt::format("{}: unknown knob '{}' (live knobs: {})", s, s.substr(0, eq),
+                                    control::live_knob_names()));
+    scratch.set_assignment(s, ConfigSource::kCli, s);  // a bad value: ConfigError naming it
     if (!find_knob(s.substr(0, eq))->live)
       throw ConfigError(fmt::format("{}: {} cannot change while a pager runs (set it at start-up)", s, s.substr(0, eq)));
   }
@@ -133,6 +136,7 @@ struct HintArgs {
 };
 
 void hint(Globals& g, const HintArgs& a) {
+  if (a.context.empty()) throw CLI::ValidationError("context", "a context name (kvpager status --pid N lists them)");
   // A setting given here would be silently ignored: hints change no knob.
   // (--config and --runtime-dir still say where the pagers are.)
   std::vector<std::string> knobs_given = take_knob_flags(g);
