@@ -109,6 +109,9 @@ void ConfigLoader::load_file(const std::string& path) {
       if (!k || k->name != name) unknown(name, where, nullptr);  // file keys are knob names
       // A path or a list of names written as a number (store_dir = 5) is a
       // mistake, not the directory "5".
+      // A list is a list of prefetchers; prefetch_depth = [8] is a mistake.
+      if (node.is_array() && k->type != KnobType::kPrefetchers)
+        throw ConfigError(fmt::format("{}: {} = [{}]: one value is expected, not a list", where, name, text));
       if (k && k->type == KnobType::kString && !node.is_string())
         throw ConfigError(fmt::format("{}: {} = {}: a string is expected (quoted: {} = \"{}\")", where, name, text,
                                       name, text));

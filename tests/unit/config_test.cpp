@@ -134,6 +134,25 @@ TEST(Config, FileTakesNativeTomlTypes) {
 }
 
 // A path written as a number is a mistake, not the directory "5".
+// Only prefetchers is a list; a list elsewhere was joined and taken
+// (prefetch_depth = [8] as 8, hbm_budget = [1, 2] as "1,2").
+TEST(Config, AListInTheFileIsOnlyForPrefetchers) {
+  for (const char* line : {"prefetch_depth = [8]\n", "hbm_budget = [\"1G\"]\n"}) {
+    TempFile f(line);
+    ConfigLoader loader;
+    try {
+      loader.load_file(f.path());
+      ADD_FAILURE() << "accepted " << line;
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find("one value is expected, not a list"), std::string::npos) << e.what();
+    }
+  }
+  TempFile ok("prefetchers = [\"sequential\", \"hint\"]\n");
+  ConfigLoader loader;
+  loader.load_file(ok.path());
+  EXPECT_EQ(loader.finish().prefetchers, kPrefetchSequential | kPrefetchHint);
+}
+
 TEST(Config, AStringKnobInTheFileMustBeAString) {
   for (const char* line : {"store_dir = 5\n", "runtime_dir = true\n"}) {
     TempFile f(line);
