@@ -225,7 +225,7 @@ struct DoubleKnob {
   static std::optional<std::string> parse(Config& c, std::string_view v) {
     auto n = parse_number(v);
     if (!n || !n->second.empty()) return fmt::format("not a number: allowed {}", range());
-    c.*M = n->first;
+    c.*M = n->first + 0.0;  // -0 is 0 (it printed as "-0")
     return check(c);
   }
   static std::string range() { return fmt::format("{}{}..{}", LoOpen ? "> " : "", LoMilli / 1000.0, Hi); }

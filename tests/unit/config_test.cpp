@@ -136,6 +136,12 @@ TEST(Config, FileTakesNativeTomlTypes) {
 // A path written as a number is a mistake, not the directory "5".
 // Only prefetchers is a list; a list elsewhere was joined and taken
 // (prefetch_depth = [8] as 8, hbm_budget = [1, 2] as "1,2").
+TEST(Config, MinusZeroIsZero) {
+  Config c;
+  ASSERT_FALSE(find_knob("low_watermark")->set(c, "-0.0"));
+  EXPECT_EQ(find_knob("low_watermark")->format(c), "0");
+}
+
 TEST(Config, AListInTheFileIsOnlyForPrefetchers) {
   for (const char* line : {"prefetch_depth = [8]\n", "hbm_budget = [\"1G\"]\n"}) {
     TempFile f(line);

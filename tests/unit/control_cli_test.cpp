@@ -9,7 +9,9 @@
 #include <poll.h>
 #include <pty.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -522,6 +524,23 @@ TEST_F(ControlCli, StaleSocketsOfCrashedPagersAreCleaned) {
   EXPECT_FALSE(fs::exists(stale));
   EXPECT_FALSE(contains(r.out, " " + gone_pid + " ")) << r.out;
   EXPECT_TRUE(contains(r.out, " " + alive.pid_text() + " ")) << r.out;
+
+  // A live pid whose socket nobody listens on (the pid was reused): removed
+  // too, and said (it went silently).
+  const std::string reused = runtime_ + "/" + std::to_string(getpid()) + ".sock";
+  {
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", reused.c_str());
+    ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0) << std::strerror(errno);
+    close(fd);  // bound, never listening: connect() is refused
+  }
+  r = kvpager({"status"});
+  EXPECT_TRUE(contains(r.err, "removed the control socket of pid " + std::to_string(getpid()) +
+                                  ": nothing listens on it"))
+      << show(r);
+  EXPECT_FALSE(fs::exists(reused));
 }
 
 // A stopped pager (SIGSTOP) is found but does not answer: status says so

@@ -13,6 +13,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <string>
 #include <string_view>
 
@@ -107,6 +108,8 @@ TEST(StoreCli, PutGetLsRmRoundTripAFileAcrossStores) {
   r = run_cli("store ls --store " + b);
   EXPECT_EQ(r.code, 0);
   EXPECT_NE(r.out.find("chat 1"), std::string::npos) << r.out;
+  // The `store put` that published it has exited: said, not a pid that looks alive.
+  EXPECT_TRUE(std::regex_search(r.out, std::regex("uid [0-9]+ pid [0-9]+ \\(exited\\)\n"))) << r.out;
   r = run_cli("store fsck --store " + a);
   EXPECT_EQ(r.code, 0) << r.out;
   r = run_cli("store rm 'chat 1' --store " + a);

@@ -688,6 +688,9 @@ TEST(TokenStore, EnospcIsAStatusDisablesPutsAndNeverLeavesAPartialObject) {
   ASSERT_GT(written, 2u);
   EXPECT_TRUE(s.stats().spills_disabled);
   EXPECT_EQ(count_containing(log, "no space left"), 1u);
+  // Says whose puts are refused: this handle's (a one-shot `store put` read
+  // "further puts are refused", and the next command's put worked).
+  EXPECT_EQ(count_containing(log, "puts through this handle are refused until it frees bytes"), 1u);
   // Fails fast now, and still says it only once.
   EXPECT_EQ(s.put(chunk_key("", "fill", 999), pattern(1, 10)), Status::kNoSpace);
   EXPECT_EQ(count_containing(log, "no space left"), 1u);

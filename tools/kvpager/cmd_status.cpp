@@ -297,8 +297,10 @@ void top(const Globals& g, const TopArgs& a) {
     std::map<pid_t, Seen> seen;
     for (size_t i = 0; i < replies.size(); ++i) {
       if (!replies[i].ok()) {
-        if (replies[i].code == control::Errc::kGone) control::remove_if_stale(live.pagers[i]);
-        else failures.push_back(fmt::format("pid {}: {}", live.pagers[i].pid, replies[i].error));
+        if (replies[i].code != control::Errc::kGone)
+          failures.push_back(fmt::format("pid {}: {}", live.pagers[i].pid, replies[i].error));
+        else if (std::string note = forget_gone(live.pagers[i]); !note.empty())
+          failures.push_back(std::move(note));
         continue;
       }
       PagerRow row = row_from(replies[i].body);

@@ -4,11 +4,13 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <ctime>
@@ -475,12 +477,15 @@ void cmd_ls(const Globals& g, const StoreArgs& a) {
     total += e.bytes;
     std::string name = printable(e.meta.name);
     if (e.missing_chunks) name += " (incomplete)";
-    fmt::print("{:<28} {:<14} {:>11} {:>7} {:>9} {:<19} {:>9} {:<4} {:>8}  uid {} pid {}\n", name,
+    // The publishing process, which has usually exited (a `store put`): say
+    // so, rather than show a pid that looks alive. Only this machine's.
+    const bool exited = e.meta.owner_pid != 0 && kill(static_cast<pid_t>(e.meta.owner_pid), 0) != 0 && errno == ESRCH;
+    fmt::print("{:<28} {:<14} {:>11} {:>7} {:>9} {:<19} {:>9} {:<4} {:>8}  uid {} pid {}{}\n", name,
                e.meta.ns.empty() ? "-" : printable(e.meta.ns), human_bytes(static_cast<double>(e.bytes)), e.chunks,
                e.meta.token_count ? fmt::format("{}", e.meta.token_count) : "-", when(e.last_access_ns),
                short_duration(now > e.last_access_ns ? now - e.last_access_ns : 0),
                e.meta.pinned ? "yes" : "-", e.meta.ttl_ns ? short_duration(e.meta.ttl_ns) : "-", e.meta.owner_uid,
-               e.meta.owner_pid);
+               e.meta.owner_pid, exited ? " (exited)" : "");
   }
   fmt::print("{} context(s), {}; store uses {} on disk\n", list.size(), human_bytes(static_cast<double>(total)),
              human_bytes(static_cast<double>(s->used_bytes())));

@@ -79,12 +79,19 @@ PagerRow row_from(const nlohmann::json& r) {
   return row;
 }
 
+std::string forget_gone(const control::Endpoint& e) {
+  if (!control::remove_if_stale(e)) return "";
+  return fmt::format("removed the control socket of pid {}: nothing listens on it (the pager exited, or the pid "
+                     "now belongs to another process)",
+                     e.pid);
+}
+
 size_t report_failures(const std::vector<control::Endpoint>& pagers, const std::vector<control::Reply>& replies) {
   size_t failed = 0;
   for (size_t i = 0; i < replies.size(); ++i) {
     if (replies[i].ok()) continue;
     if (replies[i].code == control::Errc::kGone) {
-      control::remove_if_stale(pagers[i]);
+      if (std::string note = forget_gone(pagers[i]); !note.empty()) fmt::print(stderr, "kvpager: {}\n", note);
       continue;
     }
     fmt::print(stderr, "kvpager: pid {}: {}\n", pagers[i].pid, replies[i].error);

@@ -57,6 +57,9 @@ PagerRow row_from(const nlohmann::json& stats_reply);
 // Failures the user should hear about, as "pid N: why" on stderr. Replies of
 // pagers that exited meanwhile are dropped (and their sockets removed if
 // stale). Returns how many failed for another reason.
+// A socket that gave no answer because nothing listens on it (kGone):
+// removed if it is stale, with a line that says so; "" if it was left.
+std::string forget_gone(const control::Endpoint& e);
 size_t report_failures(const std::vector<control::Endpoint>& pagers, const std::vector<control::Reply>& replies);
 
 }  // namespace kvpager::cli

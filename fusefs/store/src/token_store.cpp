@@ -417,7 +417,9 @@ Status TokenStore::note_nospace() {
   drop_spares(UINT64_MAX);  // give the file system back what we hold
   if (!nospace_) {
     nospace_ = true;
-    log(fmt::format("no space left in {}: further puts are refused until bytes are freed", opt_.dir));
+    log(fmt::format("no space left in {}: puts through this handle are refused until it frees bytes (a new "
+                    "handle, e.g. the next kvpager command, tries again)",
+                    opt_.dir));
   }
   return Status::kNoSpace;
 }
