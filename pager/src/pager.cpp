@@ -232,7 +232,7 @@ Status Pager::set_context(RegionId id, std::string_view name) {
   if (const ContextId target = find_context(name); target != kNoContext && contexts_[target]->pinned) {
     uint64_t more = 0;
     for (uint32_t i = 0; i < r->nchunks; ++i) more += r->chunks[i].pinned ? 0 : r->chunk_size;
-    if (more > 0 && pinned_bytes() + more > pin_limit(cfg_)) return Status::kNoSpace;
+    if (!pins_fit(more)) return Status::kNoSpace;
   }
   const bool was_pinned = contexts_[r->ctx]->pinned;
   leave_context(*r);
@@ -599,7 +599,7 @@ Status Pager::hint(ContextId id, HintKind kind) {
     case HintKind::kPin: {
       uint64_t more = 0;
       each_chunk([&](Region& r, Chunk& c) { more += c.pinned ? 0 : r.chunk_size; });
-      if (more > 0 && pinned_bytes() + more > pin_limit(cfg_)) return Status::kNoSpace;
+      if (!pins_fit(more)) return Status::kNoSpace;
       ctx.pinned = true;
       each_chunk([&](Region&, Chunk& c) {
         if (c.in_policy) make_unevictable(c);
@@ -631,6 +631,8 @@ uint64_t Pager::pinned_bytes() const {
 }
 
 uint64_t Pager::pin_limit(const Config& resolved) { return fraction_of(resolved.hbm_budget, resolved.low_watermark); }
+
+bool Pager::pins_fit(uint64_t more) const { return more == 0 || pinned_bytes() + more <= pin_limit(cfg_); }
 
 // ---------------------------------------------------------------- moves
 

@@ -146,14 +146,17 @@ std::string settings_dropped(const store::ContextMeta& old, const store::Context
                      had.size() == 1 ? "it" : "them");
 }
 
-// "'x1', 'x2' (namespace 'n')": contexts named in one line.
-// 'a', 'b' (namespace 'n'), ...; `replaced` is marked as the version the put replaces.
-std::string context_names(const std::vector<store::ContextEntry>& list, const store::ContextEntry* replaced) {
+// "'x1', 'x2' (namespace 'n')": contexts named in one line; the publication
+// `replaced` (name and generation) is marked as the one the put replaces.
+std::string context_names(const std::vector<store::ContextEntry>& list, const store::ContextMeta* replaced) {
+  auto is_replaced = [&](const store::ContextMeta& m) {
+    return replaced && m.ns == replaced->ns && m.name == replaced->name && m.generation == replaced->generation;
+  };
   std::vector<std::string> names;
   for (const auto& e : list)
     names.push_back(fmt::format("'{}'{}{}", printable(e.meta.name),
                                 e.meta.ns.empty() ? "" : fmt::format(" (namespace '{}')", printable(e.meta.ns)),
-                                &e == replaced ? " (the version this put replaces)" : ""));
+                                is_replaced(e.meta) ? " (the version this put replaces)" : ""));
   return fmt::format("{}", fmt::join(names, ", "));
 }
 
@@ -178,28 +181,23 @@ void report_dropped(TokenStore& s, const std::vector<store::ContextEntry>& befor
   auto own = std::find_if(gone.begin(), gone.end(), [&](const store::ContextEntry& e) {
     return e.meta.ns == put.ns && e.meta.name == put.name;
   });
-  std::optional<uint64_t> own_generation;
+  std::optional<store::ContextMeta> own_old;
   if (own != gone.end()) {
-    if (gone.size() - 1 < evicted + expired) own_generation = own->meta.generation;
+    if (gone.size() - 1 < evicted + expired) own_old = own->meta;
     else gone.erase(own);
   }
+  const store::ContextMeta* replaced = own_old ? &*own_old : nullptr;
   const uint64_t wall = wall_now_ns();
   auto idle_past_ttl = [&](const store::ContextEntry& e) {
     return e.meta.ttl_ns != 0 && wall >= e.last_access_ns && wall - e.last_access_ns >= e.meta.ttl_ns;
   };
   std::vector<store::ContextEntry> lru, ttl;
   for (const auto& e : gone) (idle_past_ttl(e) ? ttl : lru).push_back(e);
-  auto replaced_in = [&](const std::vector<store::ContextEntry>& list) -> const store::ContextEntry* {
-    for (const auto& e : list)
-      if (own_generation && e.meta.ns == put.ns && e.meta.name == put.name && e.meta.generation == *own_generation)
-        return &e;
-    return nullptr;
-  };
   if (evicted)
     fmt::print("evicted {} least recently used context(s) ({}) to stay within nvme_capacity = {}: {}\n", evicted,
                human_bytes(static_cast<double>(now.evicted_bytes - was.evicted_bytes)),
-               format_bytes(s.options().capacity_bytes), context_names(lru, replaced_in(lru)));
-  if (expired) fmt::print("dropped {} context(s) idle past their TTL: {}\n", expired, context_names(ttl, replaced_in(ttl)));
+               format_bytes(s.options().capacity_bytes), context_names(lru, replaced));
+  if (expired) fmt::print("dropped {} context(s) idle past their TTL: {}\n", expired, context_names(ttl, replaced));
 }
 
 std::string fail_msg(const TokenStore& s, std::string_view what, Status st) {

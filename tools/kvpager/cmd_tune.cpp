@@ -83,11 +83,12 @@ void tune(Globals& g, TuneArgs a) {
     const size_t eq = s.find('=');
     if (eq == std::string::npos || eq == 0)
       throw CLI::ValidationError("KEY=VALUE", fmt::format("'{}' is not KEY=VALUE", s));
-    if (!find_knob(s.substr(0, eq)))
+    const Knob* k = find_knob(s.substr(0, eq));
+    if (!k)
       throw ConfigError(fmt::format("{}: unknown knob '{}' (live knobs: {})", s, s.substr(0, eq),
                                     control::live_knob_names()));
     scratch.set_assignment(s, ConfigSource::kCli, s);  // a bad value: ConfigError naming it
-    if (!find_knob(s.substr(0, eq))->live)
+    if (!k->live)
       throw ConfigError(fmt::format("{}: {} cannot change while a pager runs (set it at start-up)", s, s.substr(0, eq)));
   }
   LivePagers live = find_live_pagers(g);

@@ -51,6 +51,11 @@ FsckReport TokenStore::fsck(bool repair, const std::function<void(uint64_t, uint
   auto remove = [&](int dirfd, const std::string& path) {
     if (unlinkat(dirfd, path.c_str(), 0) == 0) ++r.removed;
   };
+  // What a file takes, for the totals (0 if it is gone meanwhile).
+  auto size_at = [](int dirfd, const char* name) -> uint64_t {
+    struct stat st{};
+    return fstatat(dirfd, name, &st, 0) == 0 ? static_cast<uint64_t>(st.st_size) : 0;
+  };
   // Not the store's: never removed (it may be anything, a directory tree
   // included), named so that a person can.
   auto foreign = [&](const std::string& path, unsigned char type) {
@@ -131,9 +136,8 @@ FsckReport TokenStore::fsck(bool repair, const std::function<void(uint64_t, uint
       if (t != DT_REG) return foreign("objects/" + path, t);
       auto key = parse_key_hex(n);
       if (!key || object_path(*key) != path) {
-        struct stat st{};
         ++r.objects_checked;
-        if (fstatat(dfd, n, &st, 0) == 0) r.bytes_checked += static_cast<uint64_t>(st.st_size);
+        r.bytes_checked += size_at(dfd, n);
         problem(fmt::format("objects/{}: not an object name", path));
         ++r.bad_objects;
         if (repair) remove(objects_fd_, path);
@@ -158,10 +162,7 @@ FsckReport TokenStore::fsck(bool repair, const std::function<void(uint64_t, uint
           e = Seen{true, h.payload_bytes, h.checksum};
           r.bytes_checked += h.payload_bytes;
         } else if (s != Status::kNotFound) {  // gone meanwhile: not a problem
-          struct stat st{};
-          if (h.payload_bytes) r.bytes_checked += h.payload_bytes;
-          else if (fstatat(objects_fd_, objects[i].second.c_str(), &st, 0) == 0)
-            r.bytes_checked += static_cast<uint64_t>(st.st_size);
+          r.bytes_checked += h.payload_bytes ? h.payload_bytes : size_at(objects_fd_, objects[i].second.c_str());
           ++r.bad_objects;
           problem(fmt::format("objects/{}: {}", objects[i].second, to_string(s)));
           if (repair) remove(objects_fd_, objects[i].second);

@@ -216,6 +216,8 @@ class Pager final : private PrefetchSink, private RestoreCost {
 
   // Budget
   Status make_room_sync(uint64_t bytes);
+  // `more` bytes of newly pinned chunks keep the pins within pin_limit().
+  bool pins_fit(uint64_t more) const;
   void balance();
   void balance_hbm();
   void balance_host();
