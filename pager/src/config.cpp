@@ -9,6 +9,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstdlib>
+#include <variant>
 
 namespace kvpager {
 
@@ -63,10 +64,20 @@ std::optional<uint64_t> exact_u64(std::string_view s) {
 
 }  // namespace
 
-std::optional<uint64_t> parse_bytes(std::string_view s) {
-  if (auto exact = exact_u64(s)) return exact;
+namespace {
+
+// The value of a byte size, or why it is not one.
+std::variant<uint64_t, BytesError> read_bytes(std::string_view s) {
+  if (auto exact = exact_u64(s)) return *exact;
   auto num = parse_number(s);
-  if (!num) return std::nullopt;
+  if (!num) {
+    double v = 0;
+    s = trim(s);
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    // A negative number ("-1", "-2M"); -0 is 0 and parsed above only if plain.
+    if (ec == std::errc{} && p != s.data() && std::signbit(v) && v != 0) return BytesError::kNegative;
+    return BytesError::kSyntax;
+  }
   std::string unit = lower(num->second);
   if (unit.ends_with("ib")) unit.resize(unit.size() - 2);
   else if (unit.ends_with("b")) unit.resize(unit.size() - 1);
@@ -77,10 +88,35 @@ std::optional<uint64_t> parse_bytes(std::string_view s) {
   else if (unit == "g") mult = static_cast<double>(GiB);
   else if (unit == "t") mult = static_cast<double>(TiB);
   else if (unit == "p") mult = static_cast<double>(TiB) * 1024.0;
-  else return std::nullopt;
+  else return BytesError::kSyntax;
   double v = num->first * mult;
-  if (v >= 1.8e19 || v != std::floor(v)) return std::nullopt;  // overflow or fractional bytes
+  if (v >= 1.8e19) return BytesError::kTooLarge;
+  if (v != std::floor(v)) return BytesError::kFraction;
   return static_cast<uint64_t>(v);
+}
+
+}  // namespace
+
+std::optional<uint64_t> parse_bytes(std::string_view s) {
+  auto r = read_bytes(s);
+  if (const auto* v = std::get_if<uint64_t>(&r)) return *v;
+  return std::nullopt;
+}
+
+std::optional<BytesError> bytes_error(std::string_view s) {
+  auto r = read_bytes(s);
+  if (const auto* e = std::get_if<BytesError>(&r)) return *e;
+  return std::nullopt;
+}
+
+std::string_view describe(BytesError e) {
+  switch (e) {
+    case BytesError::kNegative: return "negative";
+    case BytesError::kTooLarge: return "too large (16 EiB or more)";
+    case BytesError::kFraction: return "not a whole number of bytes";
+    case BytesError::kSyntax: break;
+  }
+  return "not a byte size: allowed forms 4096, 64K, 2M, 8G, 1.5T";
 }
 
 std::optional<uint64_t> parse_duration_ns(std::string_view s) {
@@ -145,12 +181,12 @@ std::optional<std::vector<SizeRange>> parse_size_ranges(std::string_view s, std:
     SizeRange r;
     if (!lo.empty()) {
       auto v = parse_bytes(lo);
-      if (!v) return fail(fmt::format("'{}' is not a byte size", lo));
+      if (!v) return fail(fmt::format("'{}': {}", lo, describe(*bytes_error(lo))));
       r.lo = *v;
     }
     if (!hi.empty()) {
       auto v = parse_bytes(hi);
-      if (!v) return fail(fmt::format("'{}' is not a byte size", hi));
+      if (!v) return fail(fmt::format("'{}': {}", hi, describe(*bytes_error(hi))));
       r.hi = *v;
     }
     if (lo.empty() && hi.empty()) return fail("'-' bounds nothing");
@@ -186,7 +222,13 @@ template <auto M, uint64_t Lo, uint64_t Hi, bool ZeroOk, bool Pow2>
 struct BytesKnob {
   static std::optional<std::string> parse(Config& c, std::string_view v) {
     auto b = parse_bytes(v);
-    if (!b) return "not a byte size: allowed forms 4096, 64K, 2M, 8G, 1.5T";
+    if (!b) {
+      switch (const BytesError e = bytes_error(v).value_or(BytesError::kSyntax)) {
+        case BytesError::kSyntax: return std::string(describe(e));
+        case BytesError::kTooLarge: return "out of range: " + allowed();  // past every knob's range
+        default: return fmt::format("{}: {}", describe(e), allowed());
+      }
+    }
     c.*M = *b;
     return check(c);
   }
@@ -194,11 +236,12 @@ struct BytesKnob {
   static std::optional<std::string> check(const Config& c) {
     uint64_t v = c.*M;
     if (ZeroOk && v == 0) return std::nullopt;
-    if (v < Lo || v > Hi || (Pow2 && (v & (v - 1)) != 0)) {
-      return fmt::format("out of range: allowed {}{}..{}{}", Pow2 ? "a power of two, " : "", format_bytes(Lo),
-                         format_bytes(Hi), ZeroOk ? " (or 0)" : "");
-    }
+    if (v < Lo || v > Hi || (Pow2 && (v & (v - 1)) != 0)) return "out of range: " + allowed();
     return std::nullopt;
+  }
+  static std::string allowed() {
+    return fmt::format("allowed {}{}..{}{}", Pow2 ? "a power of two, " : "", format_bytes(Lo), format_bytes(Hi),
+                       ZeroOk ? " (or 0)" : "");
   }
 };
 

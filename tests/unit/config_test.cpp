@@ -196,6 +196,26 @@ TEST(Config, EveryBadValueIsRefusedNamingTheKnob) {
   }
 }
 
+// "1e30" is a number of bytes, only too many: the message says the range, as
+// for any value above it, and a negative or fractional size says so.
+TEST(Config, AByteSizeOutOfRangeIsNotCalledMalformed) {
+  auto message = [](const char* value) {
+    ConfigLoader loader;
+    try {
+      loader.set("hbm_budget", value, ConfigSource::kCli, "--set");
+    } catch (const ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  EXPECT_NE(message("1e30").find("hbm_budget = '1e30': out of range: allowed 64K..64P (or 0)"), std::string::npos)
+      << message("1e30");
+  EXPECT_EQ(message("1e30"), message("128P").replace(message("128P").find("128P"), 4, "1e30"));
+  EXPECT_NE(message("-1G").find("'-1G': negative: allowed 64K..64P (or 0)"), std::string::npos) << message("-1G");
+  EXPECT_NE(message("0.5").find("'0.5': not a whole number of bytes: allowed"), std::string::npos) << message("0.5");
+  EXPECT_NE(message("12Q").find("'12Q': not a byte size: allowed forms"), std::string::npos) << message("12Q");
+}
+
 TEST(Config, BadValuesInEnvAndFileNameTheirSource) {
   std::string var = "KVPAGER_CHUNK_SIZE=3M";
   char* env[] = {var.data(), nullptr};
@@ -361,6 +381,19 @@ TEST(ConfigParse, Bytes) {
   EXPECT_FALSE(parse_bytes("12Q"));
   EXPECT_FALSE(parse_bytes(""));
   EXPECT_FALSE(parse_bytes("99999999999P"));  // overflow
+  // ...and why, for the message.
+  EXPECT_EQ(bytes_error("4096"), std::nullopt);
+  EXPECT_EQ(bytes_error("-0"), std::nullopt);
+  EXPECT_EQ(bytes_error("1.5"), BytesError::kFraction);
+  EXPECT_EQ(bytes_error("0.3K"), BytesError::kFraction);
+  EXPECT_EQ(bytes_error("-1"), BytesError::kNegative);
+  EXPECT_EQ(bytes_error("-2M"), BytesError::kNegative);
+  EXPECT_EQ(bytes_error("1e30"), BytesError::kTooLarge);
+  EXPECT_EQ(bytes_error("99999999999P"), BytesError::kTooLarge);
+  EXPECT_EQ(bytes_error("12Q"), BytesError::kSyntax);
+  EXPECT_EQ(bytes_error("-x"), BytesError::kSyntax);
+  EXPECT_EQ(bytes_error("nan"), BytesError::kSyntax);
+  EXPECT_EQ(bytes_error(""), BytesError::kSyntax);
   EXPECT_EQ(format_bytes(2 * MiB), "2M");
   EXPECT_EQ(format_bytes(1536 * KiB), "1536K");
   EXPECT_EQ(format_bytes(12345), "12345");

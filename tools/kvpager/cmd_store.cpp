@@ -563,7 +563,7 @@ void cmd_bench(Globals& g, const StoreArgs& a) {
   // is refused, so that the report is about the bytes asked for.
   const uint64_t block = store::StoreOptions::from_config(g.config()).max_io_bytes;
   auto size = parse_bytes(a.bench_size);
-  if (!size) throw CLI::ValidationError("--size", fmt::format("'{}' is not a byte size", a.bench_size));
+  if (!size) throw CLI::ValidationError("--size", fmt::format("'{}': {}", a.bench_size, describe(*bytes_error(a.bench_size))));
   if (*size < block)
     throw CLI::ValidationError("--size", fmt::format("{}: at least one chunk ({}, chunk_size)", a.bench_size,
                                                      format_bytes(block)));

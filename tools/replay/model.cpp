@@ -93,7 +93,11 @@ std::optional<uint64_t> parse_capacity_tokens(std::string_view s, uint64_t kv_by
     return tokens;
   }
   auto bytes = parse_bytes(v);
-  if (!bytes) return fail(fmt::format("'{}' is not a capacity: give bytes (60G, 1.5T, 4096) or tokens (5Mtok)", s));
+  if (!bytes) {
+    const BytesError e = bytes_error(v).value_or(BytesError::kSyntax);
+    if (e != BytesError::kSyntax) return fail(fmt::format("'{}': {}", s, describe(e)));
+    return fail(fmt::format("'{}' is not a capacity: give bytes (60G, 1.5T, 4096) or tokens (5Mtok)", s));
+  }
   return *bytes / kv_bytes_per_token;
 }
 

@@ -146,6 +146,12 @@ void validate_or_throw(const Config& cfg);
 
 // Value parsers shared by the knob table and the tools.
 std::optional<uint64_t> parse_bytes(std::string_view s);      // "2M", "8GiB", "4096", "1.5G"
+// Why parse_bytes refuses s (nullopt: it does not), and that said in words:
+// "negative", "too large (16 EiB or more)", "not a whole number of bytes",
+// "not a byte size: allowed forms 4096, 64K, 2M, 8G, 1.5T".
+enum class BytesError { kSyntax, kNegative, kTooLarge, kFraction };
+std::optional<BytesError> bytes_error(std::string_view s);
+std::string_view describe(BytesError e);
 std::optional<uint64_t> parse_duration_ns(std::string_view s);  // "30s", "250ms", "10us", "5" (= seconds)
 std::string format_bytes(uint64_t b);      // exact: "2M", "1536K", "12345"
 std::string human_bytes(double b);         // rounded for display: "1.50 GiB"
