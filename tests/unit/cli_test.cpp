@@ -312,6 +312,28 @@ TEST(Cli, AnUnreadableConfigFileIsRefusedWithTheReason) {
   std::filesystem::remove(file);
 }
 
+// Two configuration files are neither layered nor is one dropped: refused,
+// naming the flag and what to use instead (CLI11 said "At Most 1 required").
+// One file, given before or after the command word, still loads.
+TEST(Cli, ASecondConfigFileIsRefusedByName) {
+  const std::string a = std::filesystem::temp_directory_path() / ("kvpager-a-" + std::to_string(getpid()) + ".toml");
+  const std::string b = std::filesystem::temp_directory_path() / ("kvpager-b-" + std::to_string(getpid()) + ".toml");
+  std::ofstream(a) << "hbm_budget = \"8M\"\n";
+  std::ofstream(b) << "chunk_size = \"4M\"\n";
+  for (const auto& args : {std::vector<std::string>{kBin, "--config", a, "config", "show", "--config", b},
+                           std::vector<std::string>{kBin, "config", "show", "--config", a, "--config", b}}) {
+    auto r = run_process(args);
+    EXPECT_EQ(r.exit_code, 2) << r.err;
+    EXPECT_NE(r.err.find("--config: given 2 times: one configuration file per run"), std::string::npos) << r.err;
+    EXPECT_EQ(r.out, "");
+  }
+  auto one = run_process({kBin, "config", "show", "--config", a});
+  EXPECT_EQ(one.exit_code, 0) << one.err;
+  EXPECT_NE(one.out.find("file (" + a + ":1)"), std::string::npos) << one.out;
+  std::filesystem::remove(a);
+  std::filesystem::remove(b);
+}
+
 TEST(Cli, DemoSaysItIsSimulatedAndReportsTheRun) {
   std::string store = std::filesystem::temp_directory_path() / ("kvpager-demo-" + std::to_string(getpid()));
   auto r = run_process({kBin, "demo", "--turns", "12", "--sessions", "8", "--store-dir", store,

@@ -24,8 +24,23 @@ ConfigLoader Globals::loader() const {
 // said. Now the last setting of a knob on the command line wins, however it
 // was spelled.
 void add_global_options(CLI::App& app, Globals& g) {
-  app.add_option("--config", g.config_file, "TOML configuration file (default: $KVPAGER_CONFIG)")
-      ->check(CLI::ExistingFile);
+  // Two files are not layered (nor is one silently dropped): refused by name.
+  app.add_option_function<std::vector<std::string>>(
+         "--config",
+         [&g](const std::vector<std::string>& v) {
+           if (v.size() > 1)
+             throw CLI::ValidationError(
+                 "--config", fmt::format("given {} times: one configuration file per run (settings on top of it: "
+                                         "--set KEY=VALUE or --<knob> VALUE)",
+                                         v.size()));
+           g.config_file = v.front();
+         },
+         "TOML configuration file (default: $KVPAGER_CONFIG)")
+      ->check(CLI::ExistingFile)
+      ->type_name("TEXT")  // CLI11 appends ":FILE" (the check)
+      ->expected(1)
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   app.add_option_function<std::vector<std::string>>(
          "--set",
          [&g](const std::vector<std::string>& v) {
