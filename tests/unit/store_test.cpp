@@ -650,10 +650,11 @@ namespace {
 // permitted.
 class SmallFs {
  public:
-  explicit SmallFs(uint64_t bytes) : dir_() {
+  explicit SmallFs(uint64_t bytes, uint64_t inodes = 0) : dir_() {
     mount_ = d_.sub("mnt");
     std::filesystem::create_directories(mount_);
     std::string opt = "size=" + std::to_string(bytes);
+    if (inodes) opt += ",nr_inodes=" + std::to_string(inodes);
     mounted_ = ::mount("tmpfs", mount_.c_str(), "tmpfs", 0, opt.c_str()) == 0;
     if (!mounted_) why_ = std::strerror(errno);
   }
@@ -712,6 +713,30 @@ TEST(TokenStore, EnospcIsAStatusDisablesPutsAndNeverLeavesAPartialObject) {
   Manifest m;
   EXPECT_EQ(s.read_manifest("", "too-big", &m), Status::kNotFound);
   EXPECT_TRUE(files_under(fs.path() + "/objects").empty());
+}
+
+// A full file system may refuse the object's directory (objects/ab/) after
+// its file was written: that is "no space" too. It was "not found" (the
+// rename's ENOENT after the failed mkdir), seen as `store put` on a full disk
+// failing with "not found". Inodes run out at each step of a put in turn
+// here (temp file, directory), whatever the keys' hash prefixes.
+TEST(TokenStore, AFullDiskIsNoSpaceAtEveryStepOfAPut) {
+  for (uint64_t inodes = 6; inodes <= 24; ++inodes) {
+    SmallFs fs(64 * MiB, inodes);
+    if (!fs.mounted()) GTEST_SKIP() << "cannot mount a size-limited tmpfs here (" << fs.why() << "); needs root";
+    std::unique_ptr<TokenStore> s;
+    try {
+      s = std::make_unique<TokenStore>(opts(fs.path()));
+    } catch (const std::exception&) {
+      continue;  // too few inodes for the store's own directories
+    }
+    Status st = Status::kOk;
+    for (uint64_t i = 0; i < 64 && ok(st); ++i) st = s->put_context(meta("c" + std::to_string(i)), pattern(i, 4096));
+    EXPECT_EQ(st, Status::kNoSpace) << inodes << " inodes: " << to_string(st);
+    // Never a partial object: no temp file ("t<n>") is left behind.
+    for (const auto& f : files_under(fs.path() + "/writers"))
+      EXPECT_EQ(std::filesystem::path(f).filename().string().rfind('t', 0), std::string::npos) << inodes << ": " << f;
+  }
 }
 
 TEST(TokenStore, ThePagerKeepsRunningWhenTheStoreFillsUp) {

@@ -1043,7 +1043,9 @@ Status TokenStore::publish_put(Job& j) {
     const std::string path = object_path(j.key);
     int r = renameat(writer_fd_, j.temp.c_str(), objects_fd_, path.c_str());
     if (r != 0 && errno == ENOENT) {
-      mkdirat(objects_fd_, path.substr(0, 2).c_str(), 0700);
+      // A full disk refuses the directory: that is the error, not the
+      // ENOENT of the rename after it ("not found" said nothing useful).
+      if (mkdirat(objects_fd_, path.substr(0, 2).c_str(), 0700) != 0 && errno != EEXIST) return errno_status(errno);
       r = renameat(writer_fd_, j.temp.c_str(), objects_fd_, path.c_str());
     }
     if (r != 0) return errno_status(errno);
