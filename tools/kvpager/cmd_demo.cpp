@@ -13,6 +13,7 @@
 #include <thread>
 
 #include "cli.h"
+#include "common/progress.h"
 #include "common/stats_json.h"
 #include "control/runtime_dir.h"
 #include "control/server.h"
@@ -202,38 +203,41 @@ void run_demo(Globals& g, const DemoArgs& a) {
                opt.turns ? std::to_string(opt.turns) : std::string("unlimited"), opt.seed);
   }
   std::fflush(stdout);
-  const bool progress = isatty(STDERR_FILENO) && !a.json;
   auto t0 = std::chrono::steady_clock::now();
   // The prefill of a large demo takes a while: it shows progress, and a stop
   // signal (--serve) ends it there. The control socket is served between its
   // sessions (a hint names a session once it is built).
   uint32_t built = 0;
+  tools::ProgressLine prefill_line("kvpager demo", tools::ProgressLine::for_stderr());
   const bool prefilled = work.prefill([&](uint32_t done) {
     built = done;
     if (serving) serving->service();
-    if (progress) fmt::print(stderr, "\r  prefill {}/{} sessions", done, opt.sessions);
+    prefill_line.update([&] { return fmt::format("prefill {}/{} sessions", done, opt.sessions); },
+                        done == opt.sessions);
     return !stop_requested();
   });
-  if (progress) fmt::print(stderr, "\r{:40}\r", "");
+  prefill_line.clear();
   if (!prefilled)
     fmt::print(stderr, "kvpager demo: stopped during the prefill ({} of {} sessions built)\n", built, opt.sessions);
+  // A server's log gets no line per turn: `kvpager status` shows where it is.
+  tools::ProgressLine turn_line("kvpager demo", tools::ProgressLine::for_stderr(!serving));
   uint64_t recomputed = 0;
   for (;;) {
     auto turn_start = std::chrono::steady_clock::now();
     if (stop_requested() || !work.run_turn()) break;
     if (work.recomputed_chunks() != recomputed) {
-      fmt::print(stderr, "{}kvpager demo: turn {} found {} chunk(s) dropped by a hint: recomputed them\n",
-                 progress ? "\r" : "", work.result().turns, work.recomputed_chunks() - recomputed);
+      turn_line.clear();
+      fmt::print(stderr, "kvpager demo: turn {} found {} chunk(s) dropped by a hint: recomputed them\n",
+                 work.result().turns, work.recomputed_chunks() - recomputed);
       recomputed = work.recomputed_chunks();
     }
-    if (progress) {
-      uint64_t done = work.result().turns;
-      if (opt.turns) fmt::print(stderr, "\r  turn {}/{}", done, opt.turns);
-      else fmt::print(stderr, "\r  turn {}", done);
-    }
+    turn_line.update([&] {
+      const uint64_t done = work.result().turns;
+      return opt.turns ? fmt::format("turn {}/{}", done, opt.turns) : fmt::format("turn {}", done);
+    });
     if (serving) serving->pace(turn_start);
   }
-  if (progress) fmt::print(stderr, "\r{:40}\r", "");
+  turn_line.clear();
   // A run cut short by a signal says so, also in its exit status (a server
   // stopped by one has done its job: --serve ends with 0).
   if (stop_requested() && !serving) {

@@ -15,6 +15,7 @@
 
 #include "cli.h"
 #include "common/output_file.h"
+#include "common/progress.h"
 #include "replay/replay.h"
 #include "replay/report.h"
 
@@ -98,16 +99,16 @@ class Runner {
     std::thread drawer;
     if (bar_) {
       drawer = std::thread([&] {
-        const auto t0 = std::chrono::steady_clock::now();
+        tools::ProgressLine line("kvpager replay", tools::ProgressLine::Mode::kTerminal);
         std::unique_lock lk(m);
-        while (!cv.wait_for(lk, std::chrono::milliseconds(100), [&] { return finished; })) {
-          const double f = total_ ? static_cast<double>(done.load()) / static_cast<double>(total_) : 1.0;
-          const int w = 30, fill = static_cast<int>(f * w);
-          const double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-          fmt::print(stderr, "\r  replay [{}{}] {:3.0f}%  {:.1f} s", std::string(static_cast<size_t>(fill), '#'),
-                     std::string(static_cast<size_t>(w - fill), '.'), f * 100, el);
+        while (!cv.wait_for(lk, tools::ProgressLine::kRedraw, [&] { return finished; })) {
+          line.update([&] {
+            const double f = total_ ? static_cast<double>(done.load()) / static_cast<double>(total_) : 1.0;
+            const int w = 30, fill = static_cast<int>(f * w);
+            return fmt::format("replay [{}{}] {:3.0f}%  {:.1f} s", std::string(static_cast<size_t>(fill), '#'),
+                               std::string(static_cast<size_t>(w - fill), '.'), f * 100, line.elapsed_s());
+          }, true);
         }
-        fmt::print(stderr, "\r{:60}\r", "");
       });
     }
     auto worker = [&] {

@@ -21,6 +21,7 @@
 #include "cli.h"
 #include "common/output_file.h"
 #include "common/printable.h"
+#include "common/progress.h"
 #include "common/user_paths.h"
 #include "kvpager/fs/export_format.h"
 #include "kvpager/store/token_store.h"
@@ -78,30 +79,28 @@ std::unique_ptr<TokenStore> open_store(const Globals& g, const StoreArgs& a, Use
   }
 }
 
-// "\r  put 1.25 GiB of 4.00 GiB (1.9 GB/s)" on a terminal, nothing otherwise.
-class Progress {
+// "put 1.25 GiB of 4.00 GiB (1.90 GB/s)" ("put 1.25 GiB (...)" from a pipe):
+// on a terminal in place, in a log every 10 s (common/progress.h).
+class ByteProgress {
  public:
-  Progress(std::string verb, uint64_t total) : verb_(std::move(verb)), total_(total), on_(isatty(STDERR_FILENO)) {}
-  ~Progress() {
-    if (on_ && shown_) fmt::print(stderr, "\r{:60}\r", "");
-  }
+  ByteProgress(std::string verb, uint64_t total)
+      : line_("kvpager store", tools::ProgressLine::for_stderr()), verb_(std::move(verb)), total_(total) {}
   void update(uint64_t done) {
-    if (!on_) return;
-    auto now = std::chrono::steady_clock::now();
-    if (shown_ && now - last_ < std::chrono::milliseconds(100) && done < total_) return;
-    last_ = now;
-    shown_ = true;
-    double s = std::chrono::duration<double>(now - t0_).count();
-    fmt::print(stderr, "\r  {} {} of {} ({:.2f} GB/s)   ", verb_, human_bytes(static_cast<double>(done)),
-               human_bytes(static_cast<double>(total_)), s > 0 ? static_cast<double>(done) / s / 1e9 : 0.0);
+    line_.update(
+        [&] {
+          const double s = line_.elapsed_s();
+          return fmt::format("{} {}{} ({:.2f} GB/s)", verb_, human_bytes(static_cast<double>(done)),
+                             total_ ? " of " + human_bytes(static_cast<double>(total_)) : "",  // 0: a pipe
+                             s > 0 ? static_cast<double>(done) / s / 1e9 : 0.0);
+        },
+        total_ && done >= total_);
   }
+  void clear() { line_.clear(); }
 
  private:
+  tools::ProgressLine line_;
   std::string verb_;
   uint64_t total_;
-  bool on_;
-  bool shown_ = false;
-  std::chrono::steady_clock::time_point t0_ = std::chrono::steady_clock::now(), last_;
 };
 
 // The wall clock, as the store keeps last-access times.
@@ -289,7 +288,7 @@ void cmd_put(const Globals& g, const StoreArgs& a) {
     }
     return *w;
   };
-  Progress progress("put", total);
+  ByteProgress progress("put", total);
   uint64_t done = 0;
   Status status = Status::kOk;
   std::string bad;  // what is wrong with an export
@@ -321,6 +320,7 @@ void cmd_put(const Globals& g, const StoreArgs& a) {
     }
     if (ok(status)) writer(nullptr);  // an empty file: an empty context
   }
+  progress.clear();  // before the result or the error
   if (!bad.empty()) {
     if (w) w->abort();
     throw RuntimeError(fmt::format("{} is not a valid context export ({}); nothing was stored", a.file, bad));
@@ -374,7 +374,7 @@ void cmd_get(const Globals& g, const StoreArgs& a) {
   tools::OutputFile out;
   std::string err;
   if (!out.open(a.out, &err)) throw RuntimeError(err);
-  std::optional<Progress> progress;
+  std::optional<ByteProgress> progress;
   uint64_t done = 0, written = 0;
   int werr = 0;
   bool found = false;     // the manifest was read
@@ -503,10 +503,10 @@ void cmd_fsck(const Globals& g, Globals& gm, const StoreArgs& a) {
   // A writable open reclaims dead writers' files first: say so, or fsck
   // would report a store it has just cleaned as having had nothing to clean.
   const uint64_t removed_at_open = s->stats().leftovers_removed;
-  std::optional<Progress> progress;
+  std::optional<tools::ProgressLine> progress;
   auto report = s->fsck(a.repair, [&](uint64_t done, uint64_t total) {
-    if (!progress) progress.emplace("checked objects", total);
-    progress->update(done);
+    if (!progress) progress.emplace("kvpager store fsck", tools::ProgressLine::for_stderr());
+    progress->update([&] { return fmt::format("checked {} of {} objects", done, total); }, done >= total);
   });
   progress.reset();
   store::FsckReport after = report;
