@@ -482,7 +482,8 @@ constexpr Knob kKnobs[] = {
     // --- live control (issue 4: tools/control, kvpager status/top/tune) ---
     make<StringKnob<&Config::runtime_dir>>(
         "runtime_dir", KnobType::kString, false, "a directory path",
-        "Where each pager's control socket lives (one per process, named by pid; mode 0700). Empty: "
+        "Where each pager's control socket lives (one per process, named by pid; created with mode 0700, an "
+        "existing one others may write to is refused). Empty: "
         "$XDG_RUNTIME_DIR/kvpager, else /run/kvpager; /tmp/kvpager-<uid> when that is not writable."),
 
     // --- cuda: the interposer (libkvpager.so), issue 6 ---

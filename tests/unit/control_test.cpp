@@ -3,6 +3,7 @@
 // applies settings all-or-none on the owner's thread, withdraws what the
 // owner never took), the peer check, stale-socket cleanup and the client.
 #include <fcntl.h>
+#include <fmt/format.h>
 #include <grp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -111,15 +112,45 @@ TEST(RuntimeDir, ServerCreatesItPrivate) {
   EXPECT_EQ(mode_of(rd.path), 0700u);
 }
 
-TEST(RuntimeDir, LoosePermissionsAreTightened) {
+// A directory that was there before keeps its mode: `--runtime-dir /tmp`
+// (1777) or `~` used to be made 0700. One that others may write to is
+// refused (anyone could put a socket there); one they may only read is used.
+TEST(RuntimeDir, AnExistingDirectoryIsNeverChangedAndASharedOneIsRefused) {
   TempDir t;
-  std::string dir = t.path() + "/run";
-  ASSERT_EQ(mkdir(dir.c_str(), 0777), 0);
-  chmod(dir.c_str(), 0777);
+  for (mode_t shared : {mode_t{01777}, mode_t{0777}, mode_t{0770}}) {
+    std::string dir = t.path() + fmt::format("/shared-{:o}", shared);
+    ASSERT_EQ(mkdir(dir.c_str(), 0700), 0);
+    ASSERT_EQ(chmod(dir.c_str(), shared), 0);
+    Config cfg;
+    cfg.runtime_dir = dir;
+    try {
+      resolve_runtime_dir(cfg, DirUse::kServe);
+      ADD_FAILURE() << fmt::format("mode {:o} was accepted", shared);
+    } catch (const ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(fmt::format("others may write to it (mode {:04o})", shared)),
+                std::string::npos)
+          << e.what();
+    }
+    EXPECT_EQ(mode_of(dir), shared) << "left as it was";
+  }
+  std::string readable = t.path() + "/readable";
+  ASSERT_EQ(mkdir(readable.c_str(), 0700), 0);
+  ASSERT_EQ(chmod(readable.c_str(), 0755), 0);
   Config cfg;
-  cfg.runtime_dir = dir;
-  resolve_runtime_dir(cfg, DirUse::kServe);
-  EXPECT_EQ(mode_of(dir), 0700u);
+  cfg.runtime_dir = readable;
+  EXPECT_EQ(resolve_runtime_dir(cfg, DirUse::kServe).path, readable);
+  EXPECT_EQ(mode_of(readable), 0755u);
+}
+
+// One it creates is exactly 0700, whatever the umask.
+TEST(RuntimeDir, ACreatedDirectoryIs0700WhateverTheUmask) {
+  TempDir t;
+  const mode_t old = umask(0277);  // would leave 0500: not even writable
+  Config cfg;
+  cfg.runtime_dir = t.path() + "/run";
+  RuntimeDir rd = resolve_runtime_dir(cfg, DirUse::kServe);
+  umask(old);
+  EXPECT_EQ(mode_of(rd.path), 0700u);
 }
 
 TEST(RuntimeDir, DirectoryOfAnotherUserIsRefusedNamingTheKnob) {

@@ -25,13 +25,16 @@ constexpr std::string_view kNewSuffix = ".sock.new";  // bound, not yet listenin
 
 std::string errno_text(int err) { return std::strerror(err); }
 
-// mkdir -p for the parents of path (0755), then path itself.
-int make_dirs(const std::string& path, mode_t leaf_mode) {
+// mkdir -p for the parents of path (0755), then path itself; *created says
+// whether path is new.
+int make_dirs(const std::string& path, mode_t leaf_mode, bool* created) {
+  *created = false;
   for (size_t pos = path.find('/', 1); pos != std::string::npos; pos = path.find('/', pos + 1)) {
     std::string parent = path.substr(0, pos);
     if (mkdir(parent.c_str(), 0755) != 0 && errno != EEXIST) return errno;
   }
-  if (mkdir(path.c_str(), leaf_mode) != 0 && errno != EEXIST) return errno;
+  if (mkdir(path.c_str(), leaf_mode) == 0) *created = true;
+  else if (errno != EEXIST) return errno;
   return 0;
 }
 
@@ -47,14 +50,23 @@ pid_t parse_name(std::string_view name, std::string_view suffix) {
   return static_cast<pid_t>(pid);
 }
 
-// Why an existing path cannot be our directory, "" when it can; a
-// server (tighten) makes its mode 0700.
-std::string own_dir_problem(const std::string& path, const struct stat& st, bool tighten) {
+// Why an existing path cannot be our directory, "" when it can. The mode of
+// a directory that was there before is never changed (`--runtime-dir /tmp`
+// or `~` made them 0700): one that others may write to is refused, since
+// anyone could put a socket there in a pager's place. Sockets themselves are
+// 0600 and check their peer's uid, so one others may only read is used.
+std::string own_dir_problem(const struct stat& st) {
   if (!S_ISDIR(st.st_mode)) return "it exists and is not a directory (or is a symbolic link)";
   if (st.st_uid != geteuid())
     return fmt::format("it is owned by uid {}, not by this user (uid {})", st.st_uid, geteuid());
-  if (tighten && (st.st_mode & 0777) != 0700 && chmod(path.c_str(), 0700) != 0)
-    return fmt::format("cannot make it private (mode 0700): {}", errno_text(errno));
+  if (st.st_mode & (S_IWGRP | S_IWOTH))
+    return fmt::format("others may write to it (mode {:04o}); give a directory of your own (a missing one is "
+                       "created with mode 0700)",
+                       st.st_mode & 07777);
+  return "";
+}
+
+std::string writable_problem(const std::string& path) {
   if (access(path.c_str(), W_OK | X_OK) != 0) return fmt::format("it is not writable: {}", errno_text(errno));
   return "";
 }
@@ -64,7 +76,10 @@ std::string own_dir_problem(const std::string& path, const struct stat& st, bool
 // lets us create it.
 std::string private_dir_problem(const std::string& path) {
   struct stat st {};
-  if (lstat(path.c_str(), &st) == 0) return own_dir_problem(path, st, false);
+  if (lstat(path.c_str(), &st) == 0) {
+    std::string why = own_dir_problem(st);
+    return why.empty() ? writable_problem(path) : why;
+  }
   if (errno != ENOENT) return fmt::format("cannot stat it: {}", errno_text(errno));
   std::string parent = path;
   while (true) {
@@ -82,10 +97,14 @@ std::string private_dir_problem(const std::string& path) {
 
 std::string prepare_private_dir(const std::string& path) {
   if (path.empty()) return "empty path";
-  if (int err = make_dirs(path, 0700); err != 0) return fmt::format("cannot create it: {}", errno_text(err));
+  bool created = false;
+  if (int err = make_dirs(path, 0700, &created); err != 0) return fmt::format("cannot create it: {}", errno_text(err));
+  // Ours: exactly 0700 whatever the umask took away.
+  if (created && chmod(path.c_str(), 0700) != 0) return fmt::format("cannot make it private: {}", errno_text(errno));
   struct stat st {};
   if (lstat(path.c_str(), &st) != 0) return fmt::format("cannot stat it: {}", errno_text(errno));
-  return own_dir_problem(path, st, true);
+  std::string why = own_dir_problem(st);
+  return why.empty() ? writable_problem(path) : why;
 }
 
 std::string socket_path(const std::string& dir, pid_t pid) { return fmt::format("{}/{}{}", dir, pid, kSuffix); }
