@@ -791,6 +791,26 @@ TEST_F(ControlCli, RunPreloadsTheLibraryPassesSettingsAndReturnsTheCommandsStatu
   EXPECT_EQ(on_path.exit_code, 5) << show(on_path);
 }
 
+// --config replaces $KVPAGER_CONFIG for the program too: the library read
+// $KVPAGER_CONFIG again, so the replaced file's other settings reached it.
+// The file that is used reaches it as KVPAGER_* variables.
+TEST_F(ControlCli, RunWithConfigGivesTheProgramThatFileOnly) {
+  std::string bin = binary_in(tmp_.path() + "/bin", true);
+  const std::string replaced = tmp_.path() + "/replaced.toml", used = tmp_.path() + "/used.toml";
+  std::ofstream(replaced) << "hbm_budget = \"1G\"\n";
+  std::ofstream(used) << "prefetch_depth = 5\n";
+  const std::string show_env = "echo \"[$KVPAGER_CONFIG] [$KVPAGER_HBM_BUDGET] [$KVPAGER_PREFETCH_DEPTH]\"";
+  Result r = kvpager::testing::run_process({bin, "run", "--config", used, "--", "/bin/sh", "-c", show_env},
+                                           {"KVPAGER_CONFIG=" + replaced}, 30.0 * kSlack);
+  EXPECT_EQ(r.exit_code, 0) << show(r);
+  EXPECT_EQ(r.out, "[] [] [5]\n") << show(r);
+  // Without --config, $KVPAGER_CONFIG's file is the one, passed the same way.
+  Result env_file = kvpager::testing::run_process({bin, "run", "--", "/bin/sh", "-c", show_env},
+                                                  {"KVPAGER_CONFIG=" + replaced}, 30.0 * kSlack);
+  EXPECT_EQ(env_file.exit_code, 0) << show(env_file);
+  EXPECT_EQ(env_file.out, "[] [1G] []\n") << show(env_file);
+}
+
 TEST_F(ControlCli, RunWithoutTheLibrarySaysWhereItLooked) {
   std::string bin = binary_in(tmp_.path() + "/lonely/bin", false);
   Result r = run({bin, "run", "--", "/bin/true"});

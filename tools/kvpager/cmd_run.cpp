@@ -144,6 +144,10 @@ struct RunArgs {
     ConfigSource src = loader.origin(k).source;
     if (src == ConfigSource::kCli || src == ConfigSource::kFile) setenv(k.env_name().c_str(), k.format(cfg).c_str(), 1);
   }
+  // The file's settings are in that environment now. $KVPAGER_CONFIG would
+  // have the library read a file again: the one --config replaced, whose
+  // other settings then crept back in.
+  unsetenv("KVPAGER_CONFIG");
   std::string preload = lib;
   if (const char* old = std::getenv("LD_PRELOAD"); old && *old) preload += std::string(" ") + old;
   setenv("LD_PRELOAD", preload.c_str(), 1);
