@@ -265,6 +265,8 @@ Status CudaMover::submit(const MoveRequest& req) {
 }
 
 void CudaMover::finish(Job& j, Status s) {
+  // A restore that landed may give its store copy up (MoveRequest).
+  if (ok(s) && j.req.kind == MoveKind::kRestore && j.req.drop_store_copy && store_) store_->erase(j.req.key);
   j.done = true;
   j.status = s;
   give_event(j.copy_ev);

@@ -210,6 +210,7 @@ Status SimMover::execute(const MoveRequest& req) {
       uint32_t& slot = req.to == Tier::kHbm ? l.hbm : l.host;
       Status s = store_->get(req.key, arena.bytes(slot, req.len));
       if (!ok(s)) drop(arena, slot);
+      else if (req.drop_store_copy) store_->erase(req.key);
       return s;
     }
     case MoveKind::kDiscard:

@@ -47,8 +47,9 @@ void complete_move(Chunk& c, MoveKind kind) {
       c.dirty = false;
       break;
     case MoveKind::kRestore:
-      c.store_copy = true;
+      c.store_copy = !c.drop_copy;  // without its copy it is written again on its next spill
       c.dirty = false;
+      c.drop_copy = false;
       break;
     case MoveKind::kDiscard:
       c.store_copy = false;
@@ -65,6 +66,7 @@ void complete_move(Chunk& c, MoveKind kind) {
 
 void abort_move(Chunk& c) {
   c.target = c.tier;
+  c.drop_copy = false;  // a failed restore erased nothing
   if (c.prefetcher != 0 && c.tier != Tier::kHbm) c.prefetcher = 0;
   KVPAGER_CHECK_CHUNK(c);
 }
@@ -77,6 +79,8 @@ bool check_invariants(const Chunk& c, const char** why) {
   if (c.resting() && c.tier == Tier::kUnpopulated && (c.dirty || c.store_copy || c.in_policy))
     return fail("I2: a resting unpopulated chunk is clean, has no store copy and is in no list");
   if (c.resting() && c.tier == Tier::kNvme && !c.store_copy) return fail("I3: a chunk resting in NVMe has a store copy");
+  if (c.drop_copy && !(c.in_flight() && c.tier == Tier::kNvme))
+    return fail("I6: only a restore in flight drops a store copy");
   if (c.in_policy && (c.in_flight() || c.pinned || (c.tier != Tier::kHbm && c.tier != Tier::kHost)))
     return fail("I4: only resting, unpinned HBM/HOST chunks are in a policy list");
   if (c.prefetcher != 0 && c.tier != Tier::kHbm && c.target != Tier::kHbm)

@@ -428,7 +428,9 @@ constexpr Knob kKnobs[] = {
         "auto: half of physical RAM."),
     make<BytesKnob<&Config::nvme_capacity, 64 * KiB, kMaxBytes, true, false>>(
         "nvme_capacity", KnobType::kBytes, true, "0 (unlimited) or 64K..64P",
-        "Bytes the NVMe tier may hold; when full, chunks stay in host RAM."),
+        "Bytes the NVMe tier may hold; when full, chunks stay in host RAM until it frees one. With a "
+        "capacity, a chunk read back gives its NVMe copy up; unlimited, the copy stays, so that the chunk "
+        "spills again without a write while it is clean."),
     make<DoubleKnob<&Config::high_watermark, 0, 1, true>>(
         "high_watermark", KnobType::kFraction, true, "a fraction > 0..1, above low_watermark",
         "Occupancy of a tier (fraction of its capacity) that starts eviction from it."),

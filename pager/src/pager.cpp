@@ -676,7 +676,11 @@ Status Pager::start_move(Region& r, Chunk& c, MoveKind kind, Tier to, bool deman
     req.key = key_for(r, c.index);
   }
   req.write_back = c.dirty || !c.store_copy;
-  req.drop_store_copy = kind == MoveKind::kDiscard && c.store_copy;
+  // A restored chunk keeps its store copy (a clean one spills again without
+  // a write) unless that copy would hold room spills need: under a finite
+  // nvme_capacity, or while spills wait for room, it is erased as it lands.
+  const bool drop_on_restore = kind == MoveKind::kRestore && (cfg_.nvme_capacity != 0 || spill_disabled_);
+  req.drop_store_copy = (kind == MoveKind::kDiscard && c.store_copy) || drop_on_restore;
   req.freeing = kind == MoveKind::kDiscard && freeing;
 
   const bool was_evictable = c.in_policy;
@@ -684,11 +688,12 @@ Status Pager::start_move(Region& r, Chunk& c, MoveKind kind, Tier to, bool deman
   s = mover_.submit(req);
   if (!ok(s)) {
     ++counters_.move_failures_by_kind[static_cast<size_t>(kind)];
-    if (kind == MoveKind::kSpill && s == Status::kNoSpace) spill_disabled_ = true;
+    if (kind == MoveKind::kSpill && s == Status::kNoSpace) spills_refused();
     if (was_evictable) make_evictable(c);
     return s;
   }
   if (prefetcher != 0) c.prefetcher = prefetcher;
+  c.drop_copy = drop_on_restore;
   begin_move(c, to);
   outbound_[index(c.tier)] += cfg_.chunk_size;
   inbound_[index(to)] += cfg_.chunk_size;
@@ -723,7 +728,7 @@ void Pager::on_complete(const MoveCompletion& done) {
     counters_.move_bytes[static_cast<size_t>(kind)] += len;
   } else {
     ++counters_.move_failures_by_kind[static_cast<size_t>(kind)];
-    if (kind == MoveKind::kSpill && done.status == Status::kNoSpace) spill_disabled_ = true;
+    if (kind == MoveKind::kSpill && done.status == Status::kNoSpace) spills_refused();
     // The mover could not spill now (it cannot yet prove nothing reads the
     // chunk): try again a little later, not on every tick.
     if (kind == MoveKind::kSpill && done.status == Status::kBusy)
@@ -819,7 +824,16 @@ bool Pager::may_spill(const Context& ctx) const {
   return now_ >= last && now_ - last >= cfg_.spill_idle_ns;
 }
 
+// The NVMe tier refused a spill for lack of space (a full disk, or the
+// store's own count of nvme_capacity, which includes its file headers):
+// spills wait until a chunk has left the tier, then try again.
+void Pager::spills_refused() {
+  spill_disabled_ = true;
+  spill_refused_at_ = committed_bytes(Tier::kNvme);
+}
+
 void Pager::balance_host() {
+  if (spill_disabled_ && committed_bytes(Tier::kNvme) < spill_refused_at_) spill_disabled_ = false;
   if (spill_disabled_ || now_ < next_spill_check_ns_) return;
   if (committed_bytes(Tier::kHost) <= fraction_of(host_limit_, cfg_.high_watermark)) return;
   const uint64_t low = fraction_of(host_limit_, cfg_.low_watermark);

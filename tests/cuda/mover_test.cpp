@@ -360,6 +360,30 @@ TEST(CudaMoverOnStandIn, AStoreThatRefusesTheWriteLeavesTheBytesInHostRam) {
   for (uint64_t i = 0; i < r.size; ++i) ASSERT_EQ(r.bytes()[i], std::byte(i * 7)) << i;
 }
 
+// A restored chunk keeps its store copy (a clean re-spill writes nothing)
+// unless nvme_capacity is finite: then the mover erases the copy once the
+// bytes are back, so the room counts for the next spills.
+TEST(CudaMoverOnStandIn, ARestoreGivesItsStoreCopyUpUnderAFiniteNvmeCapacity) {
+  for (uint64_t capacity : {uint64_t{0}, uint64_t{1 * MiB}}) {
+    Config c = spilling_config();
+    c.nvme_capacity = capacity;
+    MoverRig rig(STANDIN_LIBCUDA, c);
+    ASSERT_TRUE(rig.ok()) << rig.why;
+    auto r = rig.alloc(256 * KiB, "ctx");
+    for (uint64_t i = 0; i < r.size; ++i) r.bytes()[i] = std::byte(i * 13);
+    ASSERT_EQ(rig.pager->hint(rig.pager->find_context("ctx"), HintKind::kPark), Status::kOk);
+    rig.pager->drain();
+    ASSERT_EQ(rig.pager->stats().tiers[index(Tier::kNvme)].resident_bytes, 256 * KiB) << capacity;
+    const uint64_t stored = rig.store->used_bytes();
+    ASSERT_GE(stored, 256 * KiB);
+    ASSERT_EQ(rig.pager->restore(r.id), Status::kOk);
+    rig.pager->drain();
+    for (uint64_t i = 0; i < r.size; ++i) ASSERT_EQ(r.bytes()[i], std::byte(i * 13)) << i;
+    EXPECT_EQ(rig.store->used_bytes(), capacity ? 0 : stored) << "nvme_capacity " << capacity;
+    EXPECT_EQ(rig.pager->audit(), "");
+  }
+}
+
 // A region of two chunks of context `name`, every byte `fill`, parked until
 // it has spilled (the caller checks that it did).
 MoverRig::Region parked_region(MoverRig& rig, const std::string& name, uint8_t fill) {

@@ -767,6 +767,57 @@ TEST(TokenStore, ThePagerKeepsRunningWhenTheStoreFillsUp) {
 
 // --------------------------------------------------------------- the pager on the store
 
+// Under a finite nvme_capacity the NVMe tier keeps working: a restored
+// chunk gives its store copy up (it used to stay on disk, unseen by the
+// pager's count of the tier, until every spill was refused for good: `demo
+// --nvme-capacity 100M` spilled 49 chunks, restored them, and never spilled
+// again), and a spill refused for room waits until the tier frees a chunk
+// instead of stopping for good.
+TEST(TokenStore, AFiniteNvmeTierKeepsSpillingAfterItFilledOnce) {
+  TempDir d;
+  Config c = small_device(64 * KiB, 256 * KiB, 256 * KiB);
+  c.nvme_capacity = 512 * KiB;  // 8 chunks of payload; fewer files fit (each has a header)
+  c.prefetchers = 0;
+  StoreOptions o = opts(d.path());
+  o.capacity_bytes = c.nvme_capacity;
+  PagerOnStore env(c, o);
+  auto& [cfg, store, mover, pager, dev] = env;
+  auto settle = [&] {
+    for (int i = 0; i < 4; ++i) {
+      pager.tick();
+      pager.drain();
+    }
+  };
+  auto in_nvme = [&](RegionId id) {
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < pager.region(id)->nchunks; ++i) n += pager.region(id)->chunks[i].tier == Tier::kNvme;
+    return n;
+  };
+  const RegionId a = dev.alloc(512 * KiB, "a"), b = dev.alloc(512 * KiB, "b");
+  ASSERT_EQ(dev.write(a, 0, pattern(1, 512 * KiB)), Status::kOk);
+  ASSERT_EQ(dev.write(b, 0, pattern(2, 512 * KiB)), Status::kOk);
+  // a fills the tier as far as the store takes it.
+  pager.hint(pager.find_context("a"), HintKind::kPark);
+  settle();
+  const uint32_t a_spilled = in_nvme(a);
+  ASSERT_GE(a_spilled, 6u);
+  EXPECT_TRUE(pager.stats().spill_disabled) << "the store refused the chunk past its room";
+  // a comes back whole; its copies go, so the tier is empty again.
+  std::vector<std::byte> out(512 * KiB);
+  ASSERT_EQ(dev.read(a, 0, out), Status::kOk);
+  EXPECT_EQ(out, pattern(1, 512 * KiB));
+  settle();
+  EXPECT_EQ(in_nvme(a), 0u);
+  // b spills as a did: into room a's copies would still hold.
+  pager.hint(pager.find_context("b"), HintKind::kPark);
+  settle();
+  EXPECT_GE(in_nvme(b), a_spilled) << "spills stopped for good after the first refusal";
+  EXPECT_LE(store.used_bytes(), o.capacity_bytes);
+  ASSERT_EQ(dev.read(b, 0, out), Status::kOk);
+  EXPECT_EQ(out, pattern(2, 512 * KiB));
+  EXPECT_EQ(pager.audit(), "");
+}
+
 TEST(TokenStore, ServesAsThePagersNvmeTierWithByteExactRestores) {
   TempDir d;
   PagerOnStore env(small_device(256 * KiB, 2 * MiB, 4 * MiB), opts(d.path()));

@@ -84,7 +84,19 @@ class Serving {
   std::unique_ptr<control::ControlServer> server_;
 };
 
-void print_summary(const demo::DemoResult& r, double wall_s) {
+// Why host RAM holds more than host_capacity (a target, not a cap): what
+// kept chunks from going on to NVMe.
+std::string_view host_over_target(const StatsSnapshot& s, uint64_t chunk_size) {
+  const TierStats& nvme = s.tiers[index(Tier::kNvme)];
+  if (s.spill_disabled)
+    return "above its target: the NVMe tier refused a spill (no space: nvme_capacity or the disk); spills wait "
+           "until it frees a chunk";
+  if (nvme.capacity_bytes && nvme.resident_bytes + chunk_size > nvme.capacity_bytes)
+    return "above its target: the NVMe tier is full (nvme_capacity)";
+  return "above its target: contexts used within spill_idle stay (see host_capacity)";
+}
+
+void print_summary(const demo::DemoResult& r, uint64_t chunk_size, double wall_s) {
   const StatsSnapshot& s = r.stats;
   fmt::print("\nResidency (end of run)\n");
   for (Tier t : kStorageTiers) {
@@ -93,8 +105,9 @@ void print_summary(const demo::DemoResult& r, double wall_s) {
     // Host capacity is a target: chunks of contexts that may not spill yet
     // (active ones) stay in host RAM above it.
     const bool over = t == Tier::kHost && ts.capacity_bytes && ts.resident_bytes > ts.capacity_bytes;
-    fmt::print("  {:<5} {:>12}  of {:>12}  ({} chunks){}\n", to_string(t), human_bytes(static_cast<double>(ts.resident_bytes)),
-               cap, ts.chunks, over ? "  above its target: contexts used within spill_idle stay (see host_capacity)" : "");
+    fmt::print("  {:<5} {:>12}  of {:>12}  ({} chunks){}{}\n", to_string(t),
+               human_bytes(static_cast<double>(ts.resident_bytes)), cap, ts.chunks, over ? "  " : "",
+               over ? host_over_target(s, chunk_size) : "");
   }
   fmt::print("\nAccesses  {}  hits {}  faults {}  hit rate {}\n", s.accesses, s.hits, s.faults, percent(s.hit_rate()));
   fmt::print("  faults served from: host {}, nvme {}, first touch {}, late prefetch (still in flight) {}\n",
@@ -269,7 +282,7 @@ void run_demo(Globals& g, const DemoArgs& a) {
                           {"stats", to_json(r.stats)}};
     fmt::print("{}\n", out.dump(2));
   } else {
-    print_summary(r, wall);
+    print_summary(r, cfg.chunk_size, wall);
   }
   if (r.corrupt_chunks || r.failed_accesses)
     throw RuntimeError(fmt::format("{} corrupted chunk(s), {} failed access(es)", r.corrupt_chunks, r.failed_accesses));

@@ -138,7 +138,7 @@ void print_details(const json& stats_reply, const json& config, const json& cont
   if (!failed_kinds.empty()) failed_kinds = " (" + failed_kinds + ")";
   fmt::print("  stall {}, evictions {}, move failures {}{}{}\n", duration_text_ns(row.stall_ns), s.value("evictions", uint64_t{0}),
              s.value("move_failures", uint64_t{0}), failed_kinds,
-             s.value("spill_disabled", false) ? ", spills disabled (NVMe full)" : "");
+             s.value("spill_disabled", false) ? ", spills paused (NVMe full)" : "");
   fmt::print("\nPrefetch accuracy {}\n", percent(row.prefetch_accuracy));
   for (const auto& p : field(s, "prefetchers")) {
     fmt::print("  {:<12} issued {:>12}  used {:>12}  wasted {:>12}  accuracy {}{}\n", text(p, "name"),

@@ -22,6 +22,8 @@
 //               restored chunk dirty: WriteTracking::kUnobserved). A clean
 //               chunk whose store copy is valid spills without writing.
 //   store_copy  the NVMe tier holds a copy of this chunk's bytes.
+//   drop_copy   a restore in flight that erases the store copy as it lands
+//               (the copy would hold NVMe room that spills need).
 //   pinned      never chosen as a victim; demote, spill and discard refused.
 //   in_policy   linked in its tier's eviction policy (its hook is in use).
 //
@@ -33,6 +35,7 @@
 //       (so a pinned or in-flight chunk can never be a victim: it is not in
 //        any list a policy picks from)
 //   I5  prefetched (prefetcher != 0)  ⇒  tier == HBM or target == HBM
+//   I6  drop_copy  ⇒  in flight from NVME (a restore)
 #pragma once
 
 #include <boost/intrusive/list_hook.hpp>
@@ -75,6 +78,7 @@ struct Chunk {
   bool referenced : 1 = false;  // CLOCK's second-chance bit
   bool hot : 1 = false;         // segmented policies: in S3-FIFO's main / prefix's protected segment
   bool wanted : 1 = false;      // queued alone by a reference to come to HBM (Pager::reference)
+  bool drop_copy : 1 = false;   // restoring: the store copy is erased when it lands
 
   bool in_flight() const { return target != tier; }
   bool resting() const { return target == tier; }

@@ -35,7 +35,8 @@ struct MoveRequest {
   // Spill: false when the store already holds these exact bytes (clean chunk
   // with a store copy): the mover only releases the source.
   bool write_back = true;
-  // Discard: the store copy (if any) must be erased too.
+  // Discard: the store copy (if any) must be erased too. Restore: once the
+  // bytes are in, the store copy is erased (not on failure).
   bool drop_store_copy = false;
   // Discard: the region is being freed, its memory goes back to its owner
   // whole; a mover need not release the bytes (work queued before the free

@@ -221,6 +221,7 @@ class Pager final : private PrefetchSink, private RestoreCost {
   void balance();
   void balance_hbm();
   void balance_host();
+  void spills_refused();
   bool may_spill(const Context& ctx) const;
   uint64_t context_last_access(const Context& ctx) const;
   bool bytes_dropped(const Context& ctx) const;
@@ -278,7 +279,8 @@ class Pager final : private PrefetchSink, private RestoreCost {
   std::deque<Wanted> wanted_;  // referenced regions waiting for room in HBM (each once)
 
   StatsSnapshot counters_;  // the counting part of the snapshot
-  bool spill_disabled_ = false;
+  bool spill_disabled_ = false;   // until the NVMe tier holds less than at the refusal
+  uint64_t spill_refused_at_ = 0;  // committed NVMe bytes when a spill was refused
   uint64_t next_spill_check_ns_ = 0;
   std::vector<MoveCompletion> completions_;
   const Chunk* last_error_chunk_ = nullptr;  // the last failed move, for wait_for()

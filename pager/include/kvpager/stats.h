@@ -51,7 +51,7 @@ struct StatsSnapshot {
   uint64_t stall_ns = 0;  // time accesses spent waiting for chunks
   uint64_t evictions = 0; // demotes and spills chosen by the budget controller
   uint64_t prefetch_dropped = 0;  // prefetch requests dropped (no room, queue full)
-  bool spill_disabled = false;    // the NVMe tier refused a write (ENOSPC): spills stopped
+  bool spill_disabled = false;    // the NVMe tier refused a write (no space): spills wait until it frees a chunk
   uint32_t regions = 0;
   uint32_t contexts = 0;
   std::vector<PrefetcherStats> prefetchers;
