@@ -51,9 +51,11 @@ class GpuSessionTest(unittest.TestCase):
         self.assertIn("--check", r.stdout, "the e2e stage checks kvpager's tokens against all-in-HBM")
 
     def test_bad_usage_exits_2(self):
-        for args in (["--deadline-s", "soon", "--out", "/tmp/x"], ["--bogus"], [], ["--only", "bnech", "--plan"]):
+        for args in (["--deadline-s", "soon", "--out", "/tmp/x"], ["--bogus"], [], ["--only", "bnech", "--plan"],
+                     ["--out"], ["--plan", "--deadline-s"], ["--plan", "--only"]):
             r = run(args)
             self.assertEqual(r.returncode, 2, (args, r.stdout, r.stderr))
+            self.assertNotIn("unbound variable", r.stderr)
 
     def test_without_a_gpu_it_runs_nothing_but_env(self):
         with tempfile.TemporaryDirectory() as d:

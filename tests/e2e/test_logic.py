@@ -6,6 +6,11 @@ model whose next token is a function of the whole sequence it was fed, so any
 mistake in what the server feeds (order, positions, a lost token on recompute)
 changes the tokens."""
 import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import unittest
 
 import e2e_testlib  # noqa: F401  (puts scripts/e2e on sys.path)
@@ -418,6 +423,90 @@ class CheckTest(unittest.TestCase):
         cpu, _ = H.analyze(r["modes"], "cpu")  # no pager on a CPU: ratios shown, goals not judged
         self.assertEqual(cpu["goals"], {})
         self.assertIn("no pager is involved", cpu["note"])
+
+
+class CompareDriverTest(unittest.TestCase):
+    """scripts/e2e/compare.py on reports written here: what it says, and that a file
+    that is not a report (or lacks what it compares) is bad usage, not a traceback
+    or a comparison of nothing that claims everything holds."""
+    ref = CheckTest.ref
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.addCleanup(self.tmp.cleanup)
+
+    def report(self, tokens_by_mode):
+        r = fake_report(tokens_by_mode)
+        r["plan"].update(spec={"name": "small"}, dtype="float32", prefill_chunk=64)
+        r["device"] = {"name": "cpu"}
+        for runs in r["modes"].values():
+            for run in runs:
+                run["backend"] = {"backend": "native"}
+        return r
+
+    def compare(self, *contents):
+        paths = []
+        for i, c in enumerate(contents):
+            paths.append(os.path.join(self.tmp.name, f"r{i}.json"))
+            with open(paths[-1], "w") as f:
+                f.write(c if isinstance(c, str) else json.dumps(c))
+        p = subprocess.run([sys.executable, os.path.join(e2e_testlib.SCRIPTS, "compare.py"), *paths],
+                           capture_output=True, text=True, timeout=60)
+        self.assertNotIn("Traceback", p.stderr)
+        return p
+
+    def test_identical_runs_hold_and_one_changed_token_does_not(self):
+        p = self.compare(self.report({"hbm": self.ref, "kvpager": copy.deepcopy(self.ref)}))
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("all required identities hold", p.stdout)
+        bad = copy.deepcopy(self.ref)
+        bad[1][0] = 99
+        p = self.compare(self.report({"hbm": self.ref, "kvpager": bad}))
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("DIFFERENT", p.stdout)
+
+    def test_a_file_that_is_not_a_report_is_bad_usage_naming_what_is_missing(self):
+        no_turns = self.report({"hbm": self.ref, "kvpager": self.ref})
+        del no_turns["modes"]["kvpager"][0]["turns"]
+        no_tokens = self.report({"hbm": self.ref, "kvpager": self.ref})
+        del no_tokens["modes"]["hbm"][0]["turns"][2]["tokens"]
+        for content, says in (([1, 2], "holds a JSON list, not an object"),
+                              ({"modes": {"hbm": [{}]}, "plan": {}}, "no plan.spec.name"),
+                              ({"modes": {"hbm": [{}]}}, "no plan.spec.name"),
+                              ({"plan": no_turns["plan"], "device": {}}, "no modes"),
+                              (no_turns, "modes.kvpager[0]: no turns"),
+                              (no_tokens, "modes.hbm[0]: no tokens"),
+                              ("{not json", "not JSON")):
+            with self.subTest(says=says):
+                p = self.compare(content)
+                self.assertEqual(p.returncode, 2, p.stdout + p.stderr)
+                self.assertIn("r0.json", p.stderr)
+                self.assertIn(says, p.stderr)
+                self.assertNotIn("hold", p.stdout)
+        p = self.compare(self.report({"hbm": self.ref}), [1, 2])
+        self.assertEqual(p.returncode, 2, p.stdout + p.stderr)
+        self.assertIn("r1.json: not an agents.py report", p.stderr)
+
+    def test_nothing_compared_is_not_everything_holds(self):
+        p = self.compare(self.report({"hbm": self.ref}))
+        self.assertEqual(p.returncode, 2, p.stdout + p.stderr)
+        self.assertIn("nothing compared", p.stderr)
+        self.assertNotIn("hold", p.stdout)
+        # Only runs that may differ: compared, and it says nothing was required.
+        p = self.compare(self.report({"hbm": self.ref, "recompute": self.ref}))
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("nothing required to hold", p.stdout)
+        self.assertNotIn("all required identities hold", p.stdout)
+        # Runs without a token (no turns) compare nothing either.
+        p = self.compare(self.report({"hbm": [], "kvpager": [], "recompute": []}))
+        self.assertEqual(p.returncode, 2, p.stdout + p.stderr)
+        self.assertIn("nothing compared", p.stderr)
+
+    def test_help_lists_the_exit_statuses(self):
+        p = subprocess.run([sys.executable, os.path.join(e2e_testlib.SCRIPTS, "compare.py"), "--help"],
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(p.returncode, 0)
+        self.assertIn("Exit status: 0 every required identity holds", p.stdout)
 
 
 class FailedMovesTest(unittest.TestCase):
