@@ -419,15 +419,15 @@ constexpr Knob kKnobs[] = {
         "chunk_size", KnobType::kBytes, false, "a power of two, 64K..64M",
         "Paging unit. 2M matches the UVM driver's VA block."),
     make<BytesKnob<&Config::hbm_budget, 64 * KiB, kMaxBytes, true, false>>(
-        "hbm_budget", KnobType::kBytes, true, "0 (auto) or 64K..64P",
+        "hbm_budget", KnobType::kBytes, true, "0 (auto) or chunk_size..64P",
         "HBM the pager keeps resident. auto: the simulated card's size, or 90% of the GPU's free memory."),
     make<BytesKnob<&Config::host_capacity, 64 * KiB, kMaxBytes, true, false>>(
-        "host_capacity", KnobType::kBytes, true, "0 (auto) or 64K..64P",
+        "host_capacity", KnobType::kBytes, true, "0 (auto) or chunk_size..64P",
         "Host RAM the pager aims to keep demoted chunks within: above it, contexts that may spill (parked, "
         "or idle for spill_idle) go to NVMe; chunks of active contexts stay, so it is a target, not a cap. "
         "auto: half of physical RAM."),
     make<BytesKnob<&Config::nvme_capacity, 64 * KiB, kMaxBytes, true, false>>(
-        "nvme_capacity", KnobType::kBytes, true, "0 (unlimited) or 64K..64P",
+        "nvme_capacity", KnobType::kBytes, true, "0 (unlimited) or chunk_size..64P",
         "Bytes the NVMe tier may hold; when full, chunks stay in host RAM until it frees one. With a "
         "capacity, a chunk read back gives its NVMe copy up; unlimited, the copy stays, so that the chunk "
         "spills again without a write while it is clean."),
