@@ -267,11 +267,18 @@ TEST(StoreCli, CommandsThatReadRefuseAStoreThatDoesNotExist) {
     EXPECT_FALSE(std::filesystem::exists(typo)) << cmd << " created it";
   }
   EXPECT_FALSE(std::filesystem::exists(d.sub("out")));
-  // An existing empty directory is a store with nothing in it; put creates one.
+  // Nor an empty directory: it is left empty (ls laid a store out in it).
   std::filesystem::create_directory(d.sub("empty"));
-  CliRun r = run_cli("store --store " + d.sub("empty") + " ls");
-  EXPECT_EQ(r.code, 0) << r.out;
-  EXPECT_NE(r.out.find("no contexts"), std::string::npos) << r.out;
+  for (const std::string& cmd : std::vector<std::string>{"ls", "rm c", "fsck --repair"}) {
+    CliRun r = run_cli("store --store " + d.sub("empty") + " " + cmd);
+    EXPECT_EQ(r.code, 2) << cmd << ": " << r.out;
+    EXPECT_NE(r.out.find("no store at " + d.sub("empty") + ": it is an empty directory"), std::string::npos) << r.out;
+    EXPECT_TRUE(std::filesystem::is_empty(d.sub("empty"))) << cmd;
+  }
+  // put makes one there, as where there is nothing.
+  write_file(d.sub("in0.bin"), pattern(8, 100));
+  EXPECT_EQ(run_cli("store put " + d.sub("in0.bin") + " --context c --store " + d.sub("empty")).code, 0);
+  EXPECT_EQ(run_cli("store --store " + d.sub("empty") + " ls").code, 0);
   write_file(d.sub("in.bin"), pattern(9, 100));
   EXPECT_EQ(run_cli("store put " + d.sub("in.bin") + " --context c --store " + d.sub("new")).code, 0);
   EXPECT_EQ(run_cli("store --store " + d.sub("new") + " get c " + d.sub("out")).code, 0);

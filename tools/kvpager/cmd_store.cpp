@@ -14,6 +14,7 @@
 #include <chrono>
 #include <cstring>
 #include <ctime>
+#include <filesystem>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -69,6 +70,12 @@ std::unique_ptr<TokenStore> open_store(const Globals& g, const StoreArgs& a, Use
   o.durable = durable;
   if (use != Use::kCreate) {
     if (auto why = tools::missing_store(o.dir, "store_dir / --store")) throw ConfigError(*why);
+    // Nor is an empty directory one (a mount point, a fresh mkdir): opening
+    // it laid a store out in it, from a command that only reads (ls) or
+    // finds nothing to remove.
+    std::error_code ec;
+    if (std::filesystem::is_directory(o.dir, ec) && std::filesystem::is_empty(o.dir, ec) && !ec)
+      throw ConfigError(fmt::format("no store at {}: it is an empty directory (store put makes one there)", o.dir));
   }
   try {
     return std::make_unique<TokenStore>(o);
@@ -634,8 +641,8 @@ void add_store_command(CLI::App& app, Globals& g) {
   cmd->require_subcommand(1);
   cmd->fallthrough();
   cmd->add_option("--store", a.dir,
-                  "Store directory (default: store_dir from the configuration). It must exist, except for put and "
-                  "bench, which create it");
+                  "Store directory (default: store_dir from the configuration). It must be a store, except for put "
+                  "and bench, which create one where there is none or an empty directory");
   a.ns_options.push_back(cmd->add_option("--namespace", a.ns,
                                 "Namespace of the context (model / tenant salt; default: the default namespace, \"\"). "
                                 "ls: only that namespace's contexts (default: all). put of an export: default the "
