@@ -281,6 +281,10 @@ TEST_F(ControlCli, NoPagersIsNotAnError) {
   Result r = kvpager({"status"});
   EXPECT_EQ(r.exit_code, 0) << show(r);
   EXPECT_TRUE(contains(r.out, "no live pagers in " + runtime_)) << show(r);
+  // A mistyped --runtime-dir reads differently from a machine where nothing runs.
+  Result typo = kvpager({"status", "--runtime-dir", runtime_ + "-typo"});
+  EXPECT_EQ(typo.exit_code, 0) << show(typo);
+  EXPECT_TRUE(contains(typo.out, "no live pagers in " + runtime_ + "-typo (it does not exist)")) << show(typo);
   Result j = kvpager({"status", "--json"});
   EXPECT_EQ(j.exit_code, 0) << show(j);
   EXPECT_EQ(json::parse(j.out), json::array());
@@ -403,6 +407,14 @@ TEST_F(ControlCli, TuneTakesALiveKnobsFlagAsASetting) {
   EXPECT_EQ(hint.exit_code, 2) << show(hint);
   EXPECT_TRUE(contains(hint.err, "hint changes no setting (prefetch_depth=3): use kvpager tune")) << show(hint);
   EXPECT_EQ(status_of(d)["config"]["prefetch_depth"]["value"], "11");
+  // Nor do status and top, which showed the pagers as if it had been taken.
+  for (const std::vector<std::string>& look : {std::vector<std::string>{"status", "--hbm-budget", "1G"},
+                                               {"top", "--iterations", "1", "--set", "prefetch_depth=3"}}) {
+    Result looked = kvpager(look);
+    EXPECT_EQ(looked.exit_code, 2) << show(looked);
+    EXPECT_TRUE(contains(looked.err, look[0] + " changes no setting (")) << show(looked);
+    EXPECT_EQ(looked.out, "") << show(looked);
+  }
   // A file that only says where the pagers are is fine for both.
   const std::string where = tmp_.path() + "/where.toml";
   std::ofstream(where) << "runtime_dir = \"" << runtime_ << "\"\n";

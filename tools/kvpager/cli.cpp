@@ -7,6 +7,7 @@
 #include <charconv>
 #include <cstdint>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 namespace kvpager::cli {
 
@@ -16,6 +17,21 @@ ConfigLoader Globals::loader() const {
     l.set_assignment(sets[i], ConfigSource::kCli, i < typed.size() ? typed[i] : "--set " + sets[i]);
   for (const auto& w : l.warnings()) fmt::print(stderr, "kvpager: warning: {}\n", w);
   return l;
+}
+
+std::optional<std::string> pager_setting(const std::string& assignment) {
+  const Knob* k = find_knob(assignment.substr(0, assignment.find('=')));
+  if (!k || k->name == "runtime_dir") return std::nullopt;
+  return fmt::format("{}={}", k->name, assignment.substr(assignment.find('=') + 1));
+}
+
+void refuse_settings(const Globals& g, std::string_view command, std::string_view instead) {
+  std::vector<std::string> given;
+  for (const std::string& s : g.sets)
+    if (auto setting = pager_setting(s)) given.push_back(std::move(*setting));
+  if (!given.empty())
+    throw CLI::ValidationError("settings",
+                               fmt::format("{} changes no setting ({}): {}", command, fmt::join(given, " "), instead));
 }
 
 // Every setting flag records its value as it is parsed (trigger_on_parse):

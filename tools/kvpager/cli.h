@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <limits>
 #include <stdexcept>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,16 @@ struct Globals {
   // The same, validated.
   Config config() const { return loader().finish(); }
 };
+
+// "name=value" when `assignment` (KEY=VALUE from --set or a --<knob> flag)
+// sets a pager's knob; nullopt for runtime_dir, which says where the pagers
+// are, and for what is no knob.
+std::optional<std::string> pager_setting(const std::string& assignment);
+// For a command that changes no setting and only looks for pagers (hint,
+// status, top): throws CLI::ValidationError naming the knobs given on the
+// command line, which it would otherwise ignore, and `instead`. runtime_dir
+// (where the pagers are) is allowed.
+void refuse_settings(const Globals& g, std::string_view command, std::string_view instead);
 
 // --config, --set and one --<knob> flag per knob, on `app` (inherited by every
 // subcommand through fallthrough).

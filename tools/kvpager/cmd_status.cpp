@@ -364,6 +364,11 @@ void top(const Globals& g, const TopArgs& a) {
 
 }  // namespace
 
+// status and top only look: knobs given to them would be ignored.
+constexpr const char* kLooksOnlyFooter =
+    "\nThis command changes no setting: --set and --<knob> are refused here (kvpager tune changes knobs);\n"
+    "--config FILE and --runtime-dir say where the pagers are (runtime_dir).";
+
 void add_status_commands(CLI::App& app, Globals& g) {
   static std::optional<pid_t> pid;
   static bool as_json = false;
@@ -373,7 +378,9 @@ void add_status_commands(CLI::App& app, Globals& g) {
       "stall time), or the details of one (--pid): tiers, faults, prefetchers, live knobs, contexts.");
   status->add_option("--pid", pid, "Details of this pager")->check(kPidRange);
   status->add_flag("--json", as_json, "Print JSON");
+  status->footer(kLooksOnlyFooter);
   status->callback([&g] {
+    refuse_settings(g, "status", "it shows what the pagers run with; kvpager tune changes it");
     if (pid) status_one(g, *pid, as_json);
     else status_all(g, as_json);
   });
@@ -388,7 +395,11 @@ void add_status_commands(CLI::App& app, Globals& g) {
       ->capture_default_str();
   top_cmd->add_option("--iterations", top_args.iterations, "Stop after this many refreshes (0: until q or Ctrl-C)")
       ->capture_default_str();
-  top_cmd->callback([&g] { top(g, top_args); });
+  top_cmd->footer(kLooksOnlyFooter);
+  top_cmd->callback([&g] {
+    refuse_settings(g, "top", "it shows what the pagers run with; kvpager tune changes it");
+    top(g, top_args);
+  });
 }
 
 }  // namespace kvpager::cli

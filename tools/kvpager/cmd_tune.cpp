@@ -34,9 +34,8 @@ std::vector<std::string> take_knob_flags(Globals& g) {
   std::vector<std::string> settings, sets, typed;
   for (size_t i = 0; i < g.sets.size(); ++i) {
     const std::string& s = g.sets[i];
-    const Knob* k = find_knob(s.substr(0, s.find('=')));
-    if (k && k->name != "runtime_dir") {
-      settings.push_back(fmt::format("{}={}", k->name, s.substr(s.find('=') + 1)));
+    if (auto setting = pager_setting(s)) {
+      settings.push_back(std::move(*setting));
     } else {
       sets.push_back(s);
       typed.push_back(i < g.typed.size() ? g.typed[i] : s);
@@ -140,10 +139,7 @@ void hint(Globals& g, const HintArgs& a) {
   if (a.context.empty()) throw CLI::ValidationError("context", "a context name (kvpager status --pid N lists them)");
   // A setting given here would be silently ignored: hints change no knob.
   // (--config and --runtime-dir still say where the pagers are.)
-  std::vector<std::string> knobs_given = take_knob_flags(g);
-  if (!knobs_given.empty())
-    throw CLI::ValidationError(
-        "settings", fmt::format("hint changes no setting ({}): use kvpager tune", fmt::join(knobs_given, " ")));
+  refuse_settings(g, "hint", "use kvpager tune");
   LivePagers live = find_live_pagers(g);
   print_notes(live);
   control::Endpoint e = choose_one(live, a.pid, "");

@@ -1,8 +1,10 @@
 #include "live.h"
 
 #include <fmt/format.h>
+#include <sys/stat.h>
 
 #include <algorithm>
+#include <cerrno>
 
 namespace kvpager::cli {
 
@@ -26,8 +28,13 @@ std::string nobody_text(const LivePagers& live) {
   // Found, but none answered (stopped, busy): their failures are reported
   // on their own; "no live pagers" would contradict them.
   if (!live.pagers.empty()) return fmt::format("none of the {} pager(s) in {} answered", live.pagers.size(), live.dir);
-  return live.note.empty() ? fmt::format("no live pagers in {}", live.dir)
-                           : fmt::format("no live pagers in {} ({})", live.dir, live.note);
+  // A directory that is not there is named as such: a mistyped
+  // --runtime-dir reads differently from a machine where nothing runs.
+  std::string why = live.note;
+  if (struct stat st {}; stat(live.dir.c_str(), &st) != 0 && errno == ENOENT)
+    why = why.empty() ? "it does not exist" : why + "; it does not exist";
+  return why.empty() ? fmt::format("no live pagers in {}", live.dir)
+                     : fmt::format("no live pagers in {} ({})", live.dir, why);
 }
 
 control::Endpoint choose_one(const LivePagers& live, std::optional<pid_t> pid, std::string_view what) {
