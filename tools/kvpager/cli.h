@@ -10,8 +10,8 @@
 
 #include <cstdint>
 #include <limits>
-#include <stdexcept>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
