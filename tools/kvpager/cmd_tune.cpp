@@ -192,7 +192,8 @@ void add_tune_commands(CLI::App& app, Globals& g) {
               "contexts may hold at most low_watermark of hbm_budget, so that other accesses find room; a pinned\n"
               "context is neither parked nor dropped), publish (write its current bytes into the token store\n"
               "under its name: kvpager store ls and kvpager-fs show it; publish a context the program is not\n"
-              "writing, e.g. after park). A hint that cannot take effect is refused with the reason and changes nothing.");
+              "writing, e.g. after park). A hint that cannot take effect is refused with the reason and changes nothing; a prefetch "
+              "while the hint prefetcher is off still ends a park, and says that nothing is staged.");
   hint_cmd->add_option("--pid", h.pid, "The pager (default: the only one running)")->check(kPidRange);
   hint_cmd->add_option("hint", h.hint, "prefetch, park, drop, pin, unpin or publish")
       ->required()
