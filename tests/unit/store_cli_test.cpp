@@ -381,6 +381,22 @@ TEST(StoreCli, PutSaysWhichContextsItEvictedToStayWithinTheCapacity) {
 
 // The flags define the replacing context; settings of the old one that it
 // lacks are not kept, and the replaced line says which, and how to keep them.
+// The store takes any name but NUL; a kvpager-fs mount shows only those that
+// can be file names. put says so for one it will not show, and stores it.
+TEST(StoreCli, PutSaysWhenAMountWillNotShowTheName) {
+  TempDir d;
+  write_file(d.sub("in.bin"), pattern(3, 100));
+  for (const std::string& name : {std::string("a/b"), std::string(".."), std::string(300, 'x')}) {
+    CliRun r = run_cli("store put " + d.sub("in.bin") + " --context '" + name + "' --store " + d.sub("s"));
+    EXPECT_EQ(r.code, 0) << r.out;
+    EXPECT_NE(r.out.find("a kvpager-fs mount does not show context"), std::string::npos) << name << ": " << r.out;
+  }
+  CliRun plain = run_cli("store put " + d.sub("in.bin") + " --context fine --store " + d.sub("s"));
+  EXPECT_EQ(plain.code, 0) << plain.out;
+  EXPECT_EQ(plain.out.find("does not show"), std::string::npos) << plain.out;
+  EXPECT_NE(run_cli("store --store " + d.sub("s") + " ls").out.find("a/b"), std::string::npos);
+}
+
 TEST(StoreCli, PutSaysWhichSettingsOfTheReplacedContextItDrops) {
   TempDir d;
   const std::string s = d.sub("store");

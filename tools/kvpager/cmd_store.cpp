@@ -25,6 +25,7 @@
 #include "common/progress.h"
 #include "common/user_paths.h"
 #include "kvpager/fs/export_format.h"
+#include "kvpager/fs/paths.h"
 #include "kvpager/store/token_store.h"
 
 namespace kvpager::cli {
@@ -348,6 +349,12 @@ void cmd_put(const Globals& g, const StoreArgs& a) {
              is_export ? " (an export: every chunk verified)" : "",
              replaced ? settings_dropped(replaced->meta, w->meta()) : "");
   report_dropped(*s, before, stats_before, w->meta());
+  std::fflush(stdout);  // the note after the result
+  if (!fs::valid_context_name(stored_name))
+    fmt::print(stderr,
+               "kvpager: note: a kvpager-fs mount does not show context '{}' (names there are 1..255 bytes, "
+               "without '/', not . or ..); store ls and store get find it\n",
+               printable(stored_name));
 }
 
 // "no context 'x' in DIR", and where a context of that name is, when only
