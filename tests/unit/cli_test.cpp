@@ -109,6 +109,14 @@ TEST(Cli, NegativeOrOverflowingNumbersAreRefusedNotWrapped) {
     EXPECT_EQ(r.exit_code, 2) << v << ": " << r.out;
     EXPECT_NE(r.err.find("--seed"), std::string::npos) << r.err;
   }
+  // A ranged whole number says what it wants: CLI11's Range called "abc",
+  // "1.5" and "1e2" (100, in range) all "not in range 1 to 4096".
+  for (const char* v : {"abc", "1.5", "1e2", "0", "5000"}) {
+    auto r = run_process({kBin, "demo", "--sessions", v, "--turns", "1"});
+    EXPECT_EQ(r.exit_code, 2) << v << ": " << r.out;
+    EXPECT_NE(r.err.find(std::string("--sessions: '") + v + "' is not a whole number from 1 to 4096"), std::string::npos)
+        << r.err;
+  }
 }
 
 // CLI::Range lets NaN through (every comparison with it is false): `top
@@ -230,6 +238,14 @@ TEST(Cli, ConfigShowSaysWhatAutoValuesMean) {
   auto odd = run_process({kBin, "config", "show", "--json", "--hbm-budget", "3M"});
   ASSERT_EQ(odd.exit_code, 0) << odd.err;
   EXPECT_EQ(nlohmann::json::parse(odd.out)["hbm_budget"]["means"], "-> 2M: whole chunks of chunk_size 2M");
+}
+
+// "--set config show": --set takes "config", which is not KEY=VALUE; that is
+// the error (it used to be "unknown command 'show'").
+TEST(Cli, ASetWithoutAnEqualsSignIsNamedBeforeTheCommandWords) {
+  auto r = run_process({kBin, "--set", "config", "show"});
+  EXPECT_EQ(r.exit_code, 2) << r.err;
+  EXPECT_NE(r.err.find("--set: 'config' is not KEY=VALUE"), std::string::npos) << r.err;
 }
 
 TEST(Cli, SetOverridesFlagsAndEnv) {

@@ -60,7 +60,13 @@ void add_global_options(CLI::App& app, Globals& g) {
   app.add_option_function<std::vector<std::string>>(
          "--set",
          [&g](const std::vector<std::string>& v) {
-           for (const auto& s : v) g.add_set(s, "--set " + s);
+           // Checked as it is read: "--set config show" took "config" and
+           // then called "show" an unknown command.
+           for (const auto& s : v) {
+             if (s.find('=') == std::string::npos)
+               throw CLI::ValidationError("--set", fmt::format("'{}' is not KEY=VALUE", s));
+             g.add_set(s, "--set " + s);
+           }
          },
          "Set any knob: --set KEY=VALUE (repeatable)")
       ->type_name("KEY=VALUE")
@@ -108,6 +114,18 @@ CLI::Validator number_range(double lo, double hi) {
         return {};
       },
       fmt::format("in [{} - {}]", lo, hi), "number_range");
+}
+
+CLI::Validator whole_range(uint64_t lo, uint64_t hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& v) -> std::string {
+        uint64_t x = 0;
+        auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), x);
+        if (v.empty() || ec != std::errc() || end != v.data() + v.size() || x < lo || x > hi)
+          return fmt::format("'{}' is not a whole number from {} to {}", v, lo, hi);
+        return {};
+      },
+      fmt::format("in [{} - {}]", lo, hi), "whole_range");
 }
 
 void add_global_options_footer(CLI::App& app) {

@@ -92,8 +92,12 @@ inline void add_control_commands(CLI::App& app, Globals& g) {
 // through (every comparison with it is false) and calls "abc" out of range.
 CLI::Validator number_range(double lo, double hi);
 
+// A whole number from lo to hi, for integer options: CLI::Range called
+// "abc", "1.5" and "1e2" all "not in range".
+CLI::Validator whole_range(uint64_t lo, uint64_t hi);
+
 // For --pid options: a process id, 1 and up.
-inline const CLI::Range kPidRange{1, std::numeric_limits<int32_t>::max()};
+inline const CLI::Validator kPidRange = whole_range(1, std::numeric_limits<int32_t>::max());
 
 // A share (0..1) as a percentage with one decimal: 0.125 -> "12.5%".
 std::string percent(double share);

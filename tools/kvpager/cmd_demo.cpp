@@ -298,10 +298,10 @@ void add_demo_command(CLI::App& app, Globals& g) {
       "Prints per-tier residency, hit rate, prefetch accuracy and stall time. Ctrl-C (or SIGTERM) ends the run\n"
       "after the current turn with the summary so far and removes its spilled objects (exit 128 + the signal;\n"
       "with --serve, 0); a second one ends it at once.");
-  cmd->add_option("--sessions", a.opt.sessions, "Agent sessions")->check(CLI::Range(1u, 4096u))->capture_default_str();
-  cmd->add_option("--layers", a.opt.layers, "KV regions per session")->check(CLI::Range(1u, 256u))->capture_default_str();
+  cmd->add_option("--sessions", a.opt.sessions, "Agent sessions")->check(whole_range(1, 4096))->capture_default_str();
+  cmd->add_option("--layers", a.opt.layers, "KV regions per session")->check(whole_range(1, 256))->capture_default_str();
   a.turns = cmd->add_option("--turns", a.opt.turns, "Turns to run (with --serve: until stopped unless given)")
-                ->check(CLI::Range(1u, 100000000u))
+                ->check(whole_range(1, 100000000))
                 ->capture_default_str();
   cmd->add_option("--seed", a.opt.seed, "Schedule and data seed")->capture_default_str();
   cmd->add_option("--kv-factor", a.opt.kv_factor, "Total KV as a multiple of the HBM budget")
@@ -313,7 +313,7 @@ void add_demo_command(CLI::App& app, Globals& g) {
                               "Keep running and serve the control socket (kvpager status/top/tune/hint); SIGINT or "
                               "SIGTERM stops it, prints the summary and removes the socket");
   cmd->add_option("--pace", a.pace_ms, "With --serve: wall-clock milliseconds per turn")
-      ->check(CLI::Range(1u, 60000u))
+      ->check(whole_range(1, 60000))
       ->needs(serve)  // without it the run goes as fast as it can: a pace would be ignored
       ->capture_default_str();
   cmd->callback([&g] { run_demo(g, a); });

@@ -464,14 +464,14 @@ void add_replay_command(CLI::App& app, Globals& g) {
       ->required()
       ->check(CLI::ExistingFile);
   cmd->add_option("--block-tokens", a.block_tokens, "Tokens per hash id block (the trace's block size)")
-      ->check(CLI::Range(1u, 1u << 20))
+      ->check(whole_range(1, 1u << 20))
       ->capture_default_str();
   std::string models;
   for (const auto& m : model_presets())
     models += fmt::format("\n  {}: {} = {} KV bytes/token", m.name, m.description, m.kv_bytes_per_token());
   cmd->add_option("--model", a.model, "Model preset (KV bytes per token, prefill speed):" + models)->capture_default_str();
   cmd->add_option("--kv-bytes-per-token", a.kv_bytes_per_token, "KV bytes per token (overrides the model's)")
-      ->check(CLI::Range(uint64_t{1}, uint64_t{1} << 40));
+      ->check(whole_range(1, uint64_t{1} << 40));
   cmd->add_option("--prefill-tps", a.prefill_tps,
                   "Prefill speed in tokens/s, the cost of recomputing (default: the model's estimate for one "
                   "H100-class GPU at 40% MFU)")
@@ -494,7 +494,7 @@ void add_replay_command(CLI::App& app, Globals& g) {
   cmd->add_option("--plot", a.plot, "Draw the sweep's curves: FILE.svg (written directly) or FILE.png (gnuplot)");
   cmd->add_flag("--json", a.json, "Print everything as JSON");
   cmd->add_flag("--skip-bad", a.skip_bad, "Skip and count malformed lines instead of stopping at the first");
-  cmd->add_option("--threads", a.threads, "Runs in parallel (default: the CPUs)")->check(CLI::Range(1u, 256u));
+  cmd->add_option("--threads", a.threads, "Runs in parallel (default: the CPUs)")->check(whole_range(1, 256));
   cmd->add_flag("--no-progress", a.no_progress, "No progress bar (it is drawn only on a terminal anyway)");
   cmd->callback([&g] {
     if (!a.plot.empty() && a.sweep.empty()) throw ConfigError("--plot draws a --sweep: give --sweep TIER=LO..HI:STEPS");
