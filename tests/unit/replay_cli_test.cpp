@@ -84,6 +84,13 @@ TEST(ReplayCli, JsonHasEverything) {
     EXPECT_LE(run["hit_rate"].get<double>(), j["runs"][2]["hit_rate"].get<double>());
   }
   EXPECT_EQ(j["runs"][0]["prefetchers"][0]["name"], "hint");
+  EXPECT_EQ(j["model"]["shape"], "Qwen2.5-32B: 64 layers, 8 KV heads (GQA) x 128, BF16") << j["model"];
+  // A size given by hand is not described by the preset's shape.
+  const Result bytes = run_cli("replay " + t + " --hbm 1024tok --json --kv-bytes-per-token 1000");
+  ASSERT_EQ(bytes.status, 0) << bytes.err;
+  EXPECT_EQ(nlohmann::json::parse(bytes.out)["model"]["shape"].get<std::string>().rfind("set by --kv-bytes-per-token", 0),
+            0u)
+      << bytes.out;
 }
 
 TEST(ReplayCli, AMalformedLineStopsWithFileAndLine) {
@@ -122,6 +129,13 @@ TEST(ReplayCli, BadUsageNamesTheFlag) {
       {"--hbm 1G --policy ,", "--policy ',': an empty name"},
       // Its bytes overflowed 64 bits and printed as a few PiB.
       {"--hbm 1e19tok", "--hbm: '1e19tok' is more KV than 16 EiB"},
+      // Each was taken without a word: 0 left the only tier out, the share
+      // needs staging, an empty lead was 2s, a policy ran twice.
+      {"--hbm 0", "give at least one tier capacity: --hbm, --host, --nvme (bytes like 60G or tokens like 5Mtok), or "
+                  "--sweep (a capacity of 0 leaves its tier out)"},
+      {"--hbm 1G --prestage-share 0.3", "--prestage-share shares the top tier with staged blocks"},
+      {"--hbm 1G --prestage hint:", "--prestage 'hint:': bad lead time"},
+      {"--hbm 1G --policy lru,lru", "--policy 'lru,lru': lru is named twice"},
   };
   for (const auto& c : cases) {
     const Result r = run_cli("replay " + t + " " + c.args);

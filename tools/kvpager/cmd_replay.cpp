@@ -145,6 +145,13 @@ struct Plan {
   uint64_t hint_lead_ns = 2'000'000'000;
   std::optional<SweepSpec> sweep;
   Config cfg;
+  // The preset's shape, unless --kv-bytes-per-token replaced what it implies.
+  std::string shape() const {
+    return cost.kv_bytes_per_token == model->kv_bytes_per_token()
+               ? std::string(model->description)
+               : fmt::format("set by --kv-bytes-per-token; the preset's shape, {}, has {}", model->description,
+                             human_bytes(static_cast<double>(model->kv_bytes_per_token())));
+  }
 };
 
 Plan make_plan(const Globals& g, const ReplayArgs& a) {
@@ -198,7 +205,12 @@ Plan make_plan(const Globals& g, const ReplayArgs& a) {
                                     kTierNames[swept], a.capacity[swept], a.sweep, kTierNames[swept]));
     any = true;
   }
-  if (!any) throw ConfigError("give at least one tier capacity: --hbm, --host, --nvme (bytes like 60G or tokens like 5Mtok), or --sweep");
+  if (!any) {
+    const bool zeros = std::any_of(a.capacity.begin(), a.capacity.end(), [](const std::string& cap) { return !cap.empty(); });
+    throw ConfigError(fmt::format("give at least one tier capacity: --hbm, --host, --nvme (bytes like 60G or tokens "
+                                  "like 5Mtok), or --sweep{}",
+                                  zeros ? " (a capacity of 0 leaves its tier out)" : ""));
+  }
 
   std::string list = a.policies.empty() ? std::string(to_string(cfg.eviction_policy)) : a.policies;
   if (list == "all") {
@@ -213,6 +225,8 @@ Plan make_plan(const Globals& g, const ReplayArgs& a) {
       std::string why;
       auto spec = parse_policy_spec(item, &why);
       if (!spec) throw ConfigError("--policy: " + why);
+      if (std::any_of(plan.policies.begin(), plan.policies.end(), [&](const PolicySpec& p) { return p.label() == spec->label(); }))
+        throw ConfigError(fmt::format("--policy '{}': {} is named twice", list, item));
       if (!spec->belady) plan.policies.push_back(*spec);  // Belady always runs
     }
   }
@@ -222,7 +236,7 @@ Plan make_plan(const Globals& g, const ReplayArgs& a) {
     plan.prestage = Prestage::kPredict;
   } else if (a.prestage == "hint" || a.prestage.starts_with("hint:")) {
     plan.prestage = Prestage::kHint;
-    if (a.prestage.size() > 5) {
+    if (a.prestage.size() >= 5) {  // "hint:" with nothing after it is a bad lead time too
       auto lead = parse_duration_ns(a.prestage.substr(5));
       if (!lead) throw ConfigError(fmt::format("--prestage '{}': bad lead time: allowed forms hint:2s, hint:500ms", a.prestage));
       plan.hint_lead_ns = *lead;
@@ -278,7 +292,7 @@ void print_header(const Trace& tr, const Prepared& p, const Plan& plan) {
              tr.requests.size(), static_cast<double>(tr.duration_ns()) / 60e9, tokens_str(tr.input_tokens),
              tr.refs.size(), tr.distinct_blocks, tr.block_tokens, p.turns.resumed, p.turns.contexts);
   fmt::print("  model {}: {} of KV per token ({}), {} per block; prefill {:.0f} tokens/s\n", plan.model->name,
-             hbytes(c.kv_bytes_per_token), plan.model->description,
+             hbytes(c.kv_bytes_per_token), plan.shape(),
              hbytes(c.kv_bytes_per_token * tr.block_tokens), c.prefill_tokens_per_s);
   fmt::print("  links: HBM<->host {} GB/s + {}, NVMe read {} GB/s / write {} GB/s + {}\n", c.pcie_gbps,
              format_duration(c.pcie_latency_ns), c.nvme_read_gbps, c.nvme_write_gbps,
@@ -360,7 +374,7 @@ void run_replay(const Globals& g, const ReplayArgs& a) {
                   {"resumed_turns", prep.turns.resumed},
                   {"conversations", prep.turns.contexts}};
   out["model"] = {{"name", plan.model->name},
-                  {"shape", plan.model->description},
+                  {"shape", plan.shape()},
                   {"kv_bytes_per_token", plan.cost.kv_bytes_per_token},
                   {"prefill_tokens_per_s", plan.cost.prefill_tokens_per_s}};
   out["links"] = {{"pcie_gbps", plan.cost.pcie_gbps},
@@ -476,9 +490,9 @@ void add_replay_command(CLI::App& app, Globals& g) {
                   "Prefill speed in tokens/s, the cost of recomputing (default: the model's estimate for one "
                   "H100-class GPU at 40% MFU)")
       ->check(number_range(1e-3, 1e12));
-  cmd->add_option("--hbm", a.capacity[0], "HBM tier capacity: bytes (60G) or tokens (5Mtok); 'unlimited'");
-  cmd->add_option("--host", a.capacity[1], "Host RAM tier capacity: bytes (1T) or tokens");
-  cmd->add_option("--nvme", a.capacity[2], "NVMe tier capacity: bytes (30T) or tokens");
+  cmd->add_option("--hbm", a.capacity[0], "HBM tier capacity: bytes (60G) or tokens (5Mtok); 'unlimited'; 0 leaves the tier out");
+  cmd->add_option("--host", a.capacity[1], "Host RAM tier capacity: bytes (1T) or tokens; 0 leaves the tier out");
+  cmd->add_option("--nvme", a.capacity[2], "NVMe tier capacity: bytes (30T) or tokens; 0 leaves the tier out");
   cmd->add_option("--policy", a.policies,
                   "Comma list of POLICY[+ADMISSION] (policies: lru, clock, cost, prefix, s3fifo; admission: tail, "
                   "tinylfu), or 'all'. Default: the configured eviction_policy. Belady always runs.");
@@ -486,9 +500,10 @@ void add_replay_command(CLI::App& app, Globals& g) {
                   "none; predict (learn turn gaps, stage likely next turns into the top tier); hint[:LEAD] (an "
                   "oracle hints each resumed turn LEAD ahead, default 2s: the bound)")
       ->capture_default_str();
-  cmd->add_option("--prestage-share", a.prestage_share, "Share of the top tier that staged, unused blocks may take")
-      ->check(number_range(0.0, 1.0))
-      ->capture_default_str();
+  auto* share = cmd->add_option("--prestage-share", a.prestage_share,
+                                "With --prestage: share of the top tier that staged, unused blocks may take")
+                    ->check(number_range(0.0, 1.0))
+                    ->capture_default_str();
   cmd->add_option("--sweep", a.sweep,
                   "TIER=LO..HI:STEPS: hit rate vs capacity of one tier, geometric steps (e.g. hbm=1G..80G:12)");
   cmd->add_option("--plot", a.plot, "Draw the sweep's curves: FILE.svg (written directly) or FILE.png (gnuplot)");
@@ -496,8 +511,10 @@ void add_replay_command(CLI::App& app, Globals& g) {
   cmd->add_flag("--skip-bad", a.skip_bad, "Skip and count malformed lines instead of stopping at the first");
   cmd->add_option("--threads", a.threads, "Runs in parallel (default: the CPUs)")->check(whole_range(1, 256));
   cmd->add_flag("--no-progress", a.no_progress, "No progress bar (it is drawn only on a terminal anyway)");
-  cmd->callback([&g] {
+  cmd->callback([&g, share] {
     if (!a.plot.empty() && a.sweep.empty()) throw ConfigError("--plot draws a --sweep: give --sweep TIER=LO..HI:STEPS");
+    if (share->count() > 0 && a.prestage == "none")
+      throw ConfigError("--prestage-share shares the top tier with staged blocks: give --prestage predict or hint");
     if (!a.plot.empty()) {
       if (auto e = plot_path_problem(a.plot)) throw ConfigError(*e);
     }
