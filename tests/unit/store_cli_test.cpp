@@ -126,6 +126,13 @@ TEST(StoreCli, FailuresExitWithTheRightCodeAndLeaveNoPartialFile) {
   EXPECT_EQ(run_cli("store put " + d.sub("missing.bin") + " --context x --store " + s).code, 2);
   EXPECT_EQ(run_cli("store put /etc/hostname --store " + s).code, 2);
   EXPECT_EQ(run_cli("store put /etc/hostname --context x --ttl soon --store " + s).code, 2);
+  // An empty TTL was "no TTL" without a word; too long a one "not a duration".
+  CliRun empty_ttl = run_cli("store put /etc/hostname --context x --ttl '' --store " + s);
+  EXPECT_EQ(empty_ttl.code, 2) << empty_ttl.out;
+  EXPECT_NE(empty_ttl.out.find("--ttl: an empty TTL: give a duration, or 0 for none"), std::string::npos) << empty_ttl.out;
+  CliRun long_ttl = run_cli("store put /etc/hostname --context x --ttl 99999999h --store " + s);
+  EXPECT_EQ(long_ttl.code, 2) << long_ttl.out;
+  EXPECT_NE(long_ttl.out.find("at most 500 years"), std::string::npos) << long_ttl.out;
   EXPECT_EQ(run_cli("store frobnicate --store " + s).code, 2);
   // A directory that is not a store: a configuration error naming store_dir.
   CliRun r = run_cli("store ls --store /etc");

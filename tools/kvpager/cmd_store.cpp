@@ -242,7 +242,9 @@ void cmd_put(const Globals& g, const StoreArgs& a) {
   meta.token_count = a.tokens;
   if (!a.ttl.empty()) {
     auto ttl = parse_duration_ns(a.ttl);
-    if (!ttl) throw CLI::ValidationError("--ttl", fmt::format("'{}' is not a duration (30s, 10min, 24h)", a.ttl));
+    if (!ttl)
+      throw CLI::ValidationError("--ttl",
+                                 fmt::format("'{}' is not a duration (30s, 10min, 24h; at most 500 years)", a.ttl));
     meta.ttl_ns = *ttl;
   }
   if (meta.name.size() > store::kMaxNameBytes) throw CLI::ValidationError("--context", "a name of 1..4096 bytes");
@@ -663,7 +665,10 @@ void add_store_command(CLI::App& app, Globals& g) {
   put->add_option("FILE", a.file, "File to store")->required()->check(CLI::ExistingFile | CLI::IsMember({"-"}));
   put->add_option("--context", a.context, "Context name (default for an export: the name it carries)");
   put->add_flag("--pin", a.pin, "Never drop it for capacity or TTL");
-  put->add_option("--ttl", a.ttl, "Drop it once idle this long (30s, 10min, 24h)");
+  put->add_option("--ttl", a.ttl, "Drop it once idle this long (30s, 10min, 24h; 0: never, also for an export's)")
+      ->check(CLI::Validator(
+          [](std::string& v) -> std::string { return v.empty() ? "an empty TTL: give a duration, or 0 for none" : ""; },
+          "", "ttl"));
   put->add_option("--tokens", a.tokens, "Token count, when known");
   put->callback([&g] { cmd_put(g, a); });
 
