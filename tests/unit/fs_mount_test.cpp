@@ -1302,6 +1302,14 @@ TEST_F(FsMount, AStoreDirectoryThatDoesNotExistIsRefusedNotCreated) {
   EXPECT_TRUE(fsys::exists(tmp_.path() + "/cache/kvpager/objects"));
   r = kvpager({"umount", mnt_});
   EXPECT_EQ(r.exit_code, 0) << show(r);
+  // store_dir = "" means that default too, however it was given (it was
+  // refused as "does not exist").
+  env.back() = "XDG_CACHE_HOME=" + tmp_.path() + "/cache2";
+  r = kvpager::testing::run_process({KVPAGER_BIN, "mount", "--store-dir", "", mnt_}, env, 60 * kSlack);
+  ASSERT_EQ(r.exit_code, 0) << show(r);
+  EXPECT_TRUE(fsys::exists(tmp_.path() + "/cache2/kvpager/objects"));
+  r = kvpager({"umount", mnt_});
+  EXPECT_EQ(r.exit_code, 0) << show(r);
   // An existing empty directory becomes a store.
   fsys::create_directories(store_);
   mount();

@@ -50,12 +50,13 @@ struct MountArgs {
   if (auto why = tools::mount_point_problem(a.mountpoint)) throw CLI::ValidationError("MOUNTPOINT", *why);
   std::string store = a.store;
   if (store.empty()) {
-    ConfigLoader loader = g.loader();
-    store = loader.finish().effective_store_dir();
-    // The built-in default is where pagers will put the warehouse: mounting
-    // it before the first one ran is normal, so it is made here. A store
-    // somebody named (flag, file, environment) must exist: a typo is refused.
-    if (loader.origin(*find_knob("store_dir")).source == ConfigSource::kDefault) {
+    const Config cfg = g.config();
+    store = cfg.effective_store_dir();
+    // The default location is where pagers will put the warehouse: mounting
+    // it before the first one ran is normal, so it is made here (also for a
+    // store_dir set to "", which means that default). A store somebody named
+    // (flag, file, environment) must exist: a typo is refused.
+    if (cfg.store_dir.empty()) {
       std::error_code ec;
       std::filesystem::create_directories(store, ec);
     }
