@@ -66,6 +66,7 @@ const std::string kUsage =
     "                " + indented(fs::kMountOptionsHelp, "                ") + "\n" +
     "  --config FILE, --set KEY=VALUE   configuration (runtime_dir, chunk_size, store.queue_depth,\n"
     "                nvme_capacity, ...), as for kvpager; KVPAGER_* environment applies too\n"
+    "  --version     print the version\n"
     "\n"
     "Unmount: fusermount3 -u MOUNTPOINT (or kvpager umount MOUNTPOINT), or SIGTERM.\n";
 
@@ -149,10 +150,17 @@ Args parse_args(int argc, char** argv) {
       take_mount_options(a, value("-o"));
     } else if (s.starts_with("-o")) {
       take_mount_options(a, s.substr(2));
+    } else if (s == "--version") {
+      fmt::print("kvpager-fs {}\n", KVPAGER_VERSION);
+      std::exit(kExitOk);
     } else if (s == "--config") {
       a.config_file = value("--config");
+    } else if (s.starts_with("--config=")) {  // both forms, as kvpager takes them
+      a.config_file = s.substr(9);
     } else if (s == "--set") {
       a.sets.push_back(value("--set"));
+    } else if (s.starts_with("--set=")) {
+      a.sets.push_back(s.substr(6));
     } else if (s.starts_with("-") && s != "-") {
       usage_error(fmt::format("unknown option {}", s));
     } else {

@@ -1392,6 +1392,27 @@ TEST(FsHelp, EveryMountOptionIsInBothHelps) {
   }
 }
 
+// kvpager-fs takes --config=FILE and --set=K=V as kvpager does (it said
+// "unknown option --config=t.toml"), and says its version.
+TEST(FsHelp, OptionsTakeBothFormsAndTheVersionIsPrinted) {
+  TempDir tmp;
+  const ProcessResult v = run({KVPAGER_FS_BIN, "--version"}, tmp.path());
+  EXPECT_EQ(v.exit_code, 0) << show(v);
+  EXPECT_EQ(v.out.rfind("kvpager-fs ", 0), 0u) << show(v);
+  const std::string bad = tmp.path() + "/bad.toml";
+  std::ofstream(bad) << "chunk_size = \"3M\"\n";
+  for (const std::vector<std::string>& form : {std::vector<std::string>{"--config", bad}, {"--config=" + bad}}) {
+    std::vector<std::string> args{KVPAGER_FS_BIN, tmp.path(), tmp.path() + "/mnt"};
+    args.insert(args.end(), form.begin(), form.end());
+    const ProcessResult r = run(args, tmp.path());
+    EXPECT_EQ(r.exit_code, 2) << show(r);
+    EXPECT_NE(r.err.find("chunk_size"), std::string::npos) << "the file was read: " << show(r);
+  }
+  const ProcessResult set = run({KVPAGER_FS_BIN, tmp.path(), tmp.path() + "/mnt", "--set=chunk_size=3M"}, tmp.path());
+  EXPECT_EQ(set.exit_code, 2) << show(set);
+  EXPECT_NE(set.err.find("chunk_size"), std::string::npos) << show(set);
+}
+
 // The export form through the CLI alone (no mount needed): what `store get
 // --export` writes, `store put` takes back with its settings, and a damaged
 // or truncated export stores nothing.
