@@ -111,12 +111,6 @@ class ByteProgress {
   uint64_t total_;
 };
 
-// The wall clock, as the store keeps last-access times.
-uint64_t wall_now_ns() {
-  return static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
-}
-
 // 90s, 15min, 2h, 3d: idle times and TTLs at a glance.
 std::string short_duration(uint64_t ns) {
   const uint64_t s = ns / 1'000'000'000;
@@ -194,7 +188,7 @@ void report_dropped(TokenStore& s, const std::vector<store::ContextEntry>& befor
     else gone.erase(own);
   }
   const store::ContextMeta* replaced = own_old ? &*own_old : nullptr;
-  const uint64_t wall = wall_now_ns();
+  const uint64_t wall = store::wall_clock_ns();
   auto idle_past_ttl = [&](const store::ContextEntry& e) {
     return e.meta.ttl_ns != 0 && wall >= e.last_access_ns && wall - e.last_access_ns >= e.meta.ttl_ns;
   };
@@ -459,7 +453,7 @@ void cmd_ls(const Globals& g, const StoreArgs& a) {
   auto s = open_store(g, a, Use::kRead);
   auto list = s->list_contexts();
   if (a.ns_given()) std::erase_if(list, [&](const store::ContextEntry& e) { return e.meta.ns != a.ns; });
-  const uint64_t now = wall_now_ns();
+  const uint64_t now = store::wall_clock_ns();
   if (a.json) {
     nlohmann::json out = nlohmann::json::array();
     for (const auto& e : list) {

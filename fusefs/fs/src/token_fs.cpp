@@ -23,11 +23,6 @@ namespace kvpager::fs {
 
 namespace {
 
-uint64_t wall_ns() {
-  return static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
-}
-
 // How long a context removed through the mount stays reachable by name for
 // the process that removed it: `rm -r` removes the context with its first
 // unlink (kv), then unlinks the other entries and removes the directories.
@@ -55,7 +50,7 @@ uint64_t CtxPub::chunk_of(uint64_t off) const {
   return static_cast<uint64_t>(it - offsets.begin()) - 1;
 }
 
-TokenFs::TokenFs(FsOptions opt) : opt_(std::move(opt)), mounted_ns_(wall_ns()) {
+TokenFs::TokenFs(FsOptions opt) : opt_(std::move(opt)), mounted_ns_(store::wall_clock_ns()) {
   if (!opt_.log) opt_.log = [](std::string_view m) { fmt::print(stderr, "kvpager-fs: {}\n", m); };
   if (!opt_.read_only) {
     try {
@@ -283,7 +278,7 @@ int knob_index(std::string_view name) {
 
 bool TokenFs::visible(const CtxPub& pub, pid_t caller) {
   std::shared_lock lock(mu_);
-  return visible_to(pub, caller, wall_ns());
+  return visible_to(pub, caller, store::wall_clock_ns());
 }
 
 double TokenFs::entry_timeout(const Node& n) const {
@@ -399,7 +394,7 @@ int TokenFs::lookup(fuse_ino_t parent, const char* name, pid_t caller, fuse_entr
   Node n;
   n.ref = child(p.ref, name);
   fuse_ino_t ino = 0;
-  const uint64_t now = wall_ns();
+  const uint64_t now = store::wall_clock_ns();
   switch (n.ref.kind) {
     case NodeKind::kNone:
     case NodeKind::kRoot:
@@ -481,7 +476,7 @@ int TokenFs::list_dir(const Node& dir, pid_t caller, Listing* out) {
   auto add = [&](std::string name, fuse_ino_t ino, mode_t type) {
     out->entries.push_back(DirEntry{std::move(name), ino, type});
   };
-  const uint64_t now = wall_ns();
+  const uint64_t now = store::wall_clock_ns();
   switch (dir.ref.kind) {
     case NodeKind::kRoot:
       add("contexts", kContextsIno, S_IFDIR);
@@ -560,7 +555,7 @@ std::shared_ptr<CtxPub> TokenFs::current(const std::string& name) {
 std::shared_ptr<CtxPub> TokenFs::ghost(const std::string& name, pid_t caller) {
   std::shared_lock lock(mu_);
   auto it = ghosts_.find(name);
-  if (it == ghosts_.end() || !visible_to(*it->second, caller, wall_ns())) return nullptr;
+  if (it == ghosts_.end() || !visible_to(*it->second, caller, store::wall_clock_ns())) return nullptr;
   return it->second;
 }
 
@@ -658,7 +653,7 @@ void TokenFs::refresh() {
     by_name_[f.name] = make_pub(f.name, std::move(f.manifest), f.last_access_ns);
   }
   // Ghosts past their time.
-  const uint64_t now = wall_ns();
+  const uint64_t now = store::wall_clock_ns();
   std::erase_if(ghosts_, [&](const auto& g) { return now - g.second->removed_at_ns >= kGhostNs; });
 }
 
@@ -668,7 +663,7 @@ int TokenFs::remove_context(const std::shared_ptr<CtxPub>& pub, pid_t caller) {
   std::lock_guard serial(refresh_mu_);
   {
     std::shared_lock lock(mu_);
-    if (pub->gone) return visible_to(*pub, caller, wall_ns()) ? 0 : ENOENT;
+    if (pub->gone) return visible_to(*pub, caller, store::wall_clock_ns()) ? 0 : ENOENT;
   }
   {
     std::lock_guard lock(store_mu_);
@@ -685,7 +680,7 @@ int TokenFs::remove_context(const std::shared_ptr<CtxPub>& pub, pid_t caller) {
   }
   std::unique_lock lock(mu_);
   pub->removed_by = caller;
-  pub->removed_at_ns = wall_ns();
+  pub->removed_at_ns = store::wall_clock_ns();
   auto it = by_name_.find(pub->name);
   if (it != by_name_.end() && it->second == pub) by_name_.erase(it);
   ghosts_[pub->name] = pub;

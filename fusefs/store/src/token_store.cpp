@@ -108,6 +108,8 @@ void default_log(std::string_view msg) { fmt::print(stderr, "kvpager-store: {}\n
 
 }  // namespace
 
+uint64_t wall_clock_ns() { return wall_ns(); }
+
 // ---------------------------------------------------------------- options
 
 StoreOptions StoreOptions::from_config(const Config& cfg) {

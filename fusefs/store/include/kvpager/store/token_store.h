@@ -120,6 +120,10 @@ struct StoreStats {
   uint64_t dio_mem_align = 0, dio_offset_align = 0;
 };
 
+// The wall clock the store's times are in (created_ns, last_access_ns,
+// TTLs): nanoseconds since the epoch. Who compares with them reads it here.
+uint64_t wall_clock_ns();
+
 // One context as the store lists it.
 struct ContextEntry {
   ContextMeta meta;
