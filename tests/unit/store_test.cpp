@@ -643,6 +643,24 @@ TEST(TokenStore, ABadManifestReadsAsCorruptAndFsckRemovesIt) {
   ASSERT_EQ(again.get_context("", "fine", &out), Status::kOk);
 }
 
+// Buffers that cannot be allocated (1 TiB of them here: 4096 x 256M) are
+// "out of memory", with the reason logged once; they were "I/O error".
+TEST(TokenStore, BuffersThatCannotBeAllocatedAreOutOfMemory) {
+  TempDir d;
+  std::vector<std::string> log;
+  StoreOptions o = opts(d.path(), &log);
+  o.queue_depth = 4096;
+  o.max_io_bytes = 256 * MiB;
+  TokenStore s(o);
+  const auto data = pattern(1, 100);
+  const Status first = s.put(chunk_key("", "x", 0), data);
+  if (first == Status::kOk) GTEST_SKIP() << "this kernel maps 1 TiB (vm.overcommit_memory = 1?)";
+  EXPECT_EQ(first, Status::kNoMemory);
+  EXPECT_EQ(s.put_context(meta("c"), data), Status::kNoMemory);
+  EXPECT_EQ(count_containing(log, "cannot allocate"), 1u);
+  EXPECT_EQ(to_string(Status::kNoMemory), "out of memory");
+}
+
 // --------------------------------------------------------------- ENOSPC
 
 namespace {

@@ -16,6 +16,7 @@ constexpr int errno_of(Status s) {
     case Status::kInvalid: return EINVAL;
     case Status::kUnsupported: return EROFS;  // a read-only store handle
     case Status::kAgain: return EAGAIN;
+    case Status::kNoMemory: return ENOMEM;
     case Status::kIoError:
     case Status::kCorrupt:
       return EIO;  // never the bytes of a chunk that failed its checksum

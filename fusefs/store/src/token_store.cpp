@@ -1141,7 +1141,7 @@ Status TokenStore::run_sync(int slot) {
 // ---------------------------------------------------------------- Store
 
 Status TokenStore::put(const ObjectKey& key, std::span<const std::byte> bytes) {
-  if (!ensure_io()) return Status::kIoError;
+  if (!ensure_io()) return Status::kNoMemory;  // the only way it fails
   int slot = wait_slot();
   if (slot < 0) return Status::kBusy;
   Status s = start_put(Sink::kInternal, 0, nullptr, Area::kPrivate, key, bytes, slot, false, bytes.size(), std::nullopt);
@@ -1153,7 +1153,7 @@ Status TokenStore::put(const ObjectKey& key, std::span<const std::byte> bytes) {
 }
 
 Status TokenStore::get(const ObjectKey& key, std::span<std::byte> out) {
-  if (!ensure_io()) return Status::kIoError;
+  if (!ensure_io()) return Status::kNoMemory;  // the only way it fails
   int slot = wait_slot();
   if (slot < 0) return Status::kBusy;
   Status s = start_get(Sink::kInternal, 0, Area::kAny, key, out, false, slot, false, out.size(), std::nullopt,
@@ -1202,7 +1202,7 @@ void TokenStore::release_buffer(Buffer b) {
 }
 
 Status TokenStore::submit_put(uint64_t tag, const ObjectKey& key, std::span<const std::byte> bytes) {
-  if (!ensure_io()) return Status::kIoError;
+  if (!ensure_io()) return Status::kNoMemory;  // the only way it fails
   int slot = take_slot();
   if (slot < 0) return Status::kAgain;
   Status s = start_put(Sink::kUser, tag, nullptr, Area::kPrivate, key, bytes, slot, false, bytes.size(), std::nullopt);
@@ -1221,7 +1221,7 @@ Status TokenStore::submit_put(uint64_t tag, const ObjectKey& key, Buffer buf, ui
 }
 
 Status TokenStore::submit_get(uint64_t tag, const ObjectKey& key, std::span<std::byte> out) {
-  if (!ensure_io()) return Status::kIoError;
+  if (!ensure_io()) return Status::kNoMemory;  // the only way it fails
   int slot = take_slot();
   if (slot < 0) return Status::kAgain;
   Status s = start_get(Sink::kUser, tag, Area::kAny, key, out, false, slot, false, out.size(), std::nullopt,
@@ -1241,7 +1241,7 @@ Status TokenStore::submit_get(uint64_t tag, const ObjectKey& key, Buffer buf) {
 
 Status TokenStore::submit_get(uint64_t tag, const ManifestChunk& chunk, std::span<std::byte> out) {
   if (out.size() != chunk.bytes) return Status::kInvalid;
-  if (!ensure_io()) return Status::kIoError;
+  if (!ensure_io()) return Status::kNoMemory;  // the only way it fails
   int slot = take_slot();
   if (slot < 0) return Status::kAgain;
   Status s = start_get(Sink::kUser, tag, Area::kShared, chunk.key, out, false, slot, false, chunk.bytes, chunk.checksum,
@@ -1306,7 +1306,7 @@ Status TokenStore::put_context(ContextMeta meta, std::span<const std::byte> data
 Status TokenStore::read_pipelined(
     size_t n, const std::function<ReadSpec(size_t)>& spec,
     const std::function<Status(size_t, Status, std::span<const std::byte>, const ObjectHeader&)>& done) {
-  if (!ensure_io()) return Status::kIoError;
+  if (!ensure_io()) return Status::kNoMemory;  // the only way it fails
   struct Item {
     int slot = -1;
     Status early = Status::kOk;  // failed at submit (not found, ...)
@@ -1670,7 +1670,7 @@ Status ContextWriter::append(std::span<const std::byte> chunk, const ObjectKey* 
     return Status::kOk;  // a content key already stored: the same bytes
   }
   int slot = s_.wait_slot();
-  if (slot < 0) return status_ = s_.io_broken_ ? Status::kIoError : Status::kBusy;
+  if (slot < 0) return status_ = s_.io_broken_ ? Status::kNoMemory : Status::kBusy;
   s = s_.start_put(TokenStore::Sink::kWriter, index, this, TokenStore::Area::kShared, k, chunk, slot, false,
                    chunk.size(), sum);
   if (!ok(s)) {

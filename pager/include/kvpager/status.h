@@ -18,6 +18,7 @@ enum class Status : uint8_t {
   kCorrupt,       // checksum mismatch: the bytes are never served
   kUnsupported,   // the mover cannot do this (e.g. no store configured)
   kAgain,         // nothing completed yet; try again
+  kNoMemory,      // buffers could not be allocated (ENOMEM)
 };
 
 constexpr std::string_view to_string(Status s) {
@@ -31,6 +32,7 @@ constexpr std::string_view to_string(Status s) {
     case Status::kCorrupt: return "corrupt";
     case Status::kUnsupported: return "unsupported";
     case Status::kAgain: return "again";
+    case Status::kNoMemory: return "out of memory";
   }
   return "?";
 }
