@@ -74,8 +74,10 @@ std::variant<uint64_t, BytesError> read_bytes(std::string_view s) {
     double v = 0;
     s = trim(s);
     auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-    // A negative number ("-1", "-2M"); -0 is 0 and parsed above only if plain.
-    if (ec == std::errc{} && p != s.data() && std::signbit(v) && v != 0) return BytesError::kNegative;
+    // A number past what a double holds ("1e400") is too large; a negative
+    // one ("-1", "-2M"; not "-nan" or "-inf") is negative.
+    if (ec == std::errc::result_out_of_range && s.front() != '-') return BytesError::kTooLarge;
+    if (ec == std::errc{} && std::isfinite(v) && std::signbit(v) && v != 0) return BytesError::kNegative;
     return BytesError::kSyntax;
   }
   std::string unit = lower(num->second);
@@ -90,7 +92,7 @@ std::variant<uint64_t, BytesError> read_bytes(std::string_view s) {
   else if (unit == "p") mult = static_cast<double>(TiB) * 1024.0;
   else return BytesError::kSyntax;
   double v = num->first * mult;
-  if (v >= 1.8e19) return BytesError::kTooLarge;
+  if (v >= 0x1p64) return BytesError::kTooLarge;  // 2^64: what a byte count holds
   if (v != std::floor(v)) return BytesError::kFraction;
   return static_cast<uint64_t>(v);
 }
@@ -428,7 +430,7 @@ constexpr Knob kKnobs[] = {
         "auto: half of physical RAM."),
     make<BytesKnob<&Config::nvme_capacity, 64 * KiB, kMaxBytes, true, false>>(
         "nvme_capacity", KnobType::kBytes, true, "0 (unlimited) or chunk_size..64P",
-        "Bytes the NVMe tier may hold; when full, chunks stay in host RAM until it frees one. With a "
+        "Bytes the NVMe tier may hold; when full, chunks stay in host RAM until it has room. With a "
         "capacity, a chunk read back gives its NVMe copy up; unlimited, the copy stays, so that the chunk "
         "spills again without a write while it is clean."),
     make<DoubleKnob<&Config::high_watermark, 0, 1, true>>(

@@ -18,7 +18,8 @@ constexpr uint32_t kThrottleMuteEvents = 256;  // events a throttled prefetcher 
 // evicted ahead at a time (bounds what an over-estimate of the wait costs).
 constexpr uint64_t kStageWindowChunks = 64;
 constexpr uint64_t kThrottleMinChunks = 16;    // judged chunks before a verdict
-constexpr uint64_t kSpillRetryNs = 100'000'000;  // after a spill the mover refused as busy
+constexpr uint64_t kSpillRetryNs = 100'000'000;  // after a spill that failed (not for room)
+constexpr uint64_t kSpillProbeNs = 5'000'000'000;  // how often one spill tries past the NVMe tier's ceiling
 
 MoveKind kind_of(Tier from, Tier to) {
   if (to == Tier::kUnpopulated) return MoveKind::kDiscard;
@@ -679,7 +680,7 @@ Status Pager::start_move(Region& r, Chunk& c, MoveKind kind, Tier to, bool deman
   // A restored chunk keeps its store copy (a clean one spills again without
   // a write) unless that copy would hold room spills need: under a finite
   // nvme_capacity, or while spills wait for room, it is erased as it lands.
-  const bool drop_on_restore = kind == MoveKind::kRestore && (cfg_.nvme_capacity != 0 || spill_disabled_);
+  const bool drop_on_restore = kind == MoveKind::kRestore && (cfg_.nvme_capacity != 0 || spill_ceiling_ != kNoCeiling);
   req.drop_store_copy = (kind == MoveKind::kDiscard && c.store_copy) || drop_on_restore;
   req.freeing = kind == MoveKind::kDiscard && freeing;
 
@@ -724,14 +725,17 @@ void Pager::on_complete(const MoveCompletion& done) {
     // stale from now on, so the next spill writes it back.
     if (kind == MoveKind::kRestore && writes_ == WriteTracking::kUnobserved) c.dirty = true;
     if (to == Tier::kHost) next_spill_check_ns_ = 0;  // it may be spillable: look again
+    // A spill landed past the ceiling a refusal set: the room is back.
+    if (kind == MoveKind::kSpill && committed_bytes(Tier::kNvme) > spill_ceiling_) spill_ceiling_ = kNoCeiling;
     ++counters_.moves[static_cast<size_t>(kind)];
     counters_.move_bytes[static_cast<size_t>(kind)] += len;
   } else {
     ++counters_.move_failures_by_kind[static_cast<size_t>(kind)];
     if (kind == MoveKind::kSpill && done.status == Status::kNoSpace) spills_refused();
     // The mover could not spill now (it cannot yet prove nothing reads the
-    // chunk): try again a little later, not on every tick.
-    if (kind == MoveKind::kSpill && done.status == Status::kBusy)
+    // chunk, or the copy or the store failed): try again a little later, not
+    // on every tick (nor in a loop in drain()).
+    if (kind == MoveKind::kSpill && done.status != Status::kNoSpace)
       next_spill_check_ns_ = std::max(next_spill_check_ns_, mover_.clock().now_ns() + kSpillRetryNs);
     abort_move(c);
     last_error_chunk_ = &c;
@@ -824,23 +828,33 @@ bool Pager::may_spill(const Context& ctx) const {
   return now_ >= last && now_ - last >= cfg_.spill_idle_ns;
 }
 
-// The NVMe tier refused a spill for lack of space (a full disk, or the
-// store's own count of nvme_capacity, which includes its file headers):
-// spills wait until a chunk has left the tier, then try again.
+// The NVMe tier refused a spill for room (a full disk, or the store's own
+// count of nvme_capacity, which includes its file headers): what it held
+// then is its ceiling. Spills refill it up to there as chunks leave it (one
+// for one, not a burst the store refuses); one spill tries past it every
+// kSpillProbeNs, for room freed where the pager does not see it (another
+// process, a copy dropped); a spill that lands past it lifts it.
 void Pager::spills_refused() {
-  spill_disabled_ = true;
-  spill_refused_at_ = committed_bytes(Tier::kNvme);
+  spill_ceiling_ = committed_bytes(Tier::kNvme);
+  next_spill_probe_ns_ = now_ + kSpillProbeNs;
+}
+
+// Whether a spill of len bytes may start; `take` uses up the probe past the
+// ceiling if that is what lets it.
+bool Pager::spill_room(uint64_t len, bool take) {
+  const uint64_t after = committed_bytes(Tier::kNvme) + len;
+  if (cfg_.nvme_capacity != 0 && after > cfg_.nvme_capacity) return false;
+  if (after <= spill_ceiling_) return true;
+  if (now_ < next_spill_probe_ns_) return false;
+  if (take) next_spill_probe_ns_ = now_ + kSpillProbeNs;
+  return true;
 }
 
 void Pager::balance_host() {
-  if (spill_disabled_ && committed_bytes(Tier::kNvme) < spill_refused_at_) spill_disabled_ = false;
-  if (spill_disabled_ || now_ < next_spill_check_ns_) return;
+  if (now_ < next_spill_check_ns_ || !spill_room(cfg_.chunk_size, false)) return;
   if (committed_bytes(Tier::kHost) <= fraction_of(host_limit_, cfg_.high_watermark)) return;
   const uint64_t low = fraction_of(host_limit_, cfg_.low_watermark);
   auto above_low = [&] { return committed_bytes(Tier::kHost) - outbound_[index(Tier::kHost)] > low; };
-  auto nvme_room = [&](uint64_t len) {
-    return cfg_.nvme_capacity == 0 || committed_bytes(Tier::kNvme) + len <= cfg_.nvme_capacity;
-  };
 
   // Contexts that may spill, least recently used first. The earliest time
   // another becomes eligible bounds how long we need not look again.
@@ -861,9 +875,9 @@ void Pager::balance_host() {
       for (uint32_t i = 0; i < r.nchunks && above_low(); ++i) {
         Chunk& c = r.chunks[i];
         if (c.tier != Tier::kHost || !c.resting() || c.pinned) continue;
-        if (!nvme_room(cfg_.chunk_size)) return;
+        if (!spill_room(cfg_.chunk_size, true)) return;
         if (!ok(start_move(r, c, MoveKind::kSpill, Tier::kNvme, false))) {
-          if (spill_disabled_) return;
+          if (!spill_room(cfg_.chunk_size, false)) return;  // refused for room
           continue;
         }
         ++started;
@@ -1069,7 +1083,7 @@ StatsSnapshot Pager::stats() const {
                                                 inbound_[static_cast<size_t>(t)], chunks_in_[static_cast<size_t>(t)]};
   }
   s.prefetchers = prefetch_stats_;
-  s.spill_disabled = spill_disabled_;
+  s.spill_disabled = committed_bytes(Tier::kNvme) + cfg_.chunk_size > spill_ceiling_;  // paused at the ceiling
   s.regions = static_cast<uint32_t>(regions_.size() - free_slots_.size());
   s.contexts = static_cast<uint32_t>(context_names_.size());
   return s;

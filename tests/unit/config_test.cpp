@@ -393,6 +393,11 @@ TEST(ConfigParse, Bytes) {
   EXPECT_EQ(bytes_error("12Q"), BytesError::kSyntax);
   EXPECT_EQ(bytes_error("-x"), BytesError::kSyntax);
   EXPECT_EQ(bytes_error("nan"), BytesError::kSyntax);
+  EXPECT_EQ(bytes_error("-nan"), BytesError::kSyntax);
+  EXPECT_EQ(bytes_error("-inf"), BytesError::kSyntax);
+  EXPECT_EQ(bytes_error("1e400"), BytesError::kTooLarge);
+  EXPECT_EQ(parse_bytes("16383P"), 16383 * TiB * 1024);  // below 2^64 (16 EiB): a byte count
+  EXPECT_EQ(bytes_error("16384P"), BytesError::kTooLarge);
   EXPECT_EQ(bytes_error(""), BytesError::kSyntax);
   EXPECT_EQ(format_bytes(2 * MiB), "2M");
   EXPECT_EQ(format_bytes(1536 * KiB), "1536K");

@@ -496,6 +496,49 @@ TEST(Pager, StoreFullStopsSpillsAndKeepsTheBytesInHostRam) {
   EXPECT_EQ(rig.pager->audit(), "");
 }
 
+// Room freed where the pager does not see it (another writer of the store,
+// a disk cleaned up) is found: one spill tries past the level the tier was
+// refused at every 5 s, and one that lands lifts the pause. Spills used to
+// stop for good at the first refusal.
+TEST(Pager, SpillsPausedForRoomTryAgainLater) {
+  Config cfg = small_config();
+  cfg.prefetchers = 0;
+  cfg.host_capacity = 64 * KiB;
+  SimRig rig(cfg, /*store_capacity=*/128 * KiB);  // two chunks
+  // Someone else's object holds the store's room: nothing of ours fits.
+  const ObjectKey theirs[] = {chunk_key("", "someone-else", 0), chunk_key("", "someone-else", 1)};
+  for (const ObjectKey& k : theirs) ASSERT_EQ(rig.store->put(k, pattern(64 * KiB, 1)), Status::kOk);
+  RegionId a = rig.dev.alloc(512 * KiB, "a");
+  auto data = pattern(512 * KiB, 12);
+  ASSERT_EQ(rig.dev.write(a, 0, data), Status::kOk);
+  auto park_and_settle = [&] {
+    rig.pager->hint(rig.pager->find_context("a"), HintKind::kPark);
+    for (int i = 0; i < 3; ++i) {
+      rig.pager->tick();
+      rig.pager->drain();
+    }
+  };
+  park_and_settle();
+  EXPECT_TRUE(rig.pager->stats().spill_disabled);
+  EXPECT_EQ(rig.pager->stats().tiers[index(Tier::kNvme)].resident_bytes, 0u);
+  const uint64_t failures = rig.pager->stats().move_failures;
+  // Freed behind the pager's back; within 5 s nothing tries again.
+  for (const ObjectKey& k : theirs) ASSERT_EQ(rig.store->erase(k), Status::kOk);
+  rig.dev.compute(1'000'000'000);
+  park_and_settle();
+  EXPECT_EQ(rig.pager->stats().tiers[index(Tier::kNvme)].resident_bytes, 0u);
+  EXPECT_EQ(rig.pager->stats().move_failures, failures) << "no refused spill while paused";
+  // After 5 s one spill probes, lands, and the rest follow.
+  rig.dev.compute(5'000'000'000);
+  park_and_settle();
+  park_and_settle();
+  EXPECT_EQ(rig.pager->stats().tiers[index(Tier::kNvme)].resident_bytes, 128 * KiB);
+  std::vector<std::byte> back(512 * KiB);
+  ASSERT_EQ(rig.dev.read(a, 0, back), Status::kOk);
+  EXPECT_EQ(back, data);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
 // A context of 4 chunks parked until it spilled, read back (only read: no
 // write reaches the pager) and parked again. Returns the objects the second
 // spill wrote into the store.

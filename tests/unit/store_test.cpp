@@ -836,6 +836,46 @@ TEST(TokenStore, AFiniteNvmeTierKeepsSpillingAfterItFilledOnce) {
   EXPECT_EQ(pager.audit(), "");
 }
 
+// The store counts a header per object, so a finite tier fills a few chunks
+// short of what the pager counts. Refused there once, the pager refills it
+// to that level as chunks leave, one for one: it used to start a burst of
+// spills up to nvme_capacity that the store refused all but one of.
+TEST(TokenStore, AFullNvmeTierIsRefilledWithoutABurstOfRefusedSpills) {
+  TempDir d;
+  Config c = small_device(64 * KiB, 256 * KiB, 256 * KiB);
+  c.nvme_capacity = 64 * 64 * KiB;  // 64 chunks of payload; about 60 files with their headers
+  c.prefetchers = 0;
+  StoreOptions o = opts(d.path());
+  o.capacity_bytes = c.nvme_capacity;
+  PagerOnStore env(c, o);
+  auto& [cfg, store, mover, pager, dev] = env;
+  auto settle = [&] {
+    for (int i = 0; i < 4; ++i) {
+      pager.tick();
+      pager.drain();
+    }
+  };
+  auto spill_failures = [&] { return pager.stats().move_failures_by_kind[static_cast<size_t>(MoveKind::kSpill)]; };
+  const RegionId a = dev.alloc(64 * 64 * KiB, "a");
+  ASSERT_EQ(dev.write(a, 0, pattern(4, 64 * 64 * KiB)), Status::kOk);
+  pager.hint(pager.find_context("a"), HintKind::kPark);
+  settle();
+  const uint64_t full = pager.stats().tiers[index(Tier::kNvme)].resident_bytes;
+  ASSERT_LT(full, c.nvme_capacity - 2 * 64 * KiB) << "the store's headers leave a gap of several chunks";
+  const uint64_t refused = spill_failures();
+  EXPECT_GE(refused, 1u);
+  for (int round = 0; round < 5; ++round) {
+    std::vector<std::byte> out(8 * 64 * KiB);  // 8 chunks come back...
+    ASSERT_EQ(dev.read(a, static_cast<uint64_t>(round) * out.size(), out), Status::kOk);
+    pager.hint(pager.find_context("a"), HintKind::kPark);  // ...and go again
+    settle();
+    EXPECT_EQ(pager.stats().tiers[index(Tier::kNvme)].resident_bytes, full) << round;
+  }
+  EXPECT_EQ(spill_failures(), refused) << "refills stopped at the level the store refused";
+  EXPECT_LE(store.used_bytes(), o.capacity_bytes);
+  EXPECT_EQ(pager.audit(), "");
+}
+
 TEST(TokenStore, ServesAsThePagersNvmeTierWithByteExactRestores) {
   TempDir d;
   PagerOnStore env(small_device(256 * KiB, 2 * MiB, 4 * MiB), opts(d.path()));

@@ -417,10 +417,11 @@ Status TokenStore::errno_status(int e) {
 Status TokenStore::note_nospace() {
   ++st_.nospace_events;
   drop_spares(UINT64_MAX);  // give the file system back what we hold
+  nospace_since_ns_ = wall_ns();
   if (!nospace_) {
     nospace_ = true;
-    log(fmt::format("no space left in {}: puts through this handle are refused until it frees bytes (a new "
-                    "handle, e.g. the next kvpager command, tries again)",
+    log(fmt::format("no space left in {}: puts through this handle are refused until it frees bytes or 5 s "
+                    "have passed (a new handle, e.g. the next kvpager command, tries again at once)",
                     opt_.dir));
   }
   return Status::kNoSpace;
@@ -835,7 +836,9 @@ Status TokenStore::start_put(Sink sink, uint64_t tag, ContextWriter* owner, Area
                              std::span<const std::byte> bytes, int slot, bool zero_copy, uint64_t len,
                              std::optional<uint64_t> checksum) {
   if (opt_.read_only) return Status::kUnsupported;
-  if (nospace_) {
+  // Refused at once for a while after ENOSPC; then one put tries again (room
+  // may have been freed by someone else), and says nothing new if it fails.
+  if (nospace_ && wall_ns() - nospace_since_ns_ < kNoSpaceRetryNs) {
     ++st_.nospace_events;
     return Status::kNoSpace;
   }

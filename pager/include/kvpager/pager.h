@@ -222,6 +222,7 @@ class Pager final : private PrefetchSink, private RestoreCost {
   void balance_hbm();
   void balance_host();
   void spills_refused();
+  bool spill_room(uint64_t len, bool take);
   bool may_spill(const Context& ctx) const;
   uint64_t context_last_access(const Context& ctx) const;
   bool bytes_dropped(const Context& ctx) const;
@@ -279,8 +280,9 @@ class Pager final : private PrefetchSink, private RestoreCost {
   std::deque<Wanted> wanted_;  // referenced regions waiting for room in HBM (each once)
 
   StatsSnapshot counters_;  // the counting part of the snapshot
-  bool spill_disabled_ = false;   // until the NVMe tier holds less than at the refusal
-  uint64_t spill_refused_at_ = 0;  // committed NVMe bytes when a spill was refused
+  static constexpr uint64_t kNoCeiling = UINT64_MAX;
+  uint64_t spill_ceiling_ = kNoCeiling;  // committed NVMe bytes when the tier last refused a spill for room
+  uint64_t next_spill_probe_ns_ = 0;     // when one spill may next try past that ceiling
   uint64_t next_spill_check_ns_ = 0;
   std::vector<MoveCompletion> completions_;
   const Chunk* last_error_chunk_ = nullptr;  // the last failed move, for wait_for()

@@ -407,7 +407,9 @@ class TokenStore final : public Store {
   uint64_t used_ = 0;  // includes spares
   uint64_t reserved_ = 0;  // growth of the puts in flight (Job::reserved), checked with used_ against the capacity
   uint64_t others_private_ = 0;  // other live writers' private bytes at the scan
-  bool nospace_ = false;
+  bool nospace_ = false;             // ENOSPC seen and not yet freed (said once)
+  uint64_t nospace_since_ns_ = 0;    // the last ENOSPC: puts are refused at once for kNoSpaceRetryNs
+  static constexpr uint64_t kNoSpaceRetryNs = 5'000'000'000;
   StoreStats st_;
 };
 
