@@ -491,7 +491,16 @@ bool CudaMover::advance(Job& j) {
       return true;
     }
     case Stage::kCopy: {
-      if (!event_done(j.copy_ev)) return false;
+      // A copy that failed is not done: a spill would store whatever the
+      // staging buffer held, a restore would report (and, under a finite
+      // nvme_capacity, erase its store copy for) bytes that never arrived.
+      const CUresult copied = j.copy_ev ? d_.eventQuery(j.copy_ev) : CUDA_SUCCESS;
+      if (copied == CUDA_ERROR_NOT_READY) return false;
+      if (!check(copied)) {
+        if (req.kind != MoveKind::kRestore) mark_unsafe(req, false);  // a spill's bytes are still in the range
+        finish(j, Status::kIoError);  // a restore's are still only in the store: it stays unsafe
+        return false;
+      }
       if (req.kind == MoveKind::kRestore) {
         mark_unsafe(req, false);  // the bytes are back in the range
         finish(j, Status::kOk);

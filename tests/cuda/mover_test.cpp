@@ -384,6 +384,45 @@ TEST(CudaMoverOnStandIn, ARestoreGivesItsStoreCopyUpUnderAFiniteNvmeCapacity) {
   }
 }
 
+// A copy whose stream failed (its event answers an error) is not done: a
+// spill stored what the staging buffer held, and a restore reported bytes
+// that never arrived (erasing the store copy under a finite nvme_capacity).
+TEST(CudaMoverOnStandIn, ACopyThatFailedOnItsStreamNeitherSpillsNorRestores) {
+  Config c = spilling_config();
+  c.nvme_capacity = 1 * MiB;
+  MoverRig rig(STANDIN_LIBCUDA, c);
+  ASSERT_TRUE(rig.ok()) << rig.why;
+  auto fail = rig.standin<void (*)(int)>("standin_fail_event_query");
+  auto r = rig.alloc(128 * KiB, "a");
+  std::memset(r.bytes(), 0x3C, r.size);
+  const ContextId ctx = rig.pager->find_context("a");
+  fail(CUDA_ERROR_LAUNCH_FAILED);
+  ASSERT_EQ(rig.pager->hint(ctx, HintKind::kPark), Status::kOk);
+  rig.pager->drain();
+  fail(0);
+  EXPECT_EQ(rig.pager->stats().tiers[index(Tier::kNvme)].resident_bytes, 0u) << "no spill completed";
+  EXPECT_EQ(rig.store->used_bytes(), 0u) << "nothing was stored";
+  for (uint64_t i = 0; i < r.size; ++i) ASSERT_EQ(r.bytes()[i], std::byte{0x3C}) << i;
+  // Now it spills; a restore whose copy fails leaves it in the store, whole.
+  for (int i = 0; i < 4 && rig.pager->stats().tiers[index(Tier::kNvme)].resident_bytes < r.size; ++i) {
+    rig.pager->hint(ctx, HintKind::kPark);
+    rig.pager->tick();
+    rig.pager->drain();
+  }
+  ASSERT_EQ(rig.pager->stats().tiers[index(Tier::kNvme)].resident_bytes, r.size);
+  const uint64_t stored = rig.store->used_bytes();
+  fail(CUDA_ERROR_LAUNCH_FAILED);
+  rig.pager->restore(r.id);
+  rig.pager->drain();
+  fail(0);
+  EXPECT_EQ(rig.pager->stats().tiers[index(Tier::kNvme)].resident_bytes, r.size) << "still in NVMe";
+  EXPECT_EQ(rig.store->used_bytes(), stored) << "its store copy was kept";
+  ASSERT_EQ(rig.pager->restore(r.id), Status::kOk);
+  rig.pager->drain();
+  for (uint64_t i = 0; i < r.size; ++i) ASSERT_EQ(r.bytes()[i], std::byte{0x3C}) << i;
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
 // A region of two chunks of context `name`, every byte `fill`, parked until
 // it has spilled (the caller checks that it did).
 MoverRig::Region parked_region(MoverRig& rig, const std::string& name, uint8_t fill) {

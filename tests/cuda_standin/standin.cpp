@@ -168,6 +168,8 @@ struct Event {
 std::atomic<uint32_t> g_event_lag{0};
 // standin_fail_event_create
 std::atomic<bool> g_fail_event_create{false};
+// standin_fail_event_query: what every cuEventQuery answers (0: as usual)
+std::atomic<int> g_event_query_result{0};
 // standin_fail_prefetch_at
 std::atomic<uint64_t> g_fail_prefetch_addr{0};
 std::atomic<int> g_fail_prefetch_result{0};
@@ -356,6 +358,10 @@ void standin_log_clear() {
 void standin_set_event_lag(uint32_t queries) { g_event_lag = queries; }
 
 void standin_fail_event_create(int fail) { g_fail_event_create = fail != 0; }
+
+// Every cuEventQuery answers `result` (an error from work that failed on its
+// stream, e.g. CUDA_ERROR_LAUNCH_FAILED) until it is set back to 0.
+void standin_fail_event_query(int result) { g_event_query_result = result; }
 
 void standin_fail_prefetch_at(uint64_t addr, int result) {
   g_fail_prefetch_result = addr ? result : 0;
@@ -770,6 +776,7 @@ CUresult cuEventRecord(CUevent e, CUstream s) {
 CUresult cuEventRecord_ptsz(CUevent e, CUstream s) { return cuEventRecord(e, s); }
 CUresult cuEventQuery(CUevent e) {
   if (CUresult r = unsafe_during_capture("cuEventQuery")) return r;
+  if (int r = g_event_query_result.load()) return static_cast<CUresult>(r);
   auto& left = reinterpret_cast<Event*>(e)->not_ready;
   for (uint32_t n = left.load(); n > 0;)
     if (left.compare_exchange_weak(n, n - 1)) return CUDA_ERROR_NOT_READY;

@@ -22,6 +22,9 @@ uint64_t standin_device_resident();
 uint64_t standin_resident_in(uint64_t p, uint64_t n);
 // cuEventCreate fails (CUDA_ERROR_OUT_OF_MEMORY) while `fail` is non-zero.
 void standin_fail_event_create(int fail);
+// Every cuEventQuery answers `result` (a CUresult: work failed on its
+// stream) until it is set back to 0.
+void standin_fail_event_query(int result);
 // cuMemPrefetchAsync of a range that contains `addr` fails with `result`
 // (a CUresult) and moves nothing, as the driver refuses a range; 0 (or
 // result 0) turns it off.
