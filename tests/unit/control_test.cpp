@@ -145,12 +145,17 @@ TEST(RuntimeDir, AnExistingDirectoryIsNeverChangedAndASharedOneIsRefused) {
 // One it creates is exactly 0700, whatever the umask.
 TEST(RuntimeDir, ACreatedDirectoryIs0700WhateverTheUmask) {
   TempDir t;
-  const mode_t old = umask(0277);  // would leave 0500: not even writable
-  Config cfg;
-  cfg.runtime_dir = t.path() + "/run";
-  RuntimeDir rd = resolve_runtime_dir(cfg, DirUse::kServe);
-  umask(old);
-  EXPECT_EQ(mode_of(rd.path), 0700u);
+  struct Umask {
+    mode_t old = umask(0277);  // would leave 0500: not even writable
+    ~Umask() { umask(old); }
+  };
+  for (const char* name : {"/run", "/run2/"}) {  // a trailing slash too (its parent loop made it 0755)
+    Umask guard;
+    Config cfg;
+    cfg.runtime_dir = t.path() + name;
+    resolve_runtime_dir(cfg, DirUse::kServe);
+    EXPECT_EQ(mode_of(cfg.runtime_dir), 0700u) << name;
+  }
 }
 
 TEST(RuntimeDir, DirectoryOfAnotherUserIsRefusedNamingTheKnob) {

@@ -386,8 +386,6 @@ TEST(StoreCli, PutSaysWhichContextsItEvictedToStayWithinTheCapacity) {
   EXPECT_EQ(names(), (std::vector<std::string>{"keep"}));
 }
 
-// The flags define the replacing context; settings of the old one that it
-// lacks are not kept, and the replaced line says which, and how to keep them.
 // The store takes any name but NUL; a kvpager-fs mount shows only those that
 // can be file names. put says so for one it will not show, and stores it.
 TEST(StoreCli, PutSaysWhenAMountWillNotShowTheName) {
@@ -404,6 +402,8 @@ TEST(StoreCli, PutSaysWhenAMountWillNotShowTheName) {
   EXPECT_NE(run_cli("store --store " + d.sub("s") + " ls").out.find("a/b"), std::string::npos);
 }
 
+// The flags define the replacing context; settings of the old one that it
+// lacks are not kept, and the replaced line says which, and how to keep them.
 TEST(StoreCli, PutSaysWhichSettingsOfTheReplacedContextItDrops) {
   TempDir d;
   const std::string s = d.sub("store");

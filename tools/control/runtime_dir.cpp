@@ -95,7 +95,11 @@ std::string private_dir_problem(const std::string& path) {
 
 }  // namespace
 
-std::string prepare_private_dir(const std::string& path) {
+std::string prepare_private_dir(const std::string& given) {
+  // "run/" names run: without the slash, make_dirs' parent loop would make
+  // it 0755 and the leaf mkdir would find it there.
+  std::string path = given;
+  while (path.size() > 1 && path.back() == '/') path.pop_back();
   if (path.empty()) return "empty path";
   bool created = false;
   if (int err = make_dirs(path, 0700, &created); err != 0) return fmt::format("cannot create it: {}", errno_text(err));
