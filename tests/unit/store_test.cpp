@@ -785,6 +785,32 @@ TEST(TokenStore, ThePagerKeepsRunningWhenTheStoreFillsUp) {
 
 // --------------------------------------------------------------- the pager on the store
 
+namespace {
+// The pager on a token store whose nvme_capacity the store enforces too
+// (it counts a header per object: a few chunks fewer fit than the pager counts).
+struct FiniteTier {
+  static Config config(uint64_t capacity) {
+    Config c = small_device(64 * KiB, 256 * KiB, 256 * KiB);
+    c.nvme_capacity = capacity;
+    c.prefetchers = 0;
+    return c;
+  }
+  static StoreOptions store_options(const TempDir& d, uint64_t capacity) {
+    StoreOptions o = opts(d.path());
+    o.capacity_bytes = capacity;
+    return o;
+  }
+  FiniteTier(const TempDir& d, uint64_t capacity) : rig(config(capacity), store_options(d, capacity)) {}
+  void settle() {
+    for (int i = 0; i < 4; ++i) {
+      rig.pager.tick();
+      rig.pager.drain();
+    }
+  }
+  PagerOnStore rig;
+};
+}  // namespace
+
 // Under a finite nvme_capacity the NVMe tier keeps working: a restored
 // chunk gives its store copy up (it used to stay on disk, unseen by the
 // pager's count of the tier, until every spill was refused for good: `demo
@@ -793,19 +819,10 @@ TEST(TokenStore, ThePagerKeepsRunningWhenTheStoreFillsUp) {
 // instead of stopping for good.
 TEST(TokenStore, AFiniteNvmeTierKeepsSpillingAfterItFilledOnce) {
   TempDir d;
-  Config c = small_device(64 * KiB, 256 * KiB, 256 * KiB);
-  c.nvme_capacity = 512 * KiB;  // 8 chunks of payload; fewer files fit (each has a header)
-  c.prefetchers = 0;
-  StoreOptions o = opts(d.path());
-  o.capacity_bytes = c.nvme_capacity;
-  PagerOnStore env(c, o);
-  auto& [cfg, store, mover, pager, dev] = env;
-  auto settle = [&] {
-    for (int i = 0; i < 4; ++i) {
-      pager.tick();
-      pager.drain();
-    }
-  };
+  FiniteTier env(d, 512 * KiB);  // 8 chunks of payload; fewer files fit (each has a header)
+  auto& [cfg, store, mover, pager, dev] = env.rig;
+  const StoreOptions& o = store.options();
+  auto settle = [&] { env.settle(); };
   auto in_nvme = [&](RegionId id) {
     uint32_t n = 0;
     for (uint32_t i = 0; i < pager.region(id)->nchunks; ++i) n += pager.region(id)->chunks[i].tier == Tier::kNvme;
@@ -842,26 +859,17 @@ TEST(TokenStore, AFiniteNvmeTierKeepsSpillingAfterItFilledOnce) {
 // spills up to nvme_capacity that the store refused all but one of.
 TEST(TokenStore, AFullNvmeTierIsRefilledWithoutABurstOfRefusedSpills) {
   TempDir d;
-  Config c = small_device(64 * KiB, 256 * KiB, 256 * KiB);
-  c.nvme_capacity = 64 * 64 * KiB;  // 64 chunks of payload; about 60 files with their headers
-  c.prefetchers = 0;
-  StoreOptions o = opts(d.path());
-  o.capacity_bytes = c.nvme_capacity;
-  PagerOnStore env(c, o);
-  auto& [cfg, store, mover, pager, dev] = env;
-  auto settle = [&] {
-    for (int i = 0; i < 4; ++i) {
-      pager.tick();
-      pager.drain();
-    }
-  };
+  FiniteTier env(d, 64 * 64 * KiB);  // 64 chunks of payload; about 60 files with their headers
+  auto& [cfg, store, mover, pager, dev] = env.rig;
+  const StoreOptions& o = store.options();
+  auto settle = [&] { env.settle(); };
   auto spill_failures = [&] { return pager.stats().move_failures_by_kind[static_cast<size_t>(MoveKind::kSpill)]; };
   const RegionId a = dev.alloc(64 * 64 * KiB, "a");
   ASSERT_EQ(dev.write(a, 0, pattern(4, 64 * 64 * KiB)), Status::kOk);
   pager.hint(pager.find_context("a"), HintKind::kPark);
   settle();
   const uint64_t full = pager.stats().tiers[index(Tier::kNvme)].resident_bytes;
-  ASSERT_LT(full, c.nvme_capacity - 2 * 64 * KiB) << "the store's headers leave a gap of several chunks";
+  ASSERT_LT(full, cfg.nvme_capacity - 2 * 64 * KiB) << "the store's headers leave a gap of several chunks";
   const uint64_t refused = spill_failures();
   EXPECT_GE(refused, 1u);
   for (int round = 0; round < 5; ++round) {
