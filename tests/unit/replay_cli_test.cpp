@@ -85,6 +85,11 @@ TEST(ReplayCli, JsonHasEverything) {
   }
   EXPECT_EQ(j["runs"][0]["prefetchers"][0]["name"], "hint");
   EXPECT_EQ(j["model"]["shape"], "Qwen2.5-32B: 64 layers, 8 KV heads (GQA) x 128, BF16") << j["model"];
+  // The header says what is simulated where a capacity is not whole blocks
+  // (it gave the tokens asked for, the JSON the tokens simulated).
+  const Result text = run_cli("replay " + t + " --hbm 1000tok --policy lru");
+  ASSERT_EQ(text.status, 0) << text.err;
+  EXPECT_NE(text.out.find("= 1000 tokens (1 blocks: 512 tokens simulated)"), std::string::npos) << text.out;
   // A size given by hand is not described by the preset's shape.
   const Result bytes = run_cli("replay " + t + " --hbm 1024tok --json --kv-bytes-per-token 1000");
   ASSERT_EQ(bytes.status, 0) << bytes.err;

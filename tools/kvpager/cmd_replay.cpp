@@ -277,9 +277,11 @@ std::string tiers_line(const Plan& plan, const std::array<uint64_t, kTiers>& cap
       out += fmt::format("{} unlimited", kTierNames[t]);
       continue;
     }
-    out += fmt::format("{} {} = {} tokens ({} blocks)", kTierNames[t],
-                       hbytes(cap_tokens[t] * plan.cost.kv_bytes_per_token), tokens_str(cap_tokens[t]),
-                       cap_tokens[t] / B);
+    // Whole blocks are simulated: say so when that is less than was given.
+    const uint64_t blocks = cap_tokens[t] / B;
+    out += fmt::format("{} {} = {} tokens ({} blocks{})", kTierNames[t],
+                       hbytes(cap_tokens[t] * plan.cost.kv_bytes_per_token), tokens_str(cap_tokens[t]), blocks,
+                       cap_tokens[t] % B ? fmt::format(": {} tokens simulated", tokens_str(blocks * B)) : "");
   }
   return out;
 }
