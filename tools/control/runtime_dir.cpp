@@ -55,7 +55,7 @@ pid_t parse_name(std::string_view name, std::string_view suffix) {
 // or `~` made them 0700): one that others may write to is refused, since
 // anyone could put a socket there in a pager's place. Sockets themselves are
 // 0600 and check their peer's uid, so one others may only read is used.
-std::string own_dir_problem(const struct stat& st) {
+std::string own_dir_problem(const std::string& path, const struct stat& st) {
   if (!S_ISDIR(st.st_mode)) return "it exists and is not a directory (or is a symbolic link)";
   if (st.st_uid != geteuid())
     return fmt::format("it is owned by uid {}, not by this user (uid {})", st.st_uid, geteuid());
@@ -63,10 +63,6 @@ std::string own_dir_problem(const struct stat& st) {
     return fmt::format("others may write to it (mode {:04o}); give a directory of your own (a missing one is "
                        "created with mode 0700)",
                        st.st_mode & 07777);
-  return "";
-}
-
-std::string writable_problem(const std::string& path) {
   if (access(path.c_str(), W_OK | X_OK) != 0) return fmt::format("it is not writable: {}", errno_text(errno));
   return "";
 }
@@ -76,10 +72,7 @@ std::string writable_problem(const std::string& path) {
 // lets us create it.
 std::string private_dir_problem(const std::string& path) {
   struct stat st {};
-  if (lstat(path.c_str(), &st) == 0) {
-    std::string why = own_dir_problem(st);
-    return why.empty() ? writable_problem(path) : why;
-  }
+  if (lstat(path.c_str(), &st) == 0) return own_dir_problem(path, st);
   if (errno != ENOENT) return fmt::format("cannot stat it: {}", errno_text(errno));
   std::string parent = path;
   while (true) {
@@ -107,8 +100,7 @@ std::string prepare_private_dir(const std::string& given) {
   if (created && chmod(path.c_str(), 0700) != 0) return fmt::format("cannot make it private: {}", errno_text(errno));
   struct stat st {};
   if (lstat(path.c_str(), &st) != 0) return fmt::format("cannot stat it: {}", errno_text(errno));
-  std::string why = own_dir_problem(st);
-  return why.empty() ? writable_problem(path) : why;
+  return own_dir_problem(path, st);
 }
 
 std::string socket_path(const std::string& dir, pid_t pid) { return fmt::format("{}/{}{}", dir, pid, kSuffix); }
