@@ -203,13 +203,14 @@ void CudaMover::give_event(CUevent ev) {
   if (ev) events_.push_back(ev);
 }
 
-bool CudaMover::event_done(CUevent ev) {
-  if (!ev) return true;
+CudaMover::EventState CudaMover::event_state(CUevent ev) {
+  if (!ev) return EventState::kDone;
   CUresult r = d_.eventQuery(ev);
-  if (r == CUDA_ERROR_NOT_READY) return false;
-  check(r);
-  return true;
+  if (r == CUDA_ERROR_NOT_READY) return EventState::kPending;
+  return check(r) ? EventState::kDone : EventState::kFailed;
 }
+
+bool CudaMover::event_done(CUevent ev) { return event_state(ev) != EventState::kPending; }
 
 std::shared_ptr<CudaMover::Batch> CudaMover::record_batch(CUstream on) {
   auto b = std::make_shared<Batch>();
@@ -494,9 +495,9 @@ bool CudaMover::advance(Job& j) {
       // A copy that failed is not done: a spill would store whatever the
       // staging buffer held, a restore would report (and, under a finite
       // nvme_capacity, erase its store copy for) bytes that never arrived.
-      const CUresult copied = j.copy_ev ? d_.eventQuery(j.copy_ev) : CUDA_SUCCESS;
-      if (copied == CUDA_ERROR_NOT_READY) return false;
-      if (!check(copied)) {
+      const EventState copied = event_state(j.copy_ev);
+      if (copied == EventState::kPending) return false;
+      if (copied == EventState::kFailed) {
         if (req.kind != MoveKind::kRestore) mark_unsafe(req, false);  // a spill's bytes are still in the range
         finish(j, Status::kIoError);  // a restore's are still only in the store: it stays unsafe
         return false;

@@ -265,6 +265,10 @@ class CudaMover final : public Mover {
   // An event after the work queued on stream `on` so far.
   std::shared_ptr<Batch> record_batch(CUstream on);
   bool batch_done(Batch& b);
+  // An event's work: still under way, done, or failed on its stream (the
+  // error is counted). event_done: not under way any more, either way.
+  enum class EventState { kPending, kDone, kFailed };
+  EventState event_state(CUevent ev);
   bool event_done(CUevent ev);
   std::byte* staging(int slot) { return staging_ + static_cast<size_t>(slot) * chunk_size_; }
   bool check(CUresult r);
