@@ -20,6 +20,7 @@
 #include "kvpager/pager.h"
 #include "kvpager/sim/sim_device.h"
 #include "kvpager/sim/sim_mover.h"
+#include "io_engine.h"  // fusefs/store/src: the engine a test wraps
 #include "kvpager/store/token_store.h"
 #include "store_test_util.h"
 
@@ -1073,3 +1074,96 @@ TEST(TokenStore, OrphanObjectsGoOnceOlderThanTheGrace) {
   EXPECT_TRUE(std::filesystem::exists(object_file(d.path(), young_key)));
   EXPECT_EQ(s.stats().leftovers_removed, 1u);
 }
+
+// --------------------------------------------------------------- lost I/O
+
+namespace {
+// The store's engine, except that after `pass` ops every op is accepted and
+// never issued: an engine that lost count of what it holds. The store once
+// spun for ever in such a wait (seen once while filling a disk).
+class LosingEngine final : public IoEngine {
+ public:
+  LosingEngine(std::unique_ptr<IoEngine> real, size_t pass) : real_(std::move(real)), pass_(pass) {}
+  std::string_view name() const override { return real_->name(); }
+  bool register_buffers(std::span<const iovec> bufs, std::string* why) override {
+    return real_->register_buffers(bufs, why);
+  }
+  bool queue(const IoOp& op) override {
+    if (passed_ == pass_) return true;
+    ++passed_;
+    return real_->queue(op);
+  }
+  int submit() override { return real_->submit(); }
+  size_t reap(std::span<IoResult> out, bool wait) override { return real_->reap(out, wait); }
+  size_t outstanding() const override { return real_->outstanding(); }
+
+ private:
+  std::unique_ptr<IoEngine> real_;
+  size_t pass_, passed_ = 0;
+};
+
+StoreOptions losing(StoreOptions o, size_t pass) {
+  o.wrap_engine = [pass](std::unique_ptr<IoEngine> e) -> std::unique_ptr<IoEngine> {
+    return std::make_unique<LosingEngine>(std::move(e), pass);
+  };
+  return o;
+}
+}  // namespace
+
+// Each op of a put in turn is the lost one (open, reserve, writes): the put
+// fails with an I/O error instead of waiting for ever, leaves no temp file,
+// says so once, and the handle refuses later I/O rather than reuse a buffer
+// the kernel might still hold. The store closes without waiting for it.
+TEST(TokenStore, AnIoTheEngineLostFailsThePutInsteadOfWaitingForEver) {
+  for (size_t pass = 0; pass < 3; ++pass) {
+    SCOPED_TRACE(pass);
+    TempDir d;
+    std::vector<std::string> log;
+    {
+      TokenStore s(losing(opts(d.path(), &log), pass));
+      EXPECT_EQ(s.put(chunk_key("", "x", 0), pattern(1, 3 * MiB)), Status::kIoError);
+      EXPECT_EQ(count_containing(log, "waited for I/O that the"), 1u);
+      EXPECT_GE(s.stats().io_errors, 1u);
+      EXPECT_EQ(s.put(chunk_key("", "y", 0), pattern(2, 100)), Status::kIoError);
+      std::vector<std::byte> out(100);
+      EXPECT_EQ(s.get(chunk_key("", "y", 0), out), Status::kIoError);
+      EXPECT_EQ(s.submit_put(1, chunk_key("", "z", 0), pattern(3, 100)), Status::kIoError);
+      EXPECT_EQ(files_under(d.sub("writers")).size(), 1u) << "the lock only: no temp file";
+    }
+    EXPECT_EQ(count_containing(log, "waited for I/O that the"), 1u);
+  }
+}
+
+TEST(TokenStore, AnIoTheEngineLostFailsTheContextAndPublishesNothing) {
+  TempDir d;
+  std::vector<std::string> log;
+  TokenStore s(losing(opts(d.path(), &log), 4));
+  auto w = s.begin_context(meta("c"));
+  Status st = Status::kOk;
+  for (uint64_t i = 0; i < 8 && ok(st); ++i) st = w->append(pattern(i, 1 * MiB));
+  if (ok(st)) st = w->commit();
+  EXPECT_EQ(st, Status::kIoError);
+  w.reset();
+  Manifest m;
+  EXPECT_EQ(s.read_manifest("", "c", &m), Status::kNotFound);
+  EXPECT_TRUE(files_under(d.sub("objects")).empty()) << "no object of the failed publication stays";
+  EXPECT_EQ(count_containing(log, "waited for I/O that the"), 1u);
+}
+
+// The async path: the lost op's completion comes back as an I/O error, and a
+// handle closed with a lost op in flight closes.
+TEST(TokenStore, AnIoTheEngineLostCompletesAsAnErrorOnTheAsyncPath) {
+  TempDir d;
+  {
+    TokenStore s(losing(opts(d.path()), 0));
+    const auto b = pattern(1, 100);
+    ASSERT_EQ(s.submit_put(7, chunk_key("", "a", 0), b), Status::kOk);
+    TokenStore::Completion c[2];
+    ASSERT_EQ(s.wait(c), 1u);
+    EXPECT_EQ(c[0].tag, 7u);
+    EXPECT_EQ(c[0].status, Status::kIoError);
+  }
+  TokenStore s(losing(opts(d.path()), 0));
+  const auto b = pattern(2, 100);
+  ASSERT_EQ(s.submit_put(8, chunk_key("", "b", 0), b), Status::kOk);
+}  // closes here, its put lost

@@ -106,6 +106,8 @@ class UringEngine final : public IoEngine {
     return n;
   }
 
+  size_t outstanding() const override { return size_t{queued_} + inflight_; }
+
  private:
   io_uring ring_{};
   unsigned queued_ = 0;
@@ -144,6 +146,8 @@ class SyncEngine final : public IoEngine {
     }
     return n;
   }
+
+  size_t outstanding() const override { return done_.size(); }
 
  private:
   std::deque<IoResult> done_;

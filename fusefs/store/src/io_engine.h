@@ -53,6 +53,8 @@ class IoEngine {
   // Completed ops, at most out.size(); blocks for at least one if `wait` and
   // anything is outstanding.
   virtual size_t reap(std::span<IoResult> out, bool wait) = 0;
+  // Ops queued or in flight whose results reap() has not handed back yet.
+  virtual size_t outstanding() const = 0;
 };
 
 // nullptr (and the reason in *why) if io_uring cannot be set up here.

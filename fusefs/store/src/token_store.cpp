@@ -321,6 +321,7 @@ void TokenStore::fall_back_to_buffered(std::string_view why) {
 // lists or removes contexts (or a scan-heavy open) does not pin
 // queue_depth x max_io_bytes of memory.
 bool TokenStore::ensure_io() {
+  if (io_lost_) return false;
   if (engine_) return true;
   if (io_broken_) return false;
   pool_bytes_ = round_up(buf_bytes_ * opt_.queue_depth, mem_align_);
@@ -339,6 +340,7 @@ bool TokenStore::ensure_io() {
     if (!engine_) log(fmt::format("io_uring unavailable ({}): falling back to pread/pwrite", why));
   }
   if (!engine_) engine_ = make_sync_engine();
+  if (opt_.wrap_engine) engine_ = opt_.wrap_engine(std::move(engine_));
   std::vector<iovec> iov(opt_.queue_depth);
   for (uint32_t i = 0; i < opt_.queue_depth; ++i) iov[i] = iovec{pool_ + i * buf_bytes_, buf_bytes_};
   if (engine_->name() == "io_uring") {
@@ -353,6 +355,16 @@ bool TokenStore::ensure_io() {
   lent_.assign(opt_.queue_depth, false);
   for (uint32_t i = opt_.queue_depth; i > 0; --i) free_slots_.push_back(static_cast<int>(i - 1));
   return true;
+}
+
+Status TokenStore::io_status() {
+  if (io_lost_) return Status::kIoError;
+  return ensure_io() ? Status::kOk : Status::kNoMemory;
+}
+
+Status TokenStore::no_slot_status() {
+  const Status io = io_status();
+  return ok(io) ? Status::kBusy : io;
 }
 
 Status TokenStore::ensure_writer() {
@@ -732,8 +744,34 @@ bool TokenStore::reap(bool wait) {
   if (!engine_) return false;
   IoResult res[64];
   size_t n = engine_->reap(res, wait);
-  for (size_t i = 0; i < n; ++i) advance(*jobs_[res[i].user], res[i].res);
+  for (size_t i = 0; i < n; ++i) {
+    Job& j = *jobs_[res[i].user];
+    if (j.active) advance(j, res[i].res);  // else failed by fail_lost_io: its buffer is not reused
+  }
+  if (n == 0 && wait && engine_->outstanding() == 0) return fail_lost_io();
   return n > 0;
+}
+
+// An active job always has one op queued or in flight, so a wait that finds
+// the engine empty while jobs are active would spin for ever (seen once,
+// filling a disk; not reproduced). Fails those jobs instead, and with them
+// every later I/O through this handle: if the kernel does hold an op the
+// engine lost count of, its buffer must not be handed out again.
+bool TokenStore::fail_lost_io() {
+  size_t lost = 0;
+  for (auto& j : jobs_) {
+    if (!j->active) continue;
+    if (!io_lost_) {
+      io_lost_ = true;
+      log(fmt::format("internal error at {}: waited for I/O that the {} engine does not hold; "
+                      "failing it and every later I/O through this handle",
+                      opt_.dir, engine_->name()));
+    }
+    ++st_.io_errors;
+    ++lost;
+    finish(*j, Status::kIoError);
+  }
+  return lost > 0;
 }
 
 Status TokenStore::open_object(Area area, const ObjectKey& key, int* fd, bool* from_private) {
@@ -1144,9 +1182,9 @@ Status TokenStore::run_sync(int slot) {
 // ---------------------------------------------------------------- Store
 
 Status TokenStore::put(const ObjectKey& key, std::span<const std::byte> bytes) {
-  if (!ensure_io()) return Status::kNoMemory;  // the only way it fails
+  if (Status io = io_status(); !ok(io)) return io;
   int slot = wait_slot();
-  if (slot < 0) return Status::kBusy;
+  if (slot < 0) return no_slot_status();
   Status s = start_put(Sink::kInternal, 0, nullptr, Area::kPrivate, key, bytes, slot, false, bytes.size(), std::nullopt);
   if (!ok(s)) {
     release_slot(slot);
@@ -1156,9 +1194,9 @@ Status TokenStore::put(const ObjectKey& key, std::span<const std::byte> bytes) {
 }
 
 Status TokenStore::get(const ObjectKey& key, std::span<std::byte> out) {
-  if (!ensure_io()) return Status::kNoMemory;  // the only way it fails
+  if (Status io = io_status(); !ok(io)) return io;
   int slot = wait_slot();
-  if (slot < 0) return Status::kBusy;
+  if (slot < 0) return no_slot_status();
   Status s = start_get(Sink::kInternal, 0, Area::kAny, key, out, false, slot, false, out.size(), std::nullopt,
                        Status::kInvalid);
   if (!ok(s)) {
@@ -1205,7 +1243,7 @@ void TokenStore::release_buffer(Buffer b) {
 }
 
 Status TokenStore::submit_put(uint64_t tag, const ObjectKey& key, std::span<const std::byte> bytes) {
-  if (!ensure_io()) return Status::kNoMemory;  // the only way it fails
+  if (Status io = io_status(); !ok(io)) return io;
   int slot = take_slot();
   if (slot < 0) return Status::kAgain;
   Status s = start_put(Sink::kUser, tag, nullptr, Area::kPrivate, key, bytes, slot, false, bytes.size(), std::nullopt);
@@ -1224,7 +1262,7 @@ Status TokenStore::submit_put(uint64_t tag, const ObjectKey& key, Buffer buf, ui
 }
 
 Status TokenStore::submit_get(uint64_t tag, const ObjectKey& key, std::span<std::byte> out) {
-  if (!ensure_io()) return Status::kNoMemory;  // the only way it fails
+  if (Status io = io_status(); !ok(io)) return io;
   int slot = take_slot();
   if (slot < 0) return Status::kAgain;
   Status s = start_get(Sink::kUser, tag, Area::kAny, key, out, false, slot, false, out.size(), std::nullopt,
@@ -1244,7 +1282,7 @@ Status TokenStore::submit_get(uint64_t tag, const ObjectKey& key, Buffer buf) {
 
 Status TokenStore::submit_get(uint64_t tag, const ManifestChunk& chunk, std::span<std::byte> out) {
   if (out.size() != chunk.bytes) return Status::kInvalid;
-  if (!ensure_io()) return Status::kNoMemory;  // the only way it fails
+  if (Status io = io_status(); !ok(io)) return io;
   int slot = take_slot();
   if (slot < 0) return Status::kAgain;
   Status s = start_get(Sink::kUser, tag, Area::kShared, chunk.key, out, false, slot, false, chunk.bytes, chunk.checksum,
@@ -1309,7 +1347,7 @@ Status TokenStore::put_context(ContextMeta meta, std::span<const std::byte> data
 Status TokenStore::read_pipelined(
     size_t n, const std::function<ReadSpec(size_t)>& spec,
     const std::function<Status(size_t, Status, std::span<const std::byte>, const ObjectHeader&)>& done) {
-  if (!ensure_io()) return Status::kNoMemory;  // the only way it fails
+  if (Status io = io_status(); !ok(io)) return io;
   struct Item {
     int slot = -1;
     Status early = Status::kOk;  // failed at submit (not found, ...)
@@ -1322,7 +1360,10 @@ Status TokenStore::read_pipelined(
   while (next_done < n) {
     while (next_submit < n && result == Status::kOk && outstanding() < opt_.queue_depth) {
       int slot = take_slot();
-      if (slot < 0) break;
+      if (slot < 0) {
+        if (Status io = io_status(); !ok(io)) result = io;
+        break;
+      }
       ReadSpec sp = spec(next_submit);
       Item& it = items[next_submit];
       const bool fits = sp.expect_len != kUnknownLen && header_block_ + sp.expect_len <= buf_bytes_;
@@ -1673,7 +1714,7 @@ Status ContextWriter::append(std::span<const std::byte> chunk, const ObjectKey* 
     return Status::kOk;  // a content key already stored: the same bytes
   }
   int slot = s_.wait_slot();
-  if (slot < 0) return status_ = s_.io_broken_ ? Status::kNoMemory : Status::kBusy;
+  if (slot < 0) return status_ = s_.no_slot_status();
   s = s_.start_put(TokenStore::Sink::kWriter, index, this, TokenStore::Area::kShared, k, chunk, slot, false,
                    chunk.size(), sum);
   if (!ok(s)) {

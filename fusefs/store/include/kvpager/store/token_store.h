@@ -95,6 +95,8 @@ struct StoreOptions {
   // One line per event worth telling (fallbacks, corruption, a full disk).
   // Default: "kvpager-store: ..." on stderr.
   std::function<void(std::string_view)> log;
+  // Tests only: wraps the I/O engine the store made (to inject faults).
+  std::function<std::unique_ptr<IoEngine>(std::unique_ptr<IoEngine>)> wrap_engine;
 
   // store_dir, nvme_capacity, store.queue_depth and chunk_size from the config.
   static StoreOptions from_config(const Config& cfg);
@@ -316,6 +318,11 @@ class TokenStore final : public Store {
   void probe_alignment();
   void fall_back_to_buffered(std::string_view why);
   bool ensure_io();
+  // kOk once I/O can go (ring and buffers made); kNoMemory if the buffers
+  // cannot be allocated; kIoError once an I/O went missing (fail_lost_io).
+  Status io_status();
+  Status no_slot_status();  // why wait_slot() found no slot: kBusy, or io_status()
+  bool fail_lost_io();
   Status ensure_writer();
   void scan();
   // Live writers' journalled keys into protect; dead writers (their lock now
@@ -383,6 +390,7 @@ class TokenStore final : public Store {
   uint64_t mem_align_ = 4096, off_align_ = 4096, header_block_ = 4096;
   std::unique_ptr<IoEngine> engine_;  // with the buffers, made by the first I/O
   bool io_broken_ = false;            // the buffers could not be allocated
+  bool io_lost_ = false;              // jobs waited on I/O the engine did not have: no more I/O
   bool registered_ = false;
   std::byte* pool_ = nullptr;
   size_t pool_bytes_ = 0;
