@@ -228,7 +228,13 @@ std::shared_ptr<CudaMover::Batch> CudaMover::record_batch(CUstream on) {
 }
 
 bool CudaMover::batch_done(Batch& b) {
-  if (!event_done(b.ev)) return false;
+  if (b.done) return true;
+  if (b.pending_at == round_) return false;
+  if (!event_done(b.ev)) {
+    b.pending_at = round_;
+    return false;
+  }
+  b.done = true;
   if (b.kind >= 0) {  // the first job to see it done times it
     const uint64_t ns = clock_.now_ns() - b.recorded_ns;
     if (b.kind == 0) {
@@ -409,9 +415,13 @@ bool CudaMover::fence_ready(Fence& f) {
     f.destroyed = streams_.destroyed_count();
     f.recorded = true;
   }
+  if (f.pending_at == round_) return false;
   for (CUevent ev : f.events) {
     if (event_done(ev)) continue;
-    if (clock_.now_ns() - f.started_ns < kFenceTimeoutNs) return false;
+    if (clock_.now_ns() - f.started_ns < kFenceTimeoutNs) {
+      f.pending_at = round_;
+      return false;
+    }
     // Gave up: the events go back (re-recording them later is fine).
     const size_t own = f.events.size() - f.destroyed;
     for (size_t i = 0; i < own; ++i) give_event(f.events[i]);
@@ -612,7 +622,13 @@ void CudaMover::collect_io(bool block) {
   io_->flush();
 }
 
+void CudaMover::rest() {
+  ++round_;  // the next look at a batch or fence asks the driver again
+  nap();
+}
+
 void CudaMover::progress() {
+  ++round_;
   collect_io(false);
   flush();
   // Restores first, and again after the others have given back the staging
@@ -672,7 +688,7 @@ size_t CudaMover::wait(std::span<MoveCompletion> out) {
     }
     if (ev) check(d_.eventSynchronize(ev));
     else if (io_inflight_ > 0) collect_io(true);
-    else nap();
+    else rest();
   }
 }
 
@@ -687,12 +703,12 @@ Status CudaMover::read_fence() {
     for (Job& j : jobs_)
       if (!j.done && j.fence && j.fence->recorded && !fence_ready(*j.fence)) waiting = true;
     if (!waiting) break;
-    nap();
+    rest();
   }
   Fence f;
   f.started_ns = clock_.now_ns();
   q_.take(f.ticket);
-  while (!fence_ready(f)) nap();
+  while (!fence_ready(f)) rest();
   return f.failed ? Status::kBusy : Status::kOk;
 }
 
@@ -701,7 +717,7 @@ int CudaMover::take_staging_waiting() {
   while (staging_free_.empty()) {
     if (clock_.now_ns() - start >= kFenceTimeoutNs) return -1;
     progress();  // spills and restores in flight give their slots back as they finish
-    if (staging_free_.empty()) nap();
+    if (staging_free_.empty()) rest();
   }
   const int slot = staging_free_.back();
   staging_free_.pop_back();

@@ -214,12 +214,17 @@ class CudaMover final : public Mover {
     bool recorded = false;
     bool failed = false;
     bool done = false;
+    uint64_t pending_at = 0;  // the round_ that last found it pending
   };
+  // Many jobs share one batch (or fence): the driver is asked about its
+  // events once per progress() round, not once per job.
   struct Batch {
     CUevent ev = nullptr;
     int users = 0;
     int kind = -1;  // 0 promote, 1 demote (timed in stats_); -1 other
     uint64_t recorded_ns = 0;
+    bool done = false;
+    uint64_t pending_at = 0;  // the round_ that last found it pending
   };
   struct Job {
     MoveRequest req;
@@ -245,6 +250,7 @@ class CudaMover final : public Mover {
   void mark_unsafe(const MoveRequest& req, bool unsafe);
   void move_count(RegionState& r, std::atomic<uint32_t>* from, std::atomic<uint32_t>* to);
   void progress();
+  void rest();  // a short sleep between two looks at the same events
   void flush();
   bool advance(Job& j);
   bool fence_ready(Fence& f);
@@ -281,6 +287,7 @@ class CudaMover final : public Mover {
   StoreQueue* io_ = nullptr;
   std::unordered_map<uint64_t, Status> io_done_;  // completed store I/O by job seq, not yet seen by its job
   uint64_t io_inflight_ = 0;
+  uint64_t round_ = 1;  // rounds of looking: progress() and rest() (Batch/Fence::pending_at)
   uint64_t next_seq_ = 0;
   Quiescence& q_;
   StreamRegistry& streams_;

@@ -991,5 +991,47 @@ TEST(CudaMoverOnStandIn, AContextPrefetchedReadAndParkedComesBackWholeOnEveryPre
   EXPECT_EQ(rig.pager->audit(), "");
 }
 
+
+std::atomic<uint64_t> g_event_queries{0};
+PFN_cuEventQuery_v2000 g_real_event_query = nullptr;
+CUresult counting_event_query(CUevent e) {
+  g_event_queries.fetch_add(1);
+  return g_real_event_query(e);
+}
+
+// One batch of 512 chunk moves in flight: each tick asks the driver about its
+// event once, not once per chunk. The pager ticks every 50 us while moves are
+// pending, and every query enters libcuda beside the program's launches (a
+// swap keeps a thousand or more chunks in flight).
+TEST(CudaMoverOnStandIn, ABatchInFlightCostsOneEventQueryPerTickNotOnePerChunk) {
+  Config c = hint_config();
+  c.hbm_budget = 64 * MiB;
+  MoverRig rig(STANDIN_LIBCUDA, c);
+  ASSERT_TRUE(rig.ok()) << rig.why;
+  auto r = rig.alloc(32 * MiB, "ctx");  // 512 chunks of 64 KiB
+  std::memset(r.bytes(), 7, 32 * MiB);
+  g_real_event_query = rig.drv.eventQuery;
+  rig.drv.eventQuery = &counting_event_query;
+  {
+    EventLag lag(rig, 1'000'000);  // the batch stays in flight for the ticks below
+    ASSERT_EQ(rig.pager->hint(rig.pager->find_context("ctx"), HintKind::kPrefetch), Status::kOk);
+    rig.pager->tick();
+    ASSERT_GE(rig.mover->pending(), 512u);
+    const uint64_t batches = rig.mover->stats().batches;
+    for (int i = 0; i < 4; ++i) {
+      g_event_queries = 0;
+      rig.pager->tick();
+      EXPECT_LE(g_event_queries.load(), batches) << "tick " << i << ": one query per batch in flight";
+      EXPECT_GE(g_event_queries.load(), 1u) << "tick " << i << ": the batch is still asked about";
+    }
+  }
+  rig.pager->drain();  // cuEventSynchronize completes a lagging event at once
+  rig.drv.eventQuery = g_real_event_query;
+  EXPECT_EQ(rig.pager->stats().tiers[index(Tier::kHbm)].resident_bytes, 32 * MiB);
+  EXPECT_EQ(rig.mover->pending(), 0u);
+  for (uint64_t i = 0; i < 32 * MiB; i += 4096) ASSERT_EQ(r.bytes()[i], std::byte{7}) << "byte " << i;
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
 }  // namespace
 }  // namespace kvpager::testing
