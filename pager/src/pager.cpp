@@ -395,10 +395,14 @@ Status Pager::access(RegionId id, uint32_t i, bool write) {
   return access_slow(*r, c, write);
 }
 
-void Pager::note_use(Region& r, Chunk& c, bool write) {
+void Pager::warm(Chunk& c) {
   ++epoch_;
   if (c.in_policy) policies_[0]->touch(c, epoch_);
   c.last_use = epoch_;
+}
+
+void Pager::note_use(Region& r, Chunk& c, bool write) {
+  warm(c);
   c.dirty = c.dirty || write;
   r.last_access_ns = now_;
   if (c.prefetcher != 0) [[unlikely]] {
@@ -469,6 +473,11 @@ Status Pager::reference(RegionId id, uint32_t i) {
   if (missing && whole && !r->reference_queued) {
     r->reference_queued = true;
     wanted_.push_back(Wanted{id, first, first, end, true});
+  } else if (missing && whole) {
+    // Queued by a hint: the program reads it now, so it makes room as a
+    // reference does.
+    for (Wanted& w : wanted_)
+      if (w.whole && w.id == id) w.prefetcher = 0;
   } else if (missing && !whole && !c.wanted) {
     c.wanted = true;  // chunk by chunk: each referenced chunk waits on its own
     wanted_.push_back(Wanted{id, first, first, end, false});
@@ -486,6 +495,8 @@ uint64_t Pager::whole_reference_bytes() const {
 void Pager::issue_wanted() {
   const uint64_t cap = fraction_of(hbm_limit_, cfg_.high_watermark);
   uint64_t waiting = 0;  // chunks of ranges still to stage (an upper bound: some may be in HBM by now)
+  bool referenced = false;                // a referenced range waits: room from any chunk
+  uint64_t since = UINT64_MAX;            // else room only from chunks not used since the oldest hint
   for (auto it = wanted_.begin(); it != wanted_.end();) {
     Region* r = lookup(it->id);
     if (r) it->end = std::min(it->end, r->nchunks);  // a split may have cut it short
@@ -494,7 +505,9 @@ void Pager::issue_wanted() {
       // In HBM already, or on its way somewhere: the next reference looks again.
       if (!c.resting() || (c.tier != Tier::kHost && c.tier != Tier::kNvme)) continue;
       if (committed_bytes(Tier::kHbm) + cfg_.chunk_size > cap) break;  // no room yet
-      start_move(*r, c, c.tier == Tier::kNvme ? MoveKind::kRestore : MoveKind::kPromote, Tier::kHbm, false);
+      const MoveKind kind = c.tier == Tier::kNvme ? MoveKind::kRestore : MoveKind::kPromote;
+      if (ok(start_move(*r, c, kind, Tier::kHbm, false, it->prefetcher)) && it->prefetcher != 0)
+        prefetch_stats_[it->prefetcher - 1].issued_bytes += r->chunk_len(c.index);
     }
     if (!r || it->next >= it->end) {
       if (r && it->whole) r->reference_queued = false;
@@ -503,6 +516,8 @@ void Pager::issue_wanted() {
       continue;
     }
     waiting += it->end - it->next;
+    if (it->prefetcher == 0) referenced = true;
+    else since = std::min(since, it->since);
     ++it;
   }
   // Make room ahead, a window at a time: demote the least recently used
@@ -512,6 +527,7 @@ void Pager::issue_wanted() {
   while (want > 0 && committed_bytes(Tier::kHbm) - outbound_[index(Tier::kHbm)] + want > cap) {
     Chunk* v = hbm.victim();
     if (!v) break;
+    if (!referenced && v->last_use > since) break;  // the program's since the hint: it stays
     if (regions_[v->region]->reference_queued) {
       // Everything colder is gone: what waits does not fit beside what cannot
       // leave (pinned, in flight, or the waiting regions themselves), and
@@ -940,6 +956,30 @@ uint32_t Pager::prefetch(RegionId id, uint32_t first, uint32_t count) {
 uint32_t Pager::prefetch_region(RegionId id) {
   const Region* r = lookup(id);
   return r ? prefetch(id, 0, r->nchunks) : 0;
+}
+
+uint32_t Pager::stage_context(ContextId id) {
+  if (id >= contexts_.size() || !contexts_[id] || current_prefetcher_ == 0) return 0;
+  const uint64_t since = epoch_;
+  uint32_t queued = 0;
+  for (RegionId rid : contexts_[id]->regions) {
+    Region* r = lookup(rid);
+    if (!r) continue;
+    uint32_t missing = 0;
+    for (uint32_t i = 0; i < r->nchunks; ++i) {
+      Chunk& c = r->chunks[i];
+      if (c.resting() && (c.tier == Tier::kHost || c.tier == Tier::kNvme)) ++missing;
+      // What is in HBM already is wanted too: else making room would take
+      // the context's own chunks first (they are likely the coldest).
+      else if (c.tier == Tier::kHbm && c.resting()) warm(c);
+    }
+    if (missing == 0 || r->reference_queued) continue;
+    r->reference_queued = true;
+    wanted_.push_back(Wanted{rid, 0, 0, r->nchunks, true, current_prefetcher_, since});
+    queued += missing;
+  }
+  issue_wanted();
+  return queued;
 }
 
 uint32_t Pager::prefetch_context(ContextId id) {

@@ -59,7 +59,7 @@ void CorrelationPrefetcher::on_launch(const LaunchEvent& ev, PrefetchSink& sink)
 }
 
 void HintPrefetcher::on_hint(const HintEvent& ev, PrefetchSink& sink) {
-  if (ev.kind == HintKind::kPrefetch) sink.prefetch_context(ev.ctx);
+  if (ev.kind == HintKind::kPrefetch) sink.stage_context(ev.ctx);
 }
 
 std::vector<std::unique_ptr<Prefetcher>> make_prefetchers(const Config& cfg) {

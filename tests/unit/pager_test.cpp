@@ -785,6 +785,37 @@ TEST(Pager, AReferenceUsesTheWholeRegionAndStagesItWithoutWaiting) {
   EXPECT_EQ(rig.pager->audit(), "");
 }
 
+// HBM full to the high watermark with two contexts the program used (a, then
+// c, then a again), b in host RAM. A prefetch hint for b is an instruction: it
+// makes room from the coldest chunks (c's) and stages b before anything
+// references it. It used to take free room only, which an oversubscribed HBM
+// never has: b stayed in host RAM until the program read it.
+TEST(Pager, APrefetchHintMakesRoomWhenHbmIsFull) {
+  Config cfg = reference_config();  // 16 chunks; references stage up to 15
+  cfg.prefetchers = kPrefetchHint;
+  SimRig rig(cfg);
+  auto ctx = [&](uint64_t base, const char* name) {
+    return rig.pager->add_region(base, 448 * KiB, name, Tier::kHost);  // 7 chunks
+  };
+  const RegionId a = ctx(0x10000000, "a"), b = ctx(0x20000000, "b"), c = ctx(0x30000000, "c");
+  for (RegionId r : {b, c, a}) {  // b is the coldest, and leaves for a
+    ASSERT_EQ(rig.pager->reference(r, 0), Status::kOk);
+    for (int k = 0; k < 4; ++k) settle(*rig.pager);
+  }
+  ASSERT_EQ(chunks_in(*rig.pager, a, Tier::kHbm), 7u);
+  ASSERT_EQ(chunks_in(*rig.pager, c, Tier::kHbm), 7u);
+  const uint32_t b_before = chunks_in(*rig.pager, b, Tier::kHbm);
+  ASSERT_LT(b_before, 3u) << "the setup: b was demoted for a";
+  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("b"), HintKind::kPrefetch), Status::kOk);
+  for (int k = 0; k < 4; ++k) settle(*rig.pager);
+  EXPECT_EQ(chunks_in(*rig.pager, b, Tier::kHbm), 7u) << "the hint staged b";
+  EXPECT_EQ(chunks_in(*rig.pager, a, Tier::kHbm), 7u) << "room came from c, the colder context";
+  EXPECT_EQ(rig.pager->stats().prefetchers.at(0).issued_bytes, (7 - b_before) * 64 * KiB)
+      << "b's missing chunks, counted to the hint";
+  EXPECT_LE(rig.pager->committed_bytes(Tier::kHbm), 15 * 64 * KiB);
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
 // A serving loop: weights referenced every step, four sessions taking turns,
 // HBM for the weights and two sessions. The referenced chunks beyond the
 // first of each region must count as used, or the weights' look coldest of

@@ -183,12 +183,17 @@ class Pager final : private PrefetchSink, private RestoreCost {
     uint32_t index;
     uint8_t prefetcher;  // 1-based
   };
-  struct Wanted {  // chunks [next, end) of a referenced region, still to stage
+  struct Wanted {  // chunks [next, end) of a referenced (or hinted) region, still to stage
     RegionId id;
     uint32_t first;  // where the range began
     uint32_t next;
     uint32_t end;
     bool whole;  // the whole region (its reference_queued), else chunk `first` alone (its wanted bit)
+    // 1-based: queued by this prefetcher's instruction (stage_context), which
+    // makes room only from chunks not used since `since` (an epoch); 0: by a
+    // reference (the program reads it now), which makes room from any.
+    uint8_t prefetcher = 0;
+    uint64_t since = 0;
   };
   struct Throttle {
     uint64_t used = 0, wasted = 0;  // this window
@@ -201,6 +206,7 @@ class Pager final : private PrefetchSink, private RestoreCost {
   Chunk& chunk_of(const Region& r, uint32_t i) const { return r.chunks[i]; }
   Status access_slow(Region& r, Chunk& c, bool write);
   void note_use(Region& r, Chunk& c, bool write);
+  void warm(Chunk& c);  // the hottest in the HBM policy now (note_use without counting a use)
 
   // Moves
   Status start_move(Region& r, Chunk& c, MoveKind kind, Tier to, bool demand, uint8_t prefetcher = 0,
@@ -232,6 +238,7 @@ class Pager final : private PrefetchSink, private RestoreCost {
   uint32_t prefetch(RegionId region, uint32_t first, uint32_t count) override;
   uint32_t prefetch_region(RegionId region) override;
   uint32_t prefetch_context(ContextId ctx) override;
+  uint32_t stage_context(ContextId ctx) override;
   bool stage(Region& r, Chunk& c, uint8_t prefetcher);
   void issue_pending();
   void issue_wanted();
