@@ -205,7 +205,7 @@ Status Pager::split_region(RegionId id, uint64_t offset, RegionId* tail) {
     to = from;  // an intrusive hook is never copied: `to` starts unlinked
     to.region = i < at ? r->id.slot : slot;
     to.index = i < at ? i : i - at;
-    if (i >= at) to.wanted = false;  // its queue entry names the head: dropped there
+    if (i >= at) to.wanted = to.pending = false;  // its queue entries name the head: dropped there
     if (listed) make_evictable(to);
   }
   if (last_error_chunk_ >= &r->chunks[0] && last_error_chunk_ < &r->chunks[0] + r->nchunks) last_error_chunk_ = nullptr;
@@ -936,15 +936,19 @@ bool Pager::stage(Region& r, Chunk& c, uint8_t prefetcher) {
 uint32_t Pager::prefetch(RegionId id, uint32_t first, uint32_t count) {
   Region* r = lookup(id);
   if (!r || current_prefetcher_ == 0) return 0;
+  // A referenced region waiting to come in whole is coming (issue_wanted):
+  // a guess about it adds nothing but entries in the ring.
+  if (r->reference_queued) return 0;
   uint32_t end = static_cast<uint32_t>(std::min<uint64_t>(uint64_t{first} + count, r->nchunks));
   uint32_t queued = 0;
   for (uint32_t i = first; i < end; ++i) {
     Chunk& c = r->chunks[i];
-    if (c.in_flight() || (c.tier != Tier::kHost && c.tier != Tier::kNvme)) continue;
+    if (c.pending || c.in_flight() || (c.tier != Tier::kHost && c.tier != Tier::kNvme)) continue;
     if (stage(*r, c, current_prefetcher_)) {
       ++queued;
     } else if (pending_count_ < pending_.size()) {
       pending_[(pending_head_ + pending_count_++) % pending_.size()] = {id.slot, id.gen, i, current_prefetcher_};
+      c.pending = true;
       ++queued;
     } else {
       ++counters_.prefetch_dropped;
@@ -994,12 +998,13 @@ void Pager::issue_pending() {
     const Pending& p = pending_[pending_head_];
     Region* r = lookup(RegionId{p.region_slot, p.region_gen});
     bool done = true;
-    if (r && p.index < r->nchunks) {
-      Chunk& c = r->chunks[p.index];
-      bool wanted = !c.in_flight() && (c.tier == Tier::kHost || c.tier == Tier::kNvme);
-      if (wanted && throttles_[p.prefetcher - 1].muted_events == 0) done = stage(*r, c, p.prefetcher);
+    Chunk* c = r && p.index < r->nchunks ? &r->chunks[p.index] : nullptr;
+    if (c) {
+      bool wanted = !c->in_flight() && (c->tier == Tier::kHost || c->tier == Tier::kNvme);
+      if (wanted && throttles_[p.prefetcher - 1].muted_events == 0) done = stage(*r, *c, p.prefetcher);
     }
     if (!done) return;  // no room yet
+    if (c) c->pending = false;
     pending_head_ = (pending_head_ + 1) % pending_.size();
     --pending_count_;
   }
@@ -1098,7 +1103,10 @@ Status Pager::apply(const Config& next, std::string* why) {
     }
     for (auto& slot : regions_) {
       if (!slot) continue;
-      for (uint32_t i = 0; i < slot->nchunks; ++i) slot->chunks[i].prefetcher = 0;
+      for (uint32_t i = 0; i < slot->nchunks; ++i) {
+        slot->chunks[i].prefetcher = 0;
+        slot->chunks[i].pending = false;
+      }
     }
     pending_count_ = 0;
     prefetchers_ = std::move(made);

@@ -816,6 +816,40 @@ TEST(Pager, APrefetchHintMakesRoomWhenHbmIsFull) {
   EXPECT_EQ(rig.pager->audit(), "");
 }
 
+// HBM full; the launch-correlation prefetcher predicts region b on every
+// launch of k1, and b cannot come in (no room). Each prediction used to queue
+// b's chunks again: the 4096-entry ring of prefetches waiting for room filled
+// with duplicates and the rest were dropped (12,884 on the first H200 run). A
+// chunk now waits in the ring once; when room comes, b is staged once.
+TEST(Pager, APrefetchWaitingForRoomIsQueuedOnceHoweverOftenItIsPredicted) {
+  Config cfg = reference_config();  // 16 chunks; references stage up to 15
+  cfg.prefetchers = kPrefetchCorrelation;
+  cfg.prefetch_depth = 1;
+  SimRig rig(cfg);
+  // Regions of at most 7 chunks: a reference brings those in whole.
+  const RegionId a = rig.pager->add_region(0x10000000, 448 * KiB, "a", Tier::kHost);  // 7 chunks
+  const RegionId c = rig.pager->add_region(0x20000000, 448 * KiB, "c", Tier::kHost);  // 7
+  const RegionId d = rig.pager->add_region(0x28000000, 64 * KiB, "d", Tier::kHost);   // 1
+  const RegionId b = rig.pager->add_region(0x30000000, 448 * KiB, "b", Tier::kHost);  // 7
+  for (RegionId r : {a, c, d}) {
+    ASSERT_EQ(rig.pager->reference(r, 0), Status::kOk);
+    for (int k = 0; k < 4; ++k) settle(*rig.pager);
+  }
+  ASSERT_EQ(rig.pager->committed_bytes(Tier::kHbm), 15 * 64 * KiB) << "the setup: HBM full to its watermark";
+  for (int i = 0; i < 600; ++i) {
+    rig.pager->launch(1, std::span<const RegionId>(&a, 1));
+    rig.pager->launch(2, std::span<const RegionId>(&b, 1));  // b is read where it is
+    rig.pager->tick();
+  }
+  EXPECT_EQ(chunks_in(*rig.pager, b, Tier::kHbm), 0u) << "no room: b waits";
+  EXPECT_EQ(rig.pager->stats().prefetch_dropped, 0u) << "600 predictions x 7 chunks used to overflow the ring";
+  ASSERT_EQ(rig.pager->remove_region(c), Status::kOk);  // room
+  for (int k = 0; k < 4; ++k) settle(*rig.pager);
+  EXPECT_EQ(chunks_in(*rig.pager, b, Tier::kHbm), 7u) << "the waiting prefetches went once room came";
+  EXPECT_EQ(rig.pager->stats().prefetchers.at(0).issued_bytes, 448 * KiB) << "each of b's chunks once";
+  EXPECT_EQ(rig.pager->audit(), "");
+}
+
 // A serving loop: weights referenced every step, four sessions taking turns,
 // HBM for the weights and two sessions. The referenced chunks beyond the
 // first of each region must count as used, or the weights' look coldest of

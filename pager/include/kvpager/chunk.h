@@ -79,6 +79,7 @@ struct Chunk {
   bool hot : 1 = false;         // segmented policies: in S3-FIFO's main / prefix's protected segment
   bool wanted : 1 = false;      // queued alone by a reference to come to HBM (Pager::reference)
   bool drop_copy : 1 = false;   // restoring: the store copy is erased when it lands
+  bool pending : 1 = false;     // in the pager's ring of prefetches waiting for room (once at most)
 
   bool in_flight() const { return target != tier; }
   bool resting() const { return target == tier; }
