@@ -132,7 +132,12 @@ ParamLayouts::Layout ParamLayouts::get(CUfunction f, uint32_t* scratch) {
       s.value.store(pack(epoch, 0, kUnknown), std::memory_order_release);
       return Layout{};
     }
-    if (n > static_cast<int64_t>(kScratchWords)) return Layout{};  // stays 0: scanned conservatively
+    if (n > static_cast<int64_t>(kScratchWords)) {
+      // Too many words to keep: scanned conservatively, and known to be, so
+      // later launches do not ask the driver again (n + 1 calls each).
+      s.value.store(pack(epoch, 0, kUnknown), std::memory_order_release);
+      return Layout{};
+    }
     const size_t first = arena_used_.fetch_add(static_cast<size_t>(n), std::memory_order_relaxed);
     if (first + static_cast<size_t>(n) > kArenaWords || first >= (size_t{1} << kFirstBits))
       return Layout{scratch, static_cast<uint32_t>(n), true};  // arena full: stays 0, computed each time

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <iterator>
 #include <random>
 #include <thread>
 #include <vector>
@@ -142,13 +143,14 @@ TEST(Quiescence, ATicketPassesOnlyWhenEveryBracketOpenAtItHasClosed) {
 struct FakeKernel {
   std::vector<std::pair<size_t, size_t>> params;
 };
-FakeKernel g_kernels[3] = {{{{0, 8}, {8, 4}, {16, 8}}}, {{{0, 4}, {8, 40}}}, {{}}};
+// The fourth: one 8 KiB struct, more words than a layout may hold.
+FakeKernel g_kernels[4] = {{{{0, 8}, {8, 4}, {16, 8}}}, {{{0, 4}, {8, 40}}}, {{}}, {{{0, 8192}}}};
 std::atomic<int> g_info_calls{0};
 
 CUresult fake_param_info(CUfunction f, size_t i, size_t* off, size_t* size) {
   ++g_info_calls;
   auto* k = reinterpret_cast<FakeKernel*>(f);
-  if (k < g_kernels || k >= g_kernels + 3) return CUDA_ERROR_INVALID_HANDLE;
+  if (k < g_kernels || k >= g_kernels + std::size(g_kernels)) return CUDA_ERROR_INVALID_HANDLE;
   if (i >= k->params.size()) return CUDA_ERROR_INVALID_VALUE;
   *off = k->params[i].first;
   *size = k->params[i].second;
@@ -189,6 +191,24 @@ TEST(ParamLayouts, EveryAlignedWordIsACandidateAndLayoutsAreCached) {
   EXPECT_TRUE(layouts.get(fn(2), scratch).known) << "no parameters is a known layout";
   EXPECT_EQ(layouts.get(fn(2), scratch).count, 0u);
   EXPECT_FALSE(layouts.get(reinterpret_cast<CUfunction>(0x1234), scratch).known) << "not a kernel the driver knows";
+}
+
+// A kernel whose parameters hold more aligned words than a layout keeps is
+// scanned conservatively (every region counts as referenced); that verdict is
+// cached too. It was not: every launch of it asked the driver once per
+// parameter again.
+TEST(ParamLayouts, AKernelTooBigToDescribeIsAskedAboutOnce) {
+  Driver d;
+  d.funcGetParamInfo = &fake_param_info;
+  ParamLayouts layouts(d);
+  uint32_t scratch[ParamLayouts::kScratchWords];
+  EXPECT_FALSE(layouts.get(fn(3), scratch).known);
+  const int calls = g_info_calls.load();
+  for (int i = 0; i < 3; ++i) EXPECT_FALSE(layouts.get(fn(3), scratch).known);
+  EXPECT_EQ(g_info_calls.load(), calls) << "later launches ask the driver nothing";
+  layouts.invalidate();  // a module was unloaded: asked again once
+  EXPECT_FALSE(layouts.get(fn(3), scratch).known);
+  EXPECT_GT(g_info_calls.load(), calls);
 }
 
 // A driver whose cuFuncGetParamInfo cannot tell a CUkernel (cudart's handle
