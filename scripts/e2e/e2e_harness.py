@@ -286,6 +286,46 @@ def mover_text(pager: dict) -> str:
     return f"mover: {'; '.join(parts)}; pager thread in advise/prefetch calls {issue / 1e9:.2f} s"
 
 
+def turn_pager(prev: dict, cur: dict) -> Optional[dict]:
+    """What the pager did between two snapshots (`e2e_worker.pager_snapshot`)
+    taken after consecutive turns: bytes and moves per kind, failed moves per
+    kind, faults, stall, the mover's time per direction and inside the
+    driver's advise/prefetch calls, and HBM residency after. None when either
+    snapshot is missing. The first H200 run had only end-of-run counters, so
+    no turn's swap could be told from another's."""
+    if not (prev and cur and prev.get("available") and cur.get("available")):
+        return None
+
+    def diff(a: dict, b: dict) -> dict:
+        return {k: b[k] - a.get(k, 0) for k in b if b[k] - a.get(k, 0)}
+
+    pm, cm = prev["raw"].get("moves", {}), cur["raw"].get("moves", {})
+    failed = {k: int(v.get("failed", 0)) - int(pm.get(k, {}).get("failed", 0)) for k, v in cm.items()}
+    pi, ci = prev.get("interposer") or {}, cur.get("interposer") or {}
+    mover = {k: ci[k] - pi.get(k, 0) for k in ("mover.promote_ns", "mover.demote_ns", "mover.issue_ns",
+                                               "mover.batches", "mover.failed_ranges")
+             if isinstance(ci.get(k), (int, float)) and ci[k] - pi.get(k, 0)}
+    return {"move_bytes": diff(prev["move_bytes"], cur["move_bytes"]),
+            "move_count": diff(prev["move_count"], cur["move_count"]),
+            "failed": {k: v for k, v in failed.items() if v},
+            "faults": cur["faults"] - prev["faults"], "stall_s": (cur["stall_ns"] - prev["stall_ns"]) / 1e9,
+            "mover": mover, "hbm_resident_bytes": cur["hbm_resident_bytes"]}
+
+
+def turn_pager_text(d: Optional[dict]) -> str:
+    """One turn's pager work for the turn's line: "" when nothing moved."""
+    if not d:
+        return ""
+    mb = d["move_bytes"]
+    parts = [f"{k} {P.human(mb[k])}" for k in ("promote", "demote", "spill", "restore") if mb.get(k)]
+    if d["failed"]:
+        parts.append("FAILED " + ", ".join(f"{k} {v}" for k, v in d["failed"].items()))
+    if not parts:
+        return ""
+    issue = d["mover"].get("mover.issue_ns", 0)
+    return "pager: " + ", ".join(parts) + (f"; in driver calls {issue / 1e9:.2f} s" if issue else "")
+
+
 def env_name(knob: str) -> str:
     return "KVPAGER_" + knob.replace(".", "_").upper()
 

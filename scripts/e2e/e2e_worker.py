@@ -201,6 +201,7 @@ def run_worker(spec_path: str, mode: str, result_path: str, kvpager_bin: Optiona
                     kv_capacity_bytes=plan.kv_capacity_bytes if mode == "recompute" else None,
                     cache_bytes=plan.session_kv_bytes)
     turns: List[dict] = []
+    last = before
     for t in wl.turns():
         r = server.turn(t.session, wl.tokens(t, plan.spec.vocab), wl.reply)
         held = server.sessions.get(t.session)  # after the turn, outside its timing
@@ -210,12 +211,17 @@ def run_worker(spec_path: str, mode: str, result_path: str, kvpager_bin: Optiona
                       "dropped": r.dropped, "oom_retries": r.oom_retries, "ttft_s": r.ttft_s,
                       "decode_s": r.decode_s, "tokens": r.tokens, "kv_digest": kv_digest,
                       "margins": [None if m is None else float(f"{m:.6g}") for m in r.margins]})
+        if lib and kvpager_bin:  # the pager's share of this turn (and of the gap after it), outside its timing
+            snap = pager_snapshot(kvpager_bin)
+            turns[-1]["pager"] = H.turn_pager(last, snap)
+            last = snap
         if not quiet:
             rate = (len(r.tokens) - 1) / r.decode_s if r.decode_s > 0 else 0.0
             print(f"turn {t.index:3d} session {t.session:2d} {t.order:<6} prefill {r.prefill_tokens:6d} tok "
                   f"TTFT {H.fmt_s(r.ttft_s):>9}  decode {rate:8.1f} tok/s"
                   + (" RECOMPUTED" if r.recomputed else "")
-                  + (f" dropped {r.dropped}" if r.dropped else ""), flush=True)
+                  + (f" dropped {r.dropped}" if r.dropped else "")
+                  + (f"  {H.turn_pager_text(turns[-1].get('pager'))}" if turns[-1].get("pager") else ""), flush=True)
     pager = pager_delta(before, pager_snapshot(kvpager_bin), plan.budget_bytes) if lib else None
 
     if device == "cuda":

@@ -531,6 +531,34 @@ class FailedMovesTest(unittest.TestCase):
         self.assertEqual(H.mover_text({"raw_end": {}, "interposer_end": {}}), "")
 
 
+class TurnPagerTest(unittest.TestCase):
+    """Per-turn pager counters: the difference of the snapshots after two turns."""
+
+    @staticmethod
+    def snap(promote, demote, faults, failed_demote, issue_ns, hbm):
+        return {"available": True, "move_bytes": {"promote": promote, "demote": demote},
+                "move_count": {"promote": promote // 4096, "demote": demote // 4096},
+                "faults": faults, "stall_ns": 0, "hbm_resident_bytes": hbm,
+                "raw": {"moves": {"promote": {"failed": 0}, "demote": {"failed": failed_demote}}},
+                "interposer": {"mover.issue_ns": issue_ns, "mover.batches": 10, "mover.demote_ns": 7}}
+
+    def test_a_turn_gets_what_moved_since_the_turn_before(self):
+        a = self.snap(1 * P.GiB, 2 * P.GiB, 10, 0, 1 * 10**9, 20 * P.GiB)
+        b = self.snap(5 * P.GiB, 2 * P.GiB, 310, 3, 3 * 10**9, 24 * P.GiB)
+        d = H.turn_pager(a, b)
+        self.assertEqual(d["move_bytes"], {"promote": 4 * P.GiB})  # nothing demoted: not listed
+        self.assertEqual(d["move_count"], {"promote": 4 * P.GiB // 4096})
+        self.assertEqual(d["failed"], {"demote": 3})
+        self.assertEqual(d["faults"], 300)
+        self.assertEqual(d["mover"], {"mover.issue_ns": 2 * 10**9})  # unchanged counters left out
+        self.assertEqual(d["hbm_resident_bytes"], 24 * P.GiB)
+        self.assertEqual(H.turn_pager_text(d), "pager: promote 4.00 GiB, FAILED demote 3; in driver calls 2.00 s")
+        # Nothing moved: no text; a missing snapshot: no record.
+        self.assertEqual(H.turn_pager_text(H.turn_pager(b, b)), "")
+        self.assertIsNone(H.turn_pager(a, {"available": False, "why": "x"}))
+        self.assertIsNone(H.turn_pager(None, b))
+
+
 class GpuLaunchTest(unittest.TestCase):
     """How the modes would start on a GPU: settings, preload, the safety rule."""
 
