@@ -495,8 +495,6 @@ uint64_t Pager::whole_reference_bytes() const {
 void Pager::issue_wanted() {
   const uint64_t cap = fraction_of(hbm_limit_, cfg_.high_watermark);
   uint64_t waiting = 0;  // chunks of ranges still to stage (an upper bound: some may be in HBM by now)
-  bool referenced = false;                // a referenced range waits: room from any chunk
-  uint64_t since = UINT64_MAX;            // else room only from chunks not used since the oldest hint
   for (auto it = wanted_.begin(); it != wanted_.end();) {
     Region* r = lookup(it->id);
     if (r) it->end = std::min(it->end, r->nchunks);  // a split may have cut it short
@@ -516,8 +514,6 @@ void Pager::issue_wanted() {
       continue;
     }
     waiting += it->end - it->next;
-    if (it->prefetcher == 0) referenced = true;
-    else since = std::min(since, it->since);
     ++it;
   }
   // Make room ahead, a window at a time: demote the least recently used
@@ -527,7 +523,6 @@ void Pager::issue_wanted() {
   while (want > 0 && committed_bytes(Tier::kHbm) - outbound_[index(Tier::kHbm)] + want > cap) {
     Chunk* v = hbm.victim();
     if (!v) break;
-    if (!referenced && v->last_use > since) break;  // the program's since the hint: it stays
     if (regions_[v->region]->reference_queued) {
       // Everything colder is gone: what waits does not fit beside what cannot
       // leave (pinned, in flight, or the waiting regions themselves), and
@@ -559,6 +554,20 @@ void Pager::touch(RegionId id) {
 
 // ---------------------------------------------------------------- hints
 
+// The context's regions stop waiting to come to HBM (parked or dropped: what
+// a reference or a hint queued is not wanted now; the next reference asks
+// again).
+void Pager::forget_wanted(const Context& ctx) {
+  std::erase_if(wanted_, [&](const Wanted& w) {
+    if (std::find(ctx.regions.begin(), ctx.regions.end(), w.id) == ctx.regions.end()) return false;
+    if (Region* r = lookup(w.id)) {
+      if (w.whole) r->reference_queued = false;
+      else if (w.first < r->nchunks) r->chunks[w.first].wanted = false;
+    }
+    return true;
+  });
+}
+
 Status Pager::hint(ContextId id, HintKind kind) {
   if (id >= contexts_.size() || !contexts_[id]) return Status::kNotFound;
   Context& ctx = *contexts_[id];
@@ -577,6 +586,7 @@ Status Pager::hint(ContextId id, HintKind kind) {
       if (ctx.pinned) return Status::kBusy;  // as drop: a pinned context stays where it is
       ctx.parked = true;
       ctx.parked_at_ns = std::max(now_, context_last_access(ctx));
+      forget_wanted(ctx);  // a prefetch hint still waiting for room, say
       each_chunk([&](Region& r, Chunk& c) {
         if (c.tier == Tier::kHbm && c.resting() && !c.pinned)
           start_move(r, c, MoveKind::kDemote, Tier::kHost, false);
@@ -587,6 +597,7 @@ Status Pager::hint(ContextId id, HintKind kind) {
       bool pinned = false;
       each_chunk([&](Region&, Chunk& c) { pinned = pinned || c.pinned; });
       if (pinned || ctx.pinned) return Status::kBusy;
+      forget_wanted(ctx);
       auto moving = [&] {
         bool any = false;
         each_chunk([&](Region&, Chunk& c) { any = any || c.in_flight(); });
@@ -964,7 +975,6 @@ uint32_t Pager::prefetch_region(RegionId id) {
 
 uint32_t Pager::stage_context(ContextId id) {
   if (id >= contexts_.size() || !contexts_[id] || current_prefetcher_ == 0) return 0;
-  const uint64_t since = epoch_;
   uint32_t queued = 0;
   for (RegionId rid : contexts_[id]->regions) {
     Region* r = lookup(rid);
@@ -979,7 +989,7 @@ uint32_t Pager::stage_context(ContextId id) {
     }
     if (missing == 0 || r->reference_queued) continue;
     r->reference_queued = true;
-    wanted_.push_back(Wanted{rid, 0, 0, r->nchunks, true, current_prefetcher_, since});
+    wanted_.push_back(Wanted{rid, 0, 0, r->nchunks, true, current_prefetcher_});
     queued += missing;
   }
   issue_wanted();
@@ -1109,6 +1119,7 @@ Status Pager::apply(const Config& next, std::string* why) {
       }
     }
     pending_count_ = 0;
+    for (Wanted& w : wanted_) w.prefetcher = 0;  // indices into the old list: the waits go on unattributed
     prefetchers_ = std::move(made);
     prefetch_stats_ = std::move(stats);
     throttles_.assign(prefetchers_.size(), Throttle{});

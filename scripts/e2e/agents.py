@@ -91,6 +91,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--check", action="store_true",
                    help="exit 1 unless every mode ran, results are complete, kvpager tokens equal all-in-HBM")
     g.add_argument("--quiet", action="store_true", help="no per-turn lines")
+    g.add_argument("--no-turn-stats", action="store_true",
+                   help="preload modes: do not read the pager's counters after every turn (each read is a "
+                        "`kvpager status` between turns, outside their timing, that the other modes do not have)")
     g.add_argument("--keep-run-dir", action="store_true", help="keep the workers' files")
     g.add_argument("--python", help="interpreter for the workers (default: this one)")
     g.add_argument("--crosscheck", action="store_true",

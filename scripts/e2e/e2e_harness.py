@@ -93,6 +93,7 @@ def resolve(args: argparse.Namespace, device: str) -> dict:
         "resident": pick(args.resident_sessions, wd.resident),
         "budget": None if args.budget in (None, "auto") else parse_size(args.budget, "--budget"),
         "quiet": args.quiet,
+        "turn_stats": not getattr(args, "no_turn_stats", False),
         "deterministic": not getattr(args, "nondeterministic", False),
     }
     for flag, key in (("--rr-rounds", "rr_rounds"), ("--random-turns", "random_turns")):

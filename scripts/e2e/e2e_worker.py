@@ -211,9 +211,14 @@ def run_worker(spec_path: str, mode: str, result_path: str, kvpager_bin: Optiona
                       "dropped": r.dropped, "oom_retries": r.oom_retries, "ttft_s": r.ttft_s,
                       "decode_s": r.decode_s, "tokens": r.tokens, "kv_digest": kv_digest,
                       "margins": [None if m is None else float(f"{m:.6g}") for m in r.margins]})
-        if lib and kvpager_bin:  # the pager's share of this turn (and of the gap after it), outside its timing
+        if lib and kvpager_bin and spec.get("turn_stats", True):
+            # The pager's share of this turn (and of the gap after it), outside
+            # its timing; how long the read took is kept: the pager works on
+            # meanwhile, a gap the modes without it do not have.
+            t1 = time.perf_counter()
             snap = pager_snapshot(kvpager_bin)
             turns[-1]["pager"] = H.turn_pager(last, snap)
+            turns[-1]["pager_read_s"] = time.perf_counter() - t1
             last = snap
         if not quiet:
             rate = (len(r.tokens) - 1) / r.decode_s if r.decode_s > 0 else 0.0

@@ -785,35 +785,94 @@ TEST(Pager, AReferenceUsesTheWholeRegionAndStagesItWithoutWaiting) {
   EXPECT_EQ(rig.pager->audit(), "");
 }
 
-// HBM full to the high watermark with two contexts the program used (a, then
-// c, then a again), b in host RAM. A prefetch hint for b is an instruction: it
-// makes room from the coldest chunks (c's) and stages b before anything
-// references it. It used to take free room only, which an oversubscribed HBM
-// never has: b stayed in host RAM until the program read it.
-TEST(Pager, APrefetchHintMakesRoomWhenHbmIsFull) {
-  Config cfg = reference_config();  // 16 chunks; references stage up to 15
-  cfg.prefetchers = kPrefetchHint;
-  SimRig rig(cfg);
-  auto ctx = [&](uint64_t base, const char* name) {
-    return rig.pager->add_region(base, 448 * KiB, name, Tier::kHost);  // 7 chunks
-  };
-  const RegionId a = ctx(0x10000000, "a"), b = ctx(0x20000000, "b"), c = ctx(0x30000000, "c");
-  for (RegionId r : {b, c, a}) {  // b is the coldest, and leaves for a
-    ASSERT_EQ(rig.pager->reference(r, 0), Status::kOk);
+// HBM full to the high watermark with two contexts the program used (b, then
+// c, then a), b mostly demoted for a. The setup of the hint tests below.
+struct HintRig {
+  SimRig rig;
+  RegionId a, b, c;
+  uint32_t b_before = 0;
+  explicit HintRig(Config cfg) : rig(cfg) {
+    auto ctx = [&](uint64_t base, const char* name) {
+      return rig.pager->add_region(base, 448 * KiB, name, Tier::kHost);  // 7 chunks
+    };
+    a = ctx(0x10000000, "a");
+    b = ctx(0x20000000, "b");
+    c = ctx(0x30000000, "c");
+    for (RegionId r : {b, c, a}) {
+      EXPECT_EQ(rig.pager->reference(r, 0), Status::kOk);
+      for (int k = 0; k < 4; ++k) settle(*rig.pager);
+    }
+    b_before = chunks_in(*rig.pager, b, Tier::kHbm);
+  }
+  Status hint(HintKind kind) { return rig.pager->hint(rig.pager->find_context("b"), kind); }
+  void settle_all() {
     for (int k = 0; k < 4; ++k) settle(*rig.pager);
   }
-  ASSERT_EQ(chunks_in(*rig.pager, a, Tier::kHbm), 7u);
-  ASSERT_EQ(chunks_in(*rig.pager, c, Tier::kHbm), 7u);
-  const uint32_t b_before = chunks_in(*rig.pager, b, Tier::kHbm);
-  ASSERT_LT(b_before, 3u) << "the setup: b was demoted for a";
-  ASSERT_EQ(rig.pager->hint(rig.pager->find_context("b"), HintKind::kPrefetch), Status::kOk);
-  for (int k = 0; k < 4; ++k) settle(*rig.pager);
-  EXPECT_EQ(chunks_in(*rig.pager, b, Tier::kHbm), 7u) << "the hint staged b";
-  EXPECT_EQ(chunks_in(*rig.pager, a, Tier::kHbm), 7u) << "room came from c, the colder context";
-  EXPECT_EQ(rig.pager->stats().prefetchers.at(0).issued_bytes, (7 - b_before) * 64 * KiB)
-      << "b's missing chunks, counted to the hint";
-  EXPECT_LE(rig.pager->committed_bytes(Tier::kHbm), 15 * 64 * KiB);
-  EXPECT_EQ(rig.pager->audit(), "");
+};
+
+Config hint_rig_config(PolicyKind policy = PolicyKind::kLru) {
+  Config cfg = reference_config();  // 16 chunks; references stage up to 15
+  cfg.prefetchers = kPrefetchHint;
+  cfg.eviction_policy = policy;
+  return cfg;
+}
+
+// A prefetch hint is an instruction: it makes room from the coldest chunks
+// (c's) and stages b before anything references it. It used to take free
+// room only, which an oversubscribed HBM never has: b stayed in host RAM
+// until the program read it. Under S3-FIFO the hinted context's own chunks
+// already in HBM (used once) are the policy's first victims, and the pager
+// stops making room there, as it does for a reference: b stays as it was.
+TEST(Pager, APrefetchHintMakesRoomWhenHbmIsFull) {
+  for (PolicyKind policy : {PolicyKind::kLru, PolicyKind::kClock, PolicyKind::kCost, PolicyKind::kPrefix,
+                            PolicyKind::kS3Fifo}) {
+    SCOPED_TRACE(to_string(policy));
+    HintRig h(hint_rig_config(policy));
+    ASSERT_EQ(chunks_in(*h.rig.pager, h.a, Tier::kHbm), 7u);
+    ASSERT_LT(h.b_before, 3u) << "the setup: b was demoted for a";
+    ASSERT_EQ(h.hint(HintKind::kPrefetch), Status::kOk);
+    h.settle_all();
+    const uint32_t b_now = chunks_in(*h.rig.pager, h.b, Tier::kHbm);
+    if (policy == PolicyKind::kS3Fifo) {
+      EXPECT_EQ(b_now, h.b_before);
+    } else {
+      EXPECT_EQ(b_now, 7u) << "the hint staged b";
+      EXPECT_EQ(chunks_in(*h.rig.pager, h.a, Tier::kHbm), 7u) << "room came from c, the colder context";
+      EXPECT_EQ(h.rig.pager->stats().prefetchers.at(0).issued_bytes, (7 - h.b_before) * 64 * KiB)
+          << "b's missing chunks, counted to the hint";
+    }
+    EXPECT_LE(h.rig.pager->committed_bytes(Tier::kHbm), 15 * 64 * KiB);
+    EXPECT_EQ(h.rig.pager->audit(), "");
+  }
+}
+
+// Parked (or dropped) right after: the hint's wait ends, nothing is staged for
+// it and nothing demoted to make room for it.
+TEST(Pager, ParkingAContextCancelsItsWaitingPrefetchHint) {
+  HintRig h(hint_rig_config());
+  ASSERT_EQ(h.hint(HintKind::kPrefetch), Status::kOk);  // c's demotes start; b waits for them
+  ASSERT_EQ(h.hint(HintKind::kPark), Status::kOk);
+  h.settle_all();
+  EXPECT_EQ(chunks_in(*h.rig.pager, h.b, Tier::kHbm), 0u) << "parked: b is not brought in";
+  EXPECT_EQ(chunks_in(*h.rig.pager, h.a, Tier::kHbm), 7u);
+  EXPECT_EQ(h.rig.pager->audit(), "");
+}
+
+// The prefetchers change while a hint waits: the wait goes on, credited to
+// nobody (it named the hint prefetcher by its index in the old list).
+TEST(Pager, AHintWaitingWhenThePrefetchersChangeGoesOnUncredited) {
+  Config cfg = hint_rig_config();
+  cfg.prefetchers = kAllPrefetchers;  // the hint prefetcher is the third
+  HintRig h(cfg);
+  ASSERT_EQ(h.hint(HintKind::kPrefetch), Status::kOk);  // c's demotes start; b waits for them
+  Config fewer = cfg;
+  fewer.prefetchers = kPrefetchSequential;
+  ASSERT_EQ(h.rig.pager->apply(fewer), Status::kOk);
+  h.settle_all();
+  EXPECT_EQ(chunks_in(*h.rig.pager, h.b, Tier::kHbm), 7u);
+  ASSERT_EQ(h.rig.pager->stats().prefetchers.size(), 1u);
+  EXPECT_EQ(h.rig.pager->stats().prefetchers.at(0).issued_bytes, 0u) << "not the sequential prefetcher's";
+  EXPECT_EQ(h.rig.pager->audit(), "");
 }
 
 // HBM full; the launch-correlation prefetcher predicts region b on every

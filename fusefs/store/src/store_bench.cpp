@@ -29,7 +29,7 @@ Status TokenStore::bench(const BenchOptions& o, BenchResult* out) {
   if (opt_.read_only) return Status::kUnsupported;
   if (o.block_bytes == 0 || o.block_bytes > opt_.max_io_bytes || o.total_bytes < o.block_bytes) return Status::kInvalid;
   if (pending() != 0) return Status::kBusy;
-  if (!ensure_io()) return Status::kNoMemory;  // the only way it fails
+  if (Status io = io_status(); !ok(io)) return io;
   Status s = ensure_writer();
   if (!ok(s)) return s;
   const uint64_t n = o.total_bytes / o.block_bytes;

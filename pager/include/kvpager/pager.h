@@ -189,11 +189,9 @@ class Pager final : private PrefetchSink, private RestoreCost {
     uint32_t next;
     uint32_t end;
     bool whole;  // the whole region (its reference_queued), else chunk `first` alone (its wanted bit)
-    // 1-based: queued by this prefetcher's instruction (stage_context), which
-    // makes room only from chunks not used since `since` (an epoch); 0: by a
-    // reference (the program reads it now), which makes room from any.
+    // 1-based: queued by this prefetcher's instruction (stage_context), whose
+    // moves it is credited with; 0: by a reference. Either makes room alike.
     uint8_t prefetcher = 0;
-    uint64_t since = 0;
   };
   struct Throttle {
     uint64_t used = 0, wasted = 0;  // this window
@@ -203,6 +201,7 @@ class Pager final : private PrefetchSink, private RestoreCost {
   Region* lookup(RegionId id) const;
   uint32_t alloc_slot();
   void wait_region_idle(const Region& r);
+  void forget_wanted(const Context& ctx);
   Chunk& chunk_of(const Region& r, uint32_t i) const { return r.chunks[i]; }
   Status access_slow(Region& r, Chunk& c, bool write);
   void note_use(Region& r, Chunk& c, bool write);
