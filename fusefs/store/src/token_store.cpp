@@ -321,7 +321,6 @@ void TokenStore::fall_back_to_buffered(std::string_view why) {
 // lists or removes contexts (or a scan-heavy open) does not pin
 // queue_depth x max_io_bytes of memory.
 bool TokenStore::ensure_io() {
-  if (io_lost_) return false;
   if (engine_) return true;
   if (io_broken_) return false;
   pool_bytes_ = round_up(buf_bytes_ * opt_.queue_depth, mem_align_);
@@ -353,13 +352,14 @@ bool TokenStore::ensure_io() {
     jobs_.back()->buf = pool_ + i * buf_bytes_;
   }
   lent_.assign(opt_.queue_depth, false);
+  retired_.assign(opt_.queue_depth, false);
   for (uint32_t i = opt_.queue_depth; i > 0; --i) free_slots_.push_back(static_cast<int>(i - 1));
   return true;
 }
 
 Status TokenStore::io_status() {
-  if (io_lost_) return Status::kIoError;
-  return ensure_io() ? Status::kOk : Status::kNoMemory;
+  if (!ensure_io()) return Status::kNoMemory;
+  return retired_count_ < jobs_.size() ? Status::kOk : Status::kIoError;  // every buffer lost (fail_lost_io)
 }
 
 Status TokenStore::no_slot_status() {
@@ -697,7 +697,7 @@ void TokenStore::release_slot(int slot) {
   j.done = false;
   j.active = false;
   lent_[static_cast<size_t>(slot)] = false;
-  free_slots_.push_back(slot);
+  if (!retired_[static_cast<size_t>(slot)]) free_slots_.push_back(slot);
 }
 
 int TokenStore::wait_slot() {
@@ -754,23 +754,24 @@ bool TokenStore::reap(bool wait) {
 
 // An active job always has one op queued or in flight, so a wait that finds
 // the engine empty while jobs are active would spin for ever (seen once,
-// filling a disk; not reproduced). Fails those jobs instead, and with them
-// every later I/O through this handle: if the kernel does hold an op the
-// engine lost count of, its buffer must not be handed out again.
+// filling a disk; not reproduced). Fails those jobs instead. Their buffers are
+// retired for the life of the handle: if the kernel does hold an op the
+// engine lost count of, it may still write into them. The rest go on.
 bool TokenStore::fail_lost_io() {
   size_t lost = 0;
-  for (auto& j : jobs_) {
-    if (!j->active) continue;
-    if (!io_lost_) {
-      io_lost_ = true;
-      log(fmt::format("internal error at {}: waited for I/O that the {} engine does not hold; "
-                      "failing it and every later I/O through this handle",
-                      opt_.dir, engine_->name()));
-    }
+  for (size_t slot = 0; slot < jobs_.size(); ++slot) {
+    Job& j = *jobs_[slot];
+    if (!j.active) continue;
+    retired_[slot] = true;
+    ++retired_count_;
     ++st_.io_errors;
     ++lost;
-    finish(*j, Status::kIoError);
+    finish(j, Status::kIoError);
   }
+  if (lost > 0)
+    log(fmt::format("internal error at {}: waited for I/O that the {} engine does not hold; failed {} "
+                    "I/O(s) and retired their buffers ({} of {} left)",
+                    opt_.dir, engine_->name(), lost, jobs_.size() - retired_count_, jobs_.size()));
   return lost > 0;
 }
 

@@ -319,7 +319,7 @@ class TokenStore final : public Store {
   void fall_back_to_buffered(std::string_view why);
   bool ensure_io();
   // kOk once I/O can go (ring and buffers made); kNoMemory if the buffers
-  // cannot be allocated; kIoError once an I/O went missing (fail_lost_io).
+  // cannot be allocated; kIoError once every buffer is retired (fail_lost_io).
   Status io_status();
   Status no_slot_status();  // why wait_slot() found no slot: kBusy, or io_status()
   bool fail_lost_io();
@@ -390,7 +390,6 @@ class TokenStore final : public Store {
   uint64_t mem_align_ = 4096, off_align_ = 4096, header_block_ = 4096;
   std::unique_ptr<IoEngine> engine_;  // with the buffers, made by the first I/O
   bool io_broken_ = false;            // the buffers could not be allocated
-  bool io_lost_ = false;              // jobs waited on I/O the engine did not have: no more I/O
   bool registered_ = false;
   std::byte* pool_ = nullptr;
   size_t pool_bytes_ = 0;
@@ -398,6 +397,8 @@ class TokenStore final : public Store {
   std::vector<std::unique_ptr<Job>> jobs_;  // by slot (= buffer index)
   std::vector<int> free_slots_;
   std::vector<bool> lent_;  // buffer is the caller's (acquired, or a zero-copy get's result)
+  std::vector<bool> retired_;  // buffer of an I/O the engine lost: never used again (fail_lost_io)
+  size_t retired_count_ = 0;
   size_t inflight_user_ = 0;
   std::deque<Completion> ready_;
 
