@@ -473,9 +473,10 @@ Status Pager::reference(RegionId id, uint32_t i) {
   if (missing && whole && !r->reference_queued) {
     r->reference_queued = true;
     wanted_.push_back(Wanted{id, first, first, end, true});
-  } else if (missing && whole) {
-    // Queued by a hint: the program reads it now, so it makes room as a
-    // reference does.
+  } else if (missing && whole && r->hint_queued) {
+    // Queued by a hint, and the program reads it now: what is still to come
+    // is the reference's, not the hint's.
+    r->hint_queued = false;
     for (Wanted& w : wanted_)
       if (w.whole && w.id == id) w.prefetcher = 0;
   } else if (missing && !whole && !c.wanted) {
@@ -508,7 +509,7 @@ void Pager::issue_wanted() {
         prefetch_stats_[it->prefetcher - 1].issued_bytes += r->chunk_len(c.index);
     }
     if (!r || it->next >= it->end) {
-      if (r && it->whole) r->reference_queued = false;
+      if (r && it->whole) r->reference_queued = r->hint_queued = false;
       if (r && !it->whole && it->first < r->nchunks) r->chunks[it->first].wanted = false;
       it = wanted_.erase(it);
       continue;
@@ -529,7 +530,7 @@ void Pager::issue_wanted() {
       // evicting them would churn them through each other. The waiting
       // regions stop waiting; their next reference asks again.
       for (const Wanted& w : wanted_)
-        if (Region* r = w.whole ? lookup(w.id) : nullptr) r->reference_queued = false;
+        if (Region* r = w.whole ? lookup(w.id) : nullptr) r->reference_queued = r->hint_queued = false;
       std::erase_if(wanted_, [](const Wanted& w) { return w.whole; });
       break;
     }
@@ -561,7 +562,7 @@ void Pager::forget_wanted(const Context& ctx) {
   std::erase_if(wanted_, [&](const Wanted& w) {
     if (std::find(ctx.regions.begin(), ctx.regions.end(), w.id) == ctx.regions.end()) return false;
     if (Region* r = lookup(w.id)) {
-      if (w.whole) r->reference_queued = false;
+      if (w.whole) r->reference_queued = r->hint_queued = false;
       else if (w.first < r->nchunks) r->chunks[w.first].wanted = false;
     }
     return true;
@@ -988,7 +989,7 @@ uint32_t Pager::stage_context(ContextId id) {
       else if (c.tier == Tier::kHbm && c.resting()) warm(c);
     }
     if (missing == 0 || r->reference_queued) continue;
-    r->reference_queued = true;
+    r->reference_queued = r->hint_queued = true;
     wanted_.push_back(Wanted{rid, 0, 0, r->nchunks, true, current_prefetcher_});
     queued += missing;
   }
@@ -1113,6 +1114,7 @@ Status Pager::apply(const Config& next, std::string* why) {
     }
     for (auto& slot : regions_) {
       if (!slot) continue;
+      slot->hint_queued = false;
       for (uint32_t i = 0; i < slot->nchunks; ++i) {
         slot->chunks[i].prefetcher = 0;
         slot->chunks[i].pending = false;

@@ -846,6 +846,19 @@ TEST(Pager, APrefetchHintMakesRoomWhenHbmIsFull) {
   }
 }
 
+// Read by the program before any of it moved: what the hint queued is the
+// reference's now, not counted as the hint's prefetch (whose accuracy would
+// otherwise be credited with the program's own demand).
+TEST(Pager, AHintedRegionTheProgramReadsIsTheReferencesFromThen) {
+  HintRig h(hint_rig_config());
+  ASSERT_EQ(h.hint(HintKind::kPrefetch), Status::kOk);  // c's demotes start; b waits for them
+  ASSERT_EQ(h.rig.pager->reference(h.b, 0), Status::kOk);
+  h.settle_all();
+  EXPECT_EQ(chunks_in(*h.rig.pager, h.b, Tier::kHbm), 7u);
+  EXPECT_EQ(h.rig.pager->stats().prefetchers.at(0).issued_bytes, 0u);
+  EXPECT_EQ(h.rig.pager->audit(), "");
+}
+
 // Parked (or dropped) right after: the hint's wait ends, nothing is staged for
 // it and nothing demoted to make room for it.
 TEST(Pager, ParkingAContextCancelsItsWaitingPrefetchHint) {

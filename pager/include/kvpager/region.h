@@ -26,7 +26,8 @@ struct Region {
   // region joins the context and never renumbered, so a spilled chunk keeps
   // its name when other regions of the context come and go.
   uint64_t key_base = 0;
-  bool reference_queued = false;  // the pager has it queued to stage after a reference
+  bool reference_queued = false;  // the pager has it queued to stage after a reference (or a hint)
+  bool hint_queued = false;       // ... and that entry is a hint's (Pager::stage_context)
   // Where its chunks started: kHost for memory that exists from the start
   // (CUDA managed memory), where a dropped chunk goes back to as well.
   Tier initial = Tier::kUnpopulated;
