@@ -579,6 +579,11 @@ Status Pager::hint(ContextId id, HintKind kind) {
       for (uint32_t i = 0; i < r.nchunks; ++i) fn(r, r.chunks[i]);
     }
   };
+  auto moving = [&] {
+    bool any = false;
+    each_chunk([&](Region&, Chunk& c) { any = any || c.in_flight(); });
+    return any;
+  };
   switch (kind) {
     case HintKind::kPrefetch:
       ctx.parked = false;
@@ -588,6 +593,10 @@ Status Pager::hint(ContextId id, HintKind kind) {
       ctx.parked = true;
       ctx.parked_at_ns = std::max(now_, context_last_access(ctx));
       forget_wanted(ctx);  // a prefetch hint still waiting for room, say
+      // What is on its way in lands first, then leaves with the rest.
+      while (moving()) {
+        if (collect(true) == 0 && mover_.pending() == 0) break;  // the mover lost them: never spin
+      }
       each_chunk([&](Region& r, Chunk& c) {
         if (c.tier == Tier::kHbm && c.resting() && !c.pinned)
           start_move(r, c, MoveKind::kDemote, Tier::kHost, false);
@@ -599,11 +608,6 @@ Status Pager::hint(ContextId id, HintKind kind) {
       each_chunk([&](Region&, Chunk& c) { pinned = pinned || c.pinned; });
       if (pinned || ctx.pinned) return Status::kBusy;
       forget_wanted(ctx);
-      auto moving = [&] {
-        bool any = false;
-        each_chunk([&](Region&, Chunk& c) { any = any || c.in_flight(); });
-        return any;
-      };
       while (moving()) collect(true);
       each_chunk([&](Region& r, Chunk& c) {
         if (c.tier != Tier::kUnpopulated) start_move(r, c, MoveKind::kDiscard, Tier::kUnpopulated, false);

@@ -871,6 +871,20 @@ TEST(Pager, ParkingAContextCancelsItsWaitingPrefetchHint) {
   EXPECT_EQ(h.rig.pager->audit(), "");
 }
 
+// Parked while the hint's promotes are under way: they land, then leave with
+// the rest of the context (they used to stay in HBM, in a parked context).
+TEST(Pager, ParkingAContextWhileItsHintIsMovingSendsItAllOut) {
+  HintRig h(hint_rig_config());
+  ASSERT_EQ(h.hint(HintKind::kPrefetch), Status::kOk);
+  h.rig.pager->drain();  // c's demotes land
+  h.rig.pager->tick();   // b's promotes start
+  ASSERT_GT(h.rig.mover->pending(), 0u) << "the setup: b on its way in";
+  ASSERT_EQ(h.hint(HintKind::kPark), Status::kOk);
+  h.settle_all();
+  EXPECT_EQ(chunks_in(*h.rig.pager, h.b, Tier::kHbm), 0u);
+  EXPECT_EQ(h.rig.pager->audit(), "");
+}
+
 // The prefetchers change while a hint waits: the wait goes on, credited to
 // nobody (it named the hint prefetcher by its index in the old list).
 TEST(Pager, AHintWaitingWhenThePrefetchersChangeGoesOnUncredited) {

@@ -1178,3 +1178,27 @@ TEST(TokenStore, AnIoTheEngineLostCompletesAsAnErrorOnTheAsyncPath) {
   const auto b = pattern(2, 100);
   ASSERT_EQ(s.submit_put(8, chunk_key("", "b", 0), b), Status::kOk);
 }  // closes here, its put lost
+
+// A zero-copy get whose read was lost: its buffer is retired, so it is not
+// handed to the caller (who could submit it again while the kernel may still
+// write into it).
+TEST(TokenStore, AZeroCopyGetWhoseReadWasLostHandsBackNoBuffer) {
+  TempDir d;
+  StoreOptions o = losing(opts(d.path()), 3);  // open, reserve, write of the put; then the get's read
+  o.queue_depth = 2;
+  TokenStore s(o);
+  const auto a = pattern(1, 100);
+  ASSERT_EQ(s.put(chunk_key("", "a", 0), a), Status::kOk);
+  TokenStore::Buffer b = s.acquire_buffer();
+  ASSERT_NE(b.data, nullptr);
+  ASSERT_EQ(s.submit_get(1, chunk_key("", "a", 0), b), Status::kOk);
+  TokenStore::Completion c[2];
+  ASSERT_EQ(s.wait(c), 1u);
+  EXPECT_EQ(c[0].status, Status::kIoError);
+  EXPECT_EQ(c[0].buffer.data, nullptr) << "the retired buffer is not lent";
+  EXPECT_EQ(s.submit_get(2, chunk_key("", "a", 0), b), Status::kInvalid) << "nor taken back from an old handle";
+  // The other buffer goes on.
+  std::vector<std::byte> out(100);
+  ASSERT_EQ(s.get(chunk_key("", "a", 0), out), Status::kOk);
+  EXPECT_EQ(out, a);
+}

@@ -762,8 +762,8 @@ bool TokenStore::fail_lost_io() {
   for (size_t slot = 0; slot < jobs_.size(); ++slot) {
     Job& j = *jobs_[slot];
     if (!j.active) continue;
+    if (!retired_[slot]) ++retired_count_;
     retired_[slot] = true;
-    ++retired_count_;
     ++st_.io_errors;
     ++lost;
     finish(j, Status::kIoError);
@@ -1147,7 +1147,7 @@ void TokenStore::finish(Job& j, Status s) {
     case Sink::kUser: {
       --inflight_user_;
       Completion c{j.tag, s, j.len, Buffer{}};
-      if (j.zero_copy && !j.put) {
+      if (j.zero_copy && !j.put && !retired_[static_cast<size_t>(slot)]) {  // a retired buffer is nobody's
         const uint64_t off = j.have_hdr ? j.hdr.header_block : header_block_;
         c.buffer = Buffer{j.buf + off, buf_bytes_ - off, static_cast<uint32_t>(slot)};
         j.active = false;
@@ -1234,7 +1234,7 @@ TokenStore::Buffer TokenStore::acquire_buffer() {
 }
 
 bool TokenStore::lent(const Buffer& b) const {
-  return b.id < lent_.size() && lent_[b.id] && b.data >= pool_ + size_t{b.id} * buf_bytes_ &&
+  return b.id < lent_.size() && lent_[b.id] && !retired_[b.id] && b.data >= pool_ + size_t{b.id} * buf_bytes_ &&
          b.data < pool_ + size_t{b.id + 1} * buf_bytes_;
 }
 
