@@ -155,6 +155,11 @@ void Pager::wait_region_idle(const Region& r) {
   }
 }
 
+void Pager::wait_context_idle(const Context& ctx) {
+  for (RegionId rid : ctx.regions)
+    if (const Region* r = lookup(rid)) wait_region_idle(*r);
+}
+
 Status Pager::remove_region(RegionId id) {
   Region* r = lookup(id);
   if (!r) return Status::kNotFound;
@@ -487,6 +492,14 @@ Status Pager::reference(RegionId id, uint32_t i) {
   return Status::kOk;
 }
 
+// What marks a wanted_ entry as queued, cleared as it leaves the queue.
+void Pager::unqueue(const Wanted& w) {
+  Region* r = lookup(w.id);
+  if (!r) return;
+  if (w.whole) r->reference_queued = r->hint_queued = false;
+  else if (w.first < r->nchunks) r->chunks[w.first].wanted = false;
+}
+
 uint64_t Pager::whole_reference_bytes() const {
   // Half of what references may stage, in whole chunks (a region's chunks
   // cover it: its last one counts in full).
@@ -504,13 +517,10 @@ void Pager::issue_wanted() {
       // In HBM already, or on its way somewhere: the next reference looks again.
       if (!c.resting() || (c.tier != Tier::kHost && c.tier != Tier::kNvme)) continue;
       if (committed_bytes(Tier::kHbm) + cfg_.chunk_size > cap) break;  // no room yet
-      const MoveKind kind = c.tier == Tier::kNvme ? MoveKind::kRestore : MoveKind::kPromote;
-      if (ok(start_move(*r, c, kind, Tier::kHbm, false, it->prefetcher)) && it->prefetcher != 0)
-        prefetch_stats_[it->prefetcher - 1].issued_bytes += r->chunk_len(c.index);
+      bring_in(*r, c, it->prefetcher);
     }
     if (!r || it->next >= it->end) {
-      if (r && it->whole) r->reference_queued = r->hint_queued = false;
-      if (r && !it->whole && it->first < r->nchunks) r->chunks[it->first].wanted = false;
+      unqueue(*it);
       it = wanted_.erase(it);
       continue;
     }
@@ -529,9 +539,11 @@ void Pager::issue_wanted() {
       // leave (pinned, in flight, or the waiting regions themselves), and
       // evicting them would churn them through each other. The waiting
       // regions stop waiting; their next reference asks again.
-      for (const Wanted& w : wanted_)
-        if (Region* r = w.whole ? lookup(w.id) : nullptr) r->reference_queued = r->hint_queued = false;
-      std::erase_if(wanted_, [](const Wanted& w) { return w.whole; });
+      std::erase_if(wanted_, [&](const Wanted& w) {
+        if (!w.whole) return false;
+        unqueue(w);
+        return true;
+      });
       break;
     }
     if (!ok(start_move(*regions_[v->region], *v, MoveKind::kDemote, Tier::kHost, false))) break;
@@ -561,10 +573,7 @@ void Pager::touch(RegionId id) {
 void Pager::forget_wanted(const Context& ctx) {
   std::erase_if(wanted_, [&](const Wanted& w) {
     if (std::find(ctx.regions.begin(), ctx.regions.end(), w.id) == ctx.regions.end()) return false;
-    if (Region* r = lookup(w.id)) {
-      if (w.whole) r->reference_queued = r->hint_queued = false;
-      else if (w.first < r->nchunks) r->chunks[w.first].wanted = false;
-    }
+    unqueue(w);
     return true;
   });
 }
@@ -579,11 +588,6 @@ Status Pager::hint(ContextId id, HintKind kind) {
       for (uint32_t i = 0; i < r.nchunks; ++i) fn(r, r.chunks[i]);
     }
   };
-  auto moving = [&] {
-    bool any = false;
-    each_chunk([&](Region&, Chunk& c) { any = any || c.in_flight(); });
-    return any;
-  };
   switch (kind) {
     case HintKind::kPrefetch:
       ctx.parked = false;
@@ -593,10 +597,7 @@ Status Pager::hint(ContextId id, HintKind kind) {
       ctx.parked = true;
       ctx.parked_at_ns = std::max(now_, context_last_access(ctx));
       forget_wanted(ctx);  // a prefetch hint still waiting for room, say
-      // What is on its way in lands first, then leaves with the rest.
-      while (moving()) {
-        if (collect(true) == 0 && mover_.pending() == 0) break;  // the mover lost them: never spin
-      }
+      wait_context_idle(ctx);  // what is on its way in lands first, then leaves with the rest
       each_chunk([&](Region& r, Chunk& c) {
         if (c.tier == Tier::kHbm && c.resting() && !c.pinned)
           start_move(r, c, MoveKind::kDemote, Tier::kHost, false);
@@ -608,11 +609,11 @@ Status Pager::hint(ContextId id, HintKind kind) {
       each_chunk([&](Region&, Chunk& c) { pinned = pinned || c.pinned; });
       if (pinned || ctx.pinned) return Status::kBusy;
       forget_wanted(ctx);
-      while (moving()) collect(true);
+      wait_context_idle(ctx);
       each_chunk([&](Region& r, Chunk& c) {
         if (c.tier != Tier::kUnpopulated) start_move(r, c, MoveKind::kDiscard, Tier::kUnpopulated, false);
       });
-      while (moving()) collect(true);
+      wait_context_idle(ctx);
       // Memory that exists from the start (managed memory) is still the
       // program's, which may write it again: back in host RAM, its bytes
       // whatever they are now, with no copy in the store. Not parked: what
@@ -942,11 +943,16 @@ void Pager::dispatch(Fn&& fn) {
 
 bool Pager::stage(Region& r, Chunk& c, uint8_t prefetcher) {
   if (committed_bytes(Tier::kHbm) + cfg_.chunk_size > fraction_of(hbm_limit_, cfg_.high_watermark)) return false;
-  const uint64_t len = r.chunk_len(c.index);
-  MoveKind kind = c.tier == Tier::kNvme ? MoveKind::kRestore : MoveKind::kPromote;
-  if (!ok(start_move(r, c, kind, Tier::kHbm, false, prefetcher))) return false;
-  prefetch_stats_[prefetcher - 1].issued_bytes += len;
-  return true;
+  return ok(bring_in(r, c, prefetcher));
+}
+
+// Starts c (in host RAM or NVMe) on its way to HBM, credited to the
+// prefetcher (1-based) that asked for it, if one did.
+Status Pager::bring_in(Region& r, Chunk& c, uint8_t prefetcher) {
+  const MoveKind kind = c.tier == Tier::kNvme ? MoveKind::kRestore : MoveKind::kPromote;
+  const Status s = start_move(r, c, kind, Tier::kHbm, false, prefetcher);
+  if (ok(s) && prefetcher != 0) prefetch_stats_[prefetcher - 1].issued_bytes += r.chunk_len(c.index);
+  return s;
 }
 
 uint32_t Pager::prefetch(RegionId id, uint32_t first, uint32_t count) {

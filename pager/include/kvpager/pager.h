@@ -201,7 +201,9 @@ class Pager final : private PrefetchSink, private RestoreCost {
   Region* lookup(RegionId id) const;
   uint32_t alloc_slot();
   void wait_region_idle(const Region& r);
+  void wait_context_idle(const Context& ctx);
   void forget_wanted(const Context& ctx);
+  void unqueue(const Wanted& w);
   Chunk& chunk_of(const Region& r, uint32_t i) const { return r.chunks[i]; }
   Status access_slow(Region& r, Chunk& c, bool write);
   void note_use(Region& r, Chunk& c, bool write);
@@ -239,6 +241,7 @@ class Pager final : private PrefetchSink, private RestoreCost {
   uint32_t prefetch_context(ContextId ctx) override;
   uint32_t stage_context(ContextId ctx) override;
   bool stage(Region& r, Chunk& c, uint8_t prefetcher);
+  Status bring_in(Region& r, Chunk& c, uint8_t prefetcher);
   void issue_pending();
   void issue_wanted();
   void prefetch_used(Chunk& c, uint64_t len);

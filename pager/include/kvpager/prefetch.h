@@ -62,9 +62,9 @@ class PrefetchSink {
   virtual uint32_t prefetch_region(RegionId region) = 0;
   virtual uint32_t prefetch_context(ContextId ctx) = 0;
   // An instruction (a prefetch hint), not a guess: stage the whole context,
-  // making room for it as a reference does (the coldest chunks not used since
-  // go to host RAM, a window at a time), where prefetch_context only takes
-  // free room -- which an oversubscribed HBM never has.
+  // making room for it as a reference does (the eviction policy's victims go
+  // to host RAM, a window at a time), where prefetch_context only takes free
+  // room -- which an oversubscribed HBM never has.
   virtual uint32_t stage_context(ContextId ctx) { return prefetch_context(ctx); }
   virtual const Region* region(RegionId id) const = 0;
 };
